@@ -1,1 +1,73 @@
+//! The `EventLog` seam and its backends.
+//!
+//! A log is an append-only sequence of opaque records with dense offsets
+//! starting at 0, plus named consumers that each commit "everything below
+//! offset N is done". That shape maps onto NATS JetStream (a stream plus
+//! durable consumers acknowledging with AckAll) and Kafka (a topic plus
+//! consumer groups committing offsets); see ARCHITECTURE.md.
 
+mod crc;
+mod error;
+pub mod file;
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use error::LogError;
+pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
+pub use memory::{MemoryBackend, MemoryLog};
+
+/// Position of a record in a log. Dense: the record after offset `n` is `n + 1`.
+pub type Offset = u64;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    /// Milliseconds since the Unix epoch when the record was appended.
+    pub timestamp_ms: i64,
+    pub payload: Bytes,
+}
+
+/// One durable, ordered log (a Broker's or a Channel's).
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends records in order and returns the offset of the first. The future
+    /// resolves once the records are as durable as the log's policy promises;
+    /// only then do readers see them. `LogError::Full` means back off and retry.
+    fn append(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<Offset, LogError>>;
+    /// Up to `max` records starting at `from` (or at the earliest retained
+    /// offset if `from` was removed by retention). Empty when `from` is the end.
+    fn read(&self, from: Offset, max: usize) -> BoxFuture<'_, Result<Vec<Record>, LogError>>;
+    /// The next offset to be assigned to a visible record.
+    fn end_offset(&self) -> Offset;
+    /// The earliest offset still retained.
+    fn start_offset(&self) -> Offset;
+    /// Changes whenever `end_offset` grows; readers await it to tail the log.
+    fn watch_end(&self) -> tokio::sync::watch::Receiver<Offset>;
+    /// Records that `consumer` is done with every offset below `next`.
+    fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError>;
+    /// The consumer's committed offset, `None` if it never committed.
+    fn committed(&self, consumer: &str) -> Option<Offset>;
+    /// Forgets a consumer (its trigger was deleted); retention no longer waits for it.
+    fn remove_consumer(&self, consumer: &str) -> Result<(), LogError>;
+}
+
+/// Opens logs by name. One per storage backend.
+pub trait LogBackend: Send + Sync + 'static {
+    fn open(&self, name: &str) -> Result<Arc<dyn EventLog>, LogError>;
+    /// Deletes a log and its consumers' offsets.
+    fn remove(&self, name: &str) -> Result<(), LogError>;
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

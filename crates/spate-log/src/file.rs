@@ -1,0 +1,723 @@
+//! The embedded file log: append-only segments with a sparse index, group
+//! commit, per-consumer offsets, retention and torn-tail recovery.
+//!
+//! On disk, one directory per log:
+//! - `<base offset, 20 digits>.log`: frames `[len u32][crc32c u32][offset u64][ts i64][payload]`
+//!   (little endian; the CRC covers offset, timestamp and payload);
+//! - `<base>.idx`: the sparse index of a sealed segment, `(offset u64, position u64)` pairs;
+//! - `consumers/<name>.off`: a consumer's committed offset and its CRC.
+//!
+//! One writer thread per log owns the active segment. Appenders queue requests;
+//! the writer drains every queued request, writes them with one `write`, and,
+//! under `FsyncPolicy::Always`, one `fdatasync` before acknowledging them all
+//! (group commit). Records become visible to readers only once acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use crate::{BoxFuture, EventLog, LogBackend, LogError, Offset, Record, crc, now_ms};
+
+const HEADER: usize = 24;
+/// A sparse index entry every this many bytes of segment.
+const INDEX_EVERY: u64 = 64 * 1024;
+/// Largest record the log accepts (the data plane limits events far below this).
+const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+/// When an append is acknowledged relative to `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after the data is synced (group commit). The default.
+    Always,
+    /// Acknowledge after the write; sync at this interval. A machine crash may
+    /// lose up to one interval of acknowledged events; a process crash loses none.
+    Interval(Duration),
+    /// Acknowledge after the write; let the OS sync. Survives process crashes only.
+    Never,
+}
+
+/// Deletion of whole sealed segments that every consumer has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete consumed segments whose newest record is older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest consumed segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileLogConfig {
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    pub retention: Retention,
+    /// Bytes of recent records kept in memory so tailing readers never touch disk.
+    pub tail_cache_bytes: usize,
+    /// Appends that may wait for the writer before `LogError::Full` is returned.
+    pub queue_depth: usize,
+}
+
+impl Default for FileLogConfig {
+    fn default() -> Self {
+        FileLogConfig {
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 64 * 1024 * 1024,
+            retention: Retention { max_age: Some(Duration::from_secs(24 * 3600)), max_bytes: None },
+            tail_cache_bytes: 4 * 1024 * 1024,
+            queue_depth: 4096,
+        }
+    }
+}
+
+struct Segment {
+    base: Offset,
+    /// Offset after the last record in this segment.
+    end: Offset,
+    size: u64,
+    last_ts: i64,
+    file: Arc<File>,
+    path: PathBuf,
+    /// (offset, position) every `INDEX_EVERY` bytes, first entry at (base, 0).
+    index: Vec<(Offset, u64)>,
+}
+
+impl Segment {
+    fn position_for(&self, offset: Offset) -> (Offset, u64) {
+        let i = self.index.partition_point(|(o, _)| *o <= offset);
+        if i == 0 { (self.base, 0) } else { self.index[i - 1] }
+    }
+}
+
+struct Shared {
+    segments: Vec<Segment>,
+    /// Recent records, contiguous, ending at the log's end.
+    cache: VecDeque<Record>,
+    cache_bytes: usize,
+    consumers: HashMap<String, (Offset, File)>,
+    closed: bool,
+}
+
+struct AppendReq {
+    payloads: Vec<Bytes>,
+    reply: oneshot::Sender<Result<Offset, LogError>>,
+}
+
+/// A log stored in files. Clone the `Arc` to share it.
+pub struct FileLog {
+    name: String,
+    dir: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    tx: Mutex<Option<SyncSender<AppendReq>>>,
+    end_rx: watch::Receiver<Offset>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn seg_path(dir: &Path, base: Offset, ext: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
+
+fn encode_frame(out: &mut Vec<u8>, offset: Offset, ts: i64, payload: &[u8]) {
+    let mut c = crc::update(0, &offset.to_le_bytes());
+    c = crc::update(c, &ts.to_le_bytes());
+    c = crc::update(c, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&ts.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Parses one frame at the start of `buf`. `None` if incomplete or corrupt.
+fn parse_frame(buf: &[u8]) -> Option<(Offset, i64, &[u8])> {
+    let h = buf.get(..HEADER)?;
+    let len = u32::from_le_bytes(h[0..4].try_into().ok()?) as usize;
+    if len > MAX_RECORD {
+        return None;
+    }
+    let stored_crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    let offset = u64::from_le_bytes(h[8..16].try_into().ok()?);
+    let ts = i64::from_le_bytes(h[16..24].try_into().ok()?);
+    let payload = buf.get(HEADER..HEADER + len)?;
+    let mut c = crc::update(0, &h[8..16]);
+    c = crc::update(c, &h[16..24]);
+    c = crc::update(c, payload);
+    (c == stored_crc).then_some((offset, ts, payload))
+}
+
+/// Scans a segment from the start, returning the valid prefix's length and
+/// rebuilding its index. Stops at the first incomplete, corrupt or
+/// out-of-sequence frame.
+fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset, i64, Vec<(Offset, u64)>), LogError> {
+    let data = fs::read(path).map_err(|e| LogError::io(path, e))?;
+    let mut pos = 0usize;
+    let mut next = base;
+    let mut last_ts = 0;
+    let mut index = vec![(base, 0)];
+    let mut last_indexed = 0u64;
+    while let Some((off, ts, payload)) = parse_frame(&data[pos..]) {
+        if off != next {
+            break;
+        }
+        if pos as u64 - last_indexed >= INDEX_EVERY {
+            index.push((off, pos as u64));
+            last_indexed = pos as u64;
+        }
+        pos += HEADER + payload.len();
+        next += 1;
+        last_ts = ts;
+    }
+    Ok((pos as u64, next, last_ts, index))
+}
+
+fn open_rw(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new().read(true).append(true).create(true).open(path).map_err(|e| LogError::io(path, e))
+}
+
+fn consumer_file_name(consumer: &str) -> String {
+    // Consumer names are resource names with '/' separators; keep the file name flat and reversible.
+    consumer.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' { (b as char).to_string() } else { format!("_{b:02x}") }).collect::<String>() + ".off"
+}
+
+fn offset_record(offset: Offset) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&offset.to_le_bytes());
+    b[8..].copy_from_slice(&crc::update(0, &offset.to_le_bytes()).to_le_bytes());
+    b
+}
+
+fn fsync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl FileLog {
+    /// Opens (creating if needed) the log in `dir`, recovering from a torn tail.
+    pub fn open(name: &str, dir: &Path, config: FileLogConfig) -> Result<Arc<FileLog>, LogError> {
+        fs::create_dir_all(dir.join("consumers")).map_err(|e| LogError::io(dir, e))?;
+        let mut bases: Vec<Offset> = fs::read_dir(dir)
+            .map_err(|e| LogError::io(dir, e))?
+            .filter_map(|e| {
+                let n = e.ok()?.file_name().into_string().ok()?;
+                n.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut segments = Vec::new();
+        let last = bases.len().saturating_sub(1);
+        for (i, base) in bases.iter().copied().enumerate() {
+            let path = seg_path(dir, base, "log");
+            let (valid, end, last_ts, index) = scan_segment(&path, base)?;
+            if let Some(prev) = segments.last().map(|s: &Segment| s.end)
+                && prev != base
+            {
+                // A gap means a later segment cannot be trusted: drop it and everything after.
+                tracing::warn!(log = name, segment = %path.display(), "segment does not follow its predecessor; removing it");
+                for b in &bases[i..] {
+                    let _ = fs::remove_file(seg_path(dir, *b, "log"));
+                    let _ = fs::remove_file(seg_path(dir, *b, "idx"));
+                }
+                break;
+            }
+            let file = open_rw(&path)?;
+            let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+            if valid < len {
+                tracing::warn!(log = name, segment = %path.display(), kept = valid, dropped = len - valid, "torn tail truncated");
+                file.set_len(valid).map_err(|e| LogError::io(&path, e))?;
+                file.sync_all().map_err(|e| LogError::io(&path, e))?;
+                // Any later segment now follows a gap.
+                if i < last {
+                    for b in &bases[i + 1..] {
+                        let _ = fs::remove_file(seg_path(dir, *b, "log"));
+                        let _ = fs::remove_file(seg_path(dir, *b, "idx"));
+                    }
+                    segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
+                    break;
+                }
+            }
+            segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
+        }
+        if segments.is_empty() {
+            let path = seg_path(dir, 0, "log");
+            let file = open_rw(&path)?;
+            fsync_dir(dir);
+            segments.push(Segment { base: 0, end: 0, size: 0, last_ts: 0, file: Arc::new(file), path, index: vec![(0, 0)] });
+        }
+        let mut consumers = HashMap::new();
+        let cdir = dir.join("consumers");
+        for e in fs::read_dir(&cdir).map_err(|e| LogError::io(&cdir, e))?.flatten() {
+            let p = e.path();
+            let Some(fname) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".off")) else { continue };
+            let name = decode_consumer_name(fname);
+            let file = OpenOptions::new().read(true).write(true).open(&p).map_err(|e| LogError::io(&p, e))?;
+            let mut b = [0u8; 12];
+            let off = match file.read_exact_at(&mut b, 0) {
+                Ok(()) if b[8..] == crc::update(0, &b[..8]).to_le_bytes() => u64::from_le_bytes(b[..8].try_into().expect("8")),
+                _ => {
+                    tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
+                    segments[0].base
+                }
+            };
+            consumers.insert(name, (off, file));
+        }
+        let end = segments.last().expect("at least one segment").end;
+        for (name, (off, file)) in consumers.iter_mut() {
+            if *off > end {
+                // The tail this consumer had passed was lost (torn write): it resumes at the new end.
+                tracing::warn!(log = name, consumer = %name, committed = *off, end, "committed offset past the recovered end; clamped");
+                *off = end;
+                let _ = file.write_all_at(&offset_record(end), 0);
+            }
+        }
+        let (end_tx, end_rx) = watch::channel(end);
+        let shared = Arc::new(Mutex::new(Shared { segments, cache: VecDeque::new(), cache_bytes: 0, consumers, closed: false }));
+        let (tx, rx) = sync_channel(config.queue_depth);
+        let writer = Writer { name: name.to_string(), dir: dir.to_path_buf(), config, shared: shared.clone(), rx, end_tx, next: end, buf: Vec::new(), dirty: false, last_sync: Instant::now(), last_retention: Instant::now() };
+        let handle = std::thread::Builder::new()
+            .name(format!("log-{name}"))
+            .spawn(move || writer.run())
+            .map_err(|e| LogError::io(dir, e))?;
+        Ok(Arc::new(FileLog {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            shared,
+            tx: Mutex::new(Some(tx)),
+            end_rx,
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Stops the writer after it has finished queued appends.
+    pub fn close(&self) {
+        self.tx.lock().expect("log tx lock").take();
+        if let Some(h) = self.writer.lock().expect("writer lock").take() {
+            let _ = h.join();
+        }
+        self.shared.lock().expect("log lock").closed = true;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Total bytes in segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.lock().expect("log lock").segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.shared.lock().expect("log lock").segments.len()
+    }
+
+    fn read_sync(&self, from: Offset, max: usize) -> Result<Vec<Record>, LogError> {
+        let end = *self.end_rx.borrow();
+        let (file, path, pos, mut next, seg_end) = {
+            let g = self.shared.lock().expect("log lock");
+            let start = g.segments.first().map_or(0, |s| s.base);
+            let from = from.max(start);
+            if from >= end || max == 0 {
+                return Ok(vec![]);
+            }
+            if let Some(first) = g.cache.front()
+                && from >= first.offset
+            {
+                let skip = (from - first.offset) as usize;
+                return Ok(g.cache.iter().skip(skip).take(max).filter(|r| r.offset < end).cloned().collect());
+            }
+            let i = g.segments.partition_point(|s| s.base <= from).saturating_sub(1);
+            let s = &g.segments[i];
+            let (o, p) = s.position_for(from);
+            (s.file.clone(), s.path.clone(), p, o, s.end.min(end))
+        };
+        let want_end = (from + max as Offset).min(seg_end);
+        let mut out = Vec::with_capacity((want_end - from) as usize);
+        let mut pos = pos;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut have = 0usize;
+        let mut at = 0usize;
+        while next < want_end {
+            if have - at < HEADER || {
+                let len = u32::from_le_bytes(chunk[at..at + 4].try_into().expect("4")) as usize;
+                have - at < HEADER + len
+            } {
+                // Refill: move the remainder to the front and read more.
+                chunk.copy_within(at..have, 0);
+                have -= at;
+                at = 0;
+                if have >= HEADER {
+                    let len = u32::from_le_bytes(chunk[..4].try_into().expect("4")) as usize;
+                    if HEADER + len > chunk.len() {
+                        chunk.resize(HEADER + len, 0);
+                    }
+                }
+                let n = file.read_at(&mut chunk[have..], pos).map_err(|e| LogError::io(&path, e))?;
+                if n == 0 {
+                    return Err(LogError::io(&path, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "segment shorter than its index")));
+                }
+                pos += n as u64;
+                have += n;
+                continue;
+            }
+            let Some((off, ts, payload)) = parse_frame(&chunk[at..have]) else {
+                return Err(LogError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt frame at offset {next}"))));
+            };
+            at += HEADER + payload.len();
+            if off >= from {
+                out.push(Record { offset: off, timestamp_ms: ts, payload: Bytes::copy_from_slice(payload) });
+            }
+            next = off + 1;
+        }
+        Ok(out)
+    }
+}
+
+fn decode_consumer_name(f: &str) -> String {
+    let b = f.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'_' && i + 3 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&f[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl EventLog for FileLog {
+    fn append(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<Offset, LogError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = match self.tx.lock().expect("log tx lock").as_ref() {
+            None => Err(LogError::Closed(self.name.clone())),
+            Some(tx) => match tx.try_send(AppendReq { payloads, reply }) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => Err(LogError::Full),
+                Err(TrySendError::Disconnected(_)) => Err(LogError::Closed(self.name.clone())),
+            },
+        };
+        let name = self.name.clone();
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| LogError::Closed(name))?
+        })
+    }
+
+    fn read(&self, from: Offset, max: usize) -> BoxFuture<'_, Result<Vec<Record>, LogError>> {
+        let r = self.read_sync(from, max);
+        Box::pin(async move { r })
+    }
+
+    fn end_offset(&self) -> Offset {
+        *self.end_rx.borrow()
+    }
+
+    fn start_offset(&self) -> Offset {
+        self.shared.lock().expect("log lock").segments.first().map_or(0, |s| s.base)
+    }
+
+    fn watch_end(&self) -> watch::Receiver<Offset> {
+        self.end_rx.clone()
+    }
+
+    fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError> {
+        let mut g = self.shared.lock().expect("log lock");
+        if let Some((off, file)) = g.consumers.get_mut(consumer) {
+            if *off == next {
+                return Ok(());
+            }
+            // A positioned write survives a process crash without an fsync; a
+            // machine crash may roll the offset back, which only redelivers.
+            file.write_all_at(&offset_record(next), 0).map_err(|e| LogError::io(&self.dir, e))?;
+            *off = next;
+            return Ok(());
+        }
+        let path = self.dir.join("consumers").join(consumer_file_name(consumer));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(|e| LogError::io(&path, e))?;
+        file.write_all_at(&offset_record(next), 0).map_err(|e| LogError::io(&path, e))?;
+        file.sync_all().map_err(|e| LogError::io(&path, e))?;
+        fsync_dir(&self.dir.join("consumers"));
+        g.consumers.insert(consumer.to_string(), (next, file));
+        Ok(())
+    }
+
+    fn committed(&self, consumer: &str) -> Option<Offset> {
+        self.shared.lock().expect("log lock").consumers.get(consumer).map(|(o, _)| *o)
+    }
+
+    fn remove_consumer(&self, consumer: &str) -> Result<(), LogError> {
+        let mut g = self.shared.lock().expect("log lock");
+        if g.consumers.remove(consumer).is_some() {
+            let path = self.dir.join("consumers").join(consumer_file_name(consumer));
+            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+struct Writer {
+    name: String,
+    dir: PathBuf,
+    config: FileLogConfig,
+    shared: Arc<Mutex<Shared>>,
+    rx: Receiver<AppendReq>,
+    end_tx: watch::Sender<Offset>,
+    next: Offset,
+    buf: Vec<u8>,
+    dirty: bool,
+    last_sync: Instant,
+    last_retention: Instant,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let tick = match self.config.fsync {
+            FsyncPolicy::Interval(d) => d.min(Duration::from_secs(1)),
+            _ => Duration::from_secs(1),
+        };
+        loop {
+            let first = match self.rx.recv_timeout(tick) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.housekeeping();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            let mut bytes: usize = batch[0].payloads.iter().map(Bytes::len).sum();
+            while bytes < 8 * 1024 * 1024 {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.payloads.iter().map(Bytes::len).sum::<usize>();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(batch);
+            self.housekeeping();
+        }
+        if self.dirty {
+            let g = self.shared.lock().expect("log lock");
+            let _ = g.segments.last().expect("segment").file.sync_data();
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        if let FsyncPolicy::Interval(d) = self.config.fsync
+            && self.dirty
+            && self.last_sync.elapsed() >= d
+        {
+            let file = self.shared.lock().expect("log lock").segments.last().expect("segment").file.clone();
+            if let Err(e) = file.sync_data() {
+                tracing::error!(log = %self.name, error = %e, "interval fsync failed");
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        if self.last_retention.elapsed() >= Duration::from_secs(1) {
+            self.last_retention = Instant::now();
+            self.apply_retention();
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<AppendReq>) {
+        let ts = now_ms();
+        self.buf.clear();
+        let mut firsts = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        let (seg_file, seg_path, seg_size) = {
+            let g = self.shared.lock().expect("log lock");
+            let s = g.segments.last().expect("segment");
+            (s.file.clone(), s.path.clone(), s.size)
+        };
+        let mut index_adds = Vec::new();
+        let mut last_indexed = {
+            let g = self.shared.lock().expect("log lock");
+            g.segments.last().expect("segment").index.last().map_or(0, |(_, p)| *p)
+        };
+        let mut next = self.next;
+        for req in &batch {
+            firsts.push(next);
+            for p in &req.payloads {
+                let pos = seg_size + self.buf.len() as u64;
+                if pos - last_indexed >= INDEX_EVERY {
+                    index_adds.push((next, pos));
+                    last_indexed = pos;
+                }
+                encode_frame(&mut self.buf, next, ts, p);
+                records.push(Record { offset: next, timestamp_ms: ts, payload: p.clone() });
+                next += 1;
+            }
+        }
+        let result = (&*seg_file).write_all(&self.buf).and_then(|()| match self.config.fsync {
+            FsyncPolicy::Always => seg_file.sync_data(),
+            _ => Ok(()),
+        });
+        if let Err(e) = result {
+            tracing::error!(log = %self.name, error = %e, "append failed; truncating the partial write");
+            let _ = seg_file.set_len(seg_size);
+            for req in batch {
+                let _ = req.reply.send(Err(LogError::io(&seg_path, std::io::Error::new(e.kind(), e.to_string()))));
+            }
+            return;
+        }
+        self.dirty = !matches!(self.config.fsync, FsyncPolicy::Always);
+        if !self.dirty {
+            self.last_sync = Instant::now();
+        }
+        let written = self.buf.len() as u64;
+        self.next = next;
+        {
+            let mut g = self.shared.lock().expect("log lock");
+            let s = g.segments.last_mut().expect("segment");
+            s.size += written;
+            s.end = next;
+            s.last_ts = ts;
+            s.index.extend(index_adds);
+            let budget = self.config.tail_cache_bytes;
+            for r in records {
+                g.cache_bytes += r.payload.len() + 32;
+                g.cache.push_back(r);
+            }
+            while g.cache_bytes > budget && g.cache.len() > 1 {
+                let r = g.cache.pop_front().expect("non-empty");
+                g.cache_bytes -= r.payload.len() + 32;
+            }
+        }
+        self.end_tx.send_replace(next);
+        for (req, first) in batch.into_iter().zip(firsts) {
+            let _ = req.reply.send(Ok(first));
+        }
+        if seg_size + written >= self.config.segment_bytes {
+            self.roll();
+        }
+    }
+
+    fn roll(&mut self) {
+        let base = self.next;
+        let path = seg_path(&self.dir, base, "log");
+        let file = match open_rw(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(log = %self.name, error = %e, "cannot open a new segment; staying on the current one");
+                return;
+            }
+        };
+        let mut g = self.shared.lock().expect("log lock");
+        let sealed = g.segments.last().expect("segment");
+        if self.dirty {
+            let _ = sealed.file.sync_data();
+            self.dirty = false;
+        }
+        let mut idx = Vec::with_capacity(sealed.index.len() * 16);
+        for (o, p) in &sealed.index {
+            idx.extend_from_slice(&o.to_le_bytes());
+            idx.extend_from_slice(&p.to_le_bytes());
+        }
+        let _ = fs::write(seg_path(&self.dir, sealed.base, "idx"), idx);
+        g.segments.push(Segment { base, end: base, size: 0, last_ts: 0, file: Arc::new(file), path, index: vec![(base, 0)] });
+        drop(g);
+        fsync_dir(&self.dir);
+    }
+
+    fn apply_retention(&mut self) {
+        let r = self.config.retention;
+        if r.max_age.is_none() && r.max_bytes.is_none() {
+            return;
+        }
+        let mut g = self.shared.lock().expect("log lock");
+        let min_committed = g.consumers.values().map(|(o, _)| *o).min().unwrap_or(Offset::MAX);
+        let mut total: u64 = g.segments.iter().map(|s| s.size).sum();
+        let now = now_ms();
+        let mut removed = Vec::new();
+        while g.segments.len() > 1 {
+            let s = &g.segments[0];
+            let consumed = s.end <= min_committed;
+            let too_old = r.max_age.is_some_and(|a| now - s.last_ts >= a.as_millis() as i64);
+            let too_big = r.max_bytes.is_some_and(|m| total > m);
+            if !(consumed && (too_old || too_big)) {
+                break;
+            }
+            let s = g.segments.remove(0);
+            total -= s.size;
+            removed.push(s);
+        }
+        drop(g);
+        for s in removed {
+            tracing::debug!(log = %self.name, segment = %s.path.display(), "retention removed segment");
+            let _ = fs::remove_file(&s.path);
+            let _ = fs::remove_file(seg_path(&self.dir, s.base, "idx"));
+        }
+    }
+}
+
+/// Opens file logs under one root directory, one subdirectory per log.
+pub struct FileBackend {
+    root: PathBuf,
+    config: FileLogConfig,
+    open: Mutex<HashMap<String, Arc<FileLog>>>,
+}
+
+impl FileBackend {
+    pub fn new(root: impl Into<PathBuf>, config: FileLogConfig) -> Self {
+        FileBackend { root: root.into(), config, open: Mutex::new(HashMap::new()) }
+    }
+
+    fn dir_for(&self, name: &str) -> Result<PathBuf, LogError> {
+        if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+            return Err(LogError::InvalidName(name.to_string()));
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// Closes every open log (used at shutdown).
+    pub fn close_all(&self) {
+        for (_, l) in self.open.lock().expect("backend lock").drain() {
+            l.close();
+        }
+    }
+}
+
+impl LogBackend for FileBackend {
+    fn open(&self, name: &str) -> Result<Arc<dyn EventLog>, LogError> {
+        let mut g = self.open.lock().expect("backend lock");
+        if let Some(l) = g.get(name) {
+            return Ok(l.clone());
+        }
+        let log = FileLog::open(name, &self.dir_for(name)?, self.config.clone())?;
+        g.insert(name.to_string(), log.clone());
+        Ok(log)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), LogError> {
+        let dir = self.dir_for(name)?;
+        if let Some(l) = self.open.lock().expect("backend lock").remove(name) {
+            l.close();
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LogError::io(&dir, e)),
+        }
+    }
+}
