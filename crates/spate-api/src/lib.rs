@@ -1,1 +1,154 @@
+//! Knative resources as users write them: parsing, defaulting, validation
+//! (every problem, with its field path) and compilation into runtime configs.
+//!
+//! Resources are stored as the normalized JSON the user applied; the typed
+//! configs in [`Compiled`] are derived once, at admission, and never parsed
+//! again on the hot path.
 
+mod broker;
+mod delivery;
+mod errors;
+mod kind;
+mod meta;
+mod trigger;
+mod walk;
+
+use serde_json::Value;
+
+pub use broker::BrokerConfig;
+pub use delivery::DeliverySpec;
+pub use errors::{AdmissionError, FieldError};
+pub use kind::Kind;
+pub use trigger::TriggerConfig;
+
+/// Annotation selecting ordered delivery (Knative Kafka broker's name).
+pub const ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Spate annotation bounding a trigger's in-flight events.
+pub const MAX_IN_FLIGHT_ANNOTATION: &str = "spate.dev/max-in-flight";
+/// Knative's broker class annotation (immutable).
+pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+/// The broker class Spate reports when none is given.
+pub const DEFAULT_BROKER_CLASS: &str = "MTChannelBasedBroker";
+
+/// One admitted resource: its identity and the normalized manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// `apiVersion`, `kind`, `metadata` and `spec`, with defaults applied; no status.
+    pub manifest: Value,
+}
+
+impl Resource {
+    pub fn key(&self) -> (Kind, String, String) {
+        (self.kind, self.namespace.clone(), self.name.clone())
+    }
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.manifest.pointer("/metadata/annotations")?.get(key)?.as_str()
+    }
+}
+
+/// The runtime view of a resource, compiled at admission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compiled {
+    Broker(BrokerConfig),
+    Trigger(TriggerConfig),
+}
+
+/// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, AdmissionError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| AdmissionError::Syntax(e.to_string()))?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Validates and compiles one document. `index` (0-based) names it in errors.
+pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled), Vec<FieldError>> {
+    let mut w = walk::Walker::new(index);
+    let Some(top) = w.object(doc, "", &["apiVersion", "kind", "metadata", "spec", "status"]) else {
+        return Err(w.finish_err());
+    };
+    let kind_name = w.req_str(top, "kind", "");
+    let api_version = w.req_str(top, "apiVersion", "");
+    let kind = match (kind_name, api_version) {
+        (Some(k), Some(v)) => match Kind::from_manifest(k, v) {
+            Ok(kind) => Some(kind),
+            Err(msg) => {
+                w.error("kind", msg);
+                None
+            }
+        },
+        _ => None,
+    };
+    let (namespace, name, metadata) = meta::validate(&mut w, top.get("metadata"));
+    w.set_identity(kind_name.unwrap_or("?"), &namespace, &name);
+    let empty = Value::Object(Default::default());
+    let spec = top.get("spec").unwrap_or(&empty);
+    let compiled = match kind {
+        Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
+        Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
+        None => None,
+    };
+    match (kind, compiled) {
+        (Some(kind), Some(compiled)) if w.ok() => {
+            let manifest = serde_json::json!({
+                "apiVersion": kind.api_version(),
+                "kind": kind.name(),
+                "metadata": metadata,
+                "spec": spec,
+            });
+            Ok((Resource { kind, namespace, name, manifest }, compiled))
+        }
+        _ => Err(w.finish_err()),
+    }
+}
+
+/// Admits a whole file: every document must pass, otherwise every problem in
+/// every document is returned and nothing is admitted.
+pub fn admit_text(text: &str) -> Result<Vec<(Resource, Compiled)>, AdmissionError> {
+    let docs = parse_documents(text)?;
+    if docs.is_empty() {
+        return Err(AdmissionError::Empty);
+    }
+    let mut ok = vec![];
+    let mut errors = vec![];
+    for (i, d) in docs.iter().enumerate() {
+        match admit_document(d, i) {
+            Ok(r) => ok.push(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (r, _) in &ok {
+        if !seen.insert(r.key()) {
+            errors.push(FieldError::new(None, format!("{} {}/{}", r.kind.name(), r.namespace, r.name), "metadata.name", "defined twice in the same file"));
+        }
+    }
+    if errors.is_empty() { Ok(ok) } else { Err(AdmissionError::Invalid(errors)) }
+}
+
+/// Checks an update against the stored resource: immutable fields stay as they were.
+pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
+    let mut errs = vec![];
+    let who = format!("{} {}/{}", new.kind.name(), new.namespace, new.name);
+    match new.kind {
+        Kind::Trigger => {
+            let (a, b) = (old.manifest.pointer("/spec/broker"), new.manifest.pointer("/spec/broker"));
+            if a != b {
+                errs.push(FieldError::new(None, who.clone(), "spec.broker", format!("is immutable (was {}, now {})", a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null))));
+            }
+        }
+        Kind::Broker => {
+            let (a, b) = (old.annotation(BROKER_CLASS_ANNOTATION), new.annotation(BROKER_CLASS_ANNOTATION));
+            if a != b {
+                errs.push(FieldError::new(
+                    None,
+                    who,
+                    &format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"),
+                    format!("the broker class is immutable (was {}, now {})", a.unwrap_or("unset"), b.unwrap_or("unset")),
+                ));
+            }
+        }
+    }
+    errs
+}

@@ -1,6 +1,8 @@
 //! Spate's pure core: the CloudEvent model, the strict HTTP/JSON codec and the
 //! storage encoding used by the log. This crate does no IO.
 
+pub mod delivery;
+pub mod destination;
 pub mod error;
 pub mod event;
 pub mod http_codec;
@@ -9,6 +11,7 @@ pub mod percent;
 pub mod rules;
 pub mod storage;
 
+pub use destination::{Destination, KRef};
 pub use error::CodecError;
 pub use event::{CloudEvent, ExtValue, SpecVersion};
 pub use http_codec::{ContentMode, Decoded};

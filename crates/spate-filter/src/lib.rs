@@ -1,1 +1,189 @@
+//! Trigger filters, compiled once at admission and evaluated on the hot path.
+//!
+//! One module per dialect joins this crate as it is implemented (Knative's
+//! layout); the compiled [`Filter`] is the seam every dialect plugs into.
 
+use std::fmt;
+
+use spate_core::CloudEvent;
+use thiserror::Error;
+
+/// A problem found while compiling a filter, relative to the filter's own path.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{path}: {message}")]
+pub struct FilterError {
+    /// Path below the filter's root, e.g. `[1].exact.type` (empty for the root).
+    pub path: String,
+    pub message: String,
+}
+
+impl FilterError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FilterError { path: path.into(), message: message.into() }
+    }
+}
+
+/// A compiled filter. `All(vec![])` matches everything.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Every (attribute, value) pair matches exactly.
+    Exact(Vec<(String, String)>),
+    /// Every attribute starts with its value.
+    Prefix(Vec<(String, String)>),
+    /// Every attribute ends with its value.
+    Suffix(Vec<(String, String)>),
+    /// The attribute exists with any value (legacy `filter.attributes` with "").
+    Present(String),
+    All(Vec<Filter>),
+    Any(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+impl fmt::Debug for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Filter::Exact(kv) => write!(f, "exact{kv:?}"),
+            Filter::Prefix(kv) => write!(f, "prefix{kv:?}"),
+            Filter::Suffix(kv) => write!(f, "suffix{kv:?}"),
+            Filter::Present(k) => write!(f, "present({k})"),
+            Filter::All(v) => write!(f, "all{v:?}"),
+            Filter::Any(v) => write!(f, "any{v:?}"),
+            Filter::Not(x) => write!(f, "not({x:?})"),
+        }
+    }
+}
+
+/// Attribute keys in filters: `^[a-z][a-z0-9]*$` (Knative's validation).
+pub fn check_key(path: &str, key: &str) -> Result<(), FilterError> {
+    let mut b = key.bytes();
+    let ok = b.next().is_some_and(|c| c.is_ascii_lowercase()) && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(FilterError::new(path, format!("invalid attribute key '{key}': keys match ^[a-z][a-z0-9]*$")))
+    }
+}
+
+impl Filter {
+    pub fn match_all() -> Filter {
+        Filter::All(vec![])
+    }
+
+    /// Legacy `filter.attributes`: exact values, and "" meaning "present with any value".
+    pub fn from_attributes<'a>(attrs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Filter, Vec<FilterError>> {
+        let mut errors = vec![];
+        let mut exact = vec![];
+        let mut parts = vec![];
+        for (k, v) in attrs {
+            if let Err(e) = check_key(k, k) {
+                errors.push(e);
+                continue;
+            }
+            if v.is_empty() {
+                parts.push(Filter::Present(k.to_string()));
+            } else {
+                exact.push((k.to_string(), v.to_string()));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if !exact.is_empty() {
+            parts.insert(0, Filter::Exact(exact));
+        }
+        Ok(if parts.len() == 1 { parts.pop().expect("one") } else { Filter::All(parts) })
+    }
+
+    /// A key/value dialect (`exact`, `prefix`, `suffix`): at least one key, every
+    /// key valid, every value non-empty (Knative silently matches everything on
+    /// an empty value; Spate rejects it).
+    pub fn key_values<'a>(dialect: &str, kv: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Filter, Vec<FilterError>> {
+        let mut errors = vec![];
+        let mut pairs = vec![];
+        for (k, v) in kv {
+            if let Err(e) = check_key(k, k) {
+                errors.push(e);
+            } else if v.is_empty() {
+                errors.push(FilterError::new(k, format!("empty value: an empty {dialect} value would match every event")));
+            } else {
+                pairs.push((k.to_string(), v.to_string()));
+            }
+        }
+        if pairs.is_empty() && errors.is_empty() {
+            errors.push(FilterError::new("", format!("{dialect} needs at least one attribute")));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(match dialect {
+            "prefix" => Filter::Prefix(pairs),
+            "suffix" => Filter::Suffix(pairs),
+            _ => Filter::Exact(pairs),
+        })
+    }
+
+    pub fn matches(&self, ev: &CloudEvent) -> bool {
+        match self {
+            Filter::Exact(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a == v.as_str())),
+            Filter::Prefix(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a.starts_with(v.as_str()))),
+            Filter::Suffix(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a.ends_with(v.as_str()))),
+            Filter::Present(k) => ev.attribute(k).is_some(),
+            Filter::All(fs) => fs.iter().all(|f| f.matches(ev)),
+            Filter::Any(fs) => fs.iter().any(|f| f.matches(ev)),
+            Filter::Not(f) => !f.matches(ev),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spate_core::ExtValue;
+
+    use super::*;
+
+    fn ev() -> CloudEvent {
+        let mut e = CloudEvent::new("1", "/src/a", "com.example.created");
+        e.set_extension("count", ExtValue::Integer(42));
+        e.set_extension("flag", ExtValue::Boolean(true));
+        e.set_extension("region", ExtValue::String("éu-west".into()));
+        e
+    }
+
+    #[test]
+    fn table() {
+        let exact = |kv: &[(&str, &str)]| Filter::key_values("exact", kv.iter().copied()).unwrap();
+        let cases: Vec<(&str, Filter, bool)> = vec![
+            ("exact type", exact(&[("type", "com.example.created")]), true),
+            ("exact type miss", exact(&[("type", "other")]), false),
+            ("exact all keys", exact(&[("type", "com.example.created"), ("source", "/nope")]), false),
+            ("missing attribute fails", exact(&[("subject", "x")]), false),
+            ("integer canonical", exact(&[("count", "42")]), true),
+            ("boolean canonical", exact(&[("flag", "true")]), true),
+            ("unicode", exact(&[("region", "éu-west")]), true),
+            ("prefix", Filter::key_values("prefix", [("type", "com.example.")]).unwrap(), true),
+            ("suffix", Filter::key_values("suffix", [("source", "/a")]).unwrap(), true),
+            ("legacy present", Filter::from_attributes([("count", "")]).unwrap(), true),
+            ("legacy present missing", Filter::from_attributes([("subject", "")]).unwrap(), false),
+            ("legacy mixed", Filter::from_attributes([("type", "com.example.created"), ("flag", "")]).unwrap(), true),
+            ("empty all", Filter::All(vec![]), true),
+            ("empty any", Filter::Any(vec![]), false),
+            ("not", Filter::Not(Box::new(exact(&[("type", "other")]))), true),
+            ("nested", Filter::Any(vec![exact(&[("type", "x")]), Filter::All(vec![exact(&[("count", "42")]), Filter::Not(Box::new(Filter::Present("subject".into())))])]), true),
+        ];
+        let e = ev();
+        for (name, f, want) in cases {
+            assert_eq!(f.matches(&e), want, "{name}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn rejections() {
+        let errs = Filter::key_values("exact", [("Type", "x"), ("ok", ""), ("a-b", "y")]).unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 3, "{text:?}");
+        assert!(text[0].contains("invalid attribute key 'Type'"));
+        assert!(text[1].contains("empty value"));
+        assert!(Filter::key_values("exact", std::iter::empty()).is_err());
+        assert!(Filter::from_attributes([("bad_key", "x")]).is_err());
+    }
+}

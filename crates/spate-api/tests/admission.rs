@@ -1,0 +1,153 @@
+use spate_api::{AdmissionError, Compiled, Kind, admit_text, check_update};
+
+const GOOD: &str = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+  annotations:
+    eventing.knative.dev/broker.class: MTChannelBasedBroker
+spec:
+  delivery:
+    retry: 3
+    backoffPolicy: linear
+    backoffDelay: PT0.5S
+    deadLetterSink:
+      uri: http://127.0.0.1:9/dls
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t1
+  namespace: team-a
+  annotations:
+    kafka.eventing.knative.dev/delivery.order: ordered
+spec:
+  broker: default
+  filter:
+    attributes:
+      type: com.example.a
+      myext: ""
+  subscriber:
+    ref:
+      apiVersion: eventing.knative.dev/v1
+      kind: Broker
+      name: other
+    uri: /extra
+  delivery:
+    timeout: PT2S
+    format: json
+"#;
+
+#[test]
+fn valid_file_compiles() {
+    let out = admit_text(GOOD).unwrap();
+    assert_eq!(out.len(), 2);
+    let (b, Compiled::Broker(bc)) = &out[0] else { panic!("broker first") };
+    assert_eq!((b.kind, b.namespace.as_str(), b.name.as_str()), (Kind::Broker, "default", "default"));
+    let d = bc.delivery.as_ref().unwrap();
+    assert_eq!(d.retry, Some(3));
+    assert_eq!(d.backoff_delay, Some(std::time::Duration::from_millis(500)));
+    let (t, Compiled::Trigger(tc)) = &out[1] else { panic!("trigger second") };
+    assert_eq!(t.namespace, "team-a");
+    assert!(tc.ordered);
+    let kref = tc.subscriber.kref.as_ref().unwrap();
+    assert_eq!((kref.kind.as_str(), kref.namespace.as_str()), ("Broker", "team-a"), "ref namespace defaults to the trigger's");
+    let mut ev = spate_core::CloudEvent::new("1", "/s", "com.example.a");
+    assert!(!tc.filter.matches(&ev), "myext must be present");
+    ev.set_extension("myext", spate_core::ExtValue::String("any".into()));
+    assert!(tc.filter.matches(&ev));
+}
+
+const BAD: &str = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: Bad_Name
+spec:
+  delivery:
+    retry: -1
+    backoffDelay: 5s
+    backoffPolicy: random
+  colour: blue
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t
+spec:
+  broker: default
+  filters:
+    - exact:
+        type: a
+      prefix:
+        type: b
+    - exact:
+        Type: x
+        source: ""
+  filter:
+    attributes:
+      my-key: v
+  subscriber:
+    uri: not a url
+  delivery:
+    timeout: forever
+---
+apiVersion: eventing.knative.dev/v2
+kind: Trigger
+metadata:
+  name: t2
+"#;
+
+#[test]
+fn invalid_file_lists_every_error_with_its_path() {
+    let Err(AdmissionError::Invalid(errs)) = admit_text(BAD) else { panic!("must be rejected") };
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let want = [
+        ("document 1", "metadata.name: 'Bad_Name' is not a valid name"),
+        ("document 1", "spec.delivery.retry: must be a whole number"),
+        ("document 1", "spec.delivery.backoffDelay: '5s' is not an ISO 8601 duration"),
+        ("document 1", "spec.delivery.backoffPolicy: 'random' is not one of linear, exponential"),
+        ("document 1", "spec.colour: unknown field"),
+        ("document 2", "spec.filters[0]: exactly one dialect per filter"),
+        ("document 2", "spec.filters[1].exact.Type: invalid attribute key 'Type'"),
+        ("document 2", "spec.filters[1].exact.source: empty value"),
+        ("document 2", "spec.filter.attributes.my-key: invalid attribute key 'my-key'"),
+        ("document 2", "spec.subscriber.uri: 'not a url' must be an absolute http"),
+        ("document 2", "spec.delivery.timeout: 'forever' is not an ISO 8601 duration"),
+        ("document 3", "kind: Trigger needs apiVersion eventing.knative.dev/v1"),
+    ];
+    for (doc, w) in want {
+        assert!(text.iter().any(|t| t.starts_with(doc) && t.contains(w)), "missing '{doc} … {w}' in:\n{}", text.join("\n"));
+    }
+    assert_eq!(text.len(), want.len(), "unexpected extra errors:\n{}", text.join("\n"));
+}
+
+#[test]
+fn syntax_and_empty_input() {
+    assert!(matches!(admit_text("a: [unclosed"), Err(AdmissionError::Syntax(_))));
+    assert!(matches!(admit_text("---\n"), Err(AdmissionError::Empty)));
+    let Err(AdmissionError::Invalid(e)) = admit_text("kind: Widget\napiVersion: x/v1\nmetadata: {name: w}\n") else { panic!() };
+    assert!(e[0].to_string().contains("unsupported kind 'Widget'"), "{}", e[0]);
+}
+
+#[test]
+fn duplicate_resources_in_one_file_are_rejected() {
+    let doc = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n";
+    let Err(AdmissionError::Invalid(e)) = admit_text(&format!("{doc}---\n{doc}")) else { panic!() };
+    assert!(e[0].to_string().contains("defined twice"));
+}
+
+#[test]
+fn immutable_fields() {
+    let t = |broker: &str| {
+        admit_text(&format!("apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: {broker}\n  subscriber: {{uri: 'http://x/'}}\n")).unwrap().remove(0).0
+    };
+    assert!(check_update(&t("a"), &t("a")).is_empty());
+    let e = check_update(&t("a"), &t("b"));
+    assert!(e[0].to_string().contains("spec.broker: is immutable"), "{}", e[0]);
+    let b = |class: &str| {
+        admit_text(&format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: b, annotations: {{eventing.knative.dev/broker.class: {class}}}}}\n")).unwrap().remove(0).0
+    };
+    assert!(check_update(&b("MTChannelBasedBroker"), &b("Kafka"))[0].to_string().contains("broker class is immutable"));
+}
