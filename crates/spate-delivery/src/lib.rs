@@ -1,1 +1,263 @@
+//! The one dispatcher: everything Spate sends to an HTTP destination goes
+//! through [`Dispatcher::deliver`] — subscriber attempts with retries and
+//! backoff, replies, and dead letters.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use spate_core::delivery::{DeliveryFormat, RetryPolicy, is_retryable_status, parse_retry_after};
+use spate_core::{CloudEvent, ExtValue, ext, http_codec};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a reply event goes. A failure to accept it fails the delivery
+/// attempt, so the event is retried rather than the reply lost.
+pub trait ReplySink: Send + Sync {
+    fn accept(&self, reply: CloudEvent) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Replies are discarded (Knative: a Subscription without `reply`).
+pub struct DiscardReplies;
+
+impl ReplySink for DiscardReplies {
+    fn accept(&self, _reply: CloudEvent) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// What to deliver and how.
+pub struct DeliveryRequest<'a> {
+    pub subscriber: &'a str,
+    pub policy: &'a RetryPolicy,
+    pub format: DeliveryFormat,
+    pub namespace: &'a str,
+    pub dead_letter_sink: Option<&'a str>,
+    /// Metric label naming the sender (e.g. `trigger/default/t1`).
+    pub label: &'a str,
+}
+
+/// The result of one HTTP attempt.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Response { status: u16, headers: HeaderMap, body: Bytes },
+    /// Connection error or timeout: no response.
+    Failed { timeout: bool, message: String },
+}
+
+impl Attempt {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Response { status, .. } => Some(*status),
+            Attempt::Failed { .. } => None,
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            Attempt::Response { status, .. } => format!("HTTP {status}"),
+            Attempt::Failed { timeout: true, .. } => "timed out".into(),
+            Attempt::Failed { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// Final outcome of a delivery: the event's offset may be committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The subscriber accepted it (and its reply, if any, was accepted).
+    Delivered { attempts: u32 },
+    /// Retries exhausted (or a non-retryable answer); the dead-letter sink took it.
+    DeadLettered { attempts: u32, last_error: String },
+    /// Retries exhausted with no dead-letter sink, or the sink failed too. Counted.
+    Dropped { attempts: u32, reason: String },
+}
+
+/// Shared, pooled HTTP dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    client: reqwest::Client,
+    default_timeout: Duration,
+}
+
+static TRACE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A W3C traceparent for an event that arrives without one.
+fn new_traceparent() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let seq = TRACE_SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut x = nanos ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    format!("00-{:016x}{:016x}-{:016x}-01", next(), next(), next() | 1)
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(300))
+    }
+}
+
+impl Dispatcher {
+    /// `default_timeout` applies to attempts whose policy sets no timeout.
+    pub fn new(default_timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http1_only()
+            .build()
+            .expect("HTTP client builds with static configuration");
+        Dispatcher { client, default_timeout }
+    }
+
+    /// One POST of `ev` to `url`.
+    pub async fn send_once(&self, ev: &CloudEvent, url: &str, format: DeliveryFormat, namespace: &str, timeout: Option<Duration>) -> Attempt {
+        let mut headers = HeaderMap::new();
+        let body = match format {
+            DeliveryFormat::Binary => http_codec::encode_binary(ev, &mut headers),
+            DeliveryFormat::Json => http_codec::encode_structured(ev, &mut headers),
+        };
+        headers.insert("prefer", HeaderValue::from_static("reply"));
+        if let Ok(v) = HeaderValue::from_str(namespace) {
+            headers.insert("kn-namespace", v);
+        }
+        let tp = match ev.extension(ext::TRACEPARENT) {
+            Some(ExtValue::String(s)) => s.clone(),
+            _ => new_traceparent(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert("traceparent", v);
+        }
+        let req = self.client.post(url).headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                match resp.bytes().await {
+                    Ok(body) => Attempt::Response { status, headers, body },
+                    Err(e) => Attempt::Failed { timeout: e.is_timeout(), message: format!("reading response: {e}") },
+                }
+            }
+            Err(e) => Attempt::Failed { timeout: e.is_timeout(), message: error_chain(&e) },
+        }
+    }
+
+    /// Delivers with retries, reply handling and dead-lettering, returning the
+    /// final outcome. Waits between attempts are timers: other events of the
+    /// same worker proceed meanwhile.
+    pub async fn deliver(&self, ev: &CloudEvent, req: &DeliveryRequest<'_>, replies: &dyn ReplySink) -> Outcome {
+        let (attempts, last) = match self.attempts(ev, req.subscriber, req, Some(replies)).await {
+            Ok(attempts) => return Outcome::Delivered { attempts },
+            Err(x) => x,
+        };
+        metrics::counter!("spate_delivery_failures_total", "sender" => req.label.to_string()).increment(1);
+        let Some(dls) = req.dead_letter_sink else {
+            metrics::counter!("spate_events_dropped_total", "sender" => req.label.to_string(), "reason" => "no_dead_letter_sink").increment(1);
+            return Outcome::Dropped { attempts, reason: format!("{} after {attempts} attempt(s) and no dead-letter sink", last.describe()) };
+        };
+        let mut dead = ev.clone();
+        dead.set_extension(ext::ERROR_DEST, ExtValue::String(req.subscriber.to_string()));
+        if let Attempt::Response { status, body, .. } = &last {
+            dead.set_extension(ext::ERROR_CODE, ExtValue::String(status.to_string()));
+            if !body.is_empty() {
+                let n = body.len().min(1024);
+                dead.set_extension(ext::ERROR_DATA, ExtValue::String(base64::engine::general_purpose::STANDARD.encode(&body[..n])));
+            }
+        }
+        match self.attempts(&dead, dls, req, None).await {
+            Ok(_) => {
+                metrics::counter!("spate_dead_letters_total", "sender" => req.label.to_string()).increment(1);
+                Outcome::DeadLettered { attempts, last_error: last.describe() }
+            }
+            Err((_, dls_err)) => {
+                metrics::counter!("spate_events_dropped_total", "sender" => req.label.to_string(), "reason" => "dead_letter_sink_failed").increment(1);
+                Outcome::Dropped { attempts, reason: format!("subscriber: {}; dead-letter sink: {}", last.describe(), dls_err.describe()) }
+            }
+        }
+    }
+
+    /// Attempts until success, a non-retryable answer, or retries run out.
+    async fn attempts(&self, ev: &CloudEvent, url: &str, req: &DeliveryRequest<'_>, replies: Option<&dyn ReplySink>) -> Result<u32, (u32, Attempt)> {
+        let policy = req.policy;
+        let mut attempt_no = 0u32;
+        loop {
+            attempt_no += 1;
+            let a = self.send_once(ev, url, req.format, req.namespace, policy.timeout).await;
+            let (retryable, a) = match a {
+                Attempt::Response { status, headers, body } if (200..300).contains(&status) => {
+                    let Some(replies) = replies else { return Ok(attempt_no) };
+                    match reply_event(status, &headers, body.clone()) {
+                        None => return Ok(attempt_no),
+                        Some(reply) => match replies.accept(reply).await {
+                            Ok(()) => return Ok(attempt_no),
+                            Err(e) => {
+                                tracing::warn!(sender = req.label, error = %e, "reply could not be stored; retrying the delivery");
+                                (true, Attempt::Failed { timeout: false, message: format!("reply not stored: {e}") })
+                            }
+                        },
+                    }
+                }
+                Attempt::Response { status, headers, body } => (is_retryable_status(status), Attempt::Response { status, headers, body }),
+                failed @ Attempt::Failed { .. } => (true, failed),
+            };
+            if !retryable || attempt_no > policy.retry {
+                return Err((attempt_no, a));
+            }
+            metrics::counter!("spate_delivery_retries_total", "sender" => req.label.to_string()).increment(1);
+            let retry_after = match &a {
+                Attempt::Response { headers, .. } => headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| {
+                    parse_retry_after(v, SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+                }),
+                Attempt::Failed { .. } => None,
+            };
+            let wait = policy.wait_before_retry(attempt_no, a.status(), retry_after);
+            tracing::debug!(sender = req.label, target = url, attempt = attempt_no, outcome = %a.describe(), wait_ms = wait.as_millis() as u64, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A reply is a 2xx other than 202/204 whose body is a CloudEvent. Anything
+/// else (no event, a malformed event) is discarded.
+fn reply_event(status: u16, headers: &HeaderMap, body: Bytes) -> Option<CloudEvent> {
+    if status == 202 || status == 204 {
+        return None;
+    }
+    let is_event = headers.contains_key("ce-specversion")
+        || headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("application/cloudevents"));
+    if !is_event {
+        return None;
+    }
+    match http_codec::decode(headers, body) {
+        Ok(d) if d.events.len() == 1 => d.events.into_iter().next(),
+        Ok(_) => {
+            metrics::counter!("spate_replies_discarded_total", "reason" => "batch").increment(1);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "subscriber replied with a malformed CloudEvent; reply discarded");
+            metrics::counter!("spate_replies_discarded_total", "reason" => "malformed").increment(1);
+            None
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
