@@ -1,1 +1,59 @@
+//! Brokers and triggers: the broker ingress path into the log, one worker per
+//! trigger reading from its committed offset, and reconciliation by diff.
+//!
+//! IO is limited to the log and the dispatcher handed in by the binary.
 
+mod broker;
+mod reconcile;
+mod trigger;
+
+use std::time::Duration;
+
+use spate_api::DeliverySpec;
+use spate_core::delivery::{BackoffPolicy, RetryPolicy};
+
+pub use broker::{Broker, PublishError};
+pub use reconcile::{Condition, Desired, Eventing, ResourceStatus};
+pub use trigger::TriggerStats;
+
+/// Server-wide eventing settings.
+#[derive(Debug, Clone)]
+pub struct EventingConfig {
+    /// Base URL of the data plane, used for addresses (`http://127.0.0.1:8080`).
+    pub base_url: String,
+    /// Delivery spec for brokers that declare none (Knative: retry 10, exponential, PT0.2S).
+    pub default_delivery: DeliverySpec,
+    /// Events in flight per trigger unless the trigger says otherwise.
+    pub max_in_flight: usize,
+}
+
+impl Default for EventingConfig {
+    fn default() -> Self {
+        EventingConfig {
+            base_url: "http://127.0.0.1:8080".into(),
+            default_delivery: DeliverySpec {
+                retry: Some(10),
+                backoff_policy: Some(BackoffPolicy::Exponential),
+                backoff_delay: Some(Duration::from_millis(200)),
+                ..DeliverySpec::default()
+            },
+            max_in_flight: 100,
+        }
+    }
+}
+
+impl EventingConfig {
+    pub(crate) fn default_delay(&self) -> Duration {
+        self.default_delivery.backoff_delay.unwrap_or(RetryPolicy::default().backoff_delay)
+    }
+}
+
+/// Log name of a broker's event log.
+pub fn broker_log_name(namespace: &str, name: &str) -> String {
+    format!("broker.{namespace}.{name}")
+}
+
+/// Consumer name of a trigger on its broker's log.
+pub fn trigger_consumer(namespace: &str, name: &str) -> String {
+    format!("trigger/{namespace}/{name}")
+}

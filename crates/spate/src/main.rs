@@ -1,1 +1,44 @@
-fn main() {}
+//! `spate`: Knative Eventing in one binary. This file only parses the command
+//! line and hands over; each subcommand lives in its own module.
+
+mod admin;
+mod bench;
+mod cli;
+mod client;
+mod control;
+mod display;
+mod ingress;
+mod output;
+mod serve;
+mod store;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            cli::Command::Serve(a) => serve::run(a).await,
+            cli::Command::Apply(a) => client::apply(a).await,
+            cli::Command::Delete(a) => client::delete(a).await,
+            cli::Command::Get(a) => client::get(a).await,
+            cli::Command::Send(a) => client::send(a).await,
+            cli::Command::Validate(a) => client::validate(a),
+            cli::Command::Bench(a) => bench::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,271 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use spate_api::{BrokerConfig, DeliverySpec, Kind, TriggerConfig};
+use spate_core::Destination;
+use spate_delivery::Dispatcher;
+use spate_log::LogBackend;
+use tokio::sync::Mutex;
+
+use crate::broker::Broker;
+use crate::trigger::{TriggerPlan, TriggerStats, TriggerWorker};
+use crate::{EventingConfig, broker_log_name, trigger_consumer};
+
+/// What the control plane wants running.
+#[derive(Debug, Default, Clone)]
+pub struct Desired {
+    pub brokers: Vec<BrokerConfig>,
+    pub triggers: Vec<TriggerConfig>,
+}
+
+/// A Knative condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    fn ok(kind: &'static str) -> Self {
+        Condition { kind, ok: true, reason: String::new(), message: String::new() }
+    }
+    fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Condition { kind, ok: false, reason: reason.into(), message: message.into() }
+    }
+}
+
+/// Observed status of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStatus {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// `Ready` first, then the conditions it summarizes.
+    pub conditions: Vec<Condition>,
+    pub address: Option<String>,
+    pub subscriber_uri: Option<String>,
+    pub dead_letter_sink_uri: Option<String>,
+}
+
+impl ResourceStatus {
+    fn new(kind: Kind, namespace: &str, name: &str, mut parts: Vec<Condition>) -> Self {
+        let ready = match parts.iter().find(|c| !c.ok) {
+            None => Condition::ok("Ready"),
+            Some(c) => Condition::fail("Ready", &c.reason, c.message.clone()),
+        };
+        parts.insert(0, ready);
+        ResourceStatus { kind, namespace: namespace.into(), name: name.into(), conditions: parts, address: None, subscriber_uri: None, dead_letter_sink_uri: None }
+    }
+    pub fn ready(&self) -> bool {
+        self.conditions.first().is_some_and(|c| c.ok)
+    }
+}
+
+type Key = (String, String);
+
+/// The eventing runtime: running brokers and trigger workers.
+pub struct Eventing {
+    config: EventingConfig,
+    backend: Arc<dyn LogBackend>,
+    dispatcher: Dispatcher,
+    brokers: RwLock<HashMap<Key, Arc<Broker>>>,
+    triggers: Mutex<HashMap<Key, TriggerWorker>>,
+}
+
+impl Eventing {
+    pub fn new(config: EventingConfig, backend: Arc<dyn LogBackend>, dispatcher: Dispatcher) -> Self {
+        Eventing { config, backend, dispatcher, brokers: RwLock::new(HashMap::new()), triggers: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn config(&self) -> &EventingConfig {
+        &self.config
+    }
+
+    /// The running broker for the ingress path.
+    pub fn broker(&self, namespace: &str, name: &str) -> Option<Arc<Broker>> {
+        self.brokers.read().expect("brokers lock").get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn broker_address(&self, namespace: &str, name: &str) -> String {
+        format!("{}/{namespace}/{name}", self.config.base_url.trim_end_matches('/'))
+    }
+
+    /// Live counters for a trigger, if its worker runs.
+    pub async fn trigger_stats(&self, namespace: &str, name: &str) -> Option<Arc<TriggerStats>> {
+        self.triggers.lock().await.get(&(namespace.to_string(), name.to_string())).map(|w| w.stats.clone())
+    }
+
+    /// Resolves a Destination to a URL against the desired brokers.
+    fn resolve(&self, dest: &Destination, brokers: &HashSet<Key>) -> Result<String, String> {
+        match (&dest.kref, &dest.uri) {
+            (Some(r), uri) => {
+                let base = if r.kind == "Broker" && r.api_version.starts_with("eventing.knative.dev/") {
+                    if !brokers.contains(&(r.namespace.clone(), r.name.clone())) {
+                        return Err(format!("Broker {}/{} does not exist", r.namespace, r.name));
+                    }
+                    self.broker_address(&r.namespace, &r.name)
+                } else {
+                    return Err(format!(
+                        "cannot resolve {} {}/{} ({}): this Spate resolves references to eventing.knative.dev Brokers; use a uri for other destinations",
+                        r.kind, r.namespace, r.name, r.api_version
+                    ));
+                };
+                Ok(match uri {
+                    Some(u) => Destination::join(&base, u),
+                    None => base,
+                })
+            }
+            (None, Some(u)) => Ok(u.clone()),
+            (None, None) => Err("destination has neither ref nor uri".into()),
+        }
+    }
+
+    /// Brings the running parts in line with `desired` (by diff: unchanged
+    /// workers keep running) and returns every resource's status.
+    pub async fn reconcile(&self, desired: &Desired) -> Vec<ResourceStatus> {
+        let mut statuses = vec![];
+        let wanted: HashSet<Key> = desired.brokers.iter().map(|b| (b.namespace.clone(), b.name.clone())).collect();
+        let mut triggers = self.triggers.lock().await;
+
+        // Brokers that are gone: stop their triggers, delete their logs.
+        let gone: Vec<Key> = self.brokers.read().expect("brokers lock").keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        for key in gone {
+            let stale: Vec<Key> = triggers.iter().filter(|(_, w)| w.plan.config.namespace == key.0 && w.plan.config.broker == key.1).map(|(k, _)| k.clone()).collect();
+            for t in stale {
+                if let Some(w) = triggers.remove(&t) {
+                    w.stop().await;
+                }
+            }
+            self.brokers.write().expect("brokers lock").remove(&key);
+            if let Err(e) = self.backend.remove(&broker_log_name(&key.0, &key.1)) {
+                tracing::error!(broker = %format!("{}/{}", key.0, key.1), error = %e, "could not delete the broker's log");
+            }
+        }
+
+        for b in &desired.brokers {
+            let key = (b.namespace.clone(), b.name.clone());
+            let address = self.broker_address(&b.namespace, &b.name);
+            let existing = self.broker(&b.namespace, &b.name);
+            let mut conds = vec![];
+            let log = match &existing {
+                Some(x) => Ok(x.log.clone()),
+                None => self.backend.open(&broker_log_name(&b.namespace, &b.name)).map_err(|e| e.to_string()),
+            };
+            match log {
+                Ok(log) => {
+                    if existing.as_ref().is_none_or(|x| x.config != *b) {
+                        let broker = Arc::new(Broker { config: b.clone(), log, address: address.clone() });
+                        self.brokers.write().expect("brokers lock").insert(key.clone(), broker);
+                    }
+                    conds.push(Condition::ok("IngressReady"));
+                    conds.push(Condition::ok("Addressable"));
+                }
+                Err(e) => conds.push(Condition::fail("IngressReady", "StorageUnavailable", e)),
+            }
+            let mut dls_uri = None;
+            if let Some(dls) = b.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
+                match self.resolve(dls, &wanted) {
+                    Ok(u) => {
+                        dls_uri = Some(u);
+                        conds.push(Condition::ok("DeadLetterSinkResolved"));
+                    }
+                    Err(e) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e)),
+                }
+            }
+            let mut st = ResourceStatus::new(Kind::Broker, &b.namespace, &b.name, conds);
+            st.address = Some(address);
+            st.dead_letter_sink_uri = dls_uri;
+            statuses.push(st);
+        }
+
+        let desired_triggers: HashSet<Key> = desired.triggers.iter().map(|t| (t.namespace.clone(), t.name.clone())).collect();
+        let removed: Vec<Key> = triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
+        for key in removed {
+            if let Some(w) = triggers.remove(&key) {
+                let broker = self.broker(&w.plan.config.namespace, &w.plan.config.broker);
+                w.stop().await;
+                if let Some(b) = broker {
+                    let _ = b.log.remove_consumer(&trigger_consumer(&key.0, &key.1));
+                }
+            }
+        }
+
+        for t in &desired.triggers {
+            let key = (t.namespace.clone(), t.name.clone());
+            let (plan, mut st) = self.plan_trigger(t, &wanted);
+            let broker = self.broker(&t.namespace, &t.broker);
+            match (plan, broker) {
+                (Some(plan), Some(broker)) => {
+                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan);
+                    if !same {
+                        if let Some(old) = triggers.remove(&key) {
+                            old.stop().await;
+                        }
+                        triggers.insert(key, TriggerWorker::start(plan, broker, self.dispatcher.clone()));
+                    }
+                }
+                _ => {
+                    if let Some(old) = triggers.remove(&key) {
+                        old.stop().await;
+                    }
+                    if st.ready() {
+                        st = ResourceStatus::new(Kind::Trigger, &t.namespace, &t.name, vec![Condition::fail("BrokerReady", "BrokerNotReady", "the broker is not running")]);
+                    }
+                }
+            }
+            statuses.push(st);
+        }
+        statuses
+    }
+
+    fn plan_trigger(&self, t: &TriggerConfig, brokers: &HashSet<Key>) -> (Option<TriggerPlan>, ResourceStatus) {
+        let mut conds = vec![];
+        let broker_cfg = if brokers.contains(&(t.namespace.clone(), t.broker.clone())) {
+            conds.push(Condition::ok("BrokerReady"));
+            self.broker(&t.namespace, &t.broker).map(|b| b.config.clone())
+        } else {
+            conds.push(Condition::fail("BrokerReady", "BrokerDoesNotExist", format!("Broker {}/{} does not exist", t.namespace, t.broker)));
+            None
+        };
+        let subscriber = self.resolve(&t.subscriber, brokers);
+        match &subscriber {
+            Ok(_) => conds.push(Condition::ok("SubscriberResolved")),
+            Err(e) => conds.push(Condition::fail("SubscriberResolved", "Unresolved", e.clone())),
+        }
+        // A Trigger's delivery spec replaces its Broker's; the dead-letter sink falls back to the Broker's.
+        let broker_delivery = broker_cfg.as_ref().and_then(|b| b.delivery.clone());
+        let spec: DeliverySpec = t.delivery.clone().or(broker_delivery.clone()).unwrap_or_else(|| self.config.default_delivery.clone());
+        let dls_dest = t.delivery.as_ref().and_then(|d| d.dead_letter_sink.clone()).or_else(|| broker_delivery.and_then(|d| d.dead_letter_sink));
+        let dls = dls_dest.as_ref().map(|d| self.resolve(d, brokers));
+        match &dls {
+            Some(Ok(_)) => conds.push(Condition::ok("DeadLetterSinkResolved")),
+            Some(Err(e)) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e.clone())),
+            None => {}
+        }
+        let mut st = ResourceStatus::new(Kind::Trigger, &t.namespace, &t.name, conds);
+        st.subscriber_uri = subscriber.as_ref().ok().cloned();
+        st.dead_letter_sink_uri = dls.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        let plan = match (st.ready(), subscriber, dls) {
+            (true, Ok(subscriber_url), dls) => Some(TriggerPlan {
+                config: t.clone(),
+                subscriber_url,
+                dead_letter_url: dls.and_then(Result::ok),
+                policy: spec.retry_policy(self.config.default_delay()),
+                format: spec.format.unwrap_or_default(),
+                max_in_flight: if t.ordered { 1 } else { t.max_in_flight.unwrap_or(self.config.max_in_flight) },
+            }),
+            _ => None,
+        };
+        (plan, st)
+    }
+
+    /// Stops every worker (in-flight deliveries stay uncommitted).
+    pub async fn shutdown(&self) {
+        let mut triggers = self.triggers.lock().await;
+        for (_, w) in triggers.drain() {
+            w.stop().await;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The admin API: Kubernetes-style REST over the control plane, `/apply` for
+//! all-or-nothing multi-document manifests, health and metrics.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use spate_api::Kind;
+
+use crate::control::{ApiError, ControlPlane};
+
+#[derive(Clone)]
+pub struct Admin {
+    pub control: Arc<ControlPlane>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/apply", post(apply))
+        .route("/apis/{group}/{version}/{plural}", get(list_all))
+        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
+        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Admin>) -> Response {
+    if st.control.is_ready() { (StatusCode::OK, "ready\n").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response() }
+}
+
+async fn metrics(State(st): State<Admin>) -> String {
+    st.metrics.render()
+}
+
+#[derive(Deserialize)]
+struct ApplyQuery {
+    #[serde(rename = "dryRun", default)]
+    dry_run: bool,
+}
+
+async fn apply(State(st): State<Admin>, Query(q): Query<ApplyQuery>, body: String) -> Result<Response, ApiError> {
+    let applied = st.control.apply(&body, q.dry_run).await?;
+    Ok(axum::Json(json!({"applied": applied, "dryRun": q.dry_run})).into_response())
+}
+
+fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(group, plural).filter(|k| k.version() == version).ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
+}
+
+async fn list_all(State(st): State<Admin>, Path((group, version, plural)): Path<(String, String, String)>) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    let items = st.control.get(k, None, None).await?;
+    Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
+}
+
+async fn list(State(st): State<Admin>, Path((group, version, ns, plural)): Path<(String, String, String, String)>) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    let items = st.control.get(k, Some(&ns), None).await?;
+    Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
+}
+
+async fn get_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    let mut items = st.control.get(k, Some(&ns), Some(&name)).await?;
+    Ok(axum::Json(items.remove(0)).into_response())
+}
+
+async fn delete_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    st.control.delete(k, &ns, &name).await?;
+    Ok(axum::Json(json!({"kind": "Status", "status": "Success"})).into_response())
+}
+
+/// Creates or replaces one resource; the body (YAML or JSON) must name the
+/// same kind, namespace and name as the path.
+async fn put_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>, body: String) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    check_single(&body, k, &ns, Some(&name))?;
+    let applied = st.control.apply(&body, false).await?;
+    Ok(axum::Json(json!({"applied": applied})).into_response())
+}
+
+async fn create(State(st): State<Admin>, Path((group, version, ns, plural)): Path<(String, String, String, String)>, body: String) -> Result<Response, ApiError> {
+    let k = kind(&group, &version, &plural)?;
+    check_single(&body, k, &ns, None)?;
+    let applied = st.control.apply(&body, false).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"applied": applied}))).into_response())
+}
+
+fn check_single(body: &str, k: Kind, ns: &str, name: Option<&str>) -> Result<(), ApiError> {
+    let docs = spate_api::parse_documents(body)?;
+    let [doc] = docs.as_slice() else {
+        return Err(ApiError::BadRequest(format!("expected exactly one {} document, got {}", k.name(), docs.len())));
+    };
+    let doc_kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+    let doc_ns = doc.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default");
+    let doc_name = doc.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
+    if doc_kind != k.name() || doc_ns != ns || name.is_some_and(|n| n != doc_name) {
+        return Err(ApiError::BadRequest(format!("the body describes {doc_kind} {doc_ns}/{doc_name}, which does not match the request path")));
+    }
+    Ok(())
+}

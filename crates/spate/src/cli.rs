@@ -1,0 +1,201 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "spate", version, about = "Knative Eventing in one binary: brokers, triggers and delivery on an embedded durable log")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the data plane, the admin API and every applied resource.
+    Serve(ServeArgs),
+    /// Apply Knative manifests (all or nothing) to a running server.
+    Apply(ApplyArgs),
+    /// Delete a resource, or every resource in a manifest file.
+    Delete(DeleteArgs),
+    /// List or show resources.
+    Get(GetArgs),
+    /// Send CloudEvents (like `kn event send`).
+    Send(SendArgs),
+    /// Validate manifests offline; prints every problem with its field path.
+    Validate(ValidateArgs),
+    /// Measure broker throughput and latency against an embedded sink.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Manifest files or directories to apply at start (YAML, multi-document).
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// Where resources and event logs are stored.
+    #[arg(long, default_value = "./spate-data", env = "SPATE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Data-plane address (broker ingress).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SPATE_LISTEN")]
+    pub listen: String,
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "SPATE_ADMIN_LISTEN")]
+    pub admin_listen: String,
+    /// Largest accepted request body in bytes (at least 65536, CloudEvents' minimum).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_event_size: usize,
+    /// When appends are acknowledged: `always` (after fdatasync, group commit), `interval:<ms>`, or `never`.
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
+    /// Default bound on events in flight per trigger.
+    #[arg(long, default_value_t = 100)]
+    pub max_in_flight: usize,
+    /// Delete consumed log segments older than this many seconds (0 keeps them).
+    #[arg(long, default_value_t = 86_400)]
+    pub retention_seconds: u64,
+    /// Delete the oldest consumed segments while a log is larger than this many bytes (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// Default delivery retries for brokers without a delivery spec (Knative's default is 10).
+    #[arg(long, default_value_t = 10)]
+    pub default_retry: u32,
+    /// Default backoff delay in milliseconds (Knative's default is 200, exponential).
+    #[arg(long, default_value_t = 200)]
+    pub default_backoff_ms: u64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServerArg {
+    /// Admin API of the server to talk to.
+    #[arg(long, default_value = "http://127.0.0.1:8081", env = "SPATE_SERVER", global = true)]
+    pub server: String,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// Manifest files or directories; `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Kind (broker, trigger) when deleting by name.
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Delete every resource named in these manifests.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// Kind: broker(s), trigger(s).
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SendMode {
+    Binary,
+    Structured,
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// Target URL (any CloudEvents receiver).
+    #[arg(long, conflicts_with = "broker")]
+    pub to: Option<String>,
+    /// Broker name; its address is looked up through the admin API.
+    #[arg(long)]
+    pub broker: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long = "type", default_value = "dev.spate.example")]
+    pub ty: String,
+    #[arg(long, default_value = "/spate/cli")]
+    pub source: String,
+    /// Event id (default: generated; with --count, suffixed by the sequence number).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Payload.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// Extension attribute `name=value`; repeatable.
+    #[arg(short = 'e', long = "extension")]
+    pub extensions: Vec<String>,
+    #[arg(long, value_enum, default_value_t = SendMode::Binary)]
+    pub mode: SendMode,
+    /// Number of events to send.
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
+    /// Events per second (0: as fast as the concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Total events per phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Target rate in events/s (0: closed loop at the given concurrency).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Use an already running server (its admin API) instead of starting one in-process.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Data directory for the in-process server (default: a fresh temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// fsync policy of the in-process server.
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
+    /// Events sent as a batch per request (1 = one event per request, binary mode).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Skip the direct-to-sink baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}

@@ -1,0 +1,270 @@
+//! Client commands: talk to a running server's admin API, or send events.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::Value;
+use spate_api::Kind;
+use spate_core::{CloudEvent, ExtValue};
+
+use crate::cli::{ApplyArgs, DeleteArgs, GetArgs, SendArgs, SendMode, ValidateArgs};
+use crate::serve::read_manifests;
+
+type Exit = anyhow::Result<std::process::ExitCode>;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().tcp_nodelay(true).build().expect("HTTP client builds with static configuration")
+}
+
+fn unreachable(server: &str, e: reqwest::Error) -> anyhow::Error {
+    anyhow!("cannot reach the Spate admin API at {server}: {e} (is `spate serve` running? set --server or SPATE_SERVER)")
+}
+
+/// Prints an API error body (the list of problems) and returns exit code 1.
+fn report_failure(body: &str) -> std::process::ExitCode {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) => {
+            let errs = v["errors"].as_array().cloned().unwrap_or_default();
+            if errs.len() > 1 || v["message"].as_str().is_some_and(|m| m.contains("problem(s)")) {
+                eprintln!("error: {} problem(s), nothing was applied:", errs.len());
+                for e in errs {
+                    eprintln!("  - {}", e.as_str().unwrap_or_default());
+                }
+            } else {
+                eprintln!("error: {}", v["message"].as_str().unwrap_or(body));
+            }
+        }
+        Err(_) => eprintln!("error: {body}"),
+    }
+    std::process::ExitCode::FAILURE
+}
+
+pub async fn apply(a: ApplyArgs) -> Exit {
+    let text = read_manifests(&a.files)?;
+    let url = format!("{}/apply", a.server.server.trim_end_matches('/'));
+    let resp = http().post(&url).body(text).send().await.map_err(|e| unreachable(&a.server.server, e))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await?;
+    if !ok {
+        return Ok(report_failure(&body));
+    }
+    let v: Value = serde_json::from_str(&body).context("reading the server's answer")?;
+    for x in v["applied"].as_array().into_iter().flatten() {
+        println!("{}.{}/{} {} (namespace {})", x["kind"].as_str().unwrap_or("").to_lowercase(), x["group"].as_str().unwrap_or(""), x["name"].as_str().unwrap_or(""), x["action"].as_str().unwrap_or(""), x["namespace"].as_str().unwrap_or(""));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub fn validate(a: ValidateArgs) -> Exit {
+    let text = read_manifests(&a.files)?;
+    match spate_api::admit_text(&text) {
+        Ok(rs) => {
+            for (r, _) in &rs {
+                println!("{} {}/{}: valid", r.kind.name(), r.namespace, r.name);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
+fn kind_arg(k: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli(k).ok_or_else(|| anyhow!("unknown kind '{k}' (known: {})", Kind::ALL.map(Kind::plural).join(", ")))
+}
+
+fn resource_url(server: &str, kind: Kind, ns: Option<&str>, name: Option<&str>) -> String {
+    let mut u = format!("{}/apis/{}/{}", server.trim_end_matches('/'), kind.group(), kind.version());
+    if let Some(ns) = ns {
+        u.push_str(&format!("/namespaces/{ns}"));
+    }
+    u.push_str(&format!("/{}", kind.plural()));
+    if let Some(n) = name {
+        u.push_str(&format!("/{n}"));
+    }
+    u
+}
+
+pub async fn delete(a: DeleteArgs) -> Exit {
+    let mut targets = vec![];
+    if !a.files.is_empty() {
+        for doc in spate_api::parse_documents(&read_manifests(&a.files)?)? {
+            let k = kind_arg(doc["kind"].as_str().unwrap_or(""))?;
+            let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+            let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            targets.push((k, ns, name));
+        }
+    } else {
+        let (Some(k), Some(n)) = (&a.kind, &a.name) else { bail!("give KIND NAME, or -f FILE") };
+        targets.push((kind_arg(k)?, a.namespace.clone(), n.clone()));
+    }
+    let client = http();
+    let mut code = std::process::ExitCode::SUCCESS;
+    for (k, ns, name) in targets {
+        let resp = client.delete(resource_url(&a.server.server, k, Some(&ns), Some(&name))).send().await.map_err(|e| unreachable(&a.server.server, e))?;
+        if resp.status().is_success() {
+            println!("{}.{}/{} deleted (namespace {ns})", k.name().to_lowercase(), k.group(), name);
+        } else {
+            code = report_failure(&resp.text().await?);
+        }
+    }
+    Ok(code)
+}
+
+pub async fn get_objects(server: &str, kind: Kind, ns: Option<&str>, name: Option<&str>) -> anyhow::Result<Result<Vec<Value>, String>> {
+    let resp = http().get(resource_url(server, kind, ns, name)).send().await.map_err(|e| unreachable(server, e))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await?;
+    if !ok {
+        return Ok(Err(body));
+    }
+    let v: Value = serde_json::from_str(&body).context("reading the server's answer")?;
+    Ok(Ok(if name.is_some() { vec![v] } else { v["items"].as_array().cloned().unwrap_or_default() }))
+}
+
+pub async fn get(a: GetArgs) -> Exit {
+    let k = kind_arg(&a.kind)?;
+    let ns = if a.all_namespaces { None } else { Some(a.namespace.as_str()) };
+    match get_objects(&a.server.server, k, ns, a.name.as_deref()).await? {
+        Ok(items) => {
+            print!("{}", crate::output::render(k, &items, a.output, a.name.is_some()));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(body) => Ok(report_failure(&body)),
+    }
+}
+
+/// Resolves a broker's address through the admin API (`status.address.url`).
+pub async fn broker_url(server: &str, ns: &str, name: &str) -> anyhow::Result<String> {
+    match get_objects(server, Kind::Broker, Some(ns), Some(name)).await? {
+        Ok(items) => items[0].pointer("/status/address/url").and_then(Value::as_str).map(str::to_string).ok_or_else(|| anyhow!("Broker {ns}/{name} has no address yet (is it Ready? see `spate get broker {name} -n {ns}`)")),
+        Err(_) => bail!("Broker {ns}/{name} not found (see `spate get brokers -A`)"),
+    }
+}
+
+fn parse_extensions(exts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    exts.iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').ok_or_else(|| anyhow!("--extension '{e}': use name=value"))?;
+            spate_core::rules::check_attribute_name(k).map_err(|err| anyhow!("--extension '{e}': {err}"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Live progress on standard error for long sends.
+pub struct Progress {
+    total: u64,
+    started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(total: u64) -> Self {
+        Progress { total, started: Instant::now(), tty: std::io::stderr().is_terminal() }
+    }
+    pub fn show(&self, done: u64, failed: u64, last: bool) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let width = 30usize;
+        let filled = ((done as f64 / self.total.max(1) as f64) * width as f64) as usize;
+        let bar: String = "=".repeat(filled.min(width)) + &" ".repeat(width - filled.min(width));
+        let line = format!("[{bar}] {done}/{} events, {:.0}/s, {failed} failed", self.total, done as f64 / secs);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r{line}{}", if last { "\n" } else { "" });
+        } else if last {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+}
+
+pub async fn send(a: SendArgs) -> Exit {
+    let url = match (&a.to, &a.broker) {
+        (Some(u), _) => u.clone(),
+        (None, Some(b)) => broker_url(&a.server.server, &a.namespace, b).await?,
+        (None, None) => bail!("give --to URL or --broker NAME"),
+    };
+    let exts = parse_extensions(&a.extensions)?;
+    let base_id = a.id.clone().unwrap_or_else(|| format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()));
+    let build = |i: u64| -> anyhow::Result<(HeaderMap, Bytes)> {
+        let id = if a.count > 1 { format!("{base_id}-{i}") } else { base_id.clone() };
+        let mut ev = CloudEvent::new(id, a.source.clone(), a.ty.clone());
+        ev.datacontenttype = Some(a.content_type.clone());
+        ev.data = a.data.clone().map(Bytes::from);
+        for (k, v) in &exts {
+            ev.set_extension(k, ExtValue::String(v.clone()));
+        }
+        ev.validate().map_err(|e| anyhow!("the event is not valid: {e}"))?;
+        let mut h = HeaderMap::new();
+        let body = match a.mode {
+            SendMode::Binary => spate_core::http_codec::encode_binary(&ev, &mut h),
+            SendMode::Structured => spate_core::http_codec::encode_structured(&ev, &mut h),
+        };
+        Ok((h, body))
+    };
+    build(0)?;
+    let client = http();
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let progress = Progress::new(a.count);
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1)));
+    let mut ticker = (a.rate > 0.0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    let mut last_show = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.count {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let (h, body) = build(i)?;
+        let (client, url, sent_c, failed_c, first_error) = (client.clone(), url.clone(), sent.clone(), failed.clone(), first_error.clone());
+        tasks.spawn(async move {
+            let (sent, failed) = (sent_c, failed_c);
+            let r = client.post(&url).headers(h).body(body).send().await;
+            let err = match r {
+                Ok(resp) if resp.status().is_success() => None,
+                Ok(resp) => Some(format!("HTTP {}: {}", resp.status().as_u16(), resp.text().await.unwrap_or_default().trim())),
+                Err(e) => Some(e.to_string()),
+            };
+            match err {
+                None => sent.fetch_add(1, Ordering::Relaxed),
+                Some(e) => {
+                    first_error.lock().expect("lock").get_or_insert(e);
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+        if a.count > 1 && last_show.elapsed() > Duration::from_millis(200) {
+            progress.show(sent.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), false);
+            last_show = Instant::now();
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let (ok, bad) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if a.count > 1 {
+        progress.show(ok + bad, bad, true);
+    }
+    if let Some(e) = first_error.lock().expect("lock").take() {
+        eprintln!("error: {bad} of {} event(s) failed; first failure: {e}", a.count);
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    if a.count == 1 {
+        println!("event {base_id} sent to {url}");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

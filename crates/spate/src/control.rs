@@ -1,0 +1,222 @@
+//! The control plane: admission, the resource store, reconciliation and status.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use spate_api::{AdmissionError, Compiled, FieldError, Kind};
+use spate_eventing::{Desired, Eventing, ResourceStatus};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+use crate::store::{Entry, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Conflict(Vec<FieldError>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("unknown resource type '{0}'")]
+    UnknownResource(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// HTTP status mapping of control-plane errors; the one place it is decided.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Admission(AdmissionError::Invalid(_)) | ApiError::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Admission(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) | ApiError::UnknownResource(_) => StatusCode::NOT_FOUND,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let errors: Vec<String> = match &self {
+            ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => e.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        };
+        (status, axum::Json(json!({"kind": "Status", "status": "Failure", "code": status.as_u16(), "message": self.to_string(), "errors": errors}))).into_response()
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub kind: &'static str,
+    pub group: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// created, configured or unchanged.
+    pub action: &'static str,
+}
+
+pub struct ControlPlane {
+    store: Mutex<Store>,
+    eventing: Arc<Eventing>,
+    ready: AtomicBool,
+}
+
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = spate_core::rules::format_rfc3339(d.as_secs() as i64, 0);
+    format!("{}Z", &s[..19])
+}
+
+fn new_uid() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let n = d.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40);
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (a, b) = (next(), next());
+    format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff)
+}
+
+fn status_json(st: &ResourceStatus, generation: u64) -> Value {
+    let now = now_rfc3339();
+    let conditions: Vec<Value> = st
+        .conditions
+        .iter()
+        .map(|c| {
+            let mut v = json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
+            if !c.ok {
+                v["reason"] = json!(c.reason);
+                v["message"] = json!(c.message);
+            }
+            v
+        })
+        .collect();
+    let mut s = json!({"observedGeneration": generation, "conditions": conditions});
+    if let Some(a) = &st.address {
+        s["address"] = json!({"url": a});
+    }
+    if let Some(u) = &st.subscriber_uri {
+        s["subscriberUri"] = json!(u);
+    }
+    if let Some(u) = &st.dead_letter_sink_uri {
+        s["deadLetterSinkUri"] = json!(u);
+    }
+    s
+}
+
+impl ControlPlane {
+    pub fn new(store: Store, eventing: Arc<Eventing>) -> Self {
+        ControlPlane { store: Mutex::new(store), eventing, ready: AtomicBool::new(false) }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Admits a whole manifest text: all or nothing.
+    pub async fn apply(&self, text: &str, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
+        let admitted = spate_api::admit_text(text)?;
+        let mut store = self.store.lock().await;
+        let mut conflicts = vec![];
+        for (r, _) in &admitted {
+            if let Some(old) = store.entries.get(&r.key()) {
+                conflicts.extend(spate_api::check_update(&old.resource, r));
+            }
+        }
+        if !conflicts.is_empty() {
+            return Err(ApiError::Conflict(conflicts));
+        }
+        let mut applied = vec![];
+        for (resource, compiled) in admitted {
+            let key = resource.key();
+            let action = match store.entries.get(&key) {
+                None => "created",
+                Some(old) if old.resource.manifest == resource.manifest => "unchanged",
+                Some(_) => "configured",
+            };
+            applied.push(Applied { kind: resource.kind.name(), group: resource.kind.group(), namespace: resource.namespace.clone(), name: resource.name.clone(), action });
+            if dry_run || action == "unchanged" {
+                continue;
+            }
+            let (generation, uid, created) = match store.entries.get(&key) {
+                Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone()),
+                None => (1, new_uid(), now_rfc3339()),
+            };
+            store.entries.insert(key, Entry { resource, compiled, status: Value::Null, generation, uid, created });
+        }
+        if !dry_run {
+            store.save()?;
+            self.reconcile_locked(&mut store).await;
+        }
+        Ok(applied)
+    }
+
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let mut store = self.store.lock().await;
+        if store.entries.remove(&(kind, namespace.to_string(), name.to_string())).is_none() {
+            return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
+        }
+        store.save()?;
+        self.reconcile_locked(&mut store).await;
+        Ok(())
+    }
+
+    /// Objects of `kind` in `namespace` (all namespaces if `None`), optionally one by name.
+    pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
+        let store = self.store.lock().await;
+        if let (Some(ns), Some(n)) = (namespace, name) {
+            return store
+                .entries
+                .get(&(kind, ns.to_string(), n.to_string()))
+                .map(|e| vec![e.object()])
+                .ok_or_else(|| ApiError::NotFound(format!("{} {ns}/{n}", kind.name())));
+        }
+        Ok(store.entries.iter().filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns)).map(|(_, e)| e.object()).collect())
+    }
+
+    pub async fn reconcile(&self) {
+        let mut store = self.store.lock().await;
+        self.reconcile_locked(&mut store).await;
+        self.ready.store(true, Ordering::Release);
+    }
+
+    async fn reconcile_locked(&self, store: &mut Store) {
+        let mut desired = Desired::default();
+        for e in store.entries.values() {
+            match &e.compiled {
+                Compiled::Broker(b) => desired.brokers.push(b.clone()),
+                Compiled::Trigger(t) => desired.triggers.push(t.clone()),
+            }
+        }
+        for st in self.eventing.reconcile(&desired).await {
+            if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
+                let new = status_json(&st, e.generation);
+                // Keep transition times stable when a condition did not change.
+                if strip_times(&e.status) != strip_times(&new) {
+                    e.status = new;
+                }
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.eventing.shutdown().await;
+    }
+}
+
+fn strip_times(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in cs {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    v
+}

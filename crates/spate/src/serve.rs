@@ -1,0 +1,159 @@
+//! `spate serve`: wires the log backend, eventing, the control plane and the
+//! two HTTP routers, then runs until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use spate_core::delivery::BackoffPolicy;
+use spate_delivery::Dispatcher;
+use spate_eventing::{Eventing, EventingConfig};
+use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, Retention};
+
+use crate::cli::ServeArgs;
+use crate::control::ControlPlane;
+use crate::store::Store;
+
+pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
+    Ok(match s {
+        "always" => FsyncPolicy::Always,
+        "never" => FsyncPolicy::Never,
+        other => match other.strip_prefix("interval:").and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok()) {
+            Some(ms) if ms > 0 => FsyncPolicy::Interval(Duration::from_millis(ms)),
+            _ => bail!("--fsync: '{other}' is not one of always, never, interval:<milliseconds> (e.g. interval:10)"),
+        },
+    })
+}
+
+/// Reads manifest files and directories (`.yaml`, `.yml`, `.json`, sorted) into one text.
+pub fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<String> {
+    let mut docs = vec![];
+    for p in paths {
+        if p.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading standard input")?;
+            docs.push(s);
+        } else if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading directory {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+                .collect();
+            files.sort();
+            for f in files {
+                docs.push(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?);
+            }
+        } else {
+            docs.push(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
+        }
+    }
+    Ok(docs.join("\n---\n"))
+}
+
+/// Holds an exclusive lock on the data directory for the life of the server.
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).with_context(|| format!("opening {}/LOCK", dir.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!("data directory {} is in use by another spate process", dir.display());
+    }
+    Ok(DirLock(f))
+}
+
+fn base_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { addr.ip() };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if args.max_event_size < 64 * 1024 {
+        bail!("--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)");
+    }
+    let fsync = parse_fsync(&args.fsync)?;
+    // Read and validate the manifests before touching anything.
+    let manifests = if args.files.is_empty() { None } else { Some(read_manifests(&args.files)?) };
+    if let Some(text) = &manifests {
+        spate_api::admit_text(text).map_err(|e| anyhow::anyhow!("{}: {e}", args.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))?;
+    }
+    let _lock = lock_data_dir(&args.data_dir)?;
+    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+
+    let data_listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding the data plane to {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen).await.with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
+    let data_addr = data_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let log_config = FileLogConfig {
+        fsync,
+        retention: Retention {
+            max_age: (args.retention_seconds > 0).then(|| Duration::from_secs(args.retention_seconds)),
+            max_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+        },
+        ..FileLogConfig::default()
+    };
+    let backend = Arc::new(FileBackend::new(args.data_dir.join("logs"), log_config));
+    let mut eventing_config = EventingConfig { base_url: base_url(data_addr), max_in_flight: args.max_in_flight.max(1), ..EventingConfig::default() };
+    eventing_config.default_delivery.retry = Some(args.default_retry);
+    eventing_config.default_delivery.backoff_policy = Some(BackoffPolicy::Exponential);
+    eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
+    let eventing = Arc::new(Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default()));
+    let store = Store::load(&args.data_dir).context("loading stored resources")?;
+    let control = Arc::new(ControlPlane::new(store, eventing.clone()));
+    if let Some(text) = &manifests {
+        let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        for a in applied {
+            tracing::info!(kind = a.kind, namespace = %a.namespace, name = %a.name, action = a.action, "applied");
+        }
+    }
+    control.reconcile().await;
+
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let ingress = crate::ingress::router(crate::ingress::Ingress { eventing: eventing.clone(), max_event_size: args.max_event_size });
+    let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics });
+    // Tests and scripts read these two lines to find the servers.
+    println!("spate: data plane listening on {}", base_url(data_addr));
+    println!("spate: admin API listening on {}", base_url(admin_addr));
+    tracing::info!(data_dir = %args.data_dir.display(), fsync = %args.fsync, "spate is ready");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut s1 = stop_rx.clone();
+    let mut s2 = stop_rx;
+    let data = tokio::spawn(async move { axum::serve(data_listener, ingress).with_graceful_shutdown(async move { let _ = s1.changed().await; }).await });
+    let adm = tokio::spawn(async move { axum::serve(admin_listener, admin).with_graceful_shutdown(async move { let _ = s2.changed().await; }).await });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("stopping: finishing requests, stopping workers, closing logs");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = data.await;
+        let _ = adm.await;
+    })
+    .await;
+    control.shutdown().await;
+    backend.close_all();
+    Ok(std::process::ExitCode::SUCCESS)
+}
