@@ -83,7 +83,8 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let (namespace, name, metadata) = meta::validate(&mut w, top.get("metadata"));
     w.set_identity(kind_name.unwrap_or("?"), &namespace, &name);
     let empty = Value::Object(Default::default());
-    let spec = top.get("spec").unwrap_or(&empty);
+    // An absent or empty (`spec:`) spec is an empty map.
+    let spec = top.get("spec").filter(|v| !v.is_null()).unwrap_or(&empty);
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
         Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),

@@ -132,6 +132,12 @@ fn syntax_and_empty_input() {
 }
 
 #[test]
+fn an_empty_spec_is_an_empty_map() {
+    let out = admit_text("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b\nspec:\n").unwrap();
+    assert_eq!(out[0].0.manifest["spec"], serde_json::json!({}));
+}
+
+#[test]
 fn duplicate_resources_in_one_file_are_rejected() {
     let doc = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n";
     let Err(AdmissionError::Invalid(e)) = admit_text(&format!("{doc}---\n{doc}")) else { panic!() };

@@ -41,6 +41,15 @@ pub(crate) struct TriggerWorker {
 
 impl TriggerWorker {
     pub fn start(plan: TriggerPlan, broker: Arc<Broker>, dispatcher: Dispatcher) -> Self {
+        // A new trigger sees events that arrive after it is Ready, as in Knative.
+        // The start is recorded here, before `apply` returns, not when the task
+        // first runs: an event sent right after `apply` must not be skipped.
+        let consumer = crate::trigger_consumer(&plan.config.namespace, &plan.config.name);
+        if broker.log.committed(&consumer).is_none()
+            && let Err(e) = broker.log.commit(&consumer, broker.log.end_offset())
+        {
+            tracing::error!(consumer = %consumer, error = %e, "cannot record the trigger's starting offset");
+        }
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(TriggerStats::default());
         let run = Run { plan: Arc::new(plan.clone()), broker, dispatcher, stats: stats.clone() };
@@ -94,17 +103,7 @@ impl Run {
         let log = self.broker.log.clone();
         let consumer = self.consumer();
         let label = format!("trigger/{}/{}", self.plan.config.namespace, self.plan.config.name);
-        // A new trigger sees events that arrive after it starts, as in Knative.
-        let mut next = match log.committed(&consumer) {
-            Some(o) => o.max(log.start_offset()),
-            None => {
-                let end = log.end_offset();
-                if let Err(e) = log.commit(&consumer, end) {
-                    tracing::error!(trigger = %label, error = %e, "cannot record the starting offset");
-                }
-                end
-            }
-        };
+        let mut next = log.committed(&consumer).unwrap_or_else(|| log.end_offset()).max(log.start_offset());
         let mut committed = next;
         let mut end_rx = log.watch_end();
         let mut pending: BTreeSet<Offset> = BTreeSet::new();

@@ -1,0 +1,247 @@
+//! Test harness: a real `spate serve` process and real HTTP sinks.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use spate_core::CloudEvent;
+use tokio::sync::Notify;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spate");
+
+pub struct Server {
+    child: Child,
+    pub data: String,
+    pub admin: String,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `spate serve` on ephemeral ports with `dir` as data directory.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(dir: &Path, listen: &str, admin: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", listen, "--admin-listen", admin])
+            .args(extra)
+            .env("SPATE_LOG", std::env::var("SPATE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spate serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("spate: data plane listening on ") {
+                    let _ = tx.send(("data", u.to_string()));
+                } else if let Some(u) = line.strip_prefix("spate: admin API listening on ") {
+                    let _ = tx.send(("admin", u.to_string()));
+                }
+            }
+        });
+        let (mut data, mut admin) = (None, None);
+        while data.is_none() || admin.is_none() {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(("data", u)) => data = Some(u),
+                Ok((_, u)) => admin = Some(u),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("spate serve did not report its addresses (exit: {:?})", child.try_wait());
+                }
+            }
+        }
+        Server { child, data: data.unwrap(), admin: admin.unwrap(), dir: dir.to_path_buf() }
+    }
+
+    pub fn broker_url(&self, ns: &str, name: &str) -> String {
+        format!("{}/{ns}/{name}", self.data)
+    }
+
+    pub async fn apply(&self, yaml: &str) -> (u16, serde_json::Value) {
+        let r = client().post(format!("{}/apply", self.admin)).body(yaml.to_string()).send().await.expect("admin reachable");
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn apply_ok(&self, yaml: &str) {
+        let (s, v) = self.apply(yaml).await;
+        assert_eq!(s, 200, "apply failed: {v}");
+    }
+
+    pub async fn get(&self, plural: &str, ns: &str, name: &str) -> serde_json::Value {
+        client().get(format!("{}/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}", self.admin)).send().await.unwrap().text().await.unwrap().parse().unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        client().get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&mut self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().unwrap()
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub event: CloudEvent,
+    pub at: Instant,
+}
+
+type Behaviour = Arc<dyn Fn(&Received, usize) -> Response + Send + Sync>;
+
+/// An HTTP subscriber that records what it receives and answers as told.
+#[derive(Clone)]
+pub struct Sink {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    notify: Arc<Notify>,
+    pub in_progress: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub fn accept_all() -> Behaviour {
+    Arc::new(|_, _| StatusCode::ACCEPTED.into_response())
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Self::with(accept_all(), Duration::ZERO).await
+    }
+
+    /// `delay` is applied before answering (a slow subscriber).
+    pub async fn with(behaviour: Behaviour, delay: Duration) -> Sink {
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let notify = Arc::new(Notify::new());
+        let in_progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (g, n, ip) = (got.clone(), notify.clone(), in_progress.clone());
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let (g, n, ip, behaviour) = (g.clone(), n.clone(), ip.clone(), behaviour.clone());
+            async move {
+                let event = match spate_core::http_codec::decode(&headers, body) {
+                    Ok(mut d) => d.events.remove(0),
+                    Err(e) => {
+                        eprintln!("test sink: rejecting an undecodable request: {e}");
+                        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+                    }
+                };
+                let r = Received { headers, event, at: Instant::now() };
+                ip.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let count = {
+                    let mut g = g.lock().unwrap();
+                    g.push(r.clone());
+                    g.len()
+                };
+                n.notify_waiters();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let resp = behaviour(&r, count);
+                ip.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink { url, got, notify, in_progress }
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    pub fn events(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds over the received events. The deadline is a
+    /// safety net against hangs, not the synchronisation.
+    pub async fn wait_until(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let notified = self.notify.notified();
+            {
+                let g = self.got.lock().unwrap();
+                if pred(&g) {
+                    return g.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                let ids: Vec<String> = self.events().iter().map(|r| r.event.id.clone()).collect();
+                panic!("timed out waiting for {what}; got {} event(s): {ids:?}", ids.len());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+        }
+    }
+
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        self.wait_until(&format!("{n} event(s) at {}", self.url), |g| g.len() >= n).await
+    }
+
+    pub async fn wait_for_id(&self, id: &str) -> Vec<Received> {
+        self.wait_until(&format!("event {id} at {}", self.url), |g| g.iter().any(|r| r.event.id == id)).await
+    }
+}
+
+pub fn broker(name: &str, extra_spec: &str) -> String {
+    format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\nspec:\n{extra_spec}\n")
+}
+
+pub fn trigger(name: &str, broker: &str, filter: &str, subscriber: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: {broker}\n{filter}  subscriber:\n    uri: {subscriber}\n{extra_spec}\n"
+    )
+}
+
+pub fn type_filter(ty: &str) -> String {
+    format!("  filter:\n    attributes:\n      type: {ty}\n")
+}
+
+/// Sends a binary-mode event and returns the status.
+pub async fn send(url: &str, id: &str, ty: &str, data: &str) -> u16 {
+    client()
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/test")
+        .header("ce-type", ty)
+        .header("content-type", "application/json")
+        .body(data.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
