@@ -33,7 +33,20 @@ impl DeliverySpec {
 }
 
 pub fn parse(w: &mut Walker, v: &Value, path: &str, namespace: &str) -> Option<DeliverySpec> {
-    let m = w.object(v, path, &["deadLetterSink", "retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax", "format", "backoffMax"])?;
+    let m = w.object(
+        v,
+        path,
+        &[
+            "deadLetterSink",
+            "retry",
+            "backoffPolicy",
+            "backoffDelay",
+            "timeout",
+            "retryAfterMax",
+            "format",
+            "backoffMax",
+        ],
+    )?;
     let mut d = DeliverySpec {
         retry: w.opt_u32(m, "retry", path),
         backoff_delay: w.opt_duration(m, "backoffDelay", path),
@@ -101,8 +114,13 @@ pub fn destination(w: &mut Walker, v: &Value, path: &str, namespace: &str) -> Op
             None
         }
         (None, Some(u)) => {
-            if spate_core::rules::check_absolute_uri("uri", u).is_err() || !(u.starts_with("http://") || u.starts_with("https://")) {
-                w.error(&join(path, "uri"), format!("'{u}' must be an absolute http:// or https:// URL (or relative, together with ref)"));
+            if spate_core::rules::check_absolute_uri("uri", u).is_err()
+                || !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                w.error(
+                    &join(path, "uri"),
+                    format!("'{u}' must be an absolute http:// or https:// URL (or relative, together with ref)"),
+                );
             }
             Some(Destination { kref, uri })
         }

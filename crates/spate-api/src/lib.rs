@@ -122,7 +122,12 @@ pub fn admit_text(text: &str) -> Result<Vec<(Resource, Compiled)>, AdmissionErro
     let mut seen = std::collections::HashSet::new();
     for (r, _) in &ok {
         if !seen.insert(r.key()) {
-            errors.push(FieldError::new(None, format!("{} {}/{}", r.kind.name(), r.namespace, r.name), "metadata.name", "defined twice in the same file"));
+            errors.push(FieldError::new(
+                None,
+                format!("{} {}/{}", r.kind.name(), r.namespace, r.name),
+                "metadata.name",
+                "defined twice in the same file",
+            ));
         }
     }
     if errors.is_empty() { Ok(ok) } else { Err(AdmissionError::Invalid(errors)) }
@@ -136,7 +141,12 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         Kind::Trigger => {
             let (a, b) = (old.manifest.pointer("/spec/broker"), new.manifest.pointer("/spec/broker"));
             if a != b {
-                errs.push(FieldError::new(None, who.clone(), "spec.broker", format!("is immutable (was {}, now {})", a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null))));
+                errs.push(FieldError::new(
+                    None,
+                    who.clone(),
+                    "spec.broker",
+                    format!("is immutable (was {}, now {})", a.unwrap_or(&Value::Null), b.unwrap_or(&Value::Null)),
+                ));
             }
         }
         Kind::Broker => {
@@ -146,7 +156,11 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
                     None,
                     who,
                     &format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"),
-                    format!("the broker class is immutable (was {}, now {})", a.unwrap_or("unset"), b.unwrap_or("unset")),
+                    format!(
+                        "the broker class is immutable (was {}, now {})",
+                        a.unwrap_or("unset"),
+                        b.unwrap_or("unset")
+                    ),
                 ));
             }
         }

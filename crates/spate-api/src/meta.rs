@@ -3,8 +3,18 @@ use serde_json::{Map, Value};
 use crate::walk::Walker;
 
 const ALLOWED: &[&str] = &[
-    "name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "ownerReferences", "finalizers", "managedFields", "deletionTimestamp",
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+    "deletionTimestamp",
 ];
 
 /// DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
@@ -18,7 +28,9 @@ pub fn check_dns_label(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("'{s}' is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"))
+        Err(format!(
+            "'{s}' is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ))
     }
 }
 
@@ -50,7 +62,12 @@ pub fn validate(w: &mut Walker, v: Option<&Value>) -> (String, String, Value) {
         if let Some(v) = m.get(key) {
             let pairs = w.string_map(v, &format!("metadata.{key}"));
             if !pairs.is_empty() {
-                out.insert(key.into(), Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect()));
+                out.insert(
+                    key.into(),
+                    Value::Object(
+                        pairs.into_iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect(),
+                    ),
+                );
             }
         }
     }

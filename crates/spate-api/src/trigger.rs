@@ -53,7 +53,8 @@ fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
                 w.error(&p, "must be a list of filters");
                 return None;
             };
-            let fs: Vec<Option<Filter>> = items.iter().enumerate().map(|(i, f)| compile_filter(w, f, &format!("{p}[{i}]"))).collect();
+            let fs: Vec<Option<Filter>> =
+                items.iter().enumerate().map(|(i, f)| compile_filter(w, f, &format!("{p}[{i}]"))).collect();
             let fs: Option<Vec<Filter>> = fs.into_iter().collect();
             fs.map(|fs| if dialect == "all" { Filter::All(fs) } else { Filter::Any(fs) })
         }
@@ -84,7 +85,8 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
     let filters = match m.get("filters") {
         None | Some(Value::Null) => Some(vec![]),
         Some(Value::Array(items)) => {
-            let fs: Vec<Option<Filter>> = items.iter().enumerate().map(|(i, f)| compile_filter(w, f, &format!("spec.filters[{i}]"))).collect();
+            let fs: Vec<Option<Filter>> =
+                items.iter().enumerate().map(|(i, f)| compile_filter(w, f, &format!("spec.filters[{i}]"))).collect();
             fs.into_iter().collect()
         }
         Some(_) => {
@@ -94,7 +96,9 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
     };
     // A non-empty `filters` overrides the legacy `filter` (Knative's rule).
     let filter = match (filters, legacy) {
-        (Some(fs), _) if !fs.is_empty() => Some(if fs.len() == 1 { fs.into_iter().next().expect("one") } else { Filter::All(fs) }),
+        (Some(fs), _) if !fs.is_empty() => {
+            Some(if fs.len() == 1 { fs.into_iter().next().expect("one") } else { Filter::All(fs) })
+        }
         (Some(_), legacy) => legacy,
         (None, _) => None,
     };
@@ -110,7 +114,10 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
         None | Some("unordered") => false,
         Some("ordered") => true,
         Some(other) => {
-            w.error(&format!("metadata.annotations[{ORDER_ANNOTATION}]"), format!("'{other}' is not one of ordered, unordered"));
+            w.error(
+                &format!("metadata.annotations[{ORDER_ANNOTATION}]"),
+                format!("'{other}' is not one of ordered, unordered"),
+            );
             false
         }
     };
@@ -119,7 +126,10 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
-                w.error(&format!("metadata.annotations[{MAX_IN_FLIGHT_ANNOTATION}]"), format!("'{v}' must be a whole number ≥ 1"));
+                w.error(
+                    &format!("metadata.annotations[{MAX_IN_FLIGHT_ANNOTATION}]"),
+                    format!("'{v}' must be a whole number ≥ 1"),
+                );
                 None
             }
         },

@@ -52,7 +52,11 @@ fn valid_file_compiles() {
     assert_eq!(t.namespace, "team-a");
     assert!(tc.ordered);
     let kref = tc.subscriber.kref.as_ref().unwrap();
-    assert_eq!((kref.kind.as_str(), kref.namespace.as_str()), ("Broker", "team-a"), "ref namespace defaults to the trigger's");
+    assert_eq!(
+        (kref.kind.as_str(), kref.namespace.as_str()),
+        ("Broker", "team-a"),
+        "ref namespace defaults to the trigger's"
+    );
     let mut ev = spate_core::CloudEvent::new("1", "/s", "com.example.a");
     assert!(!tc.filter.matches(&ev), "myext must be present");
     ev.set_extension("myext", spate_core::ExtValue::String("any".into()));
@@ -118,7 +122,11 @@ fn invalid_file_lists_every_error_with_its_path() {
         ("document 3", "kind: Trigger needs apiVersion eventing.knative.dev/v1"),
     ];
     for (doc, w) in want {
-        assert!(text.iter().any(|t| t.starts_with(doc) && t.contains(w)), "missing '{doc} … {w}' in:\n{}", text.join("\n"));
+        assert!(
+            text.iter().any(|t| t.starts_with(doc) && t.contains(w)),
+            "missing '{doc} … {w}' in:\n{}",
+            text.join("\n")
+        );
     }
     assert_eq!(text.len(), want.len(), "unexpected extra errors:\n{}", text.join("\n"));
 }
@@ -127,7 +135,9 @@ fn invalid_file_lists_every_error_with_its_path() {
 fn syntax_and_empty_input() {
     assert!(matches!(admit_text("a: [unclosed"), Err(AdmissionError::Syntax(_))));
     assert!(matches!(admit_text("---\n"), Err(AdmissionError::Empty)));
-    let Err(AdmissionError::Invalid(e)) = admit_text("kind: Widget\napiVersion: x/v1\nmetadata: {name: w}\n") else { panic!() };
+    let Err(AdmissionError::Invalid(e)) = admit_text("kind: Widget\napiVersion: x/v1\nmetadata: {name: w}\n") else {
+        panic!()
+    };
     assert!(e[0].to_string().contains("unsupported kind 'Widget'"), "{}", e[0]);
 }
 

@@ -86,7 +86,10 @@ pub fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
         return None;
     }
     let day: u32 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])? as u32 + 1;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == parts[2])? as u32
+        + 1;
     let year: i64 = parts[3].parse().ok()?;
     let hms: Vec<u32> = parts[4].split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     if hms.len() != 3 {
@@ -101,7 +104,13 @@ mod tests {
     use super::*;
 
     fn policy(p: BackoffPolicy, retry_after_max: Option<Duration>) -> RetryPolicy {
-        RetryPolicy { retry: 5, backoff_policy: p, backoff_delay: Duration::from_millis(100), timeout: None, retry_after_max }
+        RetryPolicy {
+            retry: 5,
+            backoff_policy: p,
+            backoff_delay: Duration::from_millis(100),
+            timeout: None,
+            retry_after_max,
+        }
     }
 
     #[test]
@@ -129,7 +138,11 @@ mod tests {
         let p = policy(BackoffPolicy::Linear, Some(Duration::from_secs(2)));
         let ra = Some(Duration::from_secs(5));
         assert_eq!(p.wait_before_retry(1, Some(429), ra), Duration::from_secs(2), "capped by retryAfterMax");
-        assert_eq!(p.wait_before_retry(1, Some(503), Some(Duration::from_millis(10))), Duration::from_millis(100), "backoff when larger");
+        assert_eq!(
+            p.wait_before_retry(1, Some(503), Some(Duration::from_millis(10))),
+            Duration::from_millis(100),
+            "backoff when larger"
+        );
         assert_eq!(p.wait_before_retry(1, Some(500), ra), Duration::from_millis(100), "only 429 and 503");
         let off = policy(BackoffPolicy::Linear, Some(Duration::ZERO));
         assert_eq!(off.wait_before_retry(1, Some(429), ra), Duration::from_millis(100), "PT0S disables");

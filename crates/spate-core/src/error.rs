@@ -10,9 +10,7 @@ pub enum CodecError {
     EmptyAttribute(&'static str),
     #[error("unsupported specversion '{0}' (supported: 1.0, 0.3)")]
     UnsupportedSpecVersion(String),
-    #[error(
-        "invalid attribute name '{0}': names use only lowercase letters a-z and digits 0-9"
-    )]
+    #[error("invalid attribute name '{0}': names use only lowercase letters a-z and digits 0-9")]
     InvalidAttributeName(String),
     #[error("attribute '{name}': {reason}")]
     InvalidAttributeValue { name: String, reason: String },
@@ -20,9 +18,7 @@ pub enum CodecError {
     InvalidHeader { header: String, reason: String },
     #[error("header '{0}' appears more than once")]
     DuplicateHeader(String),
-    #[error(
-        "'ce-datacontenttype' is not allowed in binary mode: send the content type in the Content-Type header"
-    )]
+    #[error("'ce-datacontenttype' is not allowed in binary mode: send the content type in the Content-Type header")]
     DataContentTypeHeader,
     #[error(
         "not a CloudEvent: no 'ce-specversion' header (binary mode) and Content-Type is not application/cloudevents+json (structured) or application/cloudevents-batch+json (batch)"

@@ -99,7 +99,9 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, Cod
     let (mut id, mut source, mut ty) = (None, None, None);
     for name in headers.keys() {
         let hn = name.as_str();
-        let Some(attr) = hn.strip_prefix("ce-") else { continue };
+        let Some(attr) = hn.strip_prefix("ce-") else {
+            continue;
+        };
         let mut values = headers.get_all(name).iter();
         let v = values.next().expect("a key has a value");
         if values.next().is_some() {
@@ -164,10 +166,10 @@ pub fn encode_binary(ev: &CloudEvent, headers: &mut HeaderMap) -> Bytes {
     for (name, v) in &ev.extensions {
         put(headers, name, &v.to_canonical());
     }
-    if let Some(ct) = &ev.datacontenttype {
-        if let Ok(v) = HeaderValue::from_str(ct) {
-            headers.insert(CONTENT_TYPE, v);
-        }
+    if let Some(ct) = &ev.datacontenttype
+        && let Ok(v) = HeaderValue::from_str(ct)
+    {
+        headers.insert(CONTENT_TYPE, v);
     }
     ev.data.clone().unwrap_or_default()
 }

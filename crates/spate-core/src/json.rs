@@ -119,7 +119,8 @@ fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, Code
             extensions.insert(name, v);
         }
     }
-    let ev = CloudEvent { specversion: sv, id, source, ty, datacontenttype, dataschema, subject, time, extensions, data };
+    let ev =
+        CloudEvent { specversion: sv, id, source, ty, datacontenttype, dataschema, subject, time, extensions, data };
     ev.validate()?;
     Ok(ev)
 }
@@ -144,7 +145,8 @@ fn decode_data(raw: &RawValue, ct: Option<&str>, encoding: Option<&str>) -> Resu
 
 /// Decodes a batch (JSON array of structured events).
 pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, CodecError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| CodecError::Batch(format!("not a JSON array of events: {e}")))?;
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| CodecError::Batch(format!("not a JSON array of events: {e}")))?;
     items
         .into_iter()
         .enumerate()
@@ -192,7 +194,12 @@ fn encode_into(out: &mut Vec<u8>, ev: &CloudEvent) {
     push_member(out, "id", &ev.id);
     push_member(out, "source", &ev.source);
     push_member(out, "type", &ev.ty);
-    for (name, v) in [("datacontenttype", &ev.datacontenttype), (ev.specversion.schema_attr(), &ev.dataschema), ("subject", &ev.subject), ("time", &ev.time)] {
+    for (name, v) in [
+        ("datacontenttype", &ev.datacontenttype),
+        (ev.specversion.schema_attr(), &ev.dataschema),
+        ("subject", &ev.subject),
+        ("time", &ev.time),
+    ] {
         if let Some(v) = v {
             push_member(out, name, v);
         }

@@ -44,7 +44,10 @@ fn valid_percent_escapes(v: &str) -> bool {
 /// are accepted, as the Go SDK Knative is built on accepts them.
 pub fn check_uri_reference(name: &str, v: &str) -> Result<(), CodecError> {
     if let Some(c) = v.chars().find(|c| c.is_whitespace() || c.is_control() || "<>\"{}|\\^`".contains(*c)) {
-        return Err(CodecError::value(name, format!("is not a URI-reference: character {c:?} must be percent-encoded")));
+        return Err(CodecError::value(
+            name,
+            format!("is not a URI-reference: character {c:?} must be percent-encoded"),
+        ));
     }
     if !valid_percent_escapes(v) {
         return Err(CodecError::value(name, "is not a URI-reference: '%' must be followed by two hex digits"));
@@ -58,8 +61,7 @@ pub fn check_absolute_uri(name: &str, v: &str) -> Result<(), CodecError> {
     let scheme_ok = match v.find(':') {
         Some(i) if i > 0 => {
             let s = &v.as_bytes()[..i];
-            s[0].is_ascii_alphabetic()
-                && s.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            s[0].is_ascii_alphabetic() && s.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
         }
         _ => false,
     };
@@ -82,7 +84,7 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => 29,
         _ => 28,
     }
 }
@@ -105,8 +107,11 @@ pub fn parse_rfc3339(v: &str) -> Option<(i64, u32)> {
     let hour = digits(b, 11, 2)?;
     let min = digits(b, 14, 2)?;
     let sec = digits(b, 17, 2)?;
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !matches!(b.get(10), Some(b'T' | b't'))
-        || b.get(13) != Some(&b':') || b.get(16) != Some(&b':')
+    if b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !matches!(b.get(10), Some(b'T' | b't'))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
     {
         return None;
     }
@@ -173,13 +178,7 @@ pub fn format_rfc3339(unix_secs: i64, nanos: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        nanos / 1000
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", sod / 3600, (sod / 60) % 60, sod % 60, nanos / 1000)
 }
 
 #[cfg(test)]
@@ -188,10 +187,24 @@ mod tests {
 
     #[test]
     fn rfc3339_accepts_and_rejects() {
-        for ok in ["2018-04-05T03:56:24Z", "2018-04-05t03:56:24.123456789+01:00", "2020-02-29T00:00:00-05:30", "1990-12-31T23:59:60Z"] {
+        for ok in [
+            "2018-04-05T03:56:24Z",
+            "2018-04-05t03:56:24.123456789+01:00",
+            "2020-02-29T00:00:00-05:30",
+            "1990-12-31T23:59:60Z",
+        ] {
             assert!(parse_rfc3339(ok).is_some(), "{ok}");
         }
-        for bad in ["2018-04-05", "2018-04-05T03:56:24", "2019-02-29T00:00:00Z", "2018-13-01T00:00:00Z", "2018-04-05 03:56:24Z", "2018-04-05T03:56:24.Z", "2018-04-05T03:56:24+0100", ""] {
+        for bad in [
+            "2018-04-05",
+            "2018-04-05T03:56:24",
+            "2019-02-29T00:00:00Z",
+            "2018-13-01T00:00:00Z",
+            "2018-04-05 03:56:24Z",
+            "2018-04-05T03:56:24.Z",
+            "2018-04-05T03:56:24+0100",
+            "",
+        ] {
             assert!(parse_rfc3339(bad).is_none(), "{bad}");
         }
     }

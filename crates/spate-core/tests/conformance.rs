@@ -46,9 +46,16 @@ struct Case {
 }
 
 fn load_cases() -> Vec<Case> {
-    let Some(dir) = conformance_dir() else { return vec![] };
+    let Some(dir) = conformance_dir() else {
+        return vec![];
+    };
     let mut cases = vec![];
-    for rel in ["cloudevents/v1.0/v1_minimum.yaml", "cloudevents/v1.yaml", "cloudevents/v0.3/v03_minimum.yaml", "cloudevents/v03.yaml"] {
+    for rel in [
+        "cloudevents/v1.0/v1_minimum.yaml",
+        "cloudevents/v1.yaml",
+        "cloudevents/v0.3/v03_minimum.yaml",
+        "cloudevents/v03.yaml",
+    ] {
         let text = std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{rel}: {e}"));
         for doc in docs.into_iter().filter(|d| !d.is_null()) {
@@ -124,9 +131,9 @@ fn check_event(c: &Case, ev: &CloudEvent) {
 /// value is not significant in the JSON event format).
 fn assert_same(a: &CloudEvent, b: &CloudEvent, what: &str) {
     let json = a.datacontenttype.as_deref().is_none_or(spate_core::json::is_json_media_type);
-    if json && a.data.is_some() && b.data.is_some() {
-        let va: Value = serde_json::from_slice(a.data.as_ref().unwrap()).unwrap();
-        let vb: Value = serde_json::from_slice(b.data.as_ref().unwrap()).unwrap();
+    if let (true, Some(da), Some(db)) = (json, &a.data, &b.data) {
+        let va: Value = serde_json::from_slice(da).unwrap();
+        let vb: Value = serde_json::from_slice(db).unwrap();
         assert_eq!(va, vb, "{what}: data");
         let (mut a2, mut b2) = (a.clone(), b.clone());
         a2.data = None;
@@ -165,7 +172,11 @@ fn conformance_samples_decode_and_round_trip() {
         // Re-encoding in either mode and decoding again gives the same event.
         for structured in [false, true] {
             let mut h2 = HeaderMap::new();
-            let body = if structured { http_codec::encode_structured(ev, &mut h2) } else { http_codec::encode_binary(ev, &mut h2) };
+            let body = if structured {
+                http_codec::encode_structured(ev, &mut h2)
+            } else {
+                http_codec::encode_binary(ev, &mut h2)
+            };
             let again = http_codec::decode(&h2, body).unwrap_or_else(|e| panic!("{} re-encoded: {e}", c.file));
             assert_same(&again.events[0], ev, &format!("{}: round trip (structured={structured})", c.file));
         }

@@ -49,43 +49,108 @@ fn table_of_rejections() {
         ("missing source (binary)", binary(&with(&[], "ce-source"), ""), "missing required attribute 'source'"),
         ("missing type (binary)", binary(&with(&[], "ce-type"), ""), "missing required attribute 'type'"),
         ("empty id (binary)", binary(&with(&[("ce-id", b"")], "ce-id"), ""), "required attribute 'id' is empty"),
-        ("specversion 19.0", binary(&with(&[("ce-specversion", b"19.0")], "ce-specversion"), ""), "unsupported specversion '19.0'"),
+        (
+            "specversion 19.0",
+            binary(&with(&[("ce-specversion", b"19.0")], "ce-specversion"), ""),
+            "unsupported specversion '19.0'",
+        ),
         ("no specversion", binary(&with(&[], "ce-specversion"), ""), "no 'ce-specversion' header"),
         ("bad attribute name", binary(&with(&[("ce-my_ext", b"x")], ""), ""), "invalid attribute name 'my_ext'"),
         ("bad percent-encoding", binary(&with(&[("ce-myext", b"100%zz")], ""), ""), "invalid percent-encoding"),
         ("truncated percent-encoding", binary(&with(&[("ce-myext", b"abc%4")], ""), ""), "invalid percent-encoding"),
         ("percent-decoded invalid UTF-8", binary(&with(&[("ce-myext", b"%C3%28")], ""), ""), "not valid UTF-8"),
-        ("ce-datacontenttype in binary", binary(&with(&[("ce-datacontenttype", b"text/plain")], ""), ""), "not allowed in binary mode"),
+        (
+            "ce-datacontenttype in binary",
+            binary(&with(&[("ce-datacontenttype", b"text/plain")], ""), ""),
+            "not allowed in binary mode",
+        ),
         ("duplicate ce- header", binary(&with(&[("ce-id", b"2")], ""), ""), "appears more than once"),
         ("control character", binary(&with(&[("ce-subject", b"a%0Ab")], ""), ""), "control character U+000A"),
         ("time not RFC 3339", binary(&with(&[("ce-time", b"yesterday")], ""), ""), "not an RFC 3339 timestamp"),
-        ("source not a URI-reference", binary(&with(&[("ce-source", b"has%20space")], "ce-source"), ""), "not a URI-reference"),
+        (
+            "source not a URI-reference",
+            binary(&with(&[("ce-source", b"has%20space")], "ce-source"), ""),
+            "not a URI-reference",
+        ),
         ("dataschema not absolute", binary(&with(&[("ce-dataschema", b"/rel")], ""), ""), "not an absolute URI"),
         ("structured bad JSON", structured("{\"specversion\":"), "invalid JSON"),
-        ("structured missing id", structured(r#"{"specversion":"1.0","source":"/s","type":"t"}"#), "missing required attribute 'id'"),
-        ("structured empty source", structured(r#"{"specversion":"1.0","id":"1","source":"","type":"t"}"#), "'source' is empty"),
-        ("structured non-string id", structured(r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#), "must be a JSON string"),
-        ("data with data_base64", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#), "mutually exclusive"),
-        ("bad base64", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"!!"}"#), "not valid base64"),
-        ("integer over 32 bits", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","big":2147483648}"#), "32-bit Integer"),
-        ("float extension", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","f":1.5}"#), "no floating-point type"),
-        ("object extension", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","o":{}}"#), "got an object"),
-        ("uppercase member", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Ext":"x"}"#), "invalid attribute name 'Ext'"),
-        ("batch not array", {
-            let mut h = HeaderMap::new();
-            h.insert("content-type", HeaderValue::from_static("application/cloudevents-batch+json"));
-            http_codec::decode(&h, Bytes::from_static(b"{}"))
-        }, "not a JSON array"),
-        ("batch element invalid", {
-            let mut h = HeaderMap::new();
-            h.insert("content-type", HeaderValue::from_static("APPLICATION/CLOUDEVENTS-BATCH+JSON"));
-            http_codec::decode(&h, Bytes::from_static(br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0"}]"#))
-        }, "batch element 1: missing required attribute 'id'"),
-        ("unsupported format", {
-            let mut h = HeaderMap::new();
-            h.insert("content-type", HeaderValue::from_static("application/cloudevents+avro"));
-            http_codec::decode(&h, Bytes::new())
-        }, "unsupported event format"),
+        (
+            "structured missing id",
+            structured(r#"{"specversion":"1.0","source":"/s","type":"t"}"#),
+            "missing required attribute 'id'",
+        ),
+        (
+            "structured empty source",
+            structured(r#"{"specversion":"1.0","id":"1","source":"","type":"t"}"#),
+            "'source' is empty",
+        ),
+        (
+            "structured non-string id",
+            structured(r#"{"specversion":"1.0","id":1,"source":"/s","type":"t"}"#),
+            "must be a JSON string",
+        ),
+        (
+            "data with data_base64",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#),
+            "mutually exclusive",
+        ),
+        (
+            "bad base64",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"!!"}"#),
+            "not valid base64",
+        ),
+        (
+            "integer over 32 bits",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","big":2147483648}"#),
+            "32-bit Integer",
+        ),
+        (
+            "float extension",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","f":1.5}"#),
+            "no floating-point type",
+        ),
+        (
+            "object extension",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","o":{}}"#),
+            "got an object",
+        ),
+        (
+            "uppercase member",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","Ext":"x"}"#),
+            "invalid attribute name 'Ext'",
+        ),
+        (
+            "batch not array",
+            {
+                let mut h = HeaderMap::new();
+                h.insert("content-type", HeaderValue::from_static("application/cloudevents-batch+json"));
+                http_codec::decode(&h, Bytes::from_static(b"{}"))
+            },
+            "not a JSON array",
+        ),
+        (
+            "batch element invalid",
+            {
+                let mut h = HeaderMap::new();
+                h.insert("content-type", HeaderValue::from_static("APPLICATION/CLOUDEVENTS-BATCH+JSON"));
+                http_codec::decode(
+                    &h,
+                    Bytes::from_static(
+                        br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0"}]"#,
+                    ),
+                )
+            },
+            "batch element 1: missing required attribute 'id'",
+        ),
+        (
+            "unsupported format",
+            {
+                let mut h = HeaderMap::new();
+                h.insert("content-type", HeaderValue::from_static("application/cloudevents+avro"));
+                http_codec::decode(&h, Bytes::new())
+            },
+            "unsupported event format",
+        ),
     ];
     for (name, result, want) in cases {
         let got = err_text(result);
@@ -104,7 +169,8 @@ fn percent_decoding_happens_exactly_once_and_quotes_are_removed() {
 fn content_type_detection_is_case_insensitive_and_checks_batch_first() {
     let mut h = HeaderMap::new();
     h.insert("content-type", HeaderValue::from_static("Application/CloudEvents+JSON; charset=utf-8"));
-    let d = http_codec::decode(&h, Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#)).unwrap();
+    let d = http_codec::decode(&h, Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#))
+        .unwrap();
     assert_eq!(d.mode, ContentMode::Structured);
     h.insert("content-type", HeaderValue::from_static("application/cloudevents-batch+json"));
     let d = http_codec::decode(&h, Bytes::from_static(b"[]")).unwrap();

@@ -44,9 +44,16 @@ pub struct DeliveryRequest<'a> {
 /// The result of one HTTP attempt.
 #[derive(Debug, Clone)]
 pub enum Attempt {
-    Response { status: u16, headers: HeaderMap, body: Bytes },
+    Response {
+        status: u16,
+        headers: HeaderMap,
+        body: Bytes,
+    },
     /// Connection error or timeout: no response.
-    Failed { timeout: bool, message: String },
+    Failed {
+        timeout: bool,
+        message: String,
+    },
 }
 
 impl Attempt {
@@ -120,7 +127,14 @@ impl Dispatcher {
     }
 
     /// One POST of `ev` to `url`.
-    pub async fn send_once(&self, ev: &CloudEvent, url: &str, format: DeliveryFormat, namespace: &str, timeout: Option<Duration>) -> Attempt {
+    pub async fn send_once(
+        &self,
+        ev: &CloudEvent,
+        url: &str,
+        format: DeliveryFormat,
+        namespace: &str,
+        timeout: Option<Duration>,
+    ) -> Attempt {
         let mut headers = HeaderMap::new();
         let body = match format {
             DeliveryFormat::Binary => http_codec::encode_binary(ev, &mut headers),
@@ -162,7 +176,10 @@ impl Dispatcher {
         metrics::counter!("spate_delivery_failures_total", "sender" => req.label.to_string()).increment(1);
         let Some(dls) = req.dead_letter_sink else {
             metrics::counter!("spate_events_dropped_total", "sender" => req.label.to_string(), "reason" => "no_dead_letter_sink").increment(1);
-            return Outcome::Dropped { attempts, reason: format!("{} after {attempts} attempt(s) and no dead-letter sink", last.describe()) };
+            return Outcome::Dropped {
+                attempts,
+                reason: format!("{} after {attempts} attempt(s) and no dead-letter sink", last.describe()),
+            };
         };
         let mut dead = ev.clone();
         dead.set_extension(ext::ERROR_DEST, ExtValue::String(req.subscriber.to_string()));
@@ -170,7 +187,10 @@ impl Dispatcher {
             dead.set_extension(ext::ERROR_CODE, ExtValue::String(status.to_string()));
             if !body.is_empty() {
                 let n = body.len().min(1024);
-                dead.set_extension(ext::ERROR_DATA, ExtValue::String(base64::engine::general_purpose::STANDARD.encode(&body[..n])));
+                dead.set_extension(
+                    ext::ERROR_DATA,
+                    ExtValue::String(base64::engine::general_purpose::STANDARD.encode(&body[..n])),
+                );
             }
         }
         match self.attempts(&dead, dls, req, None).await {
@@ -180,13 +200,22 @@ impl Dispatcher {
             }
             Err((_, dls_err)) => {
                 metrics::counter!("spate_events_dropped_total", "sender" => req.label.to_string(), "reason" => "dead_letter_sink_failed").increment(1);
-                Outcome::Dropped { attempts, reason: format!("subscriber: {}; dead-letter sink: {}", last.describe(), dls_err.describe()) }
+                Outcome::Dropped {
+                    attempts,
+                    reason: format!("subscriber: {}; dead-letter sink: {}", last.describe(), dls_err.describe()),
+                }
             }
         }
     }
 
     /// Attempts until success, a non-retryable answer, or retries run out.
-    async fn attempts(&self, ev: &CloudEvent, url: &str, req: &DeliveryRequest<'_>, replies: Option<&dyn ReplySink>) -> Result<u32, (u32, Attempt)> {
+    async fn attempts(
+        &self,
+        ev: &CloudEvent,
+        url: &str,
+        req: &DeliveryRequest<'_>,
+        replies: Option<&dyn ReplySink>,
+    ) -> Result<u32, (u32, Attempt)> {
         let policy = req.policy;
         let mut attempt_no = 0u32;
         loop {
@@ -194,7 +223,9 @@ impl Dispatcher {
             let a = self.send_once(ev, url, req.format, req.namespace, policy.timeout).await;
             let (retryable, a) = match a {
                 Attempt::Response { status, headers, body } if (200..300).contains(&status) => {
-                    let Some(replies) = replies else { return Ok(attempt_no) };
+                    let Some(replies) = replies else {
+                        return Ok(attempt_no);
+                    };
                     match reply_event(status, &headers, body.clone()) {
                         None => return Ok(attempt_no),
                         Some(reply) => match replies.accept(reply).await {
@@ -206,7 +237,9 @@ impl Dispatcher {
                         },
                     }
                 }
-                Attempt::Response { status, headers, body } => (is_retryable_status(status), Attempt::Response { status, headers, body }),
+                Attempt::Response { status, headers, body } => {
+                    (is_retryable_status(status), Attempt::Response { status, headers, body })
+                }
                 failed @ Attempt::Failed { .. } => (true, failed),
             };
             if !retryable || attempt_no > policy.retry {
@@ -214,9 +247,14 @@ impl Dispatcher {
             }
             metrics::counter!("spate_delivery_retries_total", "sender" => req.label.to_string()).increment(1);
             let retry_after = match &a {
-                Attempt::Response { headers, .. } => headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| {
-                    parse_retry_after(v, SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
-                }),
+                Attempt::Response { headers, .. } => {
+                    headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| {
+                        parse_retry_after(
+                            v,
+                            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+                        )
+                    })
+                }
                 Attempt::Failed { .. } => None,
             };
             let wait = policy.wait_before_retry(attempt_no, a.status(), retry_after);
@@ -233,7 +271,10 @@ fn reply_event(status: u16, headers: &HeaderMap, body: Bytes) -> Option<CloudEve
         return None;
     }
     let is_event = headers.contains_key("ce-specversion")
-        || headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("application/cloudevents"));
+        || headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("application/cloudevents"));
     if !is_event {
         return None;
     }

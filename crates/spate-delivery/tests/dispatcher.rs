@@ -56,12 +56,25 @@ fn event() -> CloudEvent {
 }
 
 fn policy(retry: u32, p: BackoffPolicy, delay_ms: u64) -> RetryPolicy {
-    RetryPolicy { retry, backoff_policy: p, backoff_delay: Duration::from_millis(delay_ms), timeout: None, retry_after_max: None }
+    RetryPolicy {
+        retry,
+        backoff_policy: p,
+        backoff_delay: Duration::from_millis(delay_ms),
+        timeout: None,
+        retry_after_max: None,
+    }
 }
 
 async fn deliver(url: &str, policy: &RetryPolicy, dls: Option<&str>, replies: &dyn ReplySink) -> Outcome {
     let d = Dispatcher::default();
-    let req = DeliveryRequest { subscriber: url, policy, format: DeliveryFormat::Binary, namespace: "ns1", dead_letter_sink: dls, label: "test" };
+    let req = DeliveryRequest {
+        subscriber: url,
+        policy,
+        format: DeliveryFormat::Binary,
+        namespace: "ns1",
+        dead_letter_sink: dls,
+        label: "test",
+    };
     d.deliver(&event(), &req, replies).await
 }
 
@@ -107,7 +120,10 @@ async fn retryable_and_final_statuses() {
 
 #[tokio::test]
 async fn succeeds_after_failures() {
-    let (url, seen) = server(Arc::new(|n| if n < 3 { StatusCode::SERVICE_UNAVAILABLE.into_response() } else { StatusCode::ACCEPTED.into_response() })).await;
+    let (url, seen) = server(Arc::new(|n| {
+        if n < 3 { StatusCode::SERVICE_UNAVAILABLE.into_response() } else { StatusCode::ACCEPTED.into_response() }
+    }))
+    .await;
     let out = deliver(&url, &policy(5, BackoffPolicy::Linear, 1), None, &DiscardReplies).await;
     assert_eq!(out, Outcome::Delivered { attempts: 3 });
     assert_eq!(seen.hits.lock().unwrap().len(), 3);
@@ -165,7 +181,9 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
     assert_eq!(h["ce-knativeerrordest"], spate_core::percent::encode(&url).as_str());
     assert_eq!(h["ce-knativeerrorcode"], "500");
     use base64::Engine as _;
-    let data = base64::engine::general_purpose::STANDARD.decode(spate_core::percent::decode(h["ce-knativeerrordata"].as_bytes()).unwrap()).unwrap();
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(spate_core::percent::decode(h["ce-knativeerrordata"].as_bytes()).unwrap())
+        .unwrap();
     assert_eq!(data, body.as_bytes()[..1024].to_vec(), "first 1024 bytes of the response body");
     assert_eq!(&hits[0].2[..], b"{\"k\":1}");
 }
@@ -176,7 +194,14 @@ async fn subscriber_headers_and_formats() {
     let d = Dispatcher::default();
     let p = policy(0, BackoffPolicy::Linear, 1);
     for format in [DeliveryFormat::Binary, DeliveryFormat::Json] {
-        let req = DeliveryRequest { subscriber: &url, policy: &p, format, namespace: "ns1", dead_letter_sink: None, label: "t" };
+        let req = DeliveryRequest {
+            subscriber: &url,
+            policy: &p,
+            format,
+            namespace: "ns1",
+            dead_letter_sink: None,
+            label: "t",
+        };
         assert!(matches!(d.deliver(&event(), &req, &DiscardReplies).await, Outcome::Delivered { .. }));
     }
     let hits = seen.hits.lock().unwrap();
@@ -207,12 +232,26 @@ impl ReplySink for Collect {
 #[tokio::test]
 async fn replies_are_handed_over_and_a_failed_handover_is_retried() {
     let reply: Script = Arc::new(|_| {
-        (StatusCode::OK, [("ce-specversion", "1.0"), ("ce-id", "r1"), ("ce-source", "/fn"), ("ce-type", "reply.type"), ("ce-myext", "7")], "pong").into_response()
+        (
+            StatusCode::OK,
+            [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "r1"),
+                ("ce-source", "/fn"),
+                ("ce-type", "reply.type"),
+                ("ce-myext", "7"),
+            ],
+            "pong",
+        )
+            .into_response()
     });
     let (url, _) = server(reply.clone()).await;
     let sink = Collect(Mutex::new(vec![]), true);
-    assert!(matches!(deliver(&url, &policy(0, BackoffPolicy::Linear, 1), None, &sink).await, Outcome::Delivered { .. }));
-    let got = sink.0.lock().unwrap();
+    assert!(matches!(
+        deliver(&url, &policy(0, BackoffPolicy::Linear, 1), None, &sink).await,
+        Outcome::Delivered { .. }
+    ));
+    let got = sink.0.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].id.as_str(), got[0].ty.as_str()), ("r1", "reply.type"));
     assert_eq!(got[0].extension("myext"), Some(&ExtValue::String("7".into())));
@@ -226,12 +265,18 @@ async fn replies_are_handed_over_and_a_failed_handover_is_retried() {
 
     // 202 with an event body, and a non-event body, are not replies.
     for script in [
-        Arc::new(|_| (StatusCode::ACCEPTED, [("ce-specversion", "1.0"), ("ce-id", "r"), ("ce-source", "/s"), ("ce-type", "t")]).into_response()) as Script,
+        Arc::new(|_| {
+            (StatusCode::ACCEPTED, [("ce-specversion", "1.0"), ("ce-id", "r"), ("ce-source", "/s"), ("ce-type", "t")])
+                .into_response()
+        }) as Script,
         Arc::new(|_| (StatusCode::OK, "just text").into_response()) as Script,
     ] {
         let (url, _) = server(script).await;
         let sink = Collect(Mutex::new(vec![]), true);
-        assert!(matches!(deliver(&url, &policy(0, BackoffPolicy::Linear, 1), None, &sink).await, Outcome::Delivered { .. }));
+        assert!(matches!(
+            deliver(&url, &policy(0, BackoffPolicy::Linear, 1), None, &sink).await,
+            Outcome::Delivered { .. }
+        ));
         assert!(sink.0.lock().unwrap().is_empty());
     }
 }

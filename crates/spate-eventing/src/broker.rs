@@ -34,6 +34,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub log: Arc<dyn EventLog>,
     pub address: String,
+    events_in: metrics::Counter,
 }
 
 fn now_rfc3339() -> String {
@@ -42,6 +43,12 @@ fn now_rfc3339() -> String {
 }
 
 impl Broker {
+    pub fn new(config: BrokerConfig, log: Arc<dyn EventLog>, address: String) -> Self {
+        let events_in =
+            metrics::counter!("spate_events_in_total", "broker" => format!("{}/{}", config.namespace, config.name));
+        Broker { config, log, address, events_in }
+    }
+
     /// Accepts events from outside: TTL defaults to 255, a TTL of 0 or less is
     /// rejected. Resolves once the events are durable in the log.
     pub async fn publish(&self, mut events: Vec<CloudEvent>) -> Result<(), PublishError> {
@@ -49,7 +56,10 @@ impl Broker {
             match ev.extension(ext::BROKER_TTL) {
                 None => ev.set_extension(ext::BROKER_TTL, ExtValue::Integer(ext::DEFAULT_BROKER_TTL)),
                 Some(v) => {
-                    let ttl = ev.extension_i64(ext::BROKER_TTL).ok_or_else(|| PublishError::BadTtl { id: ev.id.clone(), value: v.to_canonical().into_owned() })?;
+                    let ttl = ev.extension_i64(ext::BROKER_TTL).ok_or_else(|| PublishError::BadTtl {
+                        id: ev.id.clone(),
+                        value: v.to_canonical().into_owned(),
+                    })?;
                     if ttl <= 0 {
                         return Err(PublishError::TtlExhausted { id: ev.id.clone(), ttl });
                     }
@@ -71,7 +81,7 @@ impl Broker {
             .collect();
         let n = payloads.len() as u64;
         self.log.append(payloads).await?;
-        metrics::counter!("spate_events_in_total", "broker" => format!("{}/{}", self.config.namespace, self.config.name)).increment(n);
+        self.events_in.increment(n);
         Ok(())
     }
 }

@@ -56,7 +56,15 @@ impl ResourceStatus {
             Some(c) => Condition::fail("Ready", &c.reason, c.message.clone()),
         };
         parts.insert(0, ready);
-        ResourceStatus { kind, namespace: namespace.into(), name: name.into(), conditions: parts, address: None, subscriber_uri: None, dead_letter_sink_uri: None }
+        ResourceStatus {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+            conditions: parts,
+            address: None,
+            subscriber_uri: None,
+            dead_letter_sink_uri: None,
+        }
     }
     pub fn ready(&self) -> bool {
         self.conditions.first().is_some_and(|c| c.ok)
@@ -76,7 +84,13 @@ pub struct Eventing {
 
 impl Eventing {
     pub fn new(config: EventingConfig, backend: Arc<dyn LogBackend>, dispatcher: Dispatcher) -> Self {
-        Eventing { config, backend, dispatcher, brokers: RwLock::new(HashMap::new()), triggers: Mutex::new(HashMap::new()) }
+        Eventing {
+            config,
+            backend,
+            dispatcher,
+            brokers: RwLock::new(HashMap::new()),
+            triggers: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn config(&self) -> &EventingConfig {
@@ -130,9 +144,14 @@ impl Eventing {
         let mut triggers = self.triggers.lock().await;
 
         // Brokers that are gone: stop their triggers, delete their logs.
-        let gone: Vec<Key> = self.brokers.read().expect("brokers lock").keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        let gone: Vec<Key> =
+            self.brokers.read().expect("brokers lock").keys().filter(|k| !wanted.contains(*k)).cloned().collect();
         for key in gone {
-            let stale: Vec<Key> = triggers.iter().filter(|(_, w)| w.plan.config.namespace == key.0 && w.plan.config.broker == key.1).map(|(k, _)| k.clone()).collect();
+            let stale: Vec<Key> = triggers
+                .iter()
+                .filter(|(_, w)| w.plan.config.namespace == key.0 && w.plan.config.broker == key.1)
+                .map(|(k, _)| k.clone())
+                .collect();
             for t in stale {
                 if let Some(w) = triggers.remove(&t) {
                     w.stop().await;
@@ -156,7 +175,7 @@ impl Eventing {
             match log {
                 Ok(log) => {
                     if existing.as_ref().is_none_or(|x| x.config != *b) {
-                        let broker = Arc::new(Broker { config: b.clone(), log, address: address.clone() });
+                        let broker = Arc::new(Broker::new(b.clone(), log, address.clone()));
                         self.brokers.write().expect("brokers lock").insert(key.clone(), broker);
                     }
                     conds.push(Condition::ok("IngressReady"));
@@ -180,7 +199,8 @@ impl Eventing {
             statuses.push(st);
         }
 
-        let desired_triggers: HashSet<Key> = desired.triggers.iter().map(|t| (t.namespace.clone(), t.name.clone())).collect();
+        let desired_triggers: HashSet<Key> =
+            desired.triggers.iter().map(|t| (t.namespace.clone(), t.name.clone())).collect();
         let removed: Vec<Key> = triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
         for key in removed {
             if let Some(w) = triggers.remove(&key) {
@@ -211,7 +231,12 @@ impl Eventing {
                         old.stop().await;
                     }
                     if st.ready() {
-                        st = ResourceStatus::new(Kind::Trigger, &t.namespace, &t.name, vec![Condition::fail("BrokerReady", "BrokerNotReady", "the broker is not running")]);
+                        st = ResourceStatus::new(
+                            Kind::Trigger,
+                            &t.namespace,
+                            &t.name,
+                            vec![Condition::fail("BrokerReady", "BrokerNotReady", "the broker is not running")],
+                        );
                     }
                 }
             }
@@ -226,7 +251,11 @@ impl Eventing {
             conds.push(Condition::ok("BrokerReady"));
             self.broker(&t.namespace, &t.broker).map(|b| b.config.clone())
         } else {
-            conds.push(Condition::fail("BrokerReady", "BrokerDoesNotExist", format!("Broker {}/{} does not exist", t.namespace, t.broker)));
+            conds.push(Condition::fail(
+                "BrokerReady",
+                "BrokerDoesNotExist",
+                format!("Broker {}/{} does not exist", t.namespace, t.broker),
+            ));
             None
         };
         let subscriber = self.resolve(&t.subscriber, brokers);
@@ -236,8 +265,13 @@ impl Eventing {
         }
         // A Trigger's delivery spec replaces its Broker's; the dead-letter sink falls back to the Broker's.
         let broker_delivery = broker_cfg.as_ref().and_then(|b| b.delivery.clone());
-        let spec: DeliverySpec = t.delivery.clone().or(broker_delivery.clone()).unwrap_or_else(|| self.config.default_delivery.clone());
-        let dls_dest = t.delivery.as_ref().and_then(|d| d.dead_letter_sink.clone()).or_else(|| broker_delivery.and_then(|d| d.dead_letter_sink));
+        let spec: DeliverySpec =
+            t.delivery.clone().or(broker_delivery.clone()).unwrap_or_else(|| self.config.default_delivery.clone());
+        let dls_dest = t
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.clone())
+            .or_else(|| broker_delivery.and_then(|d| d.dead_letter_sink));
         let dls = dls_dest.as_ref().map(|d| self.resolve(d, brokers));
         match &dls {
             Some(Ok(_)) => conds.push(Condition::ok("DeadLetterSinkResolved")),

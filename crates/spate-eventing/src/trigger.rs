@@ -72,20 +72,32 @@ struct Run {
     stats: Arc<TriggerStats>,
 }
 
-/// A trigger's replies re-enter its broker with the TTL decremented.
-struct BrokerReply {
+/// What each delivery task shares: one `Arc` clone per event, metric handles
+/// resolved once per worker rather than per event.
+struct Shared {
+    plan: Arc<TriggerPlan>,
+    dispatcher: Dispatcher,
     broker: Arc<Broker>,
-    ttl: i64,
+    stats: Arc<TriggerStats>,
     label: String,
+    delivered: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
-impl ReplySink for BrokerReply {
+/// A trigger's replies re-enter its broker with the TTL decremented.
+struct BrokerReply<'a> {
+    broker: Arc<Broker>,
+    ttl: i64,
+    label: &'a str,
+}
+
+impl ReplySink for BrokerReply<'_> {
     fn accept(&self, mut reply: CloudEvent) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let ttl = self.ttl - 1;
             if ttl <= 0 {
                 tracing::info!(trigger = %self.label, id = %reply.id, "reply dropped: knativebrokerttl exhausted");
-                metrics::counter!("spate_events_dropped_total", "sender" => self.label.clone(), "reason" => "ttl_exhausted").increment(1);
+                metrics::counter!("spate_events_dropped_total", "sender" => self.label.to_string(), "reason" => "ttl_exhausted").increment(1);
                 return Ok(());
             }
             reply.set_extension(ext::BROKER_TTL, ExtValue::Integer(ttl as i32));
@@ -110,6 +122,15 @@ impl Run {
         let mut tasks: JoinSet<Offset> = JoinSet::new();
         let mut buf: VecDeque<spate_log::Record> = VecDeque::new();
         let backlog = metrics::gauge!("spate_trigger_backlog", "trigger" => label.clone());
+        let shared = Arc::new(Shared {
+            plan: self.plan.clone(),
+            dispatcher: self.dispatcher.clone(),
+            broker: self.broker.clone(),
+            stats: self.stats.clone(),
+            label: label.clone(),
+            delivered: metrics::counter!("spate_events_delivered_total", "sender" => label.clone()),
+            duration: metrics::histogram!("spate_delivery_duration_seconds", "sender" => label.clone()),
+        });
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(off) = done {
@@ -120,7 +141,9 @@ impl Run {
             if can_commit != committed {
                 match log.commit(&consumer, can_commit) {
                     Ok(()) => committed = can_commit,
-                    Err(e) => tracing::error!(trigger = %label, error = %e, "commit failed; will retry"),
+                    Err(e) => {
+                        tracing::error!(trigger = %label, error = %e, "commit failed; will retry")
+                    }
                 }
             }
             self.stats.in_flight.store(tasks.len() as u64, Ordering::Relaxed);
@@ -176,14 +199,10 @@ impl Run {
                 }
             }
             pending.insert(rec.offset);
-            let plan = self.plan.clone();
-            let dispatcher = self.dispatcher.clone();
-            let broker = self.broker.clone();
-            let stats = self.stats.clone();
-            let label = label.clone();
+            let shared = shared.clone();
             let offset = rec.offset;
             tasks.spawn(async move {
-                deliver(plan, dispatcher, broker, stats, label, ev).await;
+                deliver(&shared, ev).await;
                 offset
             });
         }
@@ -192,24 +211,25 @@ impl Run {
     }
 }
 
-async fn deliver(plan: Arc<TriggerPlan>, dispatcher: Dispatcher, broker: Arc<Broker>, stats: Arc<TriggerStats>, label: String, ev: CloudEvent) {
+async fn deliver(s: &Shared, ev: CloudEvent) {
+    let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
-    let replies = BrokerReply { broker, ttl, label: label.clone() };
+    let replies = BrokerReply { broker: s.broker.clone(), ttl, label };
     let req = DeliveryRequest {
         subscriber: &plan.subscriber_url,
         policy: &plan.policy,
         format: plan.format,
         namespace: &plan.config.namespace,
         dead_letter_sink: plan.dead_letter_url.as_deref(),
-        label: &label,
+        label,
     };
     let started = std::time::Instant::now();
-    let outcome = dispatcher.deliver(&ev, &req, &replies).await;
-    metrics::histogram!("spate_delivery_duration_seconds", "sender" => label.clone()).record(started.elapsed().as_secs_f64());
+    let outcome = s.dispatcher.deliver(&ev, &req, &replies).await;
+    s.duration.record(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Delivered { .. } => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("spate_events_delivered_total", "sender" => label).increment(1);
+            s.delivered.increment(1);
         }
         Outcome::DeadLettered { last_error, .. } => {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);

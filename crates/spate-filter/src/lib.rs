@@ -56,7 +56,8 @@ impl fmt::Debug for Filter {
 /// Attribute keys in filters: `^[a-z][a-z0-9]*$` (Knative's validation).
 pub fn check_key(path: &str, key: &str) -> Result<(), FilterError> {
     let mut b = key.bytes();
-    let ok = b.next().is_some_and(|c| c.is_ascii_lowercase()) && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok =
+        b.next().is_some_and(|c| c.is_ascii_lowercase()) && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -70,7 +71,9 @@ impl Filter {
     }
 
     /// Legacy `filter.attributes`: exact values, and "" meaning "present with any value".
-    pub fn from_attributes<'a>(attrs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Filter, Vec<FilterError>> {
+    pub fn from_attributes<'a>(
+        attrs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Filter, Vec<FilterError>> {
         let mut errors = vec![];
         let mut exact = vec![];
         let mut parts = vec![];
@@ -97,14 +100,20 @@ impl Filter {
     /// A key/value dialect (`exact`, `prefix`, `suffix`): at least one key, every
     /// key valid, every value non-empty (Knative silently matches everything on
     /// an empty value; Spate rejects it).
-    pub fn key_values<'a>(dialect: &str, kv: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Filter, Vec<FilterError>> {
+    pub fn key_values<'a>(
+        dialect: &str,
+        kv: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Filter, Vec<FilterError>> {
         let mut errors = vec![];
         let mut pairs = vec![];
         for (k, v) in kv {
             if let Err(e) = check_key(k, k) {
                 errors.push(e);
             } else if v.is_empty() {
-                errors.push(FilterError::new(k, format!("empty value: an empty {dialect} value would match every event")));
+                errors.push(FilterError::new(
+                    k,
+                    format!("empty value: an empty {dialect} value would match every event"),
+                ));
             } else {
                 pairs.push((k.to_string(), v.to_string()));
             }
@@ -168,7 +177,17 @@ mod tests {
             ("empty all", Filter::All(vec![]), true),
             ("empty any", Filter::Any(vec![]), false),
             ("not", Filter::Not(Box::new(exact(&[("type", "other")]))), true),
-            ("nested", Filter::Any(vec![exact(&[("type", "x")]), Filter::All(vec![exact(&[("count", "42")]), Filter::Not(Box::new(Filter::Present("subject".into())))])]), true),
+            (
+                "nested",
+                Filter::Any(vec![
+                    exact(&[("type", "x")]),
+                    Filter::All(vec![
+                        exact(&[("count", "42")]),
+                        Filter::Not(Box::new(Filter::Present("subject".into()))),
+                    ]),
+                ]),
+                true,
+            ),
         ];
         let e = ev();
         for (name, f, want) in cases {

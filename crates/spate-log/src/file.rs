@@ -154,7 +154,7 @@ fn parse_frame(buf: &[u8]) -> Option<(Offset, i64, &[u8])> {
 /// Scans a segment from the start, returning the valid prefix's length and
 /// rebuilding its index. Stops at the first incomplete, corrupt or
 /// out-of-sequence frame.
-fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset, i64, Vec<(Offset, u64)>), LogError> {
+fn scan_segment(path: &Path, base: Offset) -> Result<Scan, LogError> {
     let data = fs::read(path).map_err(|e| LogError::io(path, e))?;
     let mut pos = 0usize;
     let mut next = base;
@@ -173,7 +173,15 @@ fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset, i64, Vec<(Off
         next += 1;
         last_ts = ts;
     }
-    Ok((pos as u64, next, last_ts, index))
+    Ok(Scan { valid: pos as u64, end: next, last_ts, index })
+}
+
+/// What a scan of a segment found: its valid prefix and rebuilt index.
+struct Scan {
+    valid: u64,
+    end: Offset,
+    last_ts: i64,
+    index: Vec<(Offset, u64)>,
 }
 
 fn open_rw(path: &Path) -> Result<File, LogError> {
@@ -182,7 +190,17 @@ fn open_rw(path: &Path) -> Result<File, LogError> {
 
 fn consumer_file_name(consumer: &str) -> String {
     // Consumer names are resource names with '/' separators; keep the file name flat and reversible.
-    consumer.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' { (b as char).to_string() } else { format!("_{b:02x}") }).collect::<String>() + ".off"
+    consumer
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
+                (b as char).to_string()
+            } else {
+                format!("_{b:02x}")
+            }
+        })
+        .collect::<String>()
+        + ".off"
 }
 
 fn offset_record(offset: Offset) -> [u8; 12] {
@@ -214,7 +232,7 @@ impl FileLog {
         let last = bases.len().saturating_sub(1);
         for (i, base) in bases.iter().copied().enumerate() {
             let path = seg_path(dir, base, "log");
-            let (valid, end, last_ts, index) = scan_segment(&path, base)?;
+            let Scan { valid, end, last_ts, index } = scan_segment(&path, base)?;
             if let Some(prev) = segments.last().map(|s: &Segment| s.end)
                 && prev != base
             {
@@ -248,18 +266,30 @@ impl FileLog {
             let path = seg_path(dir, 0, "log");
             let file = open_rw(&path)?;
             fsync_dir(dir);
-            segments.push(Segment { base: 0, end: 0, size: 0, last_ts: 0, file: Arc::new(file), path, index: vec![(0, 0)] });
+            segments.push(Segment {
+                base: 0,
+                end: 0,
+                size: 0,
+                last_ts: 0,
+                file: Arc::new(file),
+                path,
+                index: vec![(0, 0)],
+            });
         }
         let mut consumers = HashMap::new();
         let cdir = dir.join("consumers");
         for e in fs::read_dir(&cdir).map_err(|e| LogError::io(&cdir, e))?.flatten() {
             let p = e.path();
-            let Some(fname) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".off")) else { continue };
+            let Some(fname) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".off")) else {
+                continue;
+            };
             let name = decode_consumer_name(fname);
             let file = OpenOptions::new().read(true).write(true).open(&p).map_err(|e| LogError::io(&p, e))?;
             let mut b = [0u8; 12];
             let off = match file.read_exact_at(&mut b, 0) {
-                Ok(()) if b[8..] == crc::update(0, &b[..8]).to_le_bytes() => u64::from_le_bytes(b[..8].try_into().expect("8")),
+                Ok(()) if b[8..] == crc::update(0, &b[..8]).to_le_bytes() => {
+                    u64::from_le_bytes(b[..8].try_into().expect("8"))
+                }
                 _ => {
                     tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
                     segments[0].base
@@ -277,9 +307,22 @@ impl FileLog {
             }
         }
         let (end_tx, end_rx) = watch::channel(end);
-        let shared = Arc::new(Mutex::new(Shared { segments, cache: VecDeque::new(), cache_bytes: 0, consumers, closed: false }));
+        let shared =
+            Arc::new(Mutex::new(Shared { segments, cache: VecDeque::new(), cache_bytes: 0, consumers, closed: false }));
         let (tx, rx) = sync_channel(config.queue_depth);
-        let writer = Writer { name: name.to_string(), dir: dir.to_path_buf(), config, shared: shared.clone(), rx, end_tx, next: end, buf: Vec::new(), dirty: false, last_sync: Instant::now(), last_retention: Instant::now() };
+        let writer = Writer {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            shared: shared.clone(),
+            rx,
+            end_tx,
+            next: end,
+            buf: Vec::new(),
+            dirty: false,
+            last_sync: Instant::now(),
+            last_retention: Instant::now(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("log-{name}"))
             .spawn(move || writer.run())
@@ -360,14 +403,20 @@ impl FileLog {
                 }
                 let n = file.read_at(&mut chunk[have..], pos).map_err(|e| LogError::io(&path, e))?;
                 if n == 0 {
-                    return Err(LogError::io(&path, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "segment shorter than its index")));
+                    return Err(LogError::io(
+                        &path,
+                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "segment shorter than its index"),
+                    ));
                 }
                 pos += n as u64;
                 have += n;
                 continue;
             }
             let Some((off, ts, payload)) = parse_frame(&chunk[at..have]) else {
-                return Err(LogError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt frame at offset {next}"))));
+                return Err(LogError::io(
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt frame at offset {next}")),
+                ));
             };
             at += HEADER + payload.len();
             if off >= from {
@@ -384,12 +433,13 @@ fn decode_consumer_name(f: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'_' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&f[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'_'
+            && i + 3 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&f[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -451,7 +501,13 @@ impl EventLog for FileLog {
             return Ok(());
         }
         let path = self.dir.join("consumers").join(consumer_file_name(consumer));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(|e| LogError::io(&path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
         file.write_all_at(&offset_record(next), 0).map_err(|e| LogError::io(&path, e))?;
         file.sync_all().map_err(|e| LogError::io(&path, e))?;
         fsync_dir(&self.dir.join("consumers"));
@@ -635,7 +691,15 @@ impl Writer {
             idx.extend_from_slice(&p.to_le_bytes());
         }
         let _ = fs::write(seg_path(&self.dir, sealed.base, "idx"), idx);
-        g.segments.push(Segment { base, end: base, size: 0, last_ts: 0, file: Arc::new(file), path, index: vec![(base, 0)] });
+        g.segments.push(Segment {
+            base,
+            end: base,
+            size: 0,
+            last_ts: 0,
+            file: Arc::new(file),
+            path,
+            index: vec![(base, 0)],
+        });
         drop(g);
         fsync_dir(&self.dir);
     }
@@ -684,7 +748,10 @@ impl FileBackend {
     }
 
     fn dir_for(&self, name: &str) -> Result<PathBuf, LogError> {
-        if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+        if name.is_empty()
+            || name.starts_with('.')
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
             return Err(LogError::InvalidName(name.to_string()));
         }
         Ok(self.root.join(name))

@@ -21,7 +21,10 @@ struct Inner {
 
 impl Default for MemoryLog {
     fn default() -> Self {
-        MemoryLog { inner: Mutex::new(Inner { records: vec![], consumers: HashMap::new() }), end_tx: watch::channel(0).0 }
+        MemoryLog {
+            inner: Mutex::new(Inner { records: vec![], consumers: HashMap::new() }),
+            end_tx: watch::channel(0).0,
+        }
     }
 }
 

@@ -14,13 +14,19 @@ const FRAME_HEADER: u64 = 24;
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<Vec<u8>>),
-    Commit { consumer: u8, frac: f64 },
+    Commit {
+        consumer: u8,
+        frac: f64,
+    },
     Reopen,
     /// Truncate the active segment at this fraction of its length.
     Crash(f64),
     /// Append junk bytes to the active segment, as a torn write would leave.
     Garbage(Vec<u8>),
-    Read { frac: f64, max: usize },
+    Read {
+        frac: f64,
+        max: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -142,7 +148,7 @@ proptest! {
                     let want: Vec<&Vec<u8>> = model.iter().skip(from as usize).take(max).collect();
                     // A read stops at a segment boundary, so it may return fewer.
                     prop_assert!(got.len() <= want.len());
-                    prop_assert!(!want.is_empty() == !got.is_empty());
+                    prop_assert!(want.is_empty() == got.is_empty());
                     for (i, r) in got.iter().enumerate() {
                         prop_assert_eq!(r.offset, from + i as Offset);
                         prop_assert_eq!(&r.payload[..], &want[i][..]);

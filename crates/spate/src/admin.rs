@@ -34,7 +34,11 @@ pub fn router(state: Admin) -> Router {
 }
 
 async fn readyz(State(st): State<Admin>) -> Response {
-    if st.control.is_ready() { (StatusCode::OK, "ready\n").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response() }
+    if st.control.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
 }
 
 async fn metrics(State(st): State<Admin>) -> String {
@@ -53,28 +57,42 @@ async fn apply(State(st): State<Admin>, Query(q): Query<ApplyQuery>, body: Strin
 }
 
 fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {
-    Kind::from_plural(group, plural).filter(|k| k.version() == version).ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
+    Kind::from_plural(group, plural)
+        .filter(|k| k.version() == version)
+        .ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
 }
 
-async fn list_all(State(st): State<Admin>, Path((group, version, plural)): Path<(String, String, String)>) -> Result<Response, ApiError> {
+async fn list_all(
+    State(st): State<Admin>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     let items = st.control.get(k, None, None).await?;
     Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
 }
 
-async fn list(State(st): State<Admin>, Path((group, version, ns, plural)): Path<(String, String, String, String)>) -> Result<Response, ApiError> {
+async fn list(
+    State(st): State<Admin>,
+    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     let items = st.control.get(k, Some(&ns), None).await?;
     Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
 }
 
-async fn get_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>) -> Result<Response, ApiError> {
+async fn get_one(
+    State(st): State<Admin>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     let mut items = st.control.get(k, Some(&ns), Some(&name)).await?;
     Ok(axum::Json(items.remove(0)).into_response())
 }
 
-async fn delete_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>) -> Result<Response, ApiError> {
+async fn delete_one(
+    State(st): State<Admin>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     st.control.delete(k, &ns, &name).await?;
     Ok(axum::Json(json!({"kind": "Status", "status": "Success"})).into_response())
@@ -82,14 +100,22 @@ async fn delete_one(State(st): State<Admin>, Path((group, version, ns, plural, n
 
 /// Creates or replaces one resource; the body (YAML or JSON) must name the
 /// same kind, namespace and name as the path.
-async fn put_one(State(st): State<Admin>, Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>, body: String) -> Result<Response, ApiError> {
+async fn put_one(
+    State(st): State<Admin>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    body: String,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     check_single(&body, k, &ns, Some(&name))?;
     let applied = st.control.apply(&body, false).await?;
     Ok(axum::Json(json!({"applied": applied})).into_response())
 }
 
-async fn create(State(st): State<Admin>, Path((group, version, ns, plural)): Path<(String, String, String, String)>, body: String) -> Result<Response, ApiError> {
+async fn create(
+    State(st): State<Admin>,
+    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
+    body: String,
+) -> Result<Response, ApiError> {
     let k = kind(&group, &version, &plural)?;
     check_single(&body, k, &ns, None)?;
     let applied = st.control.apply(&body, false).await?;
@@ -105,7 +131,9 @@ fn check_single(body: &str, k: Kind, ns: &str, name: Option<&str>) -> Result<(),
     let doc_ns = doc.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default");
     let doc_name = doc.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
     if doc_kind != k.name() || doc_ns != ns || name.is_some_and(|n| n != doc_name) {
-        return Err(ApiError::BadRequest(format!("the body describes {doc_kind} {doc_ns}/{doc_name}, which does not match the request path")));
+        return Err(ApiError::BadRequest(format!(
+            "the body describes {doc_kind} {doc_ns}/{doc_name}, which does not match the request path"
+        )));
     }
     Ok(())
 }

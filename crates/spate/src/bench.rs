@@ -1,3 +1,345 @@
-pub async fn run(_a: crate::cli::BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("bench: not built yet")
+//! `spate bench`: a load generator with an embedded sink.
+//!
+//! It starts `spate serve` as a child process (or targets `--server`), applies
+//! a Broker and one Trigger whose subscriber is the sink in this process, and
+//! drives 1 KiB CloudEvents at a concurrency or a rate. It reports ingress and
+//! end-to-end throughput and latency percentiles, and runs the same load
+//! straight to the sink as a baseline. End-to-end latency is the time from
+//! just before a request is sent to its arrival at the sink, carried in the
+//! `benchsent` extension (same machine, same clock).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use spate_core::{CloudEvent, ExtValue};
+use tokio::sync::Notify;
+
+use crate::cli::BenchArgs;
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Receives events and records end-to-end latency from `benchsent`.
+#[derive(Clone)]
+struct BenchSink {
+    url: String,
+    received: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<u64>>>,
+    last_at: Arc<Mutex<Option<Instant>>>,
+    notify: Arc<Notify>,
+    status: Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl BenchSink {
+    async fn start() -> anyhow::Result<BenchSink> {
+        let sink = BenchSink {
+            url: String::new(),
+            received: Arc::default(),
+            latencies: Arc::default(),
+            last_at: Arc::default(),
+            notify: Arc::default(),
+            status: Arc::new(std::sync::atomic::AtomicU16::new(202)),
+        };
+        let s = sink.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let s = s.clone();
+            async move {
+                let status = s.status.load(Ordering::Relaxed);
+                if status != 202 {
+                    return StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                }
+                let now = now_nanos();
+                let sent = headers
+                    .get("ce-benchsent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .or_else(|| {
+                        // Structured or batched: find it in the JSON.
+                        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                        v.get("benchsent")?.as_str()?.parse().ok()
+                    });
+                if let Some(sent) = sent {
+                    s.latencies.lock().expect("lock").push(now.saturating_sub(sent));
+                }
+                s.received.fetch_add(1, Ordering::Relaxed);
+                *s.last_at.lock().expect("lock") = Some(Instant::now());
+                s.notify.notify_waiters();
+                StatusCode::ACCEPTED
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(BenchSink { url, ..sink })
+    }
+
+    fn reset(&self) {
+        self.received.store(0, Ordering::SeqCst);
+        self.latencies.lock().expect("lock").clear();
+        *self.last_at.lock().expect("lock") = None;
+    }
+
+    async fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if self.received.load(Ordering::SeqCst) >= n {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+}
+
+struct Child_ {
+    child: Child,
+    admin: String,
+    data: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(a: &BenchArgs) -> anyhow::Result<Child_> {
+    let (dir, tmp) = match &a.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::tempdir().context("creating a temporary data directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let exe = std::env::current_exe().context("locating the spate binary")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--fsync", &a.fsync, "--data-dir"])
+        .arg(&dir)
+        .env("SPATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting spate serve")?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let (mut data, mut admin) = (None, None);
+    while data.is_none() || admin.is_none() {
+        let line = lines.next().ok_or_else(|| anyhow!("spate serve exited before reporting its addresses"))??;
+        if let Some(u) = line.strip_prefix("spate: data plane listening on ") {
+            data = Some(u.to_string());
+        } else if let Some(u) = line.strip_prefix("spate: admin API listening on ") {
+            admin = Some(u.to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Child_ { child, admin: admin.expect("set"), data: data.expect("set"), _dir: tmp })
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn percentiles(mut v: Vec<u64>) -> String {
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1e6;
+    format!(
+        "p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        *v.last().expect("non-empty") as f64 / 1e6
+    )
+}
+
+struct LoadResult {
+    acked: u64,
+    failed: u64,
+    elapsed: Duration,
+    ack_latencies: Vec<u64>,
+}
+
+/// Sends `a.events` events to `url` and waits for the acknowledgements.
+async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(a.concurrency * 2)
+        .build()
+        .expect("client builds");
+    let payload = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(a.size.saturating_sub(10))));
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(a.events as usize)));
+    let started = Instant::now();
+    let per_worker_interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.concurrency as f64 / a.rate));
+    let mut workers = vec![];
+    let batch = a.batch.max(1) as u64;
+    for w in 0..a.concurrency {
+        let (client, url, payload, next, failed, lat, total) =
+            (client.clone(), url.to_string(), payload.clone(), next.clone(), failed.clone(), lat.clone(), a.events);
+        workers.push(tokio::spawn(async move {
+            let mut ticker = per_worker_interval.map(|d| {
+                let mut t =
+                    tokio::time::interval_at(tokio::time::Instant::now() + d.mul_f64(w as f64 / 64.0_f64.max(1.0)), d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut local = Vec::new();
+            loop {
+                let i = next.fetch_add(batch, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let n = batch.min(total - i);
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let sent = now_nanos();
+                let events: Vec<CloudEvent> = (0..n)
+                    .map(|k| {
+                        let mut ev = CloudEvent::new(format!("bench-{}", i + k), "/spate/bench", "dev.spate.bench");
+                        ev.datacontenttype = Some("application/json".into());
+                        ev.data = Some(payload.clone());
+                        ev.set_extension("benchsent", ExtValue::String(sent.to_string()));
+                        ev
+                    })
+                    .collect();
+                let mut h = http::HeaderMap::new();
+                let body = if n == 1 {
+                    spate_core::http_codec::encode_binary(&events[0], &mut h)
+                } else {
+                    spate_core::http_codec::encode_batch(&events, &mut h)
+                };
+                let t0 = Instant::now();
+                match client.post(&url).headers(h).body(body).send().await {
+                    Ok(r) if r.status().is_success() => local.push(t0.elapsed().as_nanos() as u64),
+                    _ => {
+                        failed.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat.lock().expect("lock").extend(local);
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed();
+    let failed = failed.load(Ordering::Relaxed);
+    let ack_latencies = std::mem::take(&mut *lat.lock().expect("lock"));
+    LoadResult { acked: a.events - failed, failed, elapsed, ack_latencies }
+}
+
+async fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
+    let r = reqwest::Client::new().post(format!("{admin}/apply")).body(yaml.to_string()).send().await?;
+    if !r.status().is_success() {
+        bail!("apply failed: {}", r.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    if a.events == 0 || a.concurrency == 0 {
+        bail!("--events and --concurrency must be at least 1");
+    }
+    let sink = BenchSink::start().await?;
+    let child = match &a.server {
+        Some(_) => None,
+        None => Some(start_server(&a)?),
+    };
+    let admin = a.server.clone().or_else(|| child.as_ref().map(|c| c.admin.clone())).expect("one of them");
+    let hold = if a.stopped_subscriber { "  delivery:\n    retry: 1000000\n    backoffPolicy: linear\n    backoffDelay: PT1S\n" } else { "" };
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"256\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
+        sink.url
+    );
+    apply(&admin, &yaml).await.context("creating the bench broker and trigger")?;
+    let broker_url = match &child {
+        Some(c) => format!("{}/default/bench", c.data),
+        None => crate::client::broker_url(&admin, "default", "bench").await?,
+    };
+    let pid = child.as_ref().map(|c| c.child.id());
+    let mode = if a.rate > 0.0 {
+        format!("rate {} events/s", a.rate)
+    } else {
+        format!("closed loop, concurrency {}", a.concurrency)
+    };
+    println!("spate bench: {} events of {} bytes, {mode}, batch {}, fsync {}", a.events, a.size, a.batch, a.fsync);
+    if let Some(pid) = pid {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        println!("server idle RSS: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
+    }
+
+    if a.stopped_subscriber {
+        return backlog(&a, &sink, &broker_url, pid).await;
+    }
+    let mut baseline_rate = None;
+    if !a.no_baseline {
+        sink.reset();
+        let r = drive(&a, &sink.url).await;
+        sink.wait_for(r.acked, Duration::from_secs(30)).await;
+        let rate = r.acked as f64 / r.elapsed.as_secs_f64();
+        baseline_rate = Some(rate);
+        println!(
+            "\nbaseline (straight to the sink)\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
+            r.failed,
+            percentiles(r.ack_latencies)
+        );
+    }
+
+    sink.reset();
+    let started = Instant::now();
+    let r = drive(&a, &broker_url).await;
+    let ingress_rate = r.acked as f64 / r.elapsed.as_secs_f64();
+    let complete = sink.wait_for(r.acked, Duration::from_secs(120)).await;
+    let last = sink.last_at.lock().expect("lock").unwrap_or_else(Instant::now);
+    let e2e_rate = sink.received.load(Ordering::SeqCst) as f64 / (last - started).as_secs_f64();
+    let e2e = std::mem::take(&mut *sink.latencies.lock().expect("lock"));
+    println!("\nbroker (ingress → durable log → trigger → sink)");
+    println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
+    println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
+    println!(
+        "  end-to-end throughput: {e2e_rate:.0} events/s{}",
+        if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
+    );
+    println!("  end-to-end latency: {}", percentiles(e2e));
+    if let Some(b) = baseline_rate {
+        println!("  end-to-end / baseline throughput: {:.2}", e2e_rate / b);
+    }
+    if let Some(pid) = pid {
+        println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
+    }
+    Ok(if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// Fills the log behind a subscriber that refuses everything, sampling RSS.
+async fn backlog(a: &BenchArgs, sink: &BenchSink, broker_url: &str, pid: Option<u32>) -> anyhow::Result<std::process::ExitCode> {
+    let Some(pid) = pid else { bail!("--stopped-subscriber needs the in-process server (no --server)") };
+    sink.status.store(503, Ordering::SeqCst);
+    println!("\nbacklog behind a stopped subscriber (RSS sampled every {} events)", a.events / 5);
+    let step = BenchArgs { events: a.events / 5, no_baseline: true, ..a.clone() };
+    let mut total = 0;
+    for _ in 0..5 {
+        let r = drive(&step, broker_url).await;
+        total += r.acked;
+        println!("  {total:>9} events waiting: server RSS {:.1} MiB ({:.0} events/s in)", rss_kib(pid).unwrap_or(0) as f64 / 1024.0, r.acked as f64 / r.elapsed.as_secs_f64());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -3,7 +3,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "spate", version, about = "Knative Eventing in one binary: brokers, triggers and delivery on an embedded durable log")]
+#[command(
+    name = "spate",
+    version,
+    about = "Knative Eventing in one binary: brokers, triggers and delivery on an embedded durable log"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -198,4 +202,8 @@ pub struct BenchArgs {
     /// Skip the direct-to-sink baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// The sink refuses everything (503): events pile up in the log behind the
+    /// trigger while server RSS is sampled. Measures memory under backlog.
+    #[arg(long)]
+    pub stopped_subscriber: bool,
 }

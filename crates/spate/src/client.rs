@@ -18,11 +18,17 @@ use crate::serve::read_manifests;
 type Exit = anyhow::Result<std::process::ExitCode>;
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().http1_only().tcp_nodelay(true).build().expect("HTTP client builds with static configuration")
+    reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .build()
+        .expect("HTTP client builds with static configuration")
 }
 
 fn unreachable(server: &str, e: reqwest::Error) -> anyhow::Error {
-    anyhow!("cannot reach the Spate admin API at {server}: {e} (is `spate serve` running? set --server or SPATE_SERVER)")
+    anyhow!(
+        "cannot reach the Spate admin API at {server}: {e} (is `spate serve` running? set --server or SPATE_SERVER)"
+    )
 }
 
 /// Prints an API error body (the list of problems) and returns exit code 1.
@@ -55,7 +61,14 @@ pub async fn apply(a: ApplyArgs) -> Exit {
     }
     let v: Value = serde_json::from_str(&body).context("reading the server's answer")?;
     for x in v["applied"].as_array().into_iter().flatten() {
-        println!("{}.{}/{} {} (namespace {})", x["kind"].as_str().unwrap_or("").to_lowercase(), x["group"].as_str().unwrap_or(""), x["name"].as_str().unwrap_or(""), x["action"].as_str().unwrap_or(""), x["namespace"].as_str().unwrap_or(""));
+        println!(
+            "{}.{}/{} {} (namespace {})",
+            x["kind"].as_str().unwrap_or("").to_lowercase(),
+            x["group"].as_str().unwrap_or(""),
+            x["name"].as_str().unwrap_or(""),
+            x["action"].as_str().unwrap_or(""),
+            x["namespace"].as_str().unwrap_or("")
+        );
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -108,7 +121,11 @@ pub async fn delete(a: DeleteArgs) -> Exit {
     let client = http();
     let mut code = std::process::ExitCode::SUCCESS;
     for (k, ns, name) in targets {
-        let resp = client.delete(resource_url(&a.server.server, k, Some(&ns), Some(&name))).send().await.map_err(|e| unreachable(&a.server.server, e))?;
+        let resp = client
+            .delete(resource_url(&a.server.server, k, Some(&ns), Some(&name)))
+            .send()
+            .await
+            .map_err(|e| unreachable(&a.server.server, e))?;
         if resp.status().is_success() {
             println!("{}.{}/{} deleted (namespace {ns})", k.name().to_lowercase(), k.group(), name);
         } else {
@@ -118,7 +135,12 @@ pub async fn delete(a: DeleteArgs) -> Exit {
     Ok(code)
 }
 
-pub async fn get_objects(server: &str, kind: Kind, ns: Option<&str>, name: Option<&str>) -> anyhow::Result<Result<Vec<Value>, String>> {
+pub async fn get_objects(
+    server: &str,
+    kind: Kind,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<Result<Vec<Value>, String>> {
     let resp = http().get(resource_url(server, kind, ns, name)).send().await.map_err(|e| unreachable(server, e))?;
     let ok = resp.status().is_success();
     let body = resp.text().await?;
@@ -144,7 +166,11 @@ pub async fn get(a: GetArgs) -> Exit {
 /// Resolves a broker's address through the admin API (`status.address.url`).
 pub async fn broker_url(server: &str, ns: &str, name: &str) -> anyhow::Result<String> {
     match get_objects(server, Kind::Broker, Some(ns), Some(name)).await? {
-        Ok(items) => items[0].pointer("/status/address/url").and_then(Value::as_str).map(str::to_string).ok_or_else(|| anyhow!("Broker {ns}/{name} has no address yet (is it Ready? see `spate get broker {name} -n {ns}`)")),
+        Ok(items) => {
+            items[0].pointer("/status/address/url").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+                anyhow!("Broker {ns}/{name} has no address yet (is it Ready? see `spate get broker {name} -n {ns}`)")
+            })
+        }
         Err(_) => bail!("Broker {ns}/{name} not found (see `spate get brokers -A`)"),
     }
 }
@@ -193,7 +219,12 @@ pub async fn send(a: SendArgs) -> Exit {
         (None, None) => bail!("give --to URL or --broker NAME"),
     };
     let exts = parse_extensions(&a.extensions)?;
-    let base_id = a.id.clone().unwrap_or_else(|| format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()));
+    let base_id = a.id.clone().unwrap_or_else(|| {
+        format!(
+            "{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+        )
+    });
     let build = |i: u64| -> anyhow::Result<(HeaderMap, Bytes)> {
         let id = if a.count > 1 { format!("{base_id}-{i}") } else { base_id.clone() };
         let mut ev = CloudEvent::new(id, a.source.clone(), a.ty.clone());
@@ -230,13 +261,16 @@ pub async fn send(a: SendArgs) -> Exit {
         }
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
         let (h, body) = build(i)?;
-        let (client, url, sent_c, failed_c, first_error) = (client.clone(), url.clone(), sent.clone(), failed.clone(), first_error.clone());
+        let (client, url, sent_c, failed_c, first_error) =
+            (client.clone(), url.clone(), sent.clone(), failed.clone(), first_error.clone());
         tasks.spawn(async move {
             let (sent, failed) = (sent_c, failed_c);
             let r = client.post(&url).headers(h).body(body).send().await;
             let err = match r {
                 Ok(resp) if resp.status().is_success() => None,
-                Ok(resp) => Some(format!("HTTP {}: {}", resp.status().as_u16(), resp.text().await.unwrap_or_default().trim())),
+                Ok(resp) => {
+                    Some(format!("HTTP {}: {}", resp.status().as_u16(), resp.text().await.unwrap_or_default().trim()))
+                }
                 Err(e) => Some(e.to_string()),
             };
             match err {
@@ -250,7 +284,11 @@ pub async fn send(a: SendArgs) -> Exit {
         });
         while tasks.try_join_next().is_some() {}
         if a.count > 1 && last_show.elapsed() > Duration::from_millis(200) {
-            progress.show(sent.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), false);
+            progress.show(
+                sent.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                false,
+            );
             last_show = Instant::now();
         }
     }

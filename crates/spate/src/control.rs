@@ -39,7 +39,9 @@ impl IntoResponse for ApiError {
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let errors: Vec<String> = match &self {
-            ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => e.iter().map(ToString::to_string).collect(),
+            ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => {
+                e.iter().map(ToString::to_string).collect()
+            }
             other => vec![other.to_string()],
         };
         (status, axum::Json(json!({"kind": "Status", "status": "Failure", "code": status.as_u16(), "message": self.to_string(), "errors": errors}))).into_response()
@@ -79,7 +81,14 @@ fn new_uid() -> String {
         x
     };
     let (a, b) = (next(), next());
-    format!("{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
 }
 
 fn status_json(st: &ResourceStatus, generation: u64) -> Value {
@@ -88,7 +97,8 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
         .conditions
         .iter()
         .map(|c| {
-            let mut v = json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
+            let mut v =
+                json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
             if !c.ok {
                 v["reason"] = json!(c.reason);
                 v["message"] = json!(c.message);
@@ -139,7 +149,13 @@ impl ControlPlane {
                 Some(old) if old.resource.manifest == resource.manifest => "unchanged",
                 Some(_) => "configured",
             };
-            applied.push(Applied { kind: resource.kind.name(), group: resource.kind.group(), namespace: resource.namespace.clone(), name: resource.name.clone(), action });
+            applied.push(Applied {
+                kind: resource.kind.name(),
+                group: resource.kind.group(),
+                namespace: resource.namespace.clone(),
+                name: resource.name.clone(),
+                action,
+            });
             if dry_run || action == "unchanged" {
                 continue;
             }
@@ -176,7 +192,12 @@ impl ControlPlane {
                 .map(|e| vec![e.object()])
                 .ok_or_else(|| ApiError::NotFound(format!("{} {ns}/{n}", kind.name())));
         }
-        Ok(store.entries.iter().filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns)).map(|(_, e)| e.object()).collect())
+        Ok(store
+            .entries
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns))
+            .map(|(_, e)| e.object())
+            .collect())
     }
 
     pub async fn reconcile(&self) {

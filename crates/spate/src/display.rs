@@ -22,7 +22,13 @@ pub async fn handler(State(st): State<Ingress>, Path(label): Path<String>, heade
     };
     let mut out = String::new();
     for ev in &decoded.events {
-        out.push_str(&format!("☁️  [{label}] cloudevent\n  specversion: {}\n  type: {}\n  source: {}\n  id: {}\n", ev.specversion.as_str(), ev.ty, ev.source, ev.id));
+        out.push_str(&format!(
+            "☁️  [{label}] cloudevent\n  specversion: {}\n  type: {}\n  source: {}\n  id: {}\n",
+            ev.specversion.as_str(),
+            ev.ty,
+            ev.source,
+            ev.id
+        ));
         for (k, v) in [("time", &ev.time), ("subject", &ev.subject), ("datacontenttype", &ev.datacontenttype)] {
             if let Some(v) = v {
                 out.push_str(&format!("  {k}: {v}\n"));

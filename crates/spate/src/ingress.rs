@@ -31,17 +31,31 @@ impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         let allow = [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))];
         match self {
-            IngressError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, allow, "only POST delivers events here\n").into_response(),
+            IngressError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, allow, "only POST delivers events here\n").into_response()
+            }
             IngressError::NoSuchBroker(b) => (StatusCode::NOT_FOUND, format!("no broker {b}\n")).into_response(),
-            IngressError::TooLarge(max) => (StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the {max}-byte limit (--max-event-size)\n")).into_response(),
+            IngressError::TooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the {max}-byte limit (--max-event-size)\n"),
+            )
+                .into_response(),
             IngressError::Malformed(reason) => (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response(),
-            IngressError::Publish(e @ (PublishError::TtlExhausted { .. } | PublishError::BadTtl { .. })) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-            IngressError::Publish(e @ PublishError::Full) => {
-                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, HeaderValue::from_static("1"))], format!("{e}\n")).into_response()
+            IngressError::Publish(e @ (PublishError::TtlExhausted { .. } | PublishError::BadTtl { .. })) => {
+                (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
             }
-            IngressError::Publish(e @ PublishError::Storage(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, HeaderValue::from_static("5"))], format!("{e}\n")).into_response()
-            }
+            IngressError::Publish(e @ PublishError::Full) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                format!("{e}\n"),
+            )
+                .into_response(),
+            IngressError::Publish(e @ PublishError::Storage(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                format!("{e}\n"),
+            )
+                .into_response(),
         }
     }
 }
@@ -55,7 +69,8 @@ pub fn router(state: Ingress) -> Router {
 
 /// Reads a body of at most `max` bytes, refusing early on a declared length.
 pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes::Bytes, IngressError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > max
     {
         return Err(IngressError::TooLarge(max));
@@ -63,21 +78,37 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<by
     to_bytes(body, max).await.map_err(|_| IngressError::TooLarge(max))
 }
 
-async fn broker_ingress(State(st): State<Ingress>, method: Method, Path((namespace, broker)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+async fn broker_ingress(
+    State(st): State<Ingress>,
+    method: Method,
+    Path((namespace, broker)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match accept(&st, method, &namespace, &broker, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn accept(st: &Ingress, method: Method, namespace: &str, broker: &str, headers: HeaderMap, body: Body) -> Result<Response, IngressError> {
+async fn accept(
+    st: &Ingress,
+    method: Method,
+    namespace: &str,
+    broker: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngressError> {
     if method == Method::OPTIONS {
         return Ok((StatusCode::OK, [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))]).into_response());
     }
     if method != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
-    let b = st.eventing.broker(namespace, broker).ok_or_else(|| IngressError::NoSuchBroker(format!("{namespace}/{broker}")))?;
+    let b = st
+        .eventing
+        .broker(namespace, broker)
+        .ok_or_else(|| IngressError::NoSuchBroker(format!("{namespace}/{broker}")))?;
     let body = read_body(&headers, body, st.max_event_size).await?;
     let decoded = spate_core::http_codec::decode(&headers, body).map_err(|e| IngressError::Malformed(e.to_string()))?;
     for ev in &decoded.events {

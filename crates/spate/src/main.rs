@@ -14,6 +14,11 @@ mod store;
 
 use clap::Parser;
 
+/// glibc's allocator spent ~15% of server CPU in malloc/free/consolidation under
+/// load (perf); mimalloc's thread-local free lists remove most of it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

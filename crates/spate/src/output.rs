@@ -6,10 +6,15 @@ use spate_api::Kind;
 use crate::cli::OutputFormat;
 
 fn ready(v: &Value) -> (String, String) {
-    let cond = v.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+    let cond = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
     match cond {
         None => ("Unknown".into(), String::new()),
-        Some(c) => (c["status"].as_str().unwrap_or("Unknown").to_string(), c["reason"].as_str().unwrap_or("").to_string()),
+        Some(c) => {
+            (c["status"].as_str().unwrap_or("Unknown").to_string(), c["reason"].as_str().unwrap_or("").to_string())
+        }
     }
 }
 
@@ -20,11 +25,19 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -> String {
     match format {
         OutputFormat::Json => {
-            let v = if single { items[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}) };
+            let v = if single {
+                items[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
             serde_json::to_string_pretty(&v).expect("JSON values serialize") + "\n"
         }
         OutputFormat::Yaml => {
-            let v = if single { items[0].clone() } else { serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}) };
+            let v = if single {
+                items[0].clone()
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
             serde_saphyr::to_string(&v).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
         }
         OutputFormat::Table => {
@@ -40,13 +53,16 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 let name = s(it, "/metadata/name").to_string();
                 rows.push(match kind {
                     Kind::Broker => vec![ns, name, s(it, "/status/address/url").into(), r, reason],
-                    Kind::Trigger => vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason],
+                    Kind::Trigger => {
+                        vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason]
+                    }
                 });
             }
             if rows.len() == 1 {
                 return format!("No {} found.\n", kind.plural());
             }
-            let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> =
+                (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
             let mut out = String::new();
             for r in rows {
                 let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

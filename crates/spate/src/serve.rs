@@ -59,7 +59,12 @@ struct DirLock(#[allow(dead_code)] std::fs::File);
 
 fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).with_context(|| format!("opening {}/LOCK", dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .with_context(|| format!("opening {}/LOCK", dir.display()))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -86,13 +91,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     // Read and validate the manifests before touching anything.
     let manifests = if args.files.is_empty() { None } else { Some(read_manifests(&args.files)?) };
     if let Some(text) = &manifests {
-        spate_api::admit_text(text).map_err(|e| anyhow::anyhow!("{}: {e}", args.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))?;
+        spate_api::admit_text(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}",
+                args.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        })?;
     }
     let _lock = lock_data_dir(&args.data_dir)?;
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
 
-    let data_listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding the data plane to {}", args.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen).await.with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
+    let data_listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding the data plane to {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
     let data_addr = data_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -105,11 +119,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         ..FileLogConfig::default()
     };
     let backend = Arc::new(FileBackend::new(args.data_dir.join("logs"), log_config));
-    let mut eventing_config = EventingConfig { base_url: base_url(data_addr), max_in_flight: args.max_in_flight.max(1), ..EventingConfig::default() };
+    let mut eventing_config = EventingConfig {
+        base_url: base_url(data_addr),
+        max_in_flight: args.max_in_flight.max(1),
+        ..EventingConfig::default()
+    };
     eventing_config.default_delivery.retry = Some(args.default_retry);
     eventing_config.default_delivery.backoff_policy = Some(BackoffPolicy::Exponential);
     eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
-    let eventing = Arc::new(Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default()));
+    let eventing =
+        Arc::new(Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default()));
     let store = Store::load(&args.data_dir).context("loading stored resources")?;
     let control = Arc::new(ControlPlane::new(store, eventing.clone()));
     if let Some(text) = &manifests {
@@ -128,7 +147,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     });
 
-    let ingress = crate::ingress::router(crate::ingress::Ingress { eventing: eventing.clone(), max_event_size: args.max_event_size });
+    let ingress = crate::ingress::router(crate::ingress::Ingress {
+        eventing: eventing.clone(),
+        max_event_size: args.max_event_size,
+    });
     let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics });
     // Tests and scripts read these two lines to find the servers.
     println!("spate: data plane listening on {}", base_url(data_addr));
@@ -138,10 +160,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut s1 = stop_rx.clone();
     let mut s2 = stop_rx;
-    let data = tokio::spawn(async move { axum::serve(data_listener, ingress).with_graceful_shutdown(async move { let _ = s1.changed().await; }).await });
-    let adm = tokio::spawn(async move { axum::serve(admin_listener, admin).with_graceful_shutdown(async move { let _ = s2.changed().await; }).await });
+    let data = tokio::spawn(async move {
+        axum::serve(data_listener, ingress)
+            .with_graceful_shutdown(async move {
+                let _ = s1.changed().await;
+            })
+            .await
+    });
+    let adm = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = s2.changed().await;
+            })
+            .await
+    });
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

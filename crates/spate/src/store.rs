@@ -58,9 +58,12 @@ impl Store {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
-            Err(e) => return Err(StoreError::Read { path: path.display().to_string(), source: e }),
+            Err(e) => {
+                return Err(StoreError::Read { path: path.display().to_string(), source: e });
+            }
         };
-        let saved: Vec<Value> = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?;
+        let saved: Vec<Value> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?;
         for (i, s) in saved.iter().enumerate() {
             match spate_api::admit_document(&s["manifest"], i) {
                 Ok((resource, compiled)) => {

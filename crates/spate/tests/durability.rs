@@ -20,7 +20,13 @@ async fn resources_and_undelivered_events_survive_a_restart() {
     let up = Arc::new(AtomicBool::new(false));
     let u = up.clone();
     let sink = Sink::with(
-        Arc::new(move |_, _| if u.load(Ordering::SeqCst) { StatusCode::ACCEPTED.into_response() } else { StatusCode::SERVICE_UNAVAILABLE.into_response() }),
+        Arc::new(move |_, _| {
+            if u.load(Ordering::SeqCst) {
+                StatusCode::ACCEPTED.into_response()
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE.into_response()
+            }
+        }),
         Duration::ZERO,
     )
     .await;
@@ -33,7 +39,10 @@ async fn resources_and_undelivered_events_survive_a_restart() {
         assert_eq!(send(&url, &format!("e{i}"), "t", "{}").await, 202);
     }
     // The subscriber is refusing; wait until every event was attempted at least once.
-    sink.wait_until("every event attempted", |g| g.iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() == 20).await;
+    sink.wait_until("every event attempted", |g| {
+        g.iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() == 20
+    })
+    .await;
     s.kill();
 
     up.store(true, Ordering::SeqCst);
@@ -45,7 +54,9 @@ async fn resources_and_undelivered_events_survive_a_restart() {
     assert_eq!(t["spec"]["delivery"]["retry"], 1000, "the trigger survived with its spec");
     // All 20 are delivered again by the restarted server, now that the subscriber accepts.
     let got = sink
-        .wait_until("all 20 accepted after the restart", |g| g[before.min(g.len())..].iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() == 20)
+        .wait_until("all 20 accepted after the restart", |g| {
+            g[before.min(g.len())..].iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() == 20
+        })
         .await;
     assert!(got.len() >= before + 20);
 }
@@ -80,7 +91,15 @@ async fn kill_9_under_load_loses_no_accepted_event() {
                 let id = format!("ev-{i}");
                 // Retry the same event until the server acknowledges it (it may be down).
                 loop {
-                    let r = c.post(&url).header("ce-specversion", "1.0").header("ce-id", &id).header("ce-source", "/crash").header("ce-type", "t").body("{}").send().await;
+                    let r = c
+                        .post(&url)
+                        .header("ce-specversion", "1.0")
+                        .header("ce-id", &id)
+                        .header("ce-source", "/crash")
+                        .header("ce-type", "t")
+                        .body("{}")
+                        .send()
+                        .await;
                     if let Ok(r) = r
                         && r.status() == 202
                     {
@@ -107,15 +126,27 @@ async fn kill_9_under_load_loses_no_accepted_event() {
     }
     let accepted = accepted.lock().unwrap().clone();
     assert_eq!(accepted.len() as u64, TOTAL);
-    let got = sink.wait_until("every accepted event", |g| g.iter().map(|r| &r.event.id).collect::<HashSet<_>>().len() >= accepted.len()).await;
+    let got = sink
+        .wait_until("every accepted event", |g| {
+            g.iter().map(|r| &r.event.id).collect::<HashSet<_>>().len() >= accepted.len()
+        })
+        .await;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for r in &got {
         *counts.entry(r.event.id.as_str()).or_default() += 1;
     }
     let missing = accepted.iter().filter(|id| !counts.contains_key(id.as_str())).count();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    println!("crash test: {} accepted, {} delivered, {missing} missing, {duplicates} duplicates after {KILLS} kill -9", accepted.len(), got.len());
+    println!(
+        "crash test: {} accepted, {} delivered, {missing} missing, {duplicates} duplicates after {KILLS} kill -9",
+        accepted.len(),
+        got.len()
+    );
     assert_eq!(missing, 0, "every event that got a 202 is delivered at least once");
-    assert!(duplicates <= KILLS * IN_FLIGHT, "duplicates {duplicates} exceed the in-flight bound {} ({KILLS} kills × {IN_FLIGHT})", KILLS * IN_FLIGHT);
+    assert!(
+        duplicates <= KILLS * IN_FLIGHT,
+        "duplicates {duplicates} exceed the in-flight bound {} ({KILLS} kills × {IN_FLIGHT})",
+        KILLS * IN_FLIGHT
+    );
     drop(server);
 }

@@ -20,12 +20,24 @@ async fn server_with(yaml: &str, extra: &[&str]) -> (tempfile::TempDir, Server) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
     let sink = Sink::start().await;
-    let (_d, s) = server_with(&(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")), &[]).await;
+    let (_d, s) =
+        server_with(&(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")), &[]).await;
     let url = s.broker_url("default", "default");
     let c = client();
 
-    let r = c.post(&url).header("ce-specversion", "1.0").header("ce-id", "bin-1").header("ce-source", "/s").header("ce-type", "t.bin")
-        .header("ce-myext", "hello%20world").header("ce-subject", "sub").header("content-type", "text/plain").body("payload €").send().await.unwrap();
+    let r = c
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bin-1")
+        .header("ce-source", "/s")
+        .header("ce-type", "t.bin")
+        .header("ce-myext", "hello%20world")
+        .header("ce-subject", "sub")
+        .header("content-type", "text/plain")
+        .body("payload €")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let structured = r#"{"specversion":"1.0","id":"str-1","source":"/s","type":"t.str","num":7,"flag":true,"datacontenttype":"application/json","data":{"a":[1,2]}}"#;
     let r = c.post(&url).header("content-type", "application/cloudevents+json").body(structured).send().await.unwrap();
@@ -38,9 +50,13 @@ async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
     assert_eq!(r.status(), 202);
 
     let got = sink.wait_until("five events", |g| g.len() >= 5).await;
-    let by_id = |id: &str| got.iter().find(|r| r.event.id == id).unwrap_or_else(|| panic!("{id} not delivered")).clone();
+    let by_id =
+        |id: &str| got.iter().find(|r| r.event.id == id).unwrap_or_else(|| panic!("{id} not delivered")).clone();
     let b = by_id("bin-1");
-    assert_eq!((b.event.ty.as_str(), b.event.source.as_str(), b.event.subject.as_deref()), ("t.bin", "/s", Some("sub")));
+    assert_eq!(
+        (b.event.ty.as_str(), b.event.source.as_str(), b.event.subject.as_deref()),
+        ("t.bin", "/s", Some("sub"))
+    );
     assert_eq!(b.event.extension("myext"), Some(&ExtValue::String("hello world".into())));
     assert_eq!(b.event.data.as_deref(), Some("payload €".as_bytes()));
     assert_eq!(b.headers["content-type"], "text/plain");
@@ -49,7 +65,10 @@ async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
     let st = by_id("str-1");
     assert_eq!(st.event.extension_i64("num"), Some(7));
     assert_eq!(st.event.extension("flag").map(|v| v.to_canonical().into_owned()).as_deref(), Some("true"));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(st.event.data.as_ref().unwrap()).unwrap(), serde_json::json!({"a": [1, 2]}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(st.event.data.as_ref().unwrap()).unwrap(),
+        serde_json::json!({"a": [1, 2]})
+    );
     assert_eq!(by_id("bat-1").event.data.as_deref(), Some(&[0u8, 1, 2][..]));
     assert!(by_id("bat-2").event.data.is_none());
     let old = by_id("v03-1");
@@ -60,7 +79,11 @@ async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_with_a_reason_and_store_nothing() {
     let sink = Sink::start().await;
-    let (_d, s) = server_with(&(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")), &["--max-event-size", "65536"]).await;
+    let (_d, s) = server_with(
+        &(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")),
+        &["--max-event-size", "65536"],
+    )
+    .await;
     let url = s.broker_url("default", "default");
     let c = client();
     let ok = [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")];
@@ -71,16 +94,29 @@ async fn malformed_requests_get_400_with_a_reason_and_store_nothing() {
         }
         r
     };
-    let structured = |body: &'static str| c.post(&url).header("content-type", "application/cloudevents+json").body(body);
+    let structured =
+        |body: &'static str| c.post(&url).header("content-type", "application/cloudevents+json").body(body);
     let cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
         ("missing id", binary("ce-id", vec![]), "missing required attribute 'id'"),
         ("empty type", binary("ce-type", vec![("ce-type", "")]), "'type' is empty"),
-        ("specversion 19.0", binary("ce-specversion", vec![("ce-specversion", "19.0")]), "unsupported specversion '19.0'"),
+        (
+            "specversion 19.0",
+            binary("ce-specversion", vec![("ce-specversion", "19.0")]),
+            "unsupported specversion '19.0'",
+        ),
         ("bad attribute name", binary("", vec![("ce-bad_name", "x")]), "invalid attribute name"),
         ("bad percent-encoding", binary("", vec![("ce-ext", "%G1")]), "invalid percent-encoding"),
         ("bad JSON", structured("{not json"), "invalid JSON"),
-        ("data with data_base64", structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"a","data_base64":"YQ=="}"#), "mutually exclusive"),
-        ("missing source (structured)", structured(r#"{"specversion":"1.0","id":"1","type":"t"}"#), "missing required attribute 'source'"),
+        (
+            "data with data_base64",
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"a","data_base64":"YQ=="}"#),
+            "mutually exclusive",
+        ),
+        (
+            "missing source (structured)",
+            structured(r#"{"specversion":"1.0","id":"1","type":"t"}"#),
+            "missing required attribute 'source'",
+        ),
         ("ttl exhausted", binary("", vec![("ce-knativebrokerttl", "0")]), "knativebrokerttl is 0"),
     ];
     for (name, req, want) in cases {
@@ -137,12 +173,19 @@ async fn each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers() {
-    let failing = Sink::with(Arc::new(|_, _| (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()), Duration::ZERO).await;
+    let failing =
+        Sink::with(Arc::new(|_, _| (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()), Duration::ZERO).await;
     let (dls_trigger, dls_broker) = (Sink::start().await, Sink::start().await);
     let quick = "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT0.01S\n";
     let yaml = [
         broker("default", &format!("{quick}    deadLetterSink:\n      uri: {}\n", dls_broker.url)),
-        trigger("own-dls", "default", &type_filter("a"), &failing.url, &format!("{quick}    deadLetterSink:\n      uri: {}\n", dls_trigger.url)),
+        trigger(
+            "own-dls",
+            "default",
+            &type_filter("a"),
+            &failing.url,
+            &format!("{quick}    deadLetterSink:\n      uri: {}\n", dls_trigger.url),
+        ),
         trigger("broker-dls", "default", &type_filter("b"), &failing.url, ""),
     ]
     .join("---\n");
@@ -175,7 +218,17 @@ async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl() {
     let replier = Sink::with(
         Arc::new(|r, _| {
             let ty = if r.event.ty == "question" { "answer" } else { "loop" };
-            (StatusCode::OK, [("ce-specversion", "1.0"), ("ce-id", format!("re-{}", r.event.id).as_str()), ("ce-source", "/replier"), ("ce-type", ty)], "reply body").into_response()
+            (
+                StatusCode::OK,
+                [
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", format!("re-{}", r.event.id).as_str()),
+                    ("ce-source", "/replier"),
+                    ("ce-type", ty),
+                ],
+                "reply body",
+            )
+                .into_response()
         }),
         Duration::ZERO,
     )
@@ -198,13 +251,22 @@ async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl() {
 
     assert_eq!(send(&url, "l", "loop", "{}").await, 202);
     // TTL 255 on entry: deliveries carry 255, 254, ..., 1; the reply to the last is dropped.
-    let loops = replier.wait_until("255 loop deliveries", |g| g.iter().filter(|r| r.event.ty == "loop").count() >= 255).await;
-    let ttls: Vec<i64> = loops.iter().filter(|r| r.event.ty == "loop").map(|r| r.event.extension_i64("knativebrokerttl").unwrap()).collect();
+    let loops =
+        replier.wait_until("255 loop deliveries", |g| g.iter().filter(|r| r.event.ty == "loop").count() >= 255).await;
+    let ttls: Vec<i64> = loops
+        .iter()
+        .filter(|r| r.event.ty == "loop")
+        .map(|r| r.event.extension_i64("knativebrokerttl").unwrap())
+        .collect();
     assert_eq!(ttls.last(), Some(&1));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let line = loop {
         let m = s.metrics().await;
-        if let Some(l) = m.lines().find(|l| l.starts_with("spate_events_dropped_total") && l.contains("ttl_exhausted") && l.contains("trigger/default/loop")) {
+        if let Some(l) = m.lines().find(|l| {
+            l.starts_with("spate_events_dropped_total")
+                && l.contains("ttl_exhausted")
+                && l.contains("trigger/default/loop")
+        }) {
             break l.to_string();
         }
         assert!(std::time::Instant::now() < deadline, "the TTL drop was never counted:\n{m}");
@@ -244,7 +306,9 @@ async fn trigger_status_says_why_it_is_not_ready() {
     let sub_ref = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-broker\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: eventing.knative.dev/v1\n      kind: Broker\n      name: other\n";
     s.apply_ok(&[trigger("orphan", "default", "", "http://127.0.0.1:9/", ""), sub_ref.to_string()].join("---\n")).await;
     let t = s.get("triggers", "default", "orphan").await;
-    let cond = |v: &serde_json::Value, ty: &str| v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == ty).cloned().unwrap();
+    let cond = |v: &serde_json::Value, ty: &str| {
+        v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == ty).cloned().unwrap()
+    };
     assert_eq!(cond(&t, "Ready")["status"], "False");
     assert_eq!(cond(&t, "Ready")["reason"], "BrokerDoesNotExist");
     assert!(cond(&t, "BrokerReady")["message"].as_str().unwrap().contains("Broker default/default does not exist"));
@@ -254,7 +318,9 @@ async fn trigger_status_says_why_it_is_not_ready() {
     assert_eq!(t["status"]["subscriberUri"], "http://127.0.0.1:9/");
     let t = s.get("triggers", "default", "to-broker").await;
     assert_eq!(cond(&t, "SubscriberResolved")["status"], "False");
-    assert!(cond(&t, "SubscriberResolved")["message"].as_str().unwrap().contains("Broker default/other does not exist"));
+    assert!(
+        cond(&t, "SubscriberResolved")["message"].as_str().unwrap().contains("Broker default/other does not exist")
+    );
     s.apply_ok(&broker("other", "")).await;
     let t = s.get("triggers", "default", "to-broker").await;
     assert_eq!(t["status"]["subscriberUri"], s.broker_url("default", "other"));
@@ -276,8 +342,15 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
         &bad,
         [
             broker("good", ""),
-            trigger("t", "good", "  filters:\n    - exact:\n        Type: x\n", "not-a-url", "  delivery:\n    backoffDelay: 2s\n"),
-            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b2\nspec:\n  colour: red\n".to_string(),
+            trigger(
+                "t",
+                "good",
+                "  filters:\n    - exact:\n        Type: x\n",
+                "not-a-url",
+                "  delivery:\n    backoffDelay: 2s\n",
+            ),
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: b2\nspec:\n  colour: red\n"
+                .to_string(),
         ]
         .join("---\n"),
     )
@@ -301,14 +374,24 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
         assert!(err.contains(w), "apply output lacks '{w}':\n{err}");
     }
     assert!(err.contains("nothing was applied"), "{err}");
-    let list: serde_json::Value = client().get(format!("{}/apis/eventing.knative.dev/v1/brokers", s.admin)).send().await.unwrap().text().await.unwrap().parse().unwrap();
+    let list: serde_json::Value = client()
+        .get(format!("{}/apis/eventing.knative.dev/v1/brokers", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 0, "the valid Broker in the file must not be applied");
 
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, broker("good", "")).unwrap();
     let out = std::process::Command::new(BIN).args(["apply", "--server", &s.admin, "-f"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = std::process::Command::new(BIN).args(["get", "brokers", "--server", &s.admin, "-o", "json"]).output().unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["get", "brokers", "--server", &s.admin, "-o", "json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["items"][0]["metadata"]["name"], "good");
 }

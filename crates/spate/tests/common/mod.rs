@@ -69,7 +69,12 @@ impl Server {
     }
 
     pub async fn apply(&self, yaml: &str) -> (u16, serde_json::Value) {
-        let r = client().post(format!("{}/apply", self.admin)).body(yaml.to_string()).send().await.expect("admin reachable");
+        let r = client()
+            .post(format!("{}/apply", self.admin))
+            .body(yaml.to_string())
+            .send()
+            .await
+            .expect("admin reachable");
         let status = r.status().as_u16();
         (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(serde_json::Value::Null))
     }
@@ -80,7 +85,16 @@ impl Server {
     }
 
     pub async fn get(&self, plural: &str, ns: &str, name: &str) -> serde_json::Value {
-        client().get(format!("{}/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}", self.admin)).send().await.unwrap().text().await.unwrap().parse().unwrap()
+        client()
+            .get(format!("{}/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {
