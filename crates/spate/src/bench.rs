@@ -265,7 +265,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         None => Some(start_server(&a)?),
     };
     let admin = a.server.clone().or_else(|| child.as_ref().map(|c| c.admin.clone())).expect("one of them");
-    let hold = if a.stopped_subscriber { "  delivery:\n    retry: 1000000\n    backoffPolicy: linear\n    backoffDelay: PT1S\n" } else { "" };
+    let hold = if a.stopped_subscriber {
+        "  delivery:\n    retry: 1000000\n    backoffPolicy: linear\n    backoffDelay: PT1S\n"
+    } else {
+        ""
+    };
     let yaml = format!(
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"256\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
         sink.url
@@ -330,7 +334,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.
-async fn backlog(a: &BenchArgs, sink: &BenchSink, broker_url: &str, pid: Option<u32>) -> anyhow::Result<std::process::ExitCode> {
+async fn backlog(
+    a: &BenchArgs,
+    sink: &BenchSink,
+    broker_url: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<std::process::ExitCode> {
     let Some(pid) = pid else { bail!("--stopped-subscriber needs the in-process server (no --server)") };
     sink.status.store(503, Ordering::SeqCst);
     println!("\nbacklog behind a stopped subscriber (RSS sampled every {} events)", a.events / 5);
@@ -339,7 +348,11 @@ async fn backlog(a: &BenchArgs, sink: &BenchSink, broker_url: &str, pid: Option<
     for _ in 0..5 {
         let r = drive(&step, broker_url).await;
         total += r.acked;
-        println!("  {total:>9} events waiting: server RSS {:.1} MiB ({:.0} events/s in)", rss_kib(pid).unwrap_or(0) as f64 / 1024.0, r.acked as f64 / r.elapsed.as_secs_f64());
+        println!(
+            "  {total:>9} events waiting: server RSS {:.1} MiB ({:.0} events/s in)",
+            rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+            r.acked as f64 / r.elapsed.as_secs_f64()
+        );
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
