@@ -230,3 +230,26 @@ fn retention_removes_only_consumed_segments() {
     let r = rt.block_on(log.read(0, 1)).unwrap();
     assert_eq!(r[0].offset, start);
 }
+
+#[test]
+fn a_full_write_queue_is_reported_not_blocked_on() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = FileLogConfig { fsync: FsyncPolicy::Always, queue_depth: 1, ..FileLogConfig::default() };
+    let log = FileLog::open("q", &tmp.path().join("log"), cfg).unwrap();
+    // Queue appends without awaiting them: the writer syncs one batch at a time,
+    // so a one-slot queue must overflow and say so at once.
+    let pending: Vec<_> = (0..2000).map(|i| log.append(vec![Bytes::from(format!("e{i}"))])).collect();
+    let results: Vec<_> = rt.block_on(async {
+        let mut out = vec![];
+        for p in pending {
+            out.push(p.await);
+        }
+        out
+    });
+    let full = results.iter().filter(|r| matches!(r, Err(spate_log::LogError::Full))).count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(full > 0, "a one-slot queue must report Full");
+    assert_eq!(full + ok, results.len(), "every append either landed or was refused as Full");
+    assert_eq!(log.end_offset(), ok as Offset, "refused appends stored nothing");
+}

@@ -119,3 +119,53 @@ async fn accept(
     b.publish(decoded.events).await.map_err(IngressError::Publish)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use spate_api::{Compiled, admit_text};
+    use spate_delivery::Dispatcher;
+    use spate_eventing::{Desired, Eventing, EventingConfig};
+    use spate_log::{FileBackend, FileLogConfig, LogBackend};
+
+    use super::*;
+
+    /// Storage that cannot take the event answers 503 with Retry-After, on a real socket.
+    #[tokio::test]
+    async fn storage_unavailable_is_503_with_retry_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = Arc::new(FileBackend::new(tmp.path(), FileLogConfig::default()));
+        let eventing = Arc::new(Eventing::new(
+            EventingConfig::default(),
+            backend.clone() as Arc<dyn LogBackend>,
+            Dispatcher::default(),
+        ));
+        let Compiled::Broker(b) =
+            admit_text("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n").unwrap().remove(0).1
+        else {
+            unreachable!()
+        };
+        eventing.reconcile(&Desired { brokers: vec![b], triggers: vec![] }).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/default/b", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, router(Ingress { eventing, max_event_size: 1 << 20 })).await.unwrap()
+        });
+        let send = || {
+            reqwest::Client::new()
+                .post(&url)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", "1")
+                .header("ce-source", "/s")
+                .header("ce-type", "t")
+                .send()
+        };
+        assert_eq!(send().await.unwrap().status(), 202);
+        backend.close_all();
+        let r = send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        assert!(r.text().await.unwrap().contains("storage unavailable"));
+    }
+}
