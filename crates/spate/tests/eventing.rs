@@ -374,16 +374,7 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
         assert!(err.contains(w), "apply output lacks '{w}':\n{err}");
     }
     assert!(err.contains("nothing was applied"), "{err}");
-    let list: serde_json::Value = client()
-        .get(format!("{}/apis/eventing.knative.dev/v1/brokers", s.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
+    let list = s.admin_json("/apis/eventing.knative.dev/v1/brokers").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0, "the valid Broker in the file must not be applied");
 
     let good = dir.path().join("good.yaml");

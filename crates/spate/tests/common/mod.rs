@@ -84,17 +84,13 @@ impl Server {
         assert_eq!(s, 200, "apply failed: {v}");
     }
 
+    /// GET an admin API path (e.g. `/apis/eventing.knative.dev/v1/brokers`) as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        client().get(format!("{}{path}", self.admin)).send().await.unwrap().text().await.unwrap().parse().unwrap()
+    }
+
     pub async fn get(&self, plural: &str, ns: &str, name: &str) -> serde_json::Value {
-        client()
-            .get(format!("{}/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.admin_json(&format!("/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}")).await
     }
 
     pub async fn metrics(&self) -> String {
