@@ -3,6 +3,8 @@
 //! One module per dialect joins this crate as it is implemented (Knative's
 //! layout); the compiled [`Filter`] is the seam every dialect plugs into.
 
+pub mod cesql;
+
 use std::fmt;
 
 use spate_core::CloudEvent;
