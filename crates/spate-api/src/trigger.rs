@@ -60,8 +60,17 @@ fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
         }
         "not" => compile_filter(w, body, &p).map(|f| Filter::Not(Box::new(f))),
         _ => {
-            w.error(&p, "CESQL filters are not supported by this version of Spate yet; use exact, prefix, suffix, all, any or not");
-            None
+            let Value::String(expr) = body else {
+                w.error(&p, "must be a CESQL expression string");
+                return None;
+            };
+            match Filter::cesql(expr) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    filter_errors(w, &p, e);
+                    None
+                }
+            }
         }
     }
 }

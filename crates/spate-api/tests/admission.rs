@@ -167,3 +167,17 @@ fn immutable_fields() {
     };
     assert!(check_update(&b("MTChannelBasedBroker"), &b("Kafka"))[0].to_string().contains("broker class is immutable"));
 }
+
+#[test]
+fn cesql_errors_are_reported_with_field_path_and_position() {
+    let t = |expr: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: b\n  filters:\n    - exact: {{type: x.y}}\n    - cesql: \"{expr}\"\n  subscriber: {{uri: 'http://x/'}}\n"
+        )
+    };
+    assert!(admit_text(&t("type = 'a' AND source LIKE 'b%'")).is_ok());
+    let Err(AdmissionError::Invalid(e)) = admit_text(&t("type = 'a' AND (source")) else { panic!("must be rejected") };
+    assert!(e[0].to_string().contains("spec.filters[1].cesql: CESQL syntax error at position 23"), "{}", e[0]);
+    let Err(AdmissionError::Invalid(e)) = admit_text(&t("FOO(type) = 1")) else { panic!("must be rejected") };
+    assert!(e[0].to_string().contains("spec.filters[1].cesql: CESQL: no function FOO()"), "{}", e[0]);
+}

@@ -7,6 +7,8 @@ pub mod cesql;
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use spate_core::CloudEvent;
 use thiserror::Error;
 
@@ -39,6 +41,8 @@ pub enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
+    /// A CESQL expression; an evaluation error means no match (Knative), counted.
+    Cesql(Arc<cesql::Expression>),
 }
 
 impl fmt::Debug for Filter {
@@ -51,6 +55,7 @@ impl fmt::Debug for Filter {
             Filter::All(v) => write!(f, "all{v:?}"),
             Filter::Any(v) => write!(f, "any{v:?}"),
             Filter::Not(x) => write!(f, "not({x:?})"),
+            Filter::Cesql(e) => write!(f, "cesql({})", e.source()),
         }
     }
 }
@@ -133,6 +138,18 @@ impl Filter {
         })
     }
 
+    /// Compiles a CESQL expression: syntax errors carry their position;
+    /// calls to unknown functions are refused here rather than failing every event.
+    pub fn cesql(expr: &str) -> Result<Filter, Vec<FilterError>> {
+        let e = cesql::Expression::parse(expr)
+            .map_err(|e| vec![FilterError::new("", format!("CESQL syntax error {e}"))])?;
+        let problems = e.static_errors();
+        if !problems.is_empty() {
+            return Err(problems.into_iter().map(|p| FilterError::new("", format!("CESQL: {p}"))).collect());
+        }
+        Ok(Filter::Cesql(Arc::new(e)))
+    }
+
     pub fn matches(&self, ev: &CloudEvent) -> bool {
         match self {
             Filter::Exact(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a == v.as_str())),
@@ -142,6 +159,7 @@ impl Filter {
             Filter::All(fs) => fs.iter().all(|f| f.matches(ev)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(ev)),
             Filter::Not(f) => !f.matches(ev),
+            Filter::Cesql(e) => e.matches(ev),
         }
     }
 }
@@ -206,5 +224,9 @@ mod tests {
         assert!(text[1].contains("empty value"));
         assert!(Filter::key_values("exact", std::iter::empty()).is_err());
         assert!(Filter::from_attributes([("bad_key", "x")]).is_err());
+        let e = Filter::cesql("type = 'a' AND").unwrap_err();
+        assert!(e[0].message.contains("CESQL syntax error at position"), "{}", e[0]);
+        let e = Filter::cesql("NOPE(type)").unwrap_err();
+        assert!(e[0].message.contains("no function NOPE() taking 1 argument(s)"), "{}", e[0]);
     }
 }
