@@ -80,8 +80,26 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
     let broker = w.req_str(m, "broker", "spec").map(str::to_string);
     let legacy = match m.get("filter") {
         None | Some(Value::Null) => Some(Filter::match_all()),
-        Some(f) => w.object(f, "spec.filter", &["attributes"]).and_then(|fm| {
-            let pairs = fm.get("attributes").map(|a| w.string_map(a, "spec.filter.attributes")).unwrap_or_default();
+        Some(f) => w.object(f, "spec.filter", &["attributes", "sourceAndType"]).and_then(|fm| {
+            let mut pairs = fm.get("attributes").map(|a| w.string_map(a, "spec.filter.attributes")).unwrap_or_default();
+            // The older `sourceAndType: {type, source}` form: exact matches, where an
+            // empty value or `Any` means any value (Knative v1alpha1).
+            if let Some(st) = fm.get("sourceAndType")
+                && let Some(stm) = w.object(st, "spec.filter.sourceAndType", &["type", "source"])
+            {
+                for key in ["type", "source"] {
+                    match w.opt_str(stm, key, "spec.filter.sourceAndType") {
+                        None | Some("") | Some("Any") => {}
+                        Some(v) if pairs.iter().any(|(k, _)| *k == key) => {
+                            w.error(
+                                &format!("spec.filter.sourceAndType.{key}"),
+                                format!("'{v}' conflicts with spec.filter.attributes.{key}"),
+                            );
+                        }
+                        Some(v) => pairs.push((key, v)),
+                    }
+                }
+            }
             match Filter::from_attributes(pairs) {
                 Ok(f) => Some(f),
                 Err(e) => {

@@ -181,3 +181,21 @@ fn cesql_errors_are_reported_with_field_path_and_position() {
     let Err(AdmissionError::Invalid(e)) = admit_text(&t("FOO(type) = 1")) else { panic!("must be rejected") };
     assert!(e[0].to_string().contains("spec.filters[1].cesql: CESQL: no function FOO()"), "{}", e[0]);
 }
+
+#[test]
+fn source_and_type_is_sugar_for_exact_matches() {
+    let t = |st: &str| {
+        admit_text(&format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: b\n  filter:\n    sourceAndType: {st}\n  subscriber: {{uri: 'http://x/'}}\n"
+        ))
+    };
+    let Compiled::Trigger(tc) = t("{type: com.a, source: /s}").unwrap().remove(0).1 else { panic!() };
+    let mut ev = spate_core::CloudEvent::new("1", "/s", "com.a");
+    assert!(tc.filter.matches(&ev));
+    ev.source = "/other".into();
+    assert!(!tc.filter.matches(&ev));
+    let Compiled::Trigger(any) = t("{type: com.a, source: Any}").unwrap().remove(0).1 else { panic!() };
+    assert!(any.filter.matches(&ev), "Any is a wildcard");
+    let Err(AdmissionError::Invalid(e)) = t("{type: com.a, colour: red}") else { panic!() };
+    assert!(e[0].to_string().contains("spec.filter.sourceAndType.colour: unknown field"), "{}", e[0]);
+}
