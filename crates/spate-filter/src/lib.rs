@@ -4,6 +4,7 @@
 //! layout); the compiled [`Filter`] is the seam every dialect plugs into.
 
 pub mod cesql;
+pub mod index;
 
 use std::fmt;
 
