@@ -7,6 +7,8 @@ use spate_core::{CloudEvent, ExtValue, ext, rules, storage};
 use spate_log::{EventLog, LogError};
 use thiserror::Error;
 
+use crate::router::RouterHandle;
+
 /// Why an event could not enter a broker.
 #[derive(Debug, Error)]
 pub enum PublishError {
@@ -29,12 +31,15 @@ impl From<LogError> for PublishError {
     }
 }
 
-/// A running broker: its config and its log.
+/// A running broker: its config, its log and its router.
 pub struct Broker {
     pub config: BrokerConfig,
     pub log: Arc<dyn EventLog>,
     pub address: String,
     events_in: metrics::Counter,
+    pub(crate) router: RouterHandle,
+    /// Dropping the broker stops its router.
+    _router_stop: tokio::sync::watch::Sender<bool>,
 }
 
 fn now_rfc3339() -> String {
@@ -43,10 +48,13 @@ fn now_rfc3339() -> String {
 }
 
 impl Broker {
+    /// Creates the broker and starts its router (needs a Tokio runtime).
     pub fn new(config: BrokerConfig, log: Arc<dyn EventLog>, address: String) -> Self {
-        let events_in =
-            metrics::counter!("spate_events_in_total", "broker" => format!("{}/{}", config.namespace, config.name));
-        Broker { config, log, address, events_in }
+        let label = format!("{}/{}", config.namespace, config.name);
+        let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let router = crate::router::spawn(log.clone(), label, stop_rx);
+        Broker { config, log, address, events_in, router, _router_stop: stop }
     }
 
     /// Accepts events from outside: TTL defaults to 255, a TTL of 0 or less is

@@ -5,6 +5,7 @@
 
 mod broker;
 mod reconcile;
+mod router;
 mod trigger;
 
 use std::time::Duration;

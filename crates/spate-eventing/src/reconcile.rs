@@ -218,7 +218,7 @@ impl Eventing {
             let broker = self.broker(&t.namespace, &t.broker);
             match (plan, broker) {
                 (Some(plan), Some(broker)) => {
-                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan);
+                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.broker, &broker));
                     if !same {
                         if let Some(old) = triggers.remove(&key) {
                             old.stop().await;

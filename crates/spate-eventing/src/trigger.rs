@@ -7,10 +7,11 @@ use spate_core::delivery::{DeliveryFormat, RetryPolicy};
 use spate_core::{CloudEvent, ExtValue, ext, storage};
 use spate_delivery::{BoxFuture, DeliveryRequest, Dispatcher, Outcome, ReplySink};
 use spate_log::Offset;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::broker::{Broker, PublishError};
+use crate::router::Routed;
 
 /// Everything a worker needs, resolved by the reconciler.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,8 @@ pub struct TriggerStats {
 
 pub(crate) struct TriggerWorker {
     pub plan: TriggerPlan,
+    /// The broker instance (and so the router) this worker reads through.
+    pub broker: Arc<Broker>,
     pub stats: Arc<TriggerStats>,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
@@ -52,9 +55,9 @@ impl TriggerWorker {
         }
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(TriggerStats::default());
-        let run = Run { plan: Arc::new(plan.clone()), broker, dispatcher, stats: stats.clone() };
+        let run = Run { plan: Arc::new(plan.clone()), broker: broker.clone(), dispatcher, stats: stats.clone() };
         let handle = tokio::spawn(run.run(stop_rx));
-        TriggerWorker { plan, stats, stop, handle }
+        TriggerWorker { plan, broker, stats, stop, handle }
     }
 
     /// Stops the worker; in-flight deliveries are abandoned uncommitted and
@@ -106,22 +109,72 @@ impl ReplySink for BrokerReply<'_> {
     }
 }
 
-impl Run {
-    fn consumer(&self) -> String {
-        crate::trigger_consumer(&self.plan.config.namespace, &self.plan.config.name)
+/// Per-worker bookkeeping shared by both modes.
+struct State {
+    consumer: String,
+    label: String,
+    /// The next offset this worker has not yet seen.
+    next: Offset,
+    committed: Offset,
+    /// Offsets whose delivery is under way.
+    pending: BTreeSet<Offset>,
+    tasks: JoinSet<Offset>,
+    shared: Arc<Shared>,
+    backlog: metrics::Gauge,
+}
+
+impl State {
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(off) = done {
+                self.pending.remove(&off);
+            }
+        }
+        self.shared.stats.in_flight.store(self.tasks.len() as u64, Ordering::Relaxed);
     }
 
+    /// Commits everything below the lowest unfinished offset (or `next`).
+    fn commit(&mut self, log: &dyn spate_log::EventLog) {
+        let can = self.pending.first().copied().unwrap_or(self.next);
+        if can > self.committed {
+            match log.commit(&self.consumer, can) {
+                Ok(()) => self.committed = can,
+                Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
+            }
+        }
+        self.backlog.set(log.end_offset().saturating_sub(self.committed) as f64);
+    }
+
+    fn spawn(&mut self, offset: Offset, ev: Arc<CloudEvent>) {
+        self.pending.insert(offset);
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            deliver(&shared, &ev).await;
+            offset
+        });
+    }
+
+    /// Waits for one delivery to finish. `false` if asked to stop.
+    async fn wait_one(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => false,
+            Some(done) = self.tasks.join_next() => {
+                if let Ok(off) = done {
+                    self.pending.remove(&off);
+                }
+                true
+            }
+        }
+    }
+}
+
+impl Run {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let log = self.broker.log.clone();
-        let consumer = self.consumer();
+        let consumer = crate::trigger_consumer(&self.plan.config.namespace, &self.plan.config.name);
         let label = format!("trigger/{}/{}", self.plan.config.namespace, self.plan.config.name);
-        let mut next = log.committed(&consumer).unwrap_or_else(|| log.end_offset()).max(log.start_offset());
-        let mut committed = next;
-        let mut end_rx = log.watch_end();
-        let mut pending: BTreeSet<Offset> = BTreeSet::new();
-        let mut tasks: JoinSet<Offset> = JoinSet::new();
-        let mut buf: VecDeque<spate_log::Record> = VecDeque::new();
-        let backlog = metrics::gauge!("spate_trigger_backlog", "trigger" => label.clone());
+        let next = log.committed(&consumer).unwrap_or_else(|| log.end_offset()).max(log.start_offset());
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             dispatcher: self.dispatcher.clone(),
@@ -131,33 +184,54 @@ impl Run {
             delivered: metrics::counter!("spate_events_delivered_total", "sender" => label.clone()),
             duration: metrics::histogram!("spate_delivery_duration_seconds", "sender" => label.clone()),
         });
+        let backlog = metrics::gauge!("spate_trigger_backlog", "trigger" => label.clone());
+        let attached = metrics::gauge!("spate_trigger_attached", "trigger" => label.clone());
+        let attaches = metrics::counter!("spate_trigger_attaches_total", "trigger" => label.clone());
+        let mut st = State {
+            consumer,
+            label,
+            next,
+            committed: next,
+            pending: BTreeSet::new(),
+            tasks: JoinSet::new(),
+            shared,
+            backlog,
+        };
+        // Start detached: catch up from the committed offset, then attach to the router.
         loop {
-            while let Some(done) = tasks.try_join_next() {
-                if let Ok(off) = done {
-                    pending.remove(&off);
-                }
+            let Some(rx) = self.detached(&mut st, &mut stop).await else { break };
+            attached.set(1.0);
+            attaches.increment(1);
+            let detached = self.attached(&mut st, rx, &mut stop).await;
+            attached.set(0.0);
+            if !detached {
+                break;
             }
-            let can_commit = pending.first().copied().unwrap_or(next);
-            if can_commit != committed {
-                match log.commit(&consumer, can_commit) {
-                    Ok(()) => committed = can_commit,
-                    Err(e) => {
-                        tracing::error!(trigger = %label, error = %e, "commit failed; will retry")
-                    }
-                }
-            }
-            self.stats.in_flight.store(tasks.len() as u64, Ordering::Relaxed);
+        }
+        // Stopping: abandon in-flight deliveries; they stay uncommitted.
+        st.tasks.abort_all();
+    }
+
+    /// Reads the log on its own until caught up with the router, then attaches.
+    /// `None` when asked to stop.
+    async fn detached(&self, st: &mut State, stop: &mut watch::Receiver<bool>) -> Option<mpsc::Receiver<Routed>> {
+        let log = self.broker.log.clone();
+        let mut end_rx = log.watch_end();
+        let mut buf: VecDeque<spate_log::Record> = VecDeque::new();
+        let capacity = (self.plan.max_in_flight * 4).clamp(64, 4096);
+        loop {
+            st.reap();
+            st.commit(&*log);
             if buf.is_empty() {
                 end_rx.borrow_and_update();
                 let end = log.end_offset();
-                backlog.set(end.saturating_sub(committed) as f64);
-                if next < end {
-                    match log.read(next, 256).await {
+                if st.next < end {
+                    match log.read(st.next, 256).await {
                         Ok(recs) => buf.extend(recs),
                         Err(e) => {
-                            tracing::error!(trigger = %label, error = %e, "log read failed; retrying in 1s");
+                            tracing::error!(trigger = %st.label, error = %e, "log read failed; retrying in 1s");
                             tokio::select! {
-                                _ = stop.changed() => break,
+                                _ = stop.changed() => return None,
                                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                             }
                             continue;
@@ -165,53 +239,95 @@ impl Run {
                     }
                 }
                 if buf.is_empty() {
+                    // Caught up with what is visible: hand over to the router.
+                    let attach =
+                        self.broker.router.attach(st.label.clone(), self.plan.config.filter.clone(), st.next, capacity);
                     tokio::select! {
                         biased;
-                        _ = stop.changed() => break,
-                        Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                            if let Ok(off) = done { pending.remove(&off); }
-                        }
-                        r = end_rx.changed() => if r.is_err() { break },
+                        _ = stop.changed() => return None,
+                        rx = attach => if let Some(rx) = rx { return Some(rx) },
                     }
+                    // The router had moved on: keep reading alone.
                     continue;
                 }
             }
             let rec = buf.pop_front().expect("non-empty");
-            if rec.offset < next {
+            if rec.offset < st.next {
                 continue;
             }
-            next = rec.offset + 1;
+            st.next = rec.offset + 1;
             let ev = match storage::decode(&rec.payload) {
                 Ok(ev) => ev,
                 Err(e) => {
-                    tracing::error!(trigger = %label, offset = rec.offset, error = %e, "skipping an unreadable record");
+                    tracing::error!(trigger = %st.label, offset = rec.offset, error = %e, "skipping an unreadable record");
                     continue;
                 }
             };
             if !self.plan.config.filter.matches(&ev) {
                 continue;
             }
-            while tasks.len() >= self.plan.max_in_flight {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => return,
-                    Some(done) = tasks.join_next() => if let Ok(off) = done { pending.remove(&off); },
+            while st.tasks.len() >= self.plan.max_in_flight {
+                if !st.wait_one(stop).await {
+                    return None;
                 }
             }
-            pending.insert(rec.offset);
-            let shared = shared.clone();
-            let offset = rec.offset;
-            tasks.spawn(async move {
-                deliver(&shared, ev).await;
-                offset
-            });
+            st.spawn(rec.offset, Arc::new(ev));
         }
-        // Stopping: abandon in-flight deliveries; they stay uncommitted.
-        tasks.abort_all();
+    }
+
+    /// Takes routed events from the router. `true`: detached (queue closed),
+    /// continue alone; `false`: asked to stop.
+    async fn attached(&self, st: &mut State, mut rx: mpsc::Receiver<Routed>, stop: &mut watch::Receiver<bool>) -> bool {
+        let log = self.broker.log.clone();
+        let routed = self.broker.router.routed_upto.clone();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            st.reap();
+            // Load the router's position *before* draining: an empty queue then
+            // proves every matching event below it was received.
+            let upto = routed.load(Ordering::Acquire);
+            let mut drained = false;
+            while st.tasks.len() < self.plan.max_in_flight {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if m.offset >= st.next {
+                            st.next = m.offset + 1;
+                            st.spawn(m.offset, m.event);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return true,
+                }
+            }
+            if drained {
+                st.next = st.next.max(upto);
+            }
+            st.commit(&*log);
+            let room = st.tasks.len() < self.plan.max_in_flight;
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return false,
+                Some(done) = st.tasks.join_next(), if !st.tasks.is_empty() => {
+                    if let Ok(off) = done { st.pending.remove(&off); }
+                }
+                m = rx.recv(), if room => match m {
+                    Some(m) => if m.offset >= st.next {
+                        st.next = m.offset + 1;
+                        st.spawn(m.offset, m.event);
+                    },
+                    None => return true,
+                },
+                _ = tick.tick() => {}
+            }
+        }
     }
 }
 
-async fn deliver(s: &Shared, ev: CloudEvent) {
+async fn deliver(s: &Shared, ev: &CloudEvent) {
     let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
     let replies = BrokerReply { broker: s.broker.clone(), ttl, label };
@@ -224,7 +340,7 @@ async fn deliver(s: &Shared, ev: CloudEvent) {
         label,
     };
     let started = std::time::Instant::now();
-    let outcome = s.dispatcher.deliver(&ev, &req, &replies).await;
+    let outcome = s.dispatcher.deliver(ev, &req, &replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Delivered { .. } => {
