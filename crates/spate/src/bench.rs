@@ -274,7 +274,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"256\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
         sink.url
     );
-    apply(&admin, &yaml).await.context("creating the bench broker and trigger")?;
+    let mut yaml = yaml;
+    for i in 1..a.triggers.max(1) {
+        // Non-matching triggers: exact filters on other types, as in a broker shared by many functions.
+        yaml.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: other-{i}\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.other.{i}\n  subscriber:\n    uri: {}\n",
+            sink.url
+        ));
+    }
+    apply(&admin, &yaml).await.context("creating the bench broker and triggers")?;
     let broker_url = match &child {
         Some(c) => format!("{}/default/bench", c.data),
         None => crate::client::broker_url(&admin, "default", "bench").await?,
@@ -285,7 +293,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         format!("closed loop, concurrency {}", a.concurrency)
     };
-    println!("spate bench: {} events of {} bytes, {mode}, batch {}, fsync {}", a.events, a.size, a.batch, a.fsync);
+    println!(
+        "spate bench: {} events of {} bytes, {mode}, batch {}, fsync {}, {} trigger(s) (one matches)",
+        a.events,
+        a.size,
+        a.batch,
+        a.fsync,
+        a.triggers.max(1)
+    );
     if let Some(pid) = pid {
         tokio::time::sleep(Duration::from_millis(300)).await;
         println!("server idle RSS: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);

@@ -206,4 +206,8 @@ pub struct BenchArgs {
     /// trigger while server RSS is sampled. Measures memory under backlog.
     #[arg(long)]
     pub stopped_subscriber: bool,
+    /// Triggers on the broker: one matches the bench events, the others filter
+    /// on other exact types (measures matching cost as triggers grow).
+    #[arg(long, default_value_t = 1)]
+    pub triggers: usize,
 }
