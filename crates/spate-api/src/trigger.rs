@@ -27,7 +27,7 @@ fn filter_errors(w: &mut Walker, base: &str, errs: Vec<FilterError>) {
     }
 }
 
-const DIALECTS: &[&str] = &["exact", "prefix", "suffix", "all", "any", "not", "cesql"];
+const DIALECTS: &[&str] = &["exact", "prefix", "suffix", "all", "any", "not", "cesql", "cel"];
 
 fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
     let m = w.object(v, path, DIALECTS)?;
@@ -59,6 +59,19 @@ fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
             fs.map(|fs| if dialect == "all" { Filter::All(fs) } else { Filter::Any(fs) })
         }
         "not" => compile_filter(w, body, &p).map(|f| Filter::Not(Box::new(f))),
+        "cel" => {
+            let Value::String(expr) = body else {
+                w.error(&p, "must be a CEL expression string");
+                return None;
+            };
+            match Filter::cel(expr) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    filter_errors(w, &p, e);
+                    None
+                }
+            }
+        }
         _ => {
             let Value::String(expr) = body else {
                 w.error(&p, "must be a CESQL expression string");

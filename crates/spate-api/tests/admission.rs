@@ -183,6 +183,25 @@ fn cesql_errors_are_reported_with_field_path_and_position() {
 }
 
 #[test]
+fn cel_filters_compile_at_admission() {
+    let t = |filters: &str| {
+        admit_text(&format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t}}\nspec:\n  broker: b\n  filters:\n{filters}  subscriber: {{uri: 'http://x/'}}\n"
+        ))
+    };
+    assert!(t("    - cel: \"event.type.startsWith('live.') && data.score > 0.8\"\n").is_ok());
+    let Err(AdmissionError::Invalid(e)) =
+        t("    - cel: \"event.type ==\"\n    - cel: \"payload.x > 1\"\n    - cel: \"true\"\n      exact: {type: a}\n")
+    else {
+        panic!("must be rejected")
+    };
+    let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert!(text[0].contains("spec.filters[0].cel: CEL syntax error"), "{text:?}");
+    assert!(text[1].contains("spec.filters[1].cel: CEL: unknown variable(s) payload"), "{text:?}");
+    assert!(text[2].contains("spec.filters[2]: exactly one dialect per filter"), "{text:?}");
+}
+
+#[test]
 fn source_and_type_is_sugar_for_exact_matches() {
     let t = |st: &str| {
         admit_text(&format!(

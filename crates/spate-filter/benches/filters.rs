@@ -11,6 +11,10 @@ use spate_filter::index::FilterIndex;
 
 fn event() -> CloudEvent {
     let mut e = CloudEvent::new("id-1", "/shop/eu", "com.example.order.created");
+    e.datacontenttype = Some("application/json".into());
+    e.data = Some(bytes::Bytes::from_static(
+        br#"{"score": 0.93, "user": {"tier": "gold", "name": "ana"}, "items": [1, 2, 3]}"#,
+    ));
     e.set_extension("priority", ExtValue::Integer(7));
     e.set_extension("region", ExtValue::String("eu-west".into()));
     e
@@ -39,12 +43,21 @@ fn dialects(c: &mut Criterion) {
             "cesql functions",
             Filter::cesql("LOWER(SUBSTRING(region, 1, 2)) IN ('eu', 'us') AND LENGTH(id) < 10").unwrap(),
         ),
+        ("cel on attributes", Filter::cel("event.type.startsWith('com.example.') && event.priority > 5").unwrap()),
+        ("cel on JSON data (parse included)", Filter::cel("data.score > 0.8 && data.user.tier == 'gold'").unwrap()),
     ];
     let mut g = c.benchmark_group("filter per event");
     for (name, f) in &cases {
         assert!(f.matches(&ev), "{name} must match the bench event");
         g.bench_function(*name, |b| b.iter(|| black_box(f).matches(black_box(&ev))));
     }
+    // CEL with the variables already built (as for the 2nd..nth CEL trigger on one event).
+    let cel = Filter::cel("event.type.startsWith('com.example.') && event.priority > 5").unwrap();
+    let view = spate_filter::cel::EventView::new(&ev);
+    assert!(cel.matches_view(&view));
+    g.bench_function("cel on attributes, variables shared", |b| {
+        b.iter(|| black_box(&cel).matches_view(black_box(&view)))
+    });
     g.finish();
 }
 

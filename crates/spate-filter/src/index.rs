@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use spate_core::CloudEvent;
 
 use crate::Filter;
+use crate::cel::EventView;
 
 /// Filters keyed by an id (a trigger), indexed by required exact type.
 pub struct FilterIndex<T> {
@@ -39,9 +40,11 @@ impl<T> FilterIndex<T> {
 
     /// Ids of the filters that match `ev`: indexed candidates for its type
     /// (fully evaluated), then every non-indexed filter.
+    /// One [`EventView`] serves every filter, so CEL payloads are parsed once.
     pub fn matching<'a>(&'a self, ev: &'a CloudEvent) -> impl Iterator<Item = &'a T> + 'a {
         let candidates = self.by_type.get(ev.ty.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        candidates.iter().chain(self.others.iter()).filter(move |(_, f)| f.matches(ev)).map(|(id, _)| id)
+        let view = EventView::new(ev);
+        candidates.iter().chain(self.others.iter()).filter(move |(_, f)| f.matches_view(&view)).map(|(id, _)| id)
     }
 
     pub fn len(&self) -> usize {

@@ -3,6 +3,7 @@
 //! One module per dialect joins this crate as it is implemented (Knative's
 //! layout); the compiled [`Filter`] is the seam every dialect plugs into.
 
+pub mod cel;
 pub mod cesql;
 pub mod index;
 
@@ -44,6 +45,8 @@ pub enum Filter {
     Not(Box<Filter>),
     /// A CESQL expression; an evaluation error means no match (Knative), counted.
     Cesql(Arc<cesql::Expression>),
+    /// A CEL expression over `event` and `data`; an error means no match, counted.
+    Cel(Arc<cel::CelExpression>),
 }
 
 impl fmt::Debug for Filter {
@@ -57,6 +60,7 @@ impl fmt::Debug for Filter {
             Filter::Any(v) => write!(f, "any{v:?}"),
             Filter::Not(x) => write!(f, "not({x:?})"),
             Filter::Cesql(e) => write!(f, "cesql({})", e.source()),
+            Filter::Cel(e) => write!(f, "cel({})", e.source()),
         }
     }
 }
@@ -151,16 +155,29 @@ impl Filter {
         Ok(Filter::Cesql(Arc::new(e)))
     }
 
+    /// Compiles a CEL expression (Spate's dialect).
+    pub fn cel(expr: &str) -> Result<Filter, Vec<FilterError>> {
+        cel::CelExpression::compile(expr).map(|e| Filter::Cel(Arc::new(e))).map_err(|e| vec![FilterError::new("", e)])
+    }
+
     pub fn matches(&self, ev: &CloudEvent) -> bool {
+        self.matches_view(&cel::EventView::new(ev))
+    }
+
+    /// Matches against a view shared by several filters, so a payload is parsed
+    /// at most once per event however many CEL filters look at it.
+    pub fn matches_view(&self, view: &cel::EventView<'_>) -> bool {
+        let ev = view.event;
         match self {
             Filter::Exact(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a == v.as_str())),
             Filter::Prefix(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a.starts_with(v.as_str()))),
             Filter::Suffix(kv) => kv.iter().all(|(k, v)| ev.attribute(k).is_some_and(|a| a.ends_with(v.as_str()))),
             Filter::Present(k) => ev.attribute(k).is_some(),
-            Filter::All(fs) => fs.iter().all(|f| f.matches(ev)),
-            Filter::Any(fs) => fs.iter().any(|f| f.matches(ev)),
-            Filter::Not(f) => !f.matches(ev),
+            Filter::All(fs) => fs.iter().all(|f| f.matches_view(view)),
+            Filter::Any(fs) => fs.iter().any(|f| f.matches_view(view)),
+            Filter::Not(f) => !f.matches_view(view),
             Filter::Cesql(e) => e.matches(ev),
+            Filter::Cel(e) => e.matches(view),
         }
     }
 }

@@ -389,7 +389,8 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_filter_dialect_receives_exactly_its_events() {
-    let sinks = [Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await];
+    let sinks =
+        [Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await];
     let ordered = |name: &str, filters: &str, url: &str| {
         format!(
             "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\n  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\nspec:\n  broker: default\n  filters:\n{filters}  subscriber:\n    uri: {url}\n"
@@ -401,6 +402,7 @@ async fn each_filter_dialect_receives_exactly_its_events() {
         ordered("prefix", "    - prefix:\n        type: com.shop.\n", &sinks[1].url),
         ordered("suffix", "    - suffix:\n        source: /eu\n", &sinks[2].url),
         ordered("anynot", "    - any:\n        - exact:\n            type: com.shop.fence\n        - not:\n            prefix:\n              type: com.\n", &sinks[3].url),
+        ordered("celdata", "    - cel: \"event.type.startsWith('com.shop.') && data.amount > 10\"\n", &sinks[4].url),
     ]
     .join("---\n");
     let (_d, s) = server_with(&yaml, &[]).await;
@@ -409,8 +411,8 @@ async fn each_filter_dialect_receives_exactly_its_events() {
     /// (id, type, source, extension headers)
     type Sent<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
     let events: [Sent; 5] = [
-        ("e1", "com.shop.order", "/s/eu", &[("ce-priority", "7")]),
-        ("e2", "com.shop.order", "/s/us", &[("ce-priority", "3")]),
+        ("e1", "com.shop.order", "/s/eu", &[("ce-priority", "7"), ("x-amount", "20")]),
+        ("e2", "com.shop.order", "/s/us", &[("ce-priority", "3"), ("x-amount", "5")]),
         ("e3", "other.thing", "/x/eu", &[]),
         ("e4", "other.thing", "/x/us", &[("ce-urgent", "1")]),
         // The fence carries `priority`: in CESQL a missing attribute inside `AND`
