@@ -389,8 +389,10 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_filter_dialect_receives_exactly_its_events() {
-    let sinks =
-        [Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await, Sink::start().await];
+    let mut sinks = vec![];
+    for _ in 0..6 {
+        sinks.push(Sink::start().await);
+    }
     let ordered = |name: &str, filters: &str, url: &str| {
         format!(
             "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\n  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\nspec:\n  broker: default\n  filters:\n{filters}  subscriber:\n    uri: {url}\n"
@@ -403,6 +405,7 @@ async fn each_filter_dialect_receives_exactly_its_events() {
         ordered("suffix", "    - suffix:\n        source: /eu\n", &sinks[2].url),
         ordered("anynot", "    - any:\n        - exact:\n            type: com.shop.fence\n        - not:\n            prefix:\n              type: com.\n", &sinks[3].url),
         ordered("celdata", "    - cel: \"event.type.startsWith('com.shop.') && data.amount > 10\"\n", &sinks[4].url),
+        ordered("exactall", "    - all:\n        - exact:\n            tier: gold\n        - suffix:\n            source: /eu\n", &sinks[5].url),
     ]
     .join("---\n");
     let (_d, s) = server_with(&yaml, &[]).await;
@@ -411,13 +414,18 @@ async fn each_filter_dialect_receives_exactly_its_events() {
     /// (id, type, source, extension headers)
     type Sent<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
     let events: [Sent; 5] = [
-        ("e1", "com.shop.order", "/s/eu", &[("ce-priority", "7"), ("x-amount", "20")]),
-        ("e2", "com.shop.order", "/s/us", &[("ce-priority", "3"), ("x-amount", "5")]),
+        ("e1", "com.shop.order", "/s/eu", &[("ce-priority", "7"), ("ce-tier", "gold"), ("x-amount", "20")]),
+        ("e2", "com.shop.order", "/s/us", &[("ce-priority", "3"), ("ce-tier", "gold"), ("x-amount", "5")]),
         ("e3", "other.thing", "/x/eu", &[]),
         ("e4", "other.thing", "/x/us", &[("ce-urgent", "1")]),
         // The fence carries `priority`: in CESQL a missing attribute inside `AND`
         // is an error that propagates through `OR`, and an error means no match.
-        ("fence", "com.shop.fence", "/f/eu", &[("ce-urgent", "yes"), ("ce-priority", "9")]),
+        (
+            "fence",
+            "com.shop.fence",
+            "/f/eu",
+            &[("ce-urgent", "yes"), ("ce-priority", "9"), ("ce-tier", "gold"), ("x-amount", "99")],
+        ),
     ];
     for (id, ty, source, exts) in events {
         let mut r = c
@@ -427,12 +435,24 @@ async fn each_filter_dialect_receives_exactly_its_events() {
             .header("ce-type", ty)
             .header("ce-source", source);
         for (k, v) in exts {
-            r = r.header(*k, *v);
+            // `x-amount` becomes the JSON payload, for the CEL trigger on data.
+            r = match k.strip_prefix("x-") {
+                Some(field) => r.header("content-type", "application/json").body(format!("{{\"{field}\": {v}}}")),
+                None => r.header(*k, *v),
+            };
         }
         assert_eq!(r.send().await.unwrap().status(), 202);
     }
-    let want: [&[&str]; 4] =
-        [&["e1", "e4", "fence"], &["e1", "e2", "fence"], &["e1", "e3", "fence"], &["e3", "e4", "fence"]];
+    // cesql, prefix, suffix, any/not, cel on data, all/exact: one expectation per sink.
+    let want: [&[&str]; 6] = [
+        &["e1", "e4", "fence"],
+        &["e1", "e2", "fence"],
+        &["e1", "e3", "fence"],
+        &["e3", "e4", "fence"],
+        &["e1", "fence"],
+        &["e1", "fence"],
+    ];
+    assert_eq!(want.len(), sinks.len());
     for (sink, want) in sinks.iter().zip(want) {
         // Ordered triggers deliver in log order: once the fence arrives, nothing else is pending.
         let got = sink.wait_for_id("fence").await;
