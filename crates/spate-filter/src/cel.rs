@@ -161,13 +161,15 @@ impl CelExpression {
         }
         Ok(CelExpression { program, source: source.to_string() })
     }
+}
 
-    pub fn source(&self) -> &str {
+impl crate::ExpressionEngine for CelExpression {
+    fn source(&self) -> &str {
         &self.source
     }
 
     /// True only when the expression evaluates to boolean `true`.
-    pub fn matches(&self, view: &EventView<'_>) -> bool {
+    fn matches(&self, view: &EventView<'_>) -> bool {
         let mut ctx = Context::with_env(ENV.clone());
         ctx.set_variable_resolver(&view.vars);
         match self.program.execute(&ctx) {

@@ -29,6 +29,24 @@ impl FilterError {
     }
 }
 
+/// The seam between Spate and an embedded expression engine (today the `cel`
+/// crate): compiled once at admission, evaluated against a shared
+/// [`cel::EventView`]. Replacing the engine means implementing this trait.
+pub trait ExpressionEngine: Send + Sync {
+    /// The expression as the user wrote it.
+    fn source(&self) -> &str;
+    /// True only when the expression evaluates to boolean `true` without error.
+    fn matches(&self, view: &cel::EventView<'_>) -> bool;
+}
+
+/// Two compiled expressions are the same filter when their sources are.
+impl PartialEq for dyn ExpressionEngine {
+    fn eq(&self, other: &Self) -> bool {
+        self.source() == other.source()
+    }
+}
+impl Eq for dyn ExpressionEngine {}
+
 /// A compiled filter. `All(vec![])` matches everything.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Filter {
@@ -45,8 +63,9 @@ pub enum Filter {
     Not(Box<Filter>),
     /// A CESQL expression; an evaluation error means no match (Knative), counted.
     Cesql(Arc<cesql::Expression>),
-    /// A CEL expression over `event` and `data`; an error means no match, counted.
-    Cel(Arc<cel::CelExpression>),
+    /// An expression in an embedded third-party language (CEL), behind our
+    /// own [`ExpressionEngine`] seam; an error means no match, counted.
+    Cel(Arc<dyn ExpressionEngine>),
 }
 
 impl fmt::Debug for Filter {
@@ -157,7 +176,9 @@ impl Filter {
 
     /// Compiles a CEL expression (Spate's dialect).
     pub fn cel(expr: &str) -> Result<Filter, Vec<FilterError>> {
-        cel::CelExpression::compile(expr).map(|e| Filter::Cel(Arc::new(e))).map_err(|e| vec![FilterError::new("", e)])
+        cel::CelExpression::compile(expr)
+            .map(|e| Filter::Cel(Arc::new(e) as Arc<dyn ExpressionEngine>))
+            .map_err(|e| vec![FilterError::new("", e)])
     }
 
     pub fn matches(&self, ev: &CloudEvent) -> bool {
