@@ -4,20 +4,40 @@
 pub enum Kind {
     Broker,
     Trigger,
+    Channel,
+    InMemoryChannel,
+    Subscription,
+    Sequence,
+    Parallel,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Broker, Kind::Trigger];
+    pub const ALL: [Kind; 7] = [
+        Kind::Broker,
+        Kind::Trigger,
+        Kind::Channel,
+        Kind::InMemoryChannel,
+        Kind::Subscription,
+        Kind::Sequence,
+        Kind::Parallel,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Broker => "Broker",
             Kind::Trigger => "Trigger",
+            Kind::Channel => "Channel",
+            Kind::InMemoryChannel => "InMemoryChannel",
+            Kind::Subscription => "Subscription",
+            Kind::Sequence => "Sequence",
+            Kind::Parallel => "Parallel",
         }
     }
     pub fn group(self) -> &'static str {
         match self {
             Kind::Broker | Kind::Trigger => "eventing.knative.dev",
+            Kind::Channel | Kind::InMemoryChannel | Kind::Subscription => "messaging.knative.dev",
+            Kind::Sequence | Kind::Parallel => "flows.knative.dev",
         }
     }
     pub fn version(self) -> &'static str {
@@ -30,12 +50,25 @@ impl Kind {
         match self {
             Kind::Broker => "brokers",
             Kind::Trigger => "triggers",
+            Kind::Channel => "channels",
+            Kind::InMemoryChannel => "inmemorychannels",
+            Kind::Subscription => "subscriptions",
+            Kind::Sequence => "sequences",
+            Kind::Parallel => "parallels",
         }
     }
 
-    /// Accepts the names a CLI user types: `broker`, `brokers`, `Broker`.
+    /// Whether this kind is addressable (has `status.address.url`) and so can be a `ref`.
+    pub fn addressable(self) -> bool {
+        !matches!(self, Kind::Trigger | Kind::Subscription)
+    }
+
+    /// Accepts the names a CLI user types: `broker`, `brokers`, `Broker`, `imc`.
     pub fn from_cli(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();
+        if s == "imc" || s == "imcs" {
+            return Some(Kind::InMemoryChannel);
+        }
         Kind::ALL.into_iter().find(|k| s == k.name().to_ascii_lowercase() || s == k.plural())
     }
 
@@ -43,7 +76,18 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.group() == group && k.plural() == plural)
     }
 
+    /// The kind a `ref` names (kind and apiVersion), if Spate serves it.
+    pub fn from_ref(kind: &str, api_version: &str) -> Option<Kind> {
+        let group = api_version.split('/').next().unwrap_or("");
+        Kind::ALL.into_iter().find(|k| k.name() == kind && k.group() == group)
+    }
+
     pub fn from_manifest(kind: &str, api_version: &str) -> Result<Kind, String> {
+        if kind == "KafkaChannel" {
+            return Err("KafkaChannel needs the Kafka backend, which this Spate does not have yet; use InMemoryChannel \
+                        (durable on Spate's embedded log) or Channel instead. Spate never substitutes a different storage silently"
+                .to_string());
+        }
         let k = Kind::ALL.into_iter().find(|k| k.name() == kind).ok_or_else(|| {
             format!("unsupported kind '{kind}' (supported: {})", Kind::ALL.map(Kind::name).join(", "))
         })?;

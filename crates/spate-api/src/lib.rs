@@ -9,6 +9,7 @@ mod broker;
 mod delivery;
 mod errors;
 mod kind;
+mod messaging;
 mod meta;
 mod trigger;
 mod walk;
@@ -19,12 +20,17 @@ pub use broker::BrokerConfig;
 pub use delivery::DeliverySpec;
 pub use errors::{AdmissionError, FieldError};
 pub use kind::Kind;
+pub use messaging::{
+    ChannelConfig, ChannelStorage, ParallelBranch, ParallelConfig, SequenceConfig, SequenceStep, SubscriptionConfig,
+};
 pub use trigger::TriggerConfig;
 
 /// Annotation selecting ordered delivery (Knative Kafka broker's name).
 pub const ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Spate annotation bounding a trigger's in-flight events.
 pub const MAX_IN_FLIGHT_ANNOTATION: &str = "spate.dev/max-in-flight";
+/// Spate annotation choosing a channel's storage: `log` (default, durable) or `memory`.
+pub const CHANNEL_STORAGE_ANNOTATION: &str = "spate.dev/channel-storage";
 /// Knative's broker class annotation (immutable).
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 /// The broker class Spate reports when none is given.
@@ -54,6 +60,11 @@ impl Resource {
 pub enum Compiled {
     Broker(BrokerConfig),
     Trigger(TriggerConfig),
+    /// A Channel or an InMemoryChannel.
+    Channel(ChannelConfig),
+    Subscription(SubscriptionConfig),
+    Sequence(SequenceConfig),
+    Parallel(ParallelConfig),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -88,6 +99,19 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
         Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
+        Some(k @ (Kind::Channel | Kind::InMemoryChannel)) => {
+            messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k == Kind::InMemoryChannel)
+                .map(Compiled::Channel)
+        }
+        Some(Kind::Subscription) => {
+            messaging::compile_subscription(&mut w, spec, &namespace, &name).map(Compiled::Subscription)
+        }
+        Some(Kind::Sequence) => {
+            messaging::compile_sequence(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Sequence)
+        }
+        Some(Kind::Parallel) => {
+            messaging::compile_parallel(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Parallel)
+        }
         None => None,
     };
     match (kind, compiled) {
@@ -138,6 +162,14 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
     let mut errs = vec![];
     let who = format!("{} {}/{}", new.kind.name(), new.namespace, new.name);
     match new.kind {
+        Kind::Channel | Kind::InMemoryChannel | Kind::Subscription | Kind::Sequence | Kind::Parallel => {
+            if new.kind == Kind::Subscription {
+                let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));
+                if a != b {
+                    errs.push(FieldError::new(None, who.clone(), "spec.channel", "is immutable"));
+                }
+            }
+        }
         Kind::Trigger => {
             let (a, b) = (old.manifest.pointer("/spec/broker"), new.manifest.pointer("/spec/broker"));
             if a != b {

@@ -7,7 +7,7 @@ use spate_core::{CloudEvent, ExtValue, ext, rules, storage};
 use spate_log::{EventLog, LogError};
 use thiserror::Error;
 
-use crate::router::RouterHandle;
+use crate::feed::Feed;
 
 /// Why an event could not enter a broker.
 #[derive(Debug, Error)]
@@ -37,9 +37,8 @@ pub struct Broker {
     pub log: Arc<dyn EventLog>,
     pub address: String,
     events_in: metrics::Counter,
-    pub(crate) router: RouterHandle,
-    /// Dropping the broker stops its router.
-    _router_stop: tokio::sync::watch::Sender<bool>,
+    /// The log and its router, shared with this broker's trigger workers.
+    pub feed: Arc<Feed>,
 }
 
 fn now_rfc3339() -> String {
@@ -52,9 +51,8 @@ impl Broker {
     pub fn new(config: BrokerConfig, log: Arc<dyn EventLog>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let router = crate::router::spawn(log.clone(), label, stop_rx);
-        Broker { config, log, address, events_in, router, _router_stop: stop }
+        let feed = Feed::new(log.clone(), label);
+        Broker { config, log, address, events_in, feed }
     }
 
     /// Accepts events from outside: TTL defaults to 255, a TTL of 0 or less is

@@ -4,6 +4,8 @@
 //! IO is limited to the log and the dispatcher handed in by the binary.
 
 mod broker;
+mod feed;
+mod messaging;
 mod reconcile;
 mod router;
 mod trigger;
@@ -14,6 +16,8 @@ use spate_api::DeliverySpec;
 use spate_core::delivery::{BackoffPolicy, RetryPolicy};
 
 pub use broker::{Broker, PublishError};
+pub use feed::Feed;
+pub use messaging::{Channel, parallel_ingress, sequence_channel};
 pub use reconcile::{Condition, Desired, Eventing, ResourceStatus};
 pub use trigger::TriggerStats;
 

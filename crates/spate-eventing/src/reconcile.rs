@@ -1,14 +1,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use spate_api::{BrokerConfig, DeliverySpec, Kind, TriggerConfig};
+use spate_api::{
+    BrokerConfig, ChannelConfig, DeliverySpec, Kind, ParallelConfig, SequenceConfig, SubscriptionConfig, TriggerConfig,
+};
 use spate_core::Destination;
 use spate_delivery::Dispatcher;
-use spate_log::LogBackend;
+use spate_log::{LogBackend, MemoryBackend};
 use tokio::sync::Mutex;
 
 use crate::broker::Broker;
-use crate::trigger::{TriggerPlan, TriggerStats, TriggerWorker};
+use crate::messaging::Channel;
+use crate::trigger::{ReplyPlan, TriggerStats, TriggerWorker, WorkerPlan};
 use crate::{EventingConfig, broker_log_name, trigger_consumer};
 
 /// What the control plane wants running.
@@ -16,6 +19,19 @@ use crate::{EventingConfig, broker_log_name, trigger_consumer};
 pub struct Desired {
     pub brokers: Vec<BrokerConfig>,
     pub triggers: Vec<TriggerConfig>,
+    pub channels: Vec<ChannelConfig>,
+    pub subscriptions: Vec<SubscriptionConfig>,
+    pub sequences: Vec<SequenceConfig>,
+    pub parallels: Vec<ParallelConfig>,
+}
+
+/// Names of the addressables that exist (desired), by kind, for resolving `ref`s.
+#[derive(Default)]
+pub(crate) struct Addressables {
+    pub brokers: HashSet<Key>,
+    pub channels: HashSet<Key>,
+    pub sequences: HashSet<Key>,
+    pub parallels: HashSet<Key>,
 }
 
 /// A Knative condition.
@@ -28,10 +44,10 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn ok(kind: &'static str) -> Self {
+    pub(crate) fn ok(kind: &'static str) -> Self {
         Condition { kind, ok: true, reason: String::new(), message: String::new() }
     }
-    fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
         Condition { kind, ok: false, reason: reason.into(), message: message.into() }
     }
 }
@@ -47,10 +63,13 @@ pub struct ResourceStatus {
     pub address: Option<String>,
     pub subscriber_uri: Option<String>,
     pub dead_letter_sink_uri: Option<String>,
+    pub reply_uri: Option<String>,
+    /// A channel's subscriptions (name, ready); a flow's channels and subscriptions.
+    pub children: Vec<ResourceStatus>,
 }
 
 impl ResourceStatus {
-    fn new(kind: Kind, namespace: &str, name: &str, mut parts: Vec<Condition>) -> Self {
+    pub(crate) fn new(kind: Kind, namespace: &str, name: &str, mut parts: Vec<Condition>) -> Self {
         let ready = match parts.iter().find(|c| !c.ok) {
             None => Condition::ok("Ready"),
             Some(c) => Condition::fail("Ready", &c.reason, c.message.clone()),
@@ -64,6 +83,8 @@ impl ResourceStatus {
             address: None,
             subscriber_uri: None,
             dead_letter_sink_uri: None,
+            reply_uri: None,
+            children: vec![],
         }
     }
     pub fn ready(&self) -> bool {
@@ -75,11 +96,15 @@ type Key = (String, String);
 
 /// The eventing runtime: running brokers and trigger workers.
 pub struct Eventing {
-    config: EventingConfig,
-    backend: Arc<dyn LogBackend>,
-    dispatcher: Dispatcher,
+    pub(crate) config: EventingConfig,
+    pub(crate) backend: Arc<dyn LogBackend>,
+    /// Channels that asked for memory storage (`spate.dev/channel-storage: memory`).
+    pub(crate) memory: Arc<MemoryBackend>,
+    pub(crate) dispatcher: Dispatcher,
     brokers: RwLock<HashMap<Key, Arc<Broker>>>,
     triggers: Mutex<HashMap<Key, TriggerWorker>>,
+    pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
+    pub(crate) subscriptions: Mutex<HashMap<Key, TriggerWorker>>,
 }
 
 impl Eventing {
@@ -88,8 +113,11 @@ impl Eventing {
             config,
             backend,
             dispatcher,
+            memory: Arc::new(MemoryBackend::default()),
             brokers: RwLock::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
+            channels: RwLock::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,20 +139,36 @@ impl Eventing {
         self.triggers.lock().await.get(&(namespace.to_string(), name.to_string())).map(|w| w.stats.clone())
     }
 
-    /// Resolves a Destination to a URL against the desired brokers.
-    fn resolve(&self, dest: &Destination, brokers: &HashSet<Key>) -> Result<String, String> {
+    pub fn channel_address(&self, namespace: &str, name: &str) -> String {
+        format!("{}/channels/{namespace}/{name}", self.config.base_url.trim_end_matches('/'))
+    }
+
+    /// Resolves a Destination to a URL against the desired addressables.
+    pub(crate) fn resolve(&self, dest: &Destination, names: &Addressables) -> Result<String, String> {
         match (&dest.kref, &dest.uri) {
             (Some(r), uri) => {
-                let base = if r.kind == "Broker" && r.api_version.starts_with("eventing.knative.dev/") {
-                    if !brokers.contains(&(r.namespace.clone(), r.name.clone())) {
-                        return Err(format!("Broker {}/{} does not exist", r.namespace, r.name));
+                let key = (r.namespace.clone(), r.name.clone());
+                let missing = || Err(format!("{} {}/{} does not exist", r.kind, r.namespace, r.name));
+                let base = match Kind::from_ref(&r.kind, &r.api_version) {
+                    Some(Kind::Broker) if names.brokers.contains(&key) => self.broker_address(&r.namespace, &r.name),
+                    Some(Kind::Channel | Kind::InMemoryChannel) if names.channels.contains(&key) => {
+                        self.channel_address(&r.namespace, &r.name)
                     }
-                    self.broker_address(&r.namespace, &r.name)
-                } else {
-                    return Err(format!(
-                        "cannot resolve {} {}/{} ({}): this Spate resolves references to eventing.knative.dev Brokers; use a uri for other destinations",
-                        r.kind, r.namespace, r.name, r.api_version
-                    ));
+                    Some(Kind::Sequence) if names.sequences.contains(&key) => {
+                        self.channel_address(&r.namespace, &crate::messaging::sequence_channel(&r.name, 0))
+                    }
+                    Some(Kind::Parallel) if names.parallels.contains(&key) => {
+                        self.channel_address(&r.namespace, &crate::messaging::parallel_ingress(&r.name))
+                    }
+                    Some(Kind::Broker | Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel) => {
+                        return missing();
+                    }
+                    Some(Kind::Trigger | Kind::Subscription) | None => {
+                        return Err(format!(
+                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel); use a uri",
+                            r.kind, r.namespace, r.name, r.api_version
+                        ));
+                    }
                 };
                 Ok(match uri {
                     Some(u) => Destination::join(&base, u),
@@ -141,6 +185,14 @@ impl Eventing {
     pub async fn reconcile(&self, desired: &Desired) -> Vec<ResourceStatus> {
         let mut statuses = vec![];
         let wanted: HashSet<Key> = desired.brokers.iter().map(|b| (b.namespace.clone(), b.name.clone())).collect();
+        let expanded = crate::messaging::expand(desired);
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        let names = Addressables {
+            brokers: wanted.clone(),
+            channels: expanded.channels.iter().map(|c| key(&c.namespace, &c.name)).collect(),
+            sequences: desired.sequences.iter().map(|s| key(&s.namespace, &s.name)).collect(),
+            parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
+        };
         let mut triggers = self.triggers.lock().await;
 
         // Brokers that are gone: stop their triggers, delete their logs.
@@ -149,7 +201,7 @@ impl Eventing {
         for key in gone {
             let stale: Vec<Key> = triggers
                 .iter()
-                .filter(|(_, w)| w.plan.config.namespace == key.0 && w.plan.config.broker == key.1)
+                .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
                 .map(|(k, _)| k.clone())
                 .collect();
             for t in stale {
@@ -185,7 +237,7 @@ impl Eventing {
             }
             let mut dls_uri = None;
             if let Some(dls) = b.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
-                match self.resolve(dls, &wanted) {
+                match self.resolve(dls, &names) {
                     Ok(u) => {
                         dls_uri = Some(u);
                         conds.push(Condition::ok("DeadLetterSinkResolved"));
@@ -204,26 +256,25 @@ impl Eventing {
         let removed: Vec<Key> = triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
         for key in removed {
             if let Some(w) = triggers.remove(&key) {
-                let broker = self.broker(&w.plan.config.namespace, &w.plan.config.broker);
+                let feed = w.feed.clone();
                 w.stop().await;
-                if let Some(b) = broker {
-                    let _ = b.log.remove_consumer(&trigger_consumer(&key.0, &key.1));
-                }
+                let _ = feed.log.remove_consumer(&trigger_consumer(&key.0, &key.1));
             }
         }
 
         for t in &desired.triggers {
             let key = (t.namespace.clone(), t.name.clone());
-            let (plan, mut st) = self.plan_trigger(t, &wanted);
+            let (plan, mut st) = self.plan_trigger(t, &names);
             let broker = self.broker(&t.namespace, &t.broker);
             match (plan, broker) {
                 (Some(plan), Some(broker)) => {
-                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.broker, &broker));
+                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, &broker.feed));
                     if !same {
                         if let Some(old) = triggers.remove(&key) {
                             old.stop().await;
                         }
-                        triggers.insert(key, TriggerWorker::start(plan, broker, self.dispatcher.clone()));
+                        let feed = broker.feed.clone();
+                        triggers.insert(key, TriggerWorker::start(plan, feed, Some(broker), self.dispatcher.clone()));
                     }
                 }
                 _ => {
@@ -242,12 +293,14 @@ impl Eventing {
             }
             statuses.push(st);
         }
+        drop(triggers);
+        self.reconcile_messaging(desired, &expanded, &names, &mut statuses).await;
         statuses
     }
 
-    fn plan_trigger(&self, t: &TriggerConfig, brokers: &HashSet<Key>) -> (Option<TriggerPlan>, ResourceStatus) {
+    fn plan_trigger(&self, t: &TriggerConfig, names: &Addressables) -> (Option<WorkerPlan>, ResourceStatus) {
         let mut conds = vec![];
-        let broker_cfg = if brokers.contains(&(t.namespace.clone(), t.broker.clone())) {
+        let broker_cfg = if names.brokers.contains(&(t.namespace.clone(), t.broker.clone())) {
             conds.push(Condition::ok("BrokerReady"));
             self.broker(&t.namespace, &t.broker).map(|b| b.config.clone())
         } else {
@@ -258,7 +311,7 @@ impl Eventing {
             ));
             None
         };
-        let subscriber = self.resolve(&t.subscriber, brokers);
+        let subscriber = self.resolve(&t.subscriber, names);
         match &subscriber {
             Ok(_) => conds.push(Condition::ok("SubscriberResolved")),
             Err(e) => conds.push(Condition::fail("SubscriberResolved", "Unresolved", e.clone())),
@@ -272,7 +325,7 @@ impl Eventing {
             .as_ref()
             .and_then(|d| d.dead_letter_sink.clone())
             .or_else(|| broker_delivery.and_then(|d| d.dead_letter_sink));
-        let dls = dls_dest.as_ref().map(|d| self.resolve(d, brokers));
+        let dls = dls_dest.as_ref().map(|d| self.resolve(d, names));
         match &dls {
             Some(Ok(_)) => conds.push(Condition::ok("DeadLetterSinkResolved")),
             Some(Err(e)) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e.clone())),
@@ -282,8 +335,13 @@ impl Eventing {
         st.subscriber_uri = subscriber.as_ref().ok().cloned();
         st.dead_letter_sink_uri = dls.as_ref().and_then(|r| r.as_ref().ok().cloned());
         let plan = match (st.ready(), subscriber, dls) {
-            (true, Ok(subscriber_url), dls) => Some(TriggerPlan {
-                config: t.clone(),
+            (true, Ok(subscriber_url), dls) => Some(WorkerPlan {
+                kind: "trigger",
+                namespace: t.namespace.clone(),
+                name: t.name.clone(),
+                source: t.broker.clone(),
+                filter: t.filter.clone(),
+                reply: ReplyPlan::Broker,
                 subscriber_url,
                 dead_letter_url: dls.and_then(Result::ok),
                 policy: spec.retry_policy(self.config.default_delay()),
@@ -297,9 +355,11 @@ impl Eventing {
 
     /// Stops every worker (in-flight deliveries stay uncommitted).
     pub async fn shutdown(&self) {
-        let mut triggers = self.triggers.lock().await;
-        for (_, w) in triggers.drain() {
-            w.stop().await;
+        for workers in [&self.triggers, &self.subscriptions] {
+            let mut g = workers.lock().await;
+            for (_, w) in g.drain() {
+                w.stop().await;
+            }
         }
     }
 }

@@ -2,21 +2,41 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use spate_api::TriggerConfig;
 use spate_core::delivery::{DeliveryFormat, RetryPolicy};
 use spate_core::{CloudEvent, ExtValue, ext, storage};
-use spate_delivery::{BoxFuture, DeliveryRequest, Dispatcher, Outcome, ReplySink};
+use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ReplySink};
+use spate_filter::Filter;
 use spate_log::Offset;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::broker::{Broker, PublishError};
+use crate::feed::Feed;
 use crate::router::Routed;
 
-/// Everything a worker needs, resolved by the reconciler.
+/// Where a worker's replies go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyPlan {
+    /// Back into the worker's broker with TTL − 1 (a Trigger).
+    Broker,
+    /// To this URL through the dispatcher (a Subscription's `reply`).
+    Url(String),
+    /// Dropped (a Subscription without `reply`).
+    Discard,
+}
+
+/// Everything a worker needs, resolved by the reconciler. Triggers and
+/// Subscriptions share the worker; they differ in filter and reply.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TriggerPlan {
-    pub config: TriggerConfig,
+pub struct WorkerPlan {
+    /// `trigger` or `subscription`: names the consumer and the metrics.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The broker or channel this worker reads (its name, in `namespace`).
+    pub source: String,
+    pub filter: Filter,
+    pub reply: ReplyPlan,
     pub subscriber_url: String,
     pub dead_letter_url: Option<String>,
     pub policy: RetryPolicy,
@@ -34,30 +54,31 @@ pub struct TriggerStats {
 }
 
 pub(crate) struct TriggerWorker {
-    pub plan: TriggerPlan,
-    /// The broker instance (and so the router) this worker reads through.
-    pub broker: Arc<Broker>,
+    pub plan: WorkerPlan,
+    /// The feed (log and router) this worker reads through.
+    pub feed: Arc<Feed>,
     pub stats: Arc<TriggerStats>,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
 }
 
 impl TriggerWorker {
-    pub fn start(plan: TriggerPlan, broker: Arc<Broker>, dispatcher: Dispatcher) -> Self {
+    /// `broker` is where `ReplyPlan::Broker` replies go.
+    pub fn start(plan: WorkerPlan, feed: Arc<Feed>, broker: Option<Arc<Broker>>, dispatcher: Dispatcher) -> Self {
         // A new trigger sees events that arrive after it is Ready, as in Knative.
         // The start is recorded here, before `apply` returns, not when the task
         // first runs: an event sent right after `apply` must not be skipped.
-        let consumer = crate::trigger_consumer(&plan.config.namespace, &plan.config.name);
-        if broker.log.committed(&consumer).is_none()
-            && let Err(e) = broker.log.commit(&consumer, broker.log.end_offset())
+        let consumer = plan.consumer();
+        if feed.log.committed(&consumer).is_none()
+            && let Err(e) = feed.log.commit(&consumer, feed.log.end_offset())
         {
             tracing::error!(consumer = %consumer, error = %e, "cannot record the trigger's starting offset");
         }
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(TriggerStats::default());
-        let run = Run { plan: Arc::new(plan.clone()), broker: broker.clone(), dispatcher, stats: stats.clone() };
+        let run = Run { plan: Arc::new(plan.clone()), feed: feed.clone(), broker, dispatcher, stats: stats.clone() };
         let handle = tokio::spawn(run.run(stop_rx));
-        TriggerWorker { plan, broker, stats, stop, handle }
+        TriggerWorker { plan, feed, stats, stop, handle }
     }
 
     /// Stops the worker; in-flight deliveries are abandoned uncommitted and
@@ -68,9 +89,47 @@ impl TriggerWorker {
     }
 }
 
+/// A Subscription's replies go to its `reply` destination, with the
+/// subscription's retry policy; if that fails, the original delivery fails
+/// and is retried, so a reply is never silently lost.
+struct UrlReply<'a> {
+    dispatcher: &'a Dispatcher,
+    url: &'a str,
+    plan: &'a WorkerPlan,
+}
+
+impl ReplySink for UrlReply<'_> {
+    fn accept(&self, reply: CloudEvent) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let label = format!("{}/reply", self.plan.consumer());
+            let req = DeliveryRequest {
+                subscriber: self.url,
+                policy: &self.plan.policy,
+                format: self.plan.format,
+                namespace: &self.plan.namespace,
+                dead_letter_sink: None,
+                label: &label,
+            };
+            match self.dispatcher.deliver(&reply, &req, &DiscardReplies).await {
+                Outcome::Delivered { .. } => Ok(()),
+                Outcome::DeadLettered { last_error, .. } => Err(last_error),
+                Outcome::Dropped { reason, .. } => Err(format!("reply to {}: {reason}", self.url)),
+            }
+        })
+    }
+}
+
+impl WorkerPlan {
+    /// The consumer name on the feed's log, e.g. `trigger/default/t1`.
+    pub fn consumer(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 struct Run {
-    plan: Arc<TriggerPlan>,
-    broker: Arc<Broker>,
+    plan: Arc<WorkerPlan>,
+    feed: Arc<Feed>,
+    broker: Option<Arc<Broker>>,
     dispatcher: Dispatcher,
     stats: Arc<TriggerStats>,
 }
@@ -78,9 +137,9 @@ struct Run {
 /// What each delivery task shares: one `Arc` clone per event, metric handles
 /// resolved once per worker rather than per event.
 struct Shared {
-    plan: Arc<TriggerPlan>,
+    plan: Arc<WorkerPlan>,
     dispatcher: Dispatcher,
-    broker: Arc<Broker>,
+    broker: Option<Arc<Broker>>,
     stats: Arc<TriggerStats>,
     label: String,
     delivered: metrics::Counter,
@@ -171,9 +230,9 @@ impl State {
 
 impl Run {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let log = self.broker.log.clone();
-        let consumer = crate::trigger_consumer(&self.plan.config.namespace, &self.plan.config.name);
-        let label = format!("trigger/{}/{}", self.plan.config.namespace, self.plan.config.name);
+        let log = self.feed.log.clone();
+        let consumer = self.plan.consumer();
+        let label = consumer.clone();
         let next = log.committed(&consumer).unwrap_or_else(|| log.end_offset()).max(log.start_offset());
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
@@ -215,7 +274,7 @@ impl Run {
     /// Reads the log on its own until caught up with the router, then attaches.
     /// `None` when asked to stop.
     async fn detached(&self, st: &mut State, stop: &mut watch::Receiver<bool>) -> Option<mpsc::Receiver<Routed>> {
-        let log = self.broker.log.clone();
+        let log = self.feed.log.clone();
         let mut end_rx = log.watch_end();
         let mut buf: VecDeque<spate_log::Record> = VecDeque::new();
         let capacity = (self.plan.max_in_flight * 4).clamp(64, 4096);
@@ -240,8 +299,7 @@ impl Run {
                 }
                 if buf.is_empty() {
                     // Caught up with what is visible: hand over to the router.
-                    let attach =
-                        self.broker.router.attach(st.label.clone(), self.plan.config.filter.clone(), st.next, capacity);
+                    let attach = self.feed.router.attach(st.label.clone(), self.plan.filter.clone(), st.next, capacity);
                     tokio::select! {
                         biased;
                         _ = stop.changed() => return None,
@@ -263,7 +321,7 @@ impl Run {
                     continue;
                 }
             };
-            if !self.plan.config.filter.matches(&ev) {
+            if !self.plan.filter.matches(&ev) {
                 continue;
             }
             while st.tasks.len() >= self.plan.max_in_flight {
@@ -278,8 +336,8 @@ impl Run {
     /// Takes routed events from the router. `true`: detached (queue closed),
     /// continue alone; `false`: asked to stop.
     async fn attached(&self, st: &mut State, mut rx: mpsc::Receiver<Routed>, stop: &mut watch::Receiver<bool>) -> bool {
-        let log = self.broker.log.clone();
-        let routed = self.broker.router.routed_upto.clone();
+        let log = self.feed.log.clone();
+        let routed = self.feed.router.routed_upto.clone();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -330,17 +388,28 @@ impl Run {
 async fn deliver(s: &Shared, ev: &CloudEvent) {
     let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
-    let replies = BrokerReply { broker: s.broker.clone(), ttl, label };
+    let (broker_reply, url_reply);
+    let replies: &dyn ReplySink = match (&plan.reply, &s.broker) {
+        (ReplyPlan::Broker, Some(broker)) => {
+            broker_reply = BrokerReply { broker: broker.clone(), ttl, label };
+            &broker_reply
+        }
+        (ReplyPlan::Url(url), _) => {
+            url_reply = UrlReply { dispatcher: &s.dispatcher, url, plan };
+            &url_reply
+        }
+        _ => &DiscardReplies,
+    };
     let req = DeliveryRequest {
         subscriber: &plan.subscriber_url,
         policy: &plan.policy,
         format: plan.format,
-        namespace: &plan.config.namespace,
+        namespace: &plan.namespace,
         dead_letter_sink: plan.dead_letter_url.as_deref(),
         label,
     };
     let started = std::time::Instant::now();
-    let outcome = s.dispatcher.deliver(ev, &req, &replies).await;
+    let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Delivered { .. } => {

@@ -91,10 +91,8 @@ fn new_uid() -> String {
     )
 }
 
-fn status_json(st: &ResourceStatus, generation: u64) -> Value {
-    let now = now_rfc3339();
-    let conditions: Vec<Value> = st
-        .conditions
+fn conditions_json(st: &ResourceStatus, now: &str) -> Vec<Value> {
+    st.conditions
         .iter()
         .map(|c| {
             let mut v =
@@ -105,16 +103,92 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
             }
             v
         })
-        .collect();
-    let mut s = json!({"observedGeneration": generation, "conditions": conditions});
+        .collect()
+}
+
+/// A child's reference and readiness, as flows and channels report them.
+fn child_json(c: &ResourceStatus) -> Value {
+    let (api, kind) = match c.kind {
+        Kind::Subscription => ("messaging.knative.dev/v1", "Subscription"),
+        _ => ("messaging.knative.dev/v1", "InMemoryChannel"),
+    };
+    let ready = &c.conditions[0];
+    let mut r = json!({"status": if ready.ok { "True" } else { "False" }, "type": "Ready"});
+    if !ready.ok {
+        r["reason"] = json!(ready.reason);
+        r["message"] = json!(ready.message);
+    }
+    let key = if c.kind == Kind::Subscription { "subscription" } else { "channel" };
+    json!({ key: {"apiVersion": api, "kind": kind, "name": c.name, "namespace": c.namespace}, "ready": r })
+}
+
+/// Knative-shaped status for any kind.
+fn status_json(st: &ResourceStatus, generation: u64) -> Value {
+    let now = now_rfc3339();
+    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(st, &now)});
     if let Some(a) = &st.address {
         s["address"] = json!({"url": a});
     }
-    if let Some(u) = &st.subscriber_uri {
-        s["subscriberUri"] = json!(u);
-    }
-    if let Some(u) = &st.dead_letter_sink_uri {
-        s["deadLetterSinkUri"] = json!(u);
+    match st.kind {
+        Kind::Subscription => {
+            let mut p = json!({});
+            for (k, v) in [
+                ("subscriberUri", &st.subscriber_uri),
+                ("replyUri", &st.reply_uri),
+                ("deadLetterSinkUri", &st.dead_letter_sink_uri),
+            ] {
+                if let Some(v) = v {
+                    p[k] = json!(v);
+                }
+            }
+            s["physicalSubscription"] = p;
+        }
+        Kind::Channel | Kind::InMemoryChannel => {
+            let subs: Vec<Value> = st
+                .children
+                .iter()
+                .map(|c| json!({"name": c.name, "ready": if c.ready() { "True" } else { "False" }}))
+                .collect();
+            s["subscribers"] = json!(subs);
+        }
+        Kind::Sequence => {
+            s["channelStatuses"] =
+                json!(st.children.iter().filter(|c| c.kind != Kind::Subscription).map(child_json).collect::<Vec<_>>());
+            s["subscriptionStatuses"] =
+                json!(st.children.iter().filter(|c| c.kind == Kind::Subscription).map(child_json).collect::<Vec<_>>());
+        }
+        Kind::Parallel => {
+            let channels: Vec<&ResourceStatus> = st.children.iter().filter(|c| c.kind != Kind::Subscription).collect();
+            let subs: Vec<&ResourceStatus> = st.children.iter().filter(|c| c.kind == Kind::Subscription).collect();
+            if let Some(ingress) = channels.first() {
+                s["ingressChannelStatus"] = child_json(ingress);
+            }
+            // Children come as: ingress, branch channels; and per branch a filter then a branch subscription.
+            let branches: Vec<Value> = channels
+                .iter()
+                .skip(1)
+                .enumerate()
+                .map(|(i, ch)| {
+                    let mut b = json!({"filterChannelStatus": child_json(ch)});
+                    if let Some(f) = subs.get(2 * i) {
+                        b["filterSubscriptionStatus"] = child_json(f);
+                    }
+                    if let Some(sub) = subs.get(2 * i + 1) {
+                        b["subscriptionStatus"] = child_json(sub);
+                    }
+                    b
+                })
+                .collect();
+            s["branchStatuses"] = json!(branches);
+        }
+        Kind::Broker | Kind::Trigger => {
+            if let Some(u) = &st.subscriber_uri {
+                s["subscriberUri"] = json!(u);
+            }
+            if let Some(u) = &st.dead_letter_sink_uri {
+                s["deadLetterSinkUri"] = json!(u);
+            }
+        }
     }
     s
 }
@@ -212,10 +286,21 @@ impl ControlPlane {
             match &e.compiled {
                 Compiled::Broker(b) => desired.brokers.push(b.clone()),
                 Compiled::Trigger(t) => desired.triggers.push(t.clone()),
+                Compiled::Channel(c) => desired.channels.push(c.clone()),
+                Compiled::Subscription(s) => desired.subscriptions.push(s.clone()),
+                Compiled::Sequence(s) => desired.sequences.push(s.clone()),
+                Compiled::Parallel(p) => desired.parallels.push(p.clone()),
             }
         }
         for st in self.eventing.reconcile(&desired).await {
-            if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
+            // Eventing reports both channel kinds as Channel; the store knows which was applied.
+            let kinds: &[Kind] =
+                if st.kind == Kind::Channel { &[Kind::Channel, Kind::InMemoryChannel] } else { &[st.kind] };
+            let key = kinds
+                .iter()
+                .map(|k| (*k, st.namespace.clone(), st.name.clone()))
+                .find(|k| store.entries.contains_key(k));
+            if let Some(e) = key.and_then(|k| store.entries.get_mut(&k)) {
                 let new = status_json(&st, e.generation);
                 // Keep transition times stable when a condition did not change.
                 if strip_times(&e.status) != strip_times(&new) {

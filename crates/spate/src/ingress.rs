@@ -22,6 +22,7 @@ pub struct Ingress {
 pub enum IngressError {
     MethodNotAllowed,
     NoSuchBroker(String),
+    NoSuchChannel(String),
     TooLarge(usize),
     Malformed(String),
     Publish(PublishError),
@@ -35,6 +36,7 @@ impl IntoResponse for IngressError {
                 (StatusCode::METHOD_NOT_ALLOWED, allow, "only POST delivers events here\n").into_response()
             }
             IngressError::NoSuchBroker(b) => (StatusCode::NOT_FOUND, format!("no broker {b}\n")).into_response(),
+            IngressError::NoSuchChannel(c) => (StatusCode::NOT_FOUND, format!("no channel {c}\n")).into_response(),
             IngressError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the {max}-byte limit (--max-event-size)\n"),
@@ -64,6 +66,7 @@ pub fn router(state: Ingress) -> Router {
     Router::new()
         .route("/_spate/display/{label}", any(crate::display::handler))
         .route("/{namespace}/{broker}", any(broker_ingress))
+        .route("/channels/{namespace}/{channel}", any(channel_ingress))
         .with_state(state)
 }
 
@@ -91,6 +94,43 @@ async fn broker_ingress(
     }
 }
 
+async fn channel_ingress(
+    State(st): State<Ingress>,
+    method: Method,
+    Path((namespace, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        if let Some(r) = preflight(&method)? {
+            return Ok(r);
+        }
+        let ch = st
+            .eventing
+            .channel(&namespace, &channel)
+            .ok_or_else(|| IngressError::NoSuchChannel(format!("{namespace}/{channel}")))?;
+        let body = read_body(&headers, body, st.max_event_size).await?;
+        let decoded =
+            spate_core::http_codec::decode(&headers, body).map_err(|e| IngressError::Malformed(e.to_string()))?;
+        ch.publish(decoded.events).await.map_err(IngressError::Publish)?;
+        Ok(StatusCode::ACCEPTED.into_response())
+    };
+    r.await.unwrap_or_else(IngressError::into_response)
+}
+
+/// OPTIONS answers with `Allow`; anything but POST is 405.
+fn preflight(method: &Method) -> Result<Option<Response>, IngressError> {
+    if method == Method::OPTIONS {
+        return Ok(Some(
+            (StatusCode::OK, [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))]).into_response(),
+        ));
+    }
+    if method != Method::POST {
+        return Err(IngressError::MethodNotAllowed);
+    }
+    Ok(None)
+}
+
 async fn accept(
     st: &Ingress,
     method: Method,
@@ -99,11 +139,8 @@ async fn accept(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngressError> {
-    if method == Method::OPTIONS {
-        return Ok((StatusCode::OK, [(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"))]).into_response());
-    }
-    if method != Method::POST {
-        return Err(IngressError::MethodNotAllowed);
+    if let Some(r) = preflight(&method)? {
+        return Ok(r);
     }
     let b = st
         .eventing
@@ -146,7 +183,7 @@ mod tests {
         else {
             unreachable!()
         };
-        eventing.reconcile(&Desired { brokers: vec![b], triggers: vec![] }).await;
+        eventing.reconcile(&Desired { brokers: vec![b], ..Desired::default() }).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/default/b", listener.local_addr().unwrap());
         tokio::spawn(async move {

@@ -45,6 +45,12 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
             let header: Vec<&str> = match kind {
                 Kind::Broker => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"],
                 Kind::Trigger => vec!["NAMESPACE", "NAME", "BROKER", "SUBSCRIBER_URI", "READY", "REASON"],
+                Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel => {
+                    vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
+                }
+                Kind::Subscription => {
+                    vec!["NAMESPACE", "NAME", "CHANNEL", "SUBSCRIBER_URI", "REPLY_URI", "READY", "REASON"]
+                }
             };
             rows.push(header.iter().map(ToString::to_string).collect());
             for it in items {
@@ -53,6 +59,18 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 let name = s(it, "/metadata/name").to_string();
                 rows.push(match kind {
                     Kind::Broker => vec![ns, name, s(it, "/status/address/url").into(), r, reason],
+                    Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel => {
+                        vec![ns, name, s(it, "/status/address/url").into(), r, reason]
+                    }
+                    Kind::Subscription => vec![
+                        ns,
+                        name,
+                        s(it, "/spec/channel/name").into(),
+                        s(it, "/status/physicalSubscription/subscriberUri").into(),
+                        s(it, "/status/physicalSubscription/replyUri").into(),
+                        r,
+                        reason,
+                    ],
                     Kind::Trigger => {
                         vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason]
                     }

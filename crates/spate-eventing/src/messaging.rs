@@ -1,0 +1,437 @@
+//! Channels, Subscriptions, and the flows compiled into them.
+//!
+//! Sequence and Parallel have no data plane of their own: as in Knative they
+//! expand into Channels and Subscriptions with deterministic names, derived
+//! from the flow on every reconcile (so they are deleted with it), and their
+//! status gathers their children's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spate_api::{ChannelConfig, ChannelStorage, DeliverySpec, Kind, SubscriptionConfig};
+use spate_core::{CloudEvent, Destination, KRef, storage};
+use spate_filter::Filter;
+use spate_log::{EventLog, LogBackend};
+
+use crate::broker::PublishError;
+use crate::feed::Feed;
+use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
+use crate::trigger::{ReplyPlan, TriggerWorker, WorkerPlan};
+
+/// Name of step `i`'s channel and subscription in a Sequence.
+pub fn sequence_channel(sequence: &str, i: usize) -> String {
+    format!("{sequence}-kn-sequence-{i}")
+}
+/// A Parallel's ingress channel.
+pub fn parallel_ingress(parallel: &str) -> String {
+    format!("{parallel}-kn-parallel")
+}
+fn parallel_branch(parallel: &str, i: usize) -> String {
+    format!("{parallel}-kn-parallel-{i}")
+}
+fn parallel_filter(parallel: &str, i: usize) -> String {
+    format!("{parallel}-kn-parallel-filter-{i}")
+}
+
+fn channel_ref(ns: &str, name: &str) -> Destination {
+    Destination {
+        kref: Some(KRef {
+            api_version: "messaging.knative.dev/v1".into(),
+            kind: "InMemoryChannel".into(),
+            name: name.into(),
+            namespace: ns.into(),
+        }),
+        uri: None,
+    }
+}
+
+/// The children a flow expanded into.
+pub(crate) struct Flow {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub channels: Vec<String>,
+    pub subscriptions: Vec<String>,
+}
+
+/// User channels and subscriptions plus everything the flows expand into.
+pub(crate) struct Expanded {
+    pub channels: Vec<ChannelConfig>,
+    pub subscriptions: Vec<SubscriptionConfig>,
+    pub flows: Vec<Flow>,
+}
+
+pub(crate) fn expand(desired: &Desired) -> Expanded {
+    let mut channels = desired.channels.clone();
+    let mut subscriptions = desired.subscriptions.clone();
+    let mut flows = vec![];
+    let sub = |ns: &str,
+               name: String,
+               channel: String,
+               subscriber: Option<Destination>,
+               reply: Option<Destination>,
+               delivery: Option<DeliverySpec>| {
+        SubscriptionConfig {
+            namespace: ns.into(),
+            name,
+            channel_kind: "InMemoryChannel".into(),
+            channel,
+            subscriber,
+            reply,
+            delivery,
+        }
+    };
+    for s in &desired.sequences {
+        let ns = &s.namespace;
+        let mut flow = Flow {
+            kind: Kind::Sequence,
+            namespace: ns.clone(),
+            name: s.name.clone(),
+            channels: vec![],
+            subscriptions: vec![],
+        };
+        for (i, step) in s.steps.iter().enumerate() {
+            let ch = sequence_channel(&s.name, i);
+            channels.push(ChannelConfig {
+                namespace: ns.clone(),
+                name: ch.clone(),
+                storage: s.storage,
+                delivery: None,
+            });
+            // Step k's reply feeds step k+1; the last step's goes to the Sequence's reply.
+            let reply = if i + 1 < s.steps.len() {
+                Some(channel_ref(ns, &sequence_channel(&s.name, i + 1)))
+            } else {
+                s.reply.clone()
+            };
+            subscriptions.push(sub(
+                ns,
+                ch.clone(),
+                ch.clone(),
+                Some(step.destination.clone()),
+                reply,
+                step.delivery.clone(),
+            ));
+            flow.channels.push(ch.clone());
+            flow.subscriptions.push(ch);
+        }
+        flows.push(flow);
+    }
+    for p in &desired.parallels {
+        let ns = &p.namespace;
+        let ingress = parallel_ingress(&p.name);
+        let mut flow = Flow {
+            kind: Kind::Parallel,
+            namespace: ns.clone(),
+            name: p.name.clone(),
+            channels: vec![ingress.clone()],
+            subscriptions: vec![],
+        };
+        channels.push(ChannelConfig {
+            namespace: ns.clone(),
+            name: ingress.clone(),
+            storage: p.storage,
+            delivery: None,
+        });
+        for (i, b) in p.branches.iter().enumerate() {
+            let branch = parallel_branch(&p.name, i);
+            let filter = parallel_filter(&p.name, i);
+            channels.push(ChannelConfig {
+                namespace: ns.clone(),
+                name: branch.clone(),
+                storage: p.storage,
+                delivery: None,
+            });
+            // The filter returns the event to let it through (its reply goes on to
+            // the branch channel) or nothing to stop it. No filter: everything passes.
+            subscriptions.push(sub(
+                ns,
+                filter.clone(),
+                ingress.clone(),
+                b.filter.clone(),
+                Some(channel_ref(ns, &branch)),
+                b.delivery.clone(),
+            ));
+            let reply = b.reply.clone().or_else(|| p.reply.clone());
+            subscriptions.push(sub(
+                ns,
+                branch.clone(),
+                branch.clone(),
+                Some(b.subscriber.clone()),
+                reply,
+                b.delivery.clone(),
+            ));
+            flow.channels.push(branch.clone());
+            flow.subscriptions.push(filter);
+            flow.subscriptions.push(branch);
+        }
+        flows.push(flow);
+    }
+    Expanded { channels, subscriptions, flows }
+}
+
+/// A running channel: its config, log and router.
+pub struct Channel {
+    pub config: ChannelConfig,
+    pub feed: Arc<Feed>,
+    pub address: String,
+    events_in: metrics::Counter,
+}
+
+impl Channel {
+    /// Stores events as they are (channels have no TTL). Resolves once durable.
+    pub async fn publish(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+        let payloads: Vec<Bytes> = events.iter().map(|ev| Bytes::from(storage::encode(ev))).collect();
+        let n = payloads.len() as u64;
+        self.feed.log.append(payloads).await?;
+        self.events_in.increment(n);
+        Ok(())
+    }
+}
+
+pub(crate) fn channel_log_name(ns: &str, name: &str) -> String {
+    format!("channel.{ns}.{name}")
+}
+
+type Key = (String, String);
+
+impl Eventing {
+    fn channel_backend(&self, storage: ChannelStorage) -> &dyn LogBackend {
+        match storage {
+            ChannelStorage::Log => &*self.backend,
+            ChannelStorage::Memory => &*self.memory,
+        }
+    }
+
+    /// The running channel for the ingress path.
+    pub fn channel(&self, namespace: &str, name: &str) -> Option<Arc<Channel>> {
+        self.channels.read().expect("channels lock").get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    pub(crate) async fn reconcile_messaging(
+        &self,
+        desired: &Desired,
+        x: &Expanded,
+        names: &Addressables,
+        out: &mut Vec<ResourceStatus>,
+    ) {
+        let mut subs = self.subscriptions.lock().await;
+        let want: HashSet<Key> = x.channels.iter().map(|c| (c.namespace.clone(), c.name.clone())).collect();
+
+        // Channels that are gone: stop their subscriptions, delete their logs.
+        let gone: Vec<Arc<Channel>> = self
+            .channels
+            .read()
+            .expect("channels lock")
+            .iter()
+            .filter(|(k, _)| !want.contains(*k))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for ch in gone {
+            let (ns, name) = (ch.config.namespace.clone(), ch.config.name.clone());
+            let stale: Vec<Key> = subs
+                .iter()
+                .filter(|(_, w)| w.plan.namespace == ns && w.plan.source == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in stale {
+                if let Some(w) = subs.remove(&k) {
+                    w.stop().await;
+                }
+            }
+            self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
+            if let Err(e) = self.channel_backend(ch.config.storage).remove(&channel_log_name(&ns, &name)) {
+                tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's log");
+            }
+        }
+
+        let mut channel_status: HashMap<Key, ResourceStatus> = HashMap::new();
+        for c in &x.channels {
+            let key = (c.namespace.clone(), c.name.clone());
+            let address = self.channel_address(&c.namespace, &c.name);
+            let existing = self.channel(&c.namespace, &c.name);
+            let mut conds = vec![];
+            let log: Result<Arc<dyn EventLog>, String> = match &existing {
+                Some(ch) if ch.config.storage == c.storage => Ok(ch.feed.log.clone()),
+                _ => self
+                    .channel_backend(c.storage)
+                    .open(&channel_log_name(&c.namespace, &c.name))
+                    .map_err(|e| e.to_string()),
+            };
+            match log {
+                Ok(log) => {
+                    if existing.as_ref().is_none_or(|ch| ch.config != *c) {
+                        let label = format!("channel/{}/{}", c.namespace, c.name);
+                        let ch = Arc::new(Channel {
+                            config: c.clone(),
+                            feed: Feed::new(log, label.clone()),
+                            address: address.clone(),
+                            events_in: metrics::counter!("spate_events_in_total", "channel" => label),
+                        });
+                        self.channels.write().expect("channels lock").insert(key.clone(), ch);
+                    }
+                    conds.push(Condition::ok("ChannelServiceReady"));
+                    conds.push(Condition::ok("Addressable"));
+                }
+                Err(e) => conds.push(Condition::fail("ChannelServiceReady", "StorageUnavailable", e)),
+            }
+            let mut st = ResourceStatus::new(Kind::Channel, &c.namespace, &c.name, conds);
+            st.address = Some(address);
+            channel_status.insert(key, st);
+        }
+
+        // Subscriptions.
+        let want_subs: HashSet<Key> = x.subscriptions.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
+        let removed: Vec<Key> = subs.keys().filter(|k| !want_subs.contains(*k)).cloned().collect();
+        for k in removed {
+            if let Some(w) = subs.remove(&k) {
+                let feed = w.feed.clone();
+                let consumer = w.plan.consumer();
+                w.stop().await;
+                let _ = feed.log.remove_consumer(&consumer);
+            }
+        }
+        let mut sub_status: HashMap<Key, ResourceStatus> = HashMap::new();
+        for s in &x.subscriptions {
+            let key = (s.namespace.clone(), s.name.clone());
+            let channel = self.channel(&s.namespace, &s.channel);
+            let (plan, st) = self.plan_subscription(s, channel.as_ref().map(|c| &c.config), names);
+            match (plan, channel) {
+                (Some(plan), Some(ch)) => {
+                    let same = subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, &ch.feed));
+                    if !same {
+                        if let Some(old) = subs.remove(&key) {
+                            old.stop().await;
+                        }
+                        subs.insert(
+                            key.clone(),
+                            TriggerWorker::start(plan, ch.feed.clone(), None, self.dispatcher.clone()),
+                        );
+                    }
+                }
+                _ => {
+                    if let Some(old) = subs.remove(&key) {
+                        old.stop().await;
+                    }
+                }
+            }
+            if let Some(cs) = channel_status.get_mut(&(s.namespace.clone(), s.channel.clone())) {
+                let mut child = ResourceStatus::new(Kind::Subscription, &s.namespace, &s.name, vec![]);
+                child.conditions = st.conditions.clone();
+                cs.children.push(child);
+            }
+            sub_status.insert(key, st);
+        }
+
+        // Statuses of what the user applied, then of the flows.
+        for c in &desired.channels {
+            if let Some(mut st) = channel_status.get(&(c.namespace.clone(), c.name.clone())).cloned() {
+                // Kind::Channel covers both; the binary reports the applied kind.
+                st.kind = Kind::Channel;
+                out.push(st);
+            }
+        }
+        for s in &desired.subscriptions {
+            if let Some(st) = sub_status.get(&(s.namespace.clone(), s.name.clone())) {
+                out.push(st.clone());
+            }
+        }
+        for f in &x.flows {
+            let mut children = vec![];
+            for c in &f.channels {
+                if let Some(st) = channel_status.get(&(f.namespace.clone(), c.clone())) {
+                    children.push(st.clone());
+                }
+            }
+            for s in &f.subscriptions {
+                if let Some(st) = sub_status.get(&(f.namespace.clone(), s.clone())) {
+                    children.push(st.clone());
+                }
+            }
+            let not_ready = children.iter().find(|c| !c.ready()).map(|c| {
+                Condition::fail(
+                    if c.kind == Kind::Subscription { "SubscriptionsReady" } else { "ChannelsReady" },
+                    c.conditions[0].reason.as_str(),
+                    format!("{} {}: {}", c.kind.name(), c.name, c.conditions[0].message),
+                )
+            });
+            let conds = match not_ready {
+                Some(c) => vec![c],
+                None => vec![Condition::ok("ChannelsReady"), Condition::ok("SubscriptionsReady")],
+            };
+            let mut st = ResourceStatus::new(f.kind, &f.namespace, &f.name, conds);
+            st.address = f.channels.first().map(|c| self.channel_address(&f.namespace, c));
+            st.children = children;
+            out.push(st);
+        }
+    }
+
+    fn plan_subscription(
+        &self,
+        s: &SubscriptionConfig,
+        channel: Option<&ChannelConfig>,
+        names: &Addressables,
+    ) -> (Option<WorkerPlan>, ResourceStatus) {
+        let mut conds = vec![];
+        if channel.is_some() {
+            conds.push(Condition::ok("ChannelReady"));
+        } else {
+            conds.push(Condition::fail(
+                "ChannelReady",
+                "ChannelNotFound",
+                format!("{} {}/{} does not exist", s.channel_kind, s.namespace, s.channel),
+            ));
+        }
+        let subscriber = s.subscriber.as_ref().map(|d| self.resolve(d, names));
+        let reply = s.reply.as_ref().map(|d| self.resolve(d, names));
+        // A Subscription's delivery replaces its Channel's; the dead-letter sink falls back to the Channel's.
+        let chan_delivery = channel.and_then(|c| c.delivery.clone());
+        let spec = s.delivery.clone().or(chan_delivery.clone()).unwrap_or_else(|| self.config.default_delivery.clone());
+        let dls_dest = s
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.clone())
+            .or_else(|| chan_delivery.and_then(|d| d.dead_letter_sink));
+        let dls = dls_dest.as_ref().map(|d| self.resolve(d, names));
+        let mut resolve_errs = vec![];
+        for (what, r) in [("subscriber", &subscriber), ("reply", &reply), ("deadLetterSink", &dls)] {
+            if let Some(Err(e)) = r {
+                resolve_errs.push(format!("{what}: {e}"));
+            }
+        }
+        if resolve_errs.is_empty() {
+            conds.push(Condition::ok("ReferencesResolved"));
+        } else {
+            conds.push(Condition::fail("ReferencesResolved", "Unresolved", resolve_errs.join("; ")));
+        }
+        let mut st = ResourceStatus::new(Kind::Subscription, &s.namespace, &s.name, conds);
+        st.subscriber_uri = subscriber.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        st.reply_uri = reply.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        st.dead_letter_sink_uri = dls.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        if !st.ready() {
+            return (None, st);
+        }
+        // No subscriber: events go straight to the reply destination.
+        let (subscriber_url, reply) = match (st.subscriber_uri.clone(), st.reply_uri.clone()) {
+            (Some(s), Some(r)) => (s, ReplyPlan::Url(r)),
+            (Some(s), None) => (s, ReplyPlan::Discard),
+            (None, Some(r)) => (r, ReplyPlan::Discard),
+            (None, None) => return (None, st),
+        };
+        let plan = WorkerPlan {
+            kind: "subscription",
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            source: s.channel.clone(),
+            filter: Filter::match_all(),
+            reply,
+            subscriber_url,
+            dead_letter_url: st.dead_letter_sink_uri.clone(),
+            policy: spec.retry_policy(self.config.default_delay()),
+            format: spec.format.unwrap_or_default(),
+            max_in_flight: self.config.max_in_flight,
+        };
+        (Some(plan), st)
+    }
+}
