@@ -1,0 +1,267 @@
+//! Channels, Subscriptions, Sequence and Parallel on a running `spate serve`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use common::*;
+use spate_core::CloudEvent;
+
+/// A subscriber response carrying `ev` as a binary-mode reply.
+fn reply_with(ev: &CloudEvent) -> Response {
+    let mut h = HeaderMap::new();
+    let body = spate_core::http_codec::encode_binary(ev, &mut h);
+    (StatusCode::OK, h, body).into_response()
+}
+
+/// A step that appends `suffix` to the text payload and replies.
+async fn transformer(suffix: &'static str) -> Sink {
+    Sink::with(
+        Arc::new(move |r, _| {
+            let mut ev = r.event.clone();
+            let data = String::from_utf8_lossy(ev.data.as_deref().unwrap_or_default()).into_owned();
+            ev.data = Some(Bytes::from(format!("{data}{suffix}")));
+            ev.datacontenttype = Some("text/plain".into());
+            reply_with(&ev)
+        }),
+        Duration::ZERO,
+    )
+    .await
+}
+
+fn yaml_channel(name: &str) -> String {
+    format!("apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: {name}\n")
+}
+
+fn subscription(name: &str, channel: &str, subscriber: &str, reply: &str) -> String {
+    format!(
+        "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: {channel}\n  subscriber:\n{subscriber}{reply}"
+    )
+}
+
+fn uri(u: &str) -> String {
+    format!("    uri: {u}\n")
+}
+
+async fn address(s: &Server, group_plural: &str, name: &str) -> String {
+    let v = s.admin_json(&format!("/apis/{group_plural}/namespaces/default/{name}")).await;
+    v["status"]["address"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address for {group_plural}/{name}: {v}"))
+        .to_string()
+}
+
+async fn post(url: &str, id: &str, ty: &str, data: &str) -> u16 {
+    client()
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/test")
+        .header("ce-type", ty)
+        .header("content-type", "text/plain")
+        .body(data.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn start(yaml: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(yaml).await;
+    (dir, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_feeds_every_subscription_and_a_reply_reaches_a_brokers_trigger() {
+    let a = Sink::start().await;
+    let replier = Sink::with(
+        Arc::new(|r, _| {
+            let mut ev = r.event.clone();
+            ev.id = format!("re-{}", ev.id);
+            ev.ty = "from.b".into();
+            reply_with(&ev)
+        }),
+        Duration::ZERO,
+    )
+    .await;
+    let at_trigger = Sink::start().await;
+    let broker_ref =
+        "  reply:\n    ref:\n      apiVersion: eventing.knative.dev/v1\n      kind: Broker\n      name: default\n";
+    let yaml = [
+        yaml_channel("ch"),
+        subscription("sub-a", "ch", &uri(&a.url), ""),
+        subscription("sub-b", "ch", &uri(&replier.url), broker_ref),
+        broker("default", ""),
+        trigger("from-b", "default", &type_filter("from.b"), &at_trigger.url, ""),
+    ]
+    .join("---\n");
+    let (_d, s) = start(&yaml).await;
+    let ch = address(&s, "messaging.knative.dev/v1", "inmemorychannels/ch").await;
+    assert_eq!(ch, format!("{}/channels/default/ch", s.data));
+    for i in 0..5 {
+        assert_eq!(post(&ch, &format!("c{i}"), "t", "x").await, 202);
+    }
+    a.wait_for(5).await;
+    replier.wait_for(5).await;
+    let got = at_trigger.wait_for(5).await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["re-c0", "re-c1", "re-c2", "re-c3", "re-c4"]);
+    let sub = s.admin_json("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions/sub-b").await;
+    assert_eq!(sub["status"]["physicalSubscription"]["subscriberUri"], replier.url.as_str());
+    assert_eq!(sub["status"]["physicalSubscription"]["replyUri"], s.broker_url("default", "default"));
+    let chan = s.admin_json("/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels/ch").await;
+    assert_eq!(chan["status"]["subscribers"].as_array().unwrap().len(), 2, "{chan}");
+    // Unknown channel: 404.
+    assert_eq!(post(&format!("{}/channels/default/nope", s.data), "x", "t", "x").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_applies_its_steps_in_order_and_a_failing_step_dead_letters() {
+    let (t1, t2, t3) = (transformer("-1").await, transformer("-2").await, transformer("-3").await);
+    let end = Sink::start().await;
+    let failing = Sink::with(Arc::new(|_, _| StatusCode::INTERNAL_SERVER_ERROR.into_response()), Duration::ZERO).await;
+    let dls = Sink::start().await;
+    let seq = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n  channelTemplate:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n  steps:\n    - uri: {}\n    - uri: {}\n    - uri: {}\n  reply:\n    uri: {}\n",
+        t1.url, t2.url, t3.url, end.url
+    );
+    let bad = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: bad\nspec:\n  steps:\n    - uri: {}\n    - uri: {}\n      delivery:\n        retry: 2\n        backoffPolicy: linear\n        backoffDelay: PT0.01S\n        deadLetterSink:\n          uri: {}\n  reply:\n    uri: {}\n",
+        t1.url, failing.url, dls.url, end.url
+    );
+    let (_d, s) = start(&[seq, bad].join("---\n")).await;
+    let seq_url = address(&s, "flows.knative.dev/v1", "sequences/seq").await;
+    assert_eq!(post(&seq_url, "s1", "t", "start").await, 202);
+    let got = end.wait_for_id("s1").await;
+    assert_eq!(got[0].event.data.as_deref(), Some(&b"start-1-2-3"[..]), "three transformations in order");
+
+    let bad_url = address(&s, "flows.knative.dev/v1", "sequences/bad").await;
+    assert_eq!(post(&bad_url, "b1", "t", "start").await, 202);
+    let dead = dls.wait_for(1).await;
+    assert_eq!(dead[0].event.id, "b1");
+    assert_eq!(dead[0].event.data.as_deref(), Some(&b"start-1"[..]), "the failing step's input is dead-lettered");
+    assert_eq!(
+        dead[0].event.extension("knativeerrorcode").map(|v| v.to_canonical().into_owned()).as_deref(),
+        Some("500")
+    );
+    failing.wait_for(3).await;
+    assert!(end.events().iter().all(|r| r.event.id != "b1"));
+
+    let v = s.admin_json("/apis/flows.knative.dev/v1/namespaces/default/sequences/seq").await;
+    assert_eq!(v["status"]["channelStatuses"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["status"]["subscriptionStatuses"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["status"]["subscriptionStatuses"][1]["subscription"]["name"], "seq-kn-sequence-1");
+}
+
+/// A branch filter: returns the event when `data` parses as an even (or odd) number.
+async fn parity_filter(even: bool) -> Sink {
+    Sink::with(
+        Arc::new(move |r, _| {
+            let n: i64 =
+                String::from_utf8_lossy(r.event.data.as_deref().unwrap_or_default()).trim().parse().unwrap_or(-1);
+            if n >= 0 && (n % 2 == 0) == even { reply_with(&r.event) } else { StatusCode::ACCEPTED.into_response() }
+        }),
+        Duration::ZERO,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_routes_each_event_to_exactly_one_branch_and_replies_globally() {
+    let (even_f, odd_f) = (parity_filter(true).await, parity_filter(false).await);
+    let (even, odd) = (transformer(" even").await, transformer(" odd").await);
+    let global = Sink::start().await;
+    let par = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Parallel\nmetadata:\n  name: par\nspec:\n  branches:\n    - filter:\n        uri: {}\n      subscriber:\n        uri: {}\n    - filter:\n        uri: {}\n      subscriber:\n        uri: {}\n  reply:\n    uri: {}\n",
+        even_f.url, even.url, odd_f.url, odd.url, global.url
+    );
+    let (_d, s) = start(&par).await;
+    let url = address(&s, "flows.knative.dev/v1", "parallels/par").await;
+    for n in 0..10 {
+        assert_eq!(post(&url, &format!("n{n}"), "num", &n.to_string()).await, 202);
+    }
+    let replies = global.wait_for(10).await;
+    let mut data: Vec<String> =
+        replies.iter().map(|r| String::from_utf8_lossy(r.event.data.as_deref().unwrap()).into_owned()).collect();
+    data.sort();
+    let mut want: Vec<String> = (0..10).map(|n| format!("{n} {}", if n % 2 == 0 { "even" } else { "odd" })).collect();
+    want.sort();
+    assert_eq!(data, want, "each event reached exactly one branch, and every branch reply reached the global reply");
+    assert_eq!(even.count(), 5);
+    assert_eq!(odd.count(), 5);
+    let v = s.admin_json("/apis/flows.knative.dev/v1/namespaces/default/parallels/par").await;
+    assert_eq!(v["status"]["branchStatuses"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["status"]["ingressChannelStatus"]["channel"]["name"], "par-kn-parallel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_feeds_a_sequence_whose_step_is_a_parallel() {
+    let t = transformer("-p").await;
+    let after = transformer("-after").await;
+    let end = Sink::start().await;
+    // A Parallel answers 202 and replies through its own `reply` (as in Knative): it continues
+    // into the Sequence's next channel, whose name is deterministic (`<sequence>-kn-sequence-<k>`).
+    let par = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Parallel\nmetadata:\n  name: inner\nspec:\n  branches:\n    - subscriber:\n        uri: {}\n  reply:\n    ref:\n      apiVersion: messaging.knative.dev/v1\n      kind: InMemoryChannel\n      name: outer-kn-sequence-1\n",
+        t.url
+    );
+    let seq = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: outer\nspec:\n  steps:\n    - ref:\n        apiVersion: flows.knative.dev/v1\n        kind: Parallel\n        name: inner\n    - uri: {}\n  reply:\n    uri: {}\n",
+        after.url, end.url
+    );
+    let trig = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-seq\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: flows.knative.dev/v1\n      kind: Sequence\n      name: outer\n";
+    let (_d, s) = start(&[broker("default", ""), par, seq, trig.to_string()].join("---\n")).await;
+    assert_eq!(post(&s.broker_url("default", "default"), "e1", "t", "go").await, 202);
+    let got = end.wait_for_id("e1").await;
+    assert_eq!(got[0].event.data.as_deref(), Some(&b"go-p-after"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_sequence_removes_its_channels_and_reapplying_works() {
+    let t = transformer("!").await;
+    let end = Sink::start().await;
+    let seq = format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n  steps:\n    - uri: {}\n  reply:\n    uri: {}\n",
+        t.url, end.url
+    );
+    let (_d, s) = start(&seq).await;
+    let url = address(&s, "flows.knative.dev/v1", "sequences/seq").await;
+    assert_eq!(post(&url, "a", "t", "x").await, 202);
+    end.wait_for_id("a").await;
+    let r = client()
+        .delete(format!("{}/apis/flows.knative.dev/v1/namespaces/default/sequences/seq", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(post(&url, "b", "t", "x").await, 404, "the sequence's channel is gone");
+    s.apply_ok(&seq).await;
+    assert_eq!(post(&url, "c", "t", "x").await, 202);
+    let got = end.wait_for_id("c").await;
+    assert_eq!(got.iter().find(|r| r.event.id == "c").unwrap().event.data.as_deref(), Some(&b"x!"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_channel_is_refused_with_the_reason() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    let (code, v) = s.apply("apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: k\nspec:\n  numPartitions: 3\n").await;
+    assert_eq!(code, 422);
+    assert!(v["errors"][0].as_str().unwrap().contains("KafkaChannel needs the Kafka backend"), "{v}");
+    let (code, v) = s
+        .apply("apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: c\nspec:\n  channelTemplate:\n    apiVersion: messaging.knative.dev/v1beta1\n    kind: KafkaChannel\n")
+        .await;
+    assert_eq!(code, 422);
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("spec.channelTemplate.kind: KafkaChannel needs the Kafka backend"),
+        "{v}"
+    );
+}
