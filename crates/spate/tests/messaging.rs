@@ -56,19 +56,7 @@ async fn address(s: &Server, group_plural: &str, name: &str) -> String {
 }
 
 async fn post(url: &str, id: &str, ty: &str, data: &str) -> u16 {
-    client()
-        .post(url)
-        .header("ce-specversion", "1.0")
-        .header("ce-id", id)
-        .header("ce-source", "/test")
-        .header("ce-type", ty)
-        .header("content-type", "text/plain")
-        .body(data.to_string())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    send_as(url, id, ty, "text/plain", data).await
 }
 
 async fn start(yaml: &str) -> (tempfile::TempDir, Server) {

@@ -235,15 +235,20 @@ pub fn type_filter(ty: &str) -> String {
     format!("  filter:\n    attributes:\n      type: {ty}\n")
 }
 
-/// Sends a binary-mode event and returns the status.
+/// Sends a binary-mode JSON event and returns the status.
 pub async fn send(url: &str, id: &str, ty: &str, data: &str) -> u16 {
+    send_as(url, id, ty, "application/json", data).await
+}
+
+/// Sends a binary-mode event with the given content type and returns the status.
+pub async fn send_as(url: &str, id: &str, ty: &str, content_type: &str, data: &str) -> u16 {
     client()
         .post(url)
         .header("ce-specversion", "1.0")
         .header("ce-id", id)
         .header("ce-source", "/test")
         .header("ce-type", ty)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(data.to_string())
         .send()
         .await
