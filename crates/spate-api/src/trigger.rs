@@ -59,33 +59,24 @@ fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
             fs.map(|fs| if dialect == "all" { Filter::All(fs) } else { Filter::Any(fs) })
         }
         "not" => compile_filter(w, body, &p).map(|f| Filter::Not(Box::new(f))),
-        "cel" => {
-            let Value::String(expr) = body else {
-                w.error(&p, "must be a CEL expression string");
-                return None;
-            };
-            match Filter::cel(expr) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    filter_errors(w, &p, e);
-                    None
-                }
-            }
-        }
-        _ => {
-            let Value::String(expr) = body else {
-                w.error(&p, "must be a CESQL expression string");
-                return None;
-            };
-            match Filter::cesql(expr) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    filter_errors(w, &p, e);
-                    None
-                }
-            }
-        }
+        "cel" => expression(w, body, &p, "CEL", Filter::cel),
+        _ => expression(w, body, &p, "CESQL", Filter::cesql),
     }
+}
+
+/// An expression dialect: the body must be a string that `compile` accepts.
+fn expression(
+    w: &mut Walker,
+    body: &Value,
+    path: &str,
+    language: &str,
+    compile: fn(&str) -> Result<Filter, Vec<FilterError>>,
+) -> Option<Filter> {
+    let Value::String(expr) = body else {
+        w.error(path, format!("must be a {language} expression string"));
+        return None;
+    };
+    compile(expr).map_err(|e| filter_errors(w, path, e)).ok()
 }
 
 pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metadata: &Value) -> Option<TriggerConfig> {

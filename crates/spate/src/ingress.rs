@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use spate_core::CloudEvent;
 use spate_eventing::{Eventing, PublishError};
 
 #[derive(Clone)]
@@ -109,10 +110,8 @@ async fn channel_ingress(
             .eventing
             .channel(&namespace, &channel)
             .ok_or_else(|| IngressError::NoSuchChannel(format!("{namespace}/{channel}")))?;
-        let body = read_body(&headers, body, st.max_event_size).await?;
-        let decoded =
-            spate_core::http_codec::decode(&headers, body).map_err(|e| IngressError::Malformed(e.to_string()))?;
-        ch.publish(decoded.events).await.map_err(IngressError::Publish)?;
+        let events = read_events(&st, &headers, body, &format!("channel {namespace}/{channel}")).await?;
+        ch.publish(events).await.map_err(IngressError::Publish)?;
         Ok(StatusCode::ACCEPTED.into_response())
     };
     r.await.unwrap_or_else(IngressError::into_response)
@@ -146,15 +145,27 @@ async fn accept(
         .eventing
         .broker(namespace, broker)
         .ok_or_else(|| IngressError::NoSuchBroker(format!("{namespace}/{broker}")))?;
-    let body = read_body(&headers, body, st.max_event_size).await?;
-    let decoded = spate_core::http_codec::decode(&headers, body).map_err(|e| IngressError::Malformed(e.to_string()))?;
+    let events = read_events(st, &headers, body, &format!("broker {namespace}/{broker}")).await?;
+    b.publish(events).await.map_err(IngressError::Publish)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The events of a request to an addressable: body limit, strict decoding,
+/// and a warning for attribute names past CloudEvents' recommended 20 characters.
+async fn read_events(
+    st: &Ingress,
+    headers: &HeaderMap,
+    body: Body,
+    target: &str,
+) -> Result<Vec<CloudEvent>, IngressError> {
+    let body = read_body(headers, body, st.max_event_size).await?;
+    let decoded = spate_core::http_codec::decode(headers, body).map_err(|e| IngressError::Malformed(e.to_string()))?;
     for ev in &decoded.events {
         for name in ev.long_attribute_names() {
-            tracing::warn!(broker = %format!("{namespace}/{broker}"), attribute = name, "attribute name is longer than the 20 characters CloudEvents recommends");
+            tracing::warn!(%target, attribute = name, "attribute name is longer than the 20 characters CloudEvents recommends");
         }
     }
-    b.publish(decoded.events).await.map_err(IngressError::Publish)?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(decoded.events)
 }
 
 #[cfg(test)]
