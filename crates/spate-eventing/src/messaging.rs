@@ -13,6 +13,7 @@ use spate_api::{ChannelConfig, ChannelStorage, DeliverySpec, Kind, SubscriptionC
 use spate_core::{CloudEvent, Destination, KRef, storage};
 use spate_filter::Filter;
 use spate_log::{EventLog, LogBackend};
+use tokio::sync::watch;
 
 use crate::broker::PublishError;
 use crate::feed::Feed;
@@ -196,11 +197,65 @@ pub(crate) fn channel_log_name(ns: &str, name: &str) -> String {
 
 type Key = (String, String);
 
+/// Every worker has committed everything its channel holds.
+fn drained(workers: &[TriggerWorker]) -> bool {
+    workers.iter().all(|w| w.feed.log.committed(&w.plan.consumer()).unwrap_or(0) >= w.feed.log.end_offset())
+}
+
+/// A channel removed from a flow that still had undelivered events: its
+/// subscriptions keep delivering (with their last plan) until everything
+/// accepted has been committed, then its log is deleted. Nothing new can
+/// arrive: the channel is no longer addressable.
+pub(crate) struct Drain {
+    channel: Arc<Channel>,
+    cancel: watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<bool>,
+}
+
+impl Drain {
+    fn start(channel: Arc<Channel>, workers: Vec<TriggerWorker>, backend: Arc<dyn LogBackend>) -> Drain {
+        let (cancel, mut cancelled) = watch::channel(false);
+        let log_name = channel_log_name(&channel.config.namespace, &channel.config.name);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            let done = loop {
+                if drained(&workers) {
+                    break true;
+                }
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = cancelled.changed() => break false,
+                }
+            };
+            for w in workers {
+                w.stop().await;
+            }
+            if done {
+                tracing::info!(log = %log_name, "removed channel drained; deleting its log");
+                if let Err(e) = backend.remove(&log_name) {
+                    tracing::error!(log = %log_name, error = %e, "could not delete the drained channel's log");
+                }
+            }
+            done
+        });
+        Drain { channel, cancel, task }
+    }
+
+    /// Stops draining; returns the channel unless its log was already deleted.
+    pub async fn cancel(self) -> Option<Arc<Channel>> {
+        let _ = self.cancel.send(true);
+        match self.task.await {
+            Ok(false) => Some(self.channel),
+            _ => None,
+        }
+    }
+}
+
 impl Eventing {
-    fn channel_backend(&self, storage: ChannelStorage) -> &dyn LogBackend {
+    fn channel_backend(&self, storage: ChannelStorage) -> Arc<dyn LogBackend> {
         match storage {
-            ChannelStorage::Log => &*self.backend,
-            ChannelStorage::Memory => &*self.memory,
+            ChannelStorage::Log => self.backend.clone(),
+            ChannelStorage::Memory => self.memory.clone(),
         }
     }
 
@@ -219,7 +274,19 @@ impl Eventing {
         let mut subs = self.subscriptions.lock().await;
         let want: HashSet<Key> = x.channels.iter().map(|c| (c.namespace.clone(), c.name.clone())).collect();
 
-        // Channels that are gone: stop their subscriptions, delete their logs.
+        // Draining channels that are wanted again come back with their log.
+        let mut draining = self.draining.lock().await;
+        draining.retain(|_, d| !d.task.is_finished());
+        let back: Vec<Key> = draining.keys().filter(|k| want.contains(*k)).cloned().collect();
+        for k in back {
+            let d = draining.remove(&k).expect("draining key");
+            if let Some(ch) = d.cancel().await {
+                self.channels.write().expect("channels lock").insert(k, ch);
+            }
+        }
+
+        // Channels that are gone: stop their subscriptions, delete their logs;
+        // a flow's channel with undelivered events (a step was removed) drains first.
         let gone: Vec<Arc<Channel>> = self
             .channels
             .read()
@@ -235,16 +302,23 @@ impl Eventing {
                 .filter(|(_, w)| w.plan.namespace == ns && w.plan.source == name)
                 .map(|(k, _)| k.clone())
                 .collect();
-            for k in stale {
-                if let Some(w) = subs.remove(&k) {
-                    w.stop().await;
-                }
-            }
+            let workers: Vec<TriggerWorker> = stale.iter().filter_map(|k| subs.remove(k)).collect();
             self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
-            if let Err(e) = self.channel_backend(ch.config.storage).remove(&channel_log_name(&ns, &name)) {
+            let flow_lives = x.flows.iter().any(|f| f.namespace == ns && name.starts_with(&format!("{}-kn-", f.name)));
+            let backend = self.channel_backend(ch.config.storage);
+            if flow_lives && !workers.is_empty() && !drained(&workers) {
+                tracing::info!(channel = %format!("{ns}/{name}"), "channel removed from its flow; draining its undelivered events");
+                draining.insert((ns, name), Drain::start(ch, workers, backend));
+                continue;
+            }
+            for w in workers {
+                w.stop().await;
+            }
+            if let Err(e) = backend.remove(&channel_log_name(&ns, &name)) {
                 tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's log");
             }
         }
+        drop(draining);
 
         let mut channel_status: HashMap<Key, ResourceStatus> = HashMap::new();
         for c in &x.channels {

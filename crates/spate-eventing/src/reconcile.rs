@@ -105,6 +105,8 @@ pub struct Eventing {
     triggers: Mutex<HashMap<Key, TriggerWorker>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
     pub(crate) subscriptions: Mutex<HashMap<Key, TriggerWorker>>,
+    /// Channels removed from a flow, delivering what they still hold.
+    pub(crate) draining: Mutex<HashMap<Key, crate::messaging::Drain>>,
 }
 
 impl Eventing {
@@ -118,6 +120,7 @@ impl Eventing {
             triggers: Mutex::new(HashMap::new()),
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashMap::new()),
         }
     }
 
@@ -355,6 +358,9 @@ impl Eventing {
 
     /// Stops every worker (in-flight deliveries stay uncommitted).
     pub async fn shutdown(&self) {
+        for (_, d) in self.draining.lock().await.drain() {
+            d.cancel().await;
+        }
         for workers in [&self.triggers, &self.subscriptions] {
             let mut g = workers.lock().await;
             for (_, w) in g.drain() {

@@ -253,3 +253,111 @@ async fn kafka_channel_is_refused_with_the_reason() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_sequence_loses_no_accepted_event() {
+    let t1 = transformer("-1").await;
+    let t2 = transformer("-2").await;
+    // Step 2 answers 503 until the gate opens, so events pile up in its channel.
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let o = open.clone();
+    let gate = Sink::with(
+        Arc::new(move |r, _| {
+            if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            let mut ev = r.event.clone();
+            let data = String::from_utf8_lossy(ev.data.as_deref().unwrap_or_default()).into_owned();
+            ev.data = Some(Bytes::from(format!("{data}-g")));
+            reply_with(&ev)
+        }),
+        Duration::ZERO,
+    )
+    .await;
+    let end = Sink::start().await;
+    let seq = |steps: &[String]| {
+        format!(
+            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n  steps:\n{}  reply:\n    uri: {}\n",
+            steps.concat(),
+            end.url
+        )
+    };
+    let step = |u: &str| {
+        format!(
+            "    - uri: {u}\n      delivery:\n        retry: 500\n        backoffPolicy: linear\n        backoffDelay: PT0.005S\n"
+        )
+    };
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&seq(&[step(&t1.url), step(&gate.url)])).await;
+    let url = address(&s, "flows.knative.dev/v1", "sequences/seq").await;
+    for i in 0..20 {
+        assert_eq!(post(&url, &format!("e{i}"), "t", "x").await, 202);
+    }
+    // Every event has reached step 2's channel (step 2 has seen each one).
+    gate.wait_until("each event at the closed step 2", |g| {
+        g.iter().map(|r| r.event.id.as_str()).collect::<std::collections::HashSet<_>>().len() == 20
+    })
+    .await;
+
+    // Remove step 2 while its channel holds all 20 undelivered events.
+    s.apply_ok(&seq(&[step(&t1.url)])).await;
+    let v = s.admin_json("/apis/flows.knative.dev/v1/namespaces/default/sequences/seq").await;
+    assert_eq!(v["status"]["channelStatuses"].as_array().unwrap().len(), 1, "{v}");
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..5 {
+        assert_eq!(post(&url, &format!("n{i}"), "t", "x").await, 202);
+    }
+    let got = end.wait_for(25).await;
+    let data = |id: &str| {
+        let all: Vec<_> = got.iter().filter(|r| r.event.id == id).collect();
+        assert_eq!(all.len(), 1, "{id} delivered exactly once");
+        String::from_utf8_lossy(all[0].event.data.as_deref().unwrap()).into_owned()
+    };
+    for i in 0..20 {
+        assert_eq!(data(&format!("e{i}")), "x-1-g", "accepted before the edit: finishes the old path");
+    }
+    for i in 0..5 {
+        assert_eq!(data(&format!("n{i}")), "x-1", "accepted after the edit: the new path");
+    }
+    // Once drained, the removed step's log is deleted.
+    let log_dir = dir.path().join("logs").join("channel.default.seq-kn-sequence-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "the drained channel's log was not deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Adding a step back reuses the name with a fresh channel.
+    s.apply_ok(&seq(&[step(&t1.url), step(&t2.url)])).await;
+    assert_eq!(post(&url, "a1", "t", "x").await, 202);
+    let got = end.wait_for_id("a1").await;
+    assert_eq!(got.iter().find(|r| r.event.id == "a1").unwrap().event.data.as_deref(), Some(&b"x-1-2"[..]));
+    assert_eq!(
+        end.count(),
+        26,
+        "nothing else arrived: {:?}",
+        end.events().iter().map(|r| &r.event.id).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_channel_delivers_without_touching_the_disk() {
+    let sub = Sink::start().await;
+    let yaml = format!(
+        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: fast\n  annotations:\n    spate.dev/channel-storage: memory\n---\n{}---\n{}",
+        yaml_channel("durable"),
+        [subscription("s-fast", "fast", &uri(&sub.url), ""), subscription("s-durable", "durable", &uri(&sub.url), "")]
+            .join("---\n")
+    );
+    let (d, s) = start(&yaml).await;
+    let fast = address(&s, "messaging.knative.dev/v1", "inmemorychannels/fast").await;
+    let durable = address(&s, "messaging.knative.dev/v1", "inmemorychannels/durable").await;
+    assert_eq!(post(&fast, "m1", "t", "x").await, 202);
+    assert_eq!(post(&durable, "d1", "t", "x").await, 202);
+    sub.wait_for_id("m1").await;
+    sub.wait_for_id("d1").await;
+    let logs = d.path().join("logs");
+    assert!(logs.join("channel.default.durable").is_dir(), "the default channel is on the log");
+    assert!(!logs.join("channel.default.fast").exists(), "the memory channel wrote nothing to disk");
+}
