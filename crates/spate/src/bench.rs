@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, StatusCode};
 use spate_core::{CloudEvent, ExtValue};
 use tokio::sync::Notify;
 
-use crate::cli::BenchArgs;
+use spate_api::Kind;
+
+use crate::cli::{BenchArgs, BenchTarget};
 
 fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
@@ -270,6 +272,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         ""
     };
+    if a.target == BenchTarget::Channel {
+        if a.triggers > 1 || a.stopped_subscriber {
+            bail!("--triggers and --stopped-subscriber apply to --target broker");
+        }
+        return channel(&a, &sink, child, &admin).await;
+    }
     let yaml = format!(
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"256\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
         sink.url
@@ -285,7 +293,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     apply(&admin, &yaml).await.context("creating the bench broker and triggers")?;
     let broker_url = match &child {
         Some(c) => format!("{}/default/bench", c.data),
-        None => crate::client::broker_url(&admin, "default", "bench").await?,
+        None => crate::client::address_url(&admin, Kind::Broker, "default", "bench").await?,
     };
     let pid = child.as_ref().map(|c| c.child.id());
     let mode = if a.rate > 0.0 {
@@ -301,18 +309,34 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         a.fsync,
         a.triggers.max(1)
     );
+    report_idle(pid).await;
+    if a.stopped_subscriber {
+        return backlog(&a, &sink, &broker_url, pid).await;
+    }
+    measure(&a, &sink, &broker_url, pid, 1, "broker (ingress → durable log → trigger → sink)").await
+}
+
+async fn report_idle(pid: Option<u32>) {
     if let Some(pid) = pid {
         tokio::time::sleep(Duration::from_millis(300)).await;
         println!("server idle RSS: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
+}
 
-    if a.stopped_subscriber {
-        return backlog(&a, &sink, &broker_url, pid).await;
-    }
+/// Runs the baseline (unless skipped), then the load through `url`, where
+/// each accepted event should reach the sink `fanout` times.
+async fn measure(
+    a: &BenchArgs,
+    sink: &BenchSink,
+    url: &str,
+    pid: Option<u32>,
+    fanout: u64,
+    title: &str,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut baseline_rate = None;
     if !a.no_baseline {
         sink.reset();
-        let r = drive(&a, &sink.url).await;
+        let r = drive(a, &sink.url).await;
         sink.wait_for(r.acked, Duration::from_secs(30)).await;
         let rate = r.acked as f64 / r.elapsed.as_secs_f64();
         baseline_rate = Some(rate);
@@ -325,27 +349,60 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 
     sink.reset();
     let started = Instant::now();
-    let r = drive(&a, &broker_url).await;
+    let r = drive(a, url).await;
     let ingress_rate = r.acked as f64 / r.elapsed.as_secs_f64();
-    let complete = sink.wait_for(r.acked, Duration::from_secs(120)).await;
+    let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await;
     let last = sink.last_at.lock().expect("lock").unwrap_or_else(Instant::now);
-    let e2e_rate = sink.received.load(Ordering::SeqCst) as f64 / (last - started).as_secs_f64();
+    let delivered = sink.received.load(Ordering::SeqCst);
+    let e2e_rate = delivered as f64 / (last - started).as_secs_f64();
     let e2e = std::mem::take(&mut *sink.latencies.lock().expect("lock"));
-    println!("\nbroker (ingress → durable log → trigger → sink)");
+    println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
     println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
+    let per = if fanout > 1 { format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64) } else { String::new() };
     println!(
-        "  end-to-end throughput: {e2e_rate:.0} events/s{}",
+        "  end-to-end throughput: {e2e_rate:.0} deliveries/s{per}{}",
         if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
     );
     println!("  end-to-end latency: {}", percentiles(e2e));
     if let Some(b) = baseline_rate {
-        println!("  end-to-end / baseline throughput: {:.2}", e2e_rate / b);
+        println!("  end-to-end deliveries / baseline throughput: {:.2}", e2e_rate / b);
     }
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
     Ok(if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// `--target channel`: one InMemoryChannel (on the durable log) with
+/// `--subscriptions` subscriptions, each delivering every event to the sink.
+async fn channel(
+    a: &BenchArgs,
+    sink: &BenchSink,
+    child: Option<Child_>,
+    admin: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    let n = a.subscriptions.max(1);
+    let mut yaml = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: bench\n".to_string();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: bench-{i}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: bench\n  subscriber:\n    uri: {}\n",
+            sink.url
+        ));
+    }
+    apply(admin, &yaml).await.context("creating the bench channel and subscriptions")?;
+    let url = match &child {
+        Some(c) => format!("{}/channels/default/bench", c.data),
+        None => crate::client::address_url(admin, Kind::InMemoryChannel, "default", "bench").await?,
+    };
+    let pid = child.as_ref().map(|c| c.child.id());
+    println!(
+        "spate bench: {} events of {} bytes, concurrency {}, batch {}, fsync {}, channel with {n} subscription(s)",
+        a.events, a.size, a.concurrency, a.batch, a.fsync
+    );
+    report_idle(pid).await;
+    let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
+    measure(a, sink, &url, pid, n as u64, &title).await
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.

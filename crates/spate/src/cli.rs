@@ -210,4 +210,16 @@ pub struct BenchArgs {
     /// on other exact types (measures matching cost as triggers grow).
     #[arg(long, default_value_t = 1)]
     pub triggers: usize,
+    /// What the load goes through: a Broker with Triggers, or a Channel with Subscriptions.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Broker)]
+    pub target: BenchTarget,
+    /// With `--target channel`: subscriptions on the channel, each delivering every event to the sink.
+    #[arg(long, default_value_t = 1)]
+    pub subscriptions: usize,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    Broker,
+    Channel,
 }

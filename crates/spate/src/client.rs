@@ -164,14 +164,17 @@ pub async fn get(a: GetArgs) -> Exit {
 }
 
 /// Resolves a broker's address through the admin API (`status.address.url`).
-pub async fn broker_url(server: &str, ns: &str, name: &str) -> anyhow::Result<String> {
-    match get_objects(server, Kind::Broker, Some(ns), Some(name)).await? {
+/// `status.address.url` of an addressable resource (Broker, Channel, Sequence, …).
+pub async fn address_url(server: &str, kind: Kind, ns: &str, name: &str) -> anyhow::Result<String> {
+    let k = kind.name();
+    let lower = k.to_ascii_lowercase();
+    match get_objects(server, kind, Some(ns), Some(name)).await? {
         Ok(items) => {
             items[0].pointer("/status/address/url").and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-                anyhow!("Broker {ns}/{name} has no address yet (is it Ready? see `spate get broker {name} -n {ns}`)")
+                anyhow!("{k} {ns}/{name} has no address yet (is it Ready? see `spate get {lower} {name} -n {ns}`)")
             })
         }
-        Err(_) => bail!("Broker {ns}/{name} not found (see `spate get brokers -A`)"),
+        Err(_) => bail!("{k} {ns}/{name} not found (see `spate get {lower} -A`)"),
     }
 }
 
@@ -215,7 +218,7 @@ impl Progress {
 pub async fn send(a: SendArgs) -> Exit {
     let url = match (&a.to, &a.broker) {
         (Some(u), _) => u.clone(),
-        (None, Some(b)) => broker_url(&a.server.server, &a.namespace, b).await?,
+        (None, Some(b)) => address_url(&a.server.server, Kind::Broker, &a.namespace, b).await?,
         (None, None) => bail!("give --to URL or --broker NAME"),
     };
     let exts = parse_extensions(&a.extensions)?;
