@@ -2,15 +2,8 @@
 # Runs `spate serve -f examples/quickstart.yaml` on the embedded log, sends a
 # few events with `spate send`, and shows them arriving at the built-in event
 # display (printed by spate serve below). Uses 127.0.0.1:8080 and :8081.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -q -p spate
-spate=target/release/spate
-data=$(mktemp -d)
-"$spate" serve -f examples/quickstart.yaml --data-dir "$data" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
-until "$spate" get brokers >/dev/null 2>&1; do sleep 0.1; done
+source "$(dirname "$0")/lib.sh"
+start_spate examples/quickstart.yaml
 echo; "$spate" get brokers; echo; "$spate" get triggers; echo
 "$spate" send --broker default --type com.example.order.created --data '{"order":42}'
 "$spate" send --broker default --type com.example.payment.received -e region=eu --data '{"amount":"9.50"}'

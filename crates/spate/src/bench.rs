@@ -359,7 +359,11 @@ async fn measure(
     println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
     println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
-    let per = if fanout > 1 { format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64) } else { String::new() };
+    let per = if fanout > 1 {
+        format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64)
+    } else {
+        String::new()
+    };
     println!(
         "  end-to-end throughput: {e2e_rate:.0} deliveries/s{per}{}",
         if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
@@ -383,7 +387,8 @@ async fn channel(
     admin: &str,
 ) -> anyhow::Result<std::process::ExitCode> {
     let n = a.subscriptions.max(1);
-    let mut yaml = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: bench\n".to_string();
+    let mut yaml =
+        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: bench\n".to_string();
     for i in 0..n {
         yaml.push_str(&format!(
             "---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: bench-{i}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: bench\n  subscriber:\n    uri: {}\n",

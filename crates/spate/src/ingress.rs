@@ -66,6 +66,7 @@ impl IntoResponse for IngressError {
 pub fn router(state: Ingress) -> Router {
     Router::new()
         .route("/_spate/display/{label}", any(crate::display::handler))
+        .nest("/_spate/fn", crate::functions::router(state.max_event_size))
         .route("/{namespace}/{broker}", any(broker_ingress))
         .route("/channels/{namespace}/{channel}", any(channel_ingress))
         .with_state(state)

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod control;
 mod display;
+mod functions;
 mod ingress;
 mod output;
 mod serve;

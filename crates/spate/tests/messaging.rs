@@ -361,3 +361,77 @@ async fn a_memory_channel_delivers_without_touching_the_disk() {
     assert!(logs.join("channel.default.durable").is_dir(), "the default channel is on the log");
     assert!(!logs.join("channel.default.fast").exists(), "the memory channel wrote nothing to disk");
 }
+
+/// An example manifest from `examples/`, pointed at this server, with its
+/// event-display subscribers replaced by `sink`.
+fn example(name: &str, s: &Server, sink: &Sink) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name);
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let display = display_urls(&yaml);
+    let mut out = yaml.clone();
+    for d in display {
+        out = out.replace(&d, &sink.url);
+    }
+    out.replace("http://127.0.0.1:8080", &s.data)
+}
+
+/// The `…/_spate/display/<label>` URLs in a manifest.
+fn display_urls(yaml: &str) -> Vec<String> {
+    yaml.split_whitespace().filter(|w| w.contains("/_spate/display/")).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequence_example_runs_as_documented() {
+    let sink = Sink::start().await;
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&example("sequence.yaml", &s, &sink)).await;
+    assert_eq!(
+        send_as(
+            &s.broker_url("default", "default"),
+            "p1",
+            "dev.example.ping",
+            "application/json",
+            r#"{"id":1,"message":"Hello world!"}"#
+        )
+        .await,
+        202
+    );
+    let got = sink.wait_for_id("p1").await;
+    assert_eq!(got.len(), 1, "only the final result reaches the display trigger");
+    assert_eq!(got[0].event.ty, "samples.http.mod3");
+    let v: serde_json::Value = serde_json::from_slice(got[0].event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(v["message"], "Hello world! - Handled by 0 - Handled by 1 - Handled by 2");
+    assert_eq!(v["id"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parallel_example_runs_as_documented() {
+    let sink = Sink::start().await;
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&example("parallel.yaml", &s, &sink)).await;
+    for n in 1..=6 {
+        let code = send_as(
+            &s.broker_url("default", "default"),
+            &format!("n{n}"),
+            "dev.example.number",
+            "application/json",
+            &format!(r#"{{"n":{n}}}"#),
+        )
+        .await;
+        assert_eq!(code, 202);
+    }
+    let got = sink.wait_for(6).await;
+    for n in 1..=6 {
+        let all: Vec<_> = got.iter().filter(|r| r.event.id == format!("n{n}")).collect();
+        assert_eq!(all.len(), 1, "n{n} reaches exactly one branch");
+        let v: serde_json::Value = serde_json::from_slice(all[0].event.data.as_deref().unwrap()).unwrap();
+        let (ty, msg) = if n % 2 == 0 {
+            ("samples.parallel.even", "we are even!")
+        } else {
+            ("samples.parallel.odd", "we are odd!")
+        };
+        assert_eq!((all[0].event.ty.as_str(), v["message"].as_str().unwrap()), (ty, msg), "n{n}");
+    }
+}
