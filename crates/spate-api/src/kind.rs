@@ -9,10 +9,11 @@ pub enum Kind {
     Subscription,
     Sequence,
     Parallel,
+    Service,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -20,6 +21,7 @@ impl Kind {
         Kind::Subscription,
         Kind::Sequence,
         Kind::Parallel,
+        Kind::Service,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Subscription => "Subscription",
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
+            Kind::Service => "Service",
         }
     }
     pub fn group(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Broker | Kind::Trigger => "eventing.knative.dev",
             Kind::Channel | Kind::InMemoryChannel | Kind::Subscription => "messaging.knative.dev",
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
+            Kind::Service => "serving.knative.dev",
         }
     }
     pub fn version(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Kind {
             Kind::Subscription => "subscriptions",
             Kind::Sequence => "sequences",
             Kind::Parallel => "parallels",
+            Kind::Service => "services",
         }
     }
 
@@ -68,6 +73,9 @@ impl Kind {
         let s = s.to_ascii_lowercase();
         if s == "imc" || s == "imcs" {
             return Some(Kind::InMemoryChannel);
+        }
+        if s == "ksvc" || s == "ksvcs" || s == "kservice" {
+            return Some(Kind::Service);
         }
         Kind::ALL.into_iter().find(|k| s == k.name().to_ascii_lowercase() || s == k.plural())
     }

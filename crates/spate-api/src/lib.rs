@@ -11,6 +11,7 @@ mod errors;
 mod kind;
 mod messaging;
 mod meta;
+mod serving;
 mod trigger;
 mod walk;
 
@@ -22,6 +23,10 @@ pub use errors::{AdmissionError, FieldError};
 pub use kind::Kind;
 pub use messaging::{
     ChannelConfig, ChannelStorage, ParallelBranch, ParallelConfig, SequenceConfig, SequenceStep, SubscriptionConfig,
+};
+pub use serving::{
+    AUTOSCALING_PREFIX, Autoscaling, ContainerSpec, Readiness, RevisionTemplate, SCALE_METRIC_ANNOTATION, ScaleMetric,
+    ServiceConfig, TARGET_BACKLOG_ANNOTATION, TrafficRevision, TrafficTarget, compile_template,
 };
 pub use trigger::TriggerConfig;
 
@@ -65,6 +70,7 @@ pub enum Compiled {
     Subscription(SubscriptionConfig),
     Sequence(SequenceConfig),
     Parallel(ParallelConfig),
+    Service(ServiceConfig),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -112,6 +118,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
         Some(Kind::Parallel) => {
             messaging::compile_parallel(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Parallel)
         }
+        Some(Kind::Service) => serving::compile_service(&mut w, spec, &namespace, &name).map(Compiled::Service),
         None => None,
     };
     match (kind, compiled) {
@@ -162,7 +169,12 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
     let mut errs = vec![];
     let who = format!("{} {}/{}", new.kind.name(), new.namespace, new.name);
     match new.kind {
-        Kind::Channel | Kind::InMemoryChannel | Kind::Subscription | Kind::Sequence | Kind::Parallel => {
+        Kind::Channel
+        | Kind::InMemoryChannel
+        | Kind::Subscription
+        | Kind::Sequence
+        | Kind::Parallel
+        | Kind::Service => {
             if new.kind == Kind::Subscription {
                 let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));
                 if a != b {

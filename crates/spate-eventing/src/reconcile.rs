@@ -23,6 +23,8 @@ pub struct Desired {
     pub subscriptions: Vec<SubscriptionConfig>,
     pub sequences: Vec<SequenceConfig>,
     pub parallels: Vec<ParallelConfig>,
+    /// Addressables other rooms run (Knative Services), by namespace and name, with their address.
+    pub services: HashMap<Key, String>,
 }
 
 /// Names of the addressables that exist (desired), by kind, for resolving `ref`s.
@@ -32,6 +34,7 @@ pub(crate) struct Addressables {
     pub channels: HashSet<Key>,
     pub sequences: HashSet<Key>,
     pub parallels: HashSet<Key>,
+    pub services: HashMap<Key, String>,
 }
 
 /// A Knative condition.
@@ -163,12 +166,20 @@ impl Eventing {
                     Some(Kind::Parallel) if names.parallels.contains(&key) => {
                         self.channel_address(&r.namespace, &crate::messaging::parallel_ingress(&r.name))
                     }
-                    Some(Kind::Broker | Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel) => {
+                    Some(Kind::Service) if names.services.contains_key(&key) => names.services[&key].clone(),
+                    Some(
+                        Kind::Broker
+                        | Kind::Channel
+                        | Kind::InMemoryChannel
+                        | Kind::Sequence
+                        | Kind::Parallel
+                        | Kind::Service,
+                    ) => {
                         return missing();
                     }
                     Some(Kind::Trigger | Kind::Subscription) | None => {
                         return Err(format!(
-                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel); use a uri",
+                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service); use a uri",
                             r.kind, r.namespace, r.name, r.api_version
                         ));
                     }
@@ -195,6 +206,7 @@ impl Eventing {
             channels: expanded.channels.iter().map(|c| key(&c.namespace, &c.name)).collect(),
             sequences: desired.sequences.iter().map(|s| key(&s.namespace, &s.name)).collect(),
             parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
+            services: desired.services.clone(),
         };
         let mut triggers = self.triggers.lock().await;
 
@@ -354,6 +366,22 @@ impl Eventing {
             _ => None,
         };
         (plan, st)
+    }
+
+    /// Events not yet delivered by the triggers and subscriptions whose
+    /// subscriber URL starts with `address` (a Service's backlog).
+    pub async fn backlog_for(&self, address: &str) -> u64 {
+        let mut total = 0;
+        for workers in [&self.triggers, &self.subscriptions] {
+            for w in workers.lock().await.values() {
+                let url = &w.plan.subscriber_url;
+                if url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?')) {
+                    let log = &w.feed.log;
+                    total += log.end_offset().saturating_sub(log.committed(&w.plan.consumer()).unwrap_or(0));
+                }
+            }
+        }
+        total
     }
 
     /// Stops every worker (in-flight deliveries stay uncommitted).

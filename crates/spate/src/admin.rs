@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use spate_api::Kind;
 
-use crate::control::{ApiError, ControlPlane};
+use crate::control::{ApiError, ControlPlane, Derived};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -27,6 +27,7 @@ pub fn router(state: Admin) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/apply", post(apply))
+        .route("/logs/{kind}/{ns}/{name}", get(logs))
         .route("/apis/{group}/{version}/{plural}", get(list_all))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
@@ -62,10 +63,32 @@ fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {
         .ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
 }
 
+/// Revisions, Configurations and Routes: read-only, derived from Services.
+fn derived(group: &str, version: &str, plural: &str) -> Option<Derived> {
+    (group == "serving.knative.dev" && version == "v1").then(|| Derived::from_plural(plural)).flatten()
+}
+
+fn list_json(kind: &str, items: Vec<serde_json::Value>) -> Response {
+    axum::Json(json!({"apiVersion": "v1", "kind": format!("{kind}List"), "items": items})).into_response()
+}
+
+async fn logs(
+    State(st): State<Admin>,
+    Path((kind, ns, name)): Path<(String, String, String)>,
+) -> Result<String, ApiError> {
+    if Kind::from_cli(&kind) != Some(Kind::Service) {
+        return Err(ApiError::BadRequest(format!("logs are kept for services, not '{kind}' (use service/NAME)")));
+    }
+    Ok(st.control.logs(&ns, &name)?.into_iter().map(|l| l + "\n").collect())
+}
+
 async fn list_all(
     State(st): State<Admin>,
     Path((group, version, plural)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if let Some(d) = derived(&group, &version, &plural) {
+        return Ok(list_json(d.name(), st.control.get_derived(d, None, None)?));
+    }
     let k = kind(&group, &version, &plural)?;
     let items = st.control.get(k, None, None).await?;
     Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
@@ -75,6 +98,9 @@ async fn list(
     State(st): State<Admin>,
     Path((group, version, ns, plural)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if let Some(d) = derived(&group, &version, &plural) {
+        return Ok(list_json(d.name(), st.control.get_derived(d, Some(&ns), None)?));
+    }
     let k = kind(&group, &version, &plural)?;
     let items = st.control.get(k, Some(&ns), None).await?;
     Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
@@ -84,6 +110,9 @@ async fn get_one(
     State(st): State<Admin>,
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if let Some(d) = derived(&group, &version, &plural) {
+        return Ok(axum::Json(st.control.get_derived(d, Some(&ns), Some(&name))?.remove(0)).into_response());
+    }
     let k = kind(&group, &version, &plural)?;
     let mut items = st.control.get(k, Some(&ns), Some(&name)).await?;
     Ok(axum::Json(items.remove(0)).into_response())

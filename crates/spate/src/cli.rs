@@ -25,6 +25,8 @@ pub enum Command {
     Get(GetArgs),
     /// Send CloudEvents (like `kn event send`).
     Send(SendArgs),
+    /// Show what a Service's instances printed (`spate logs service/NAME`).
+    Logs(LogsArgs),
     /// Validate manifests offline; prints every problem with its field path.
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
@@ -66,6 +68,18 @@ pub struct ServeArgs {
     /// Default backoff delay in milliseconds (Knative's default is 200, exponential).
     #[arg(long, default_value_t = 200)]
     pub default_backoff_ms: u64,
+    /// Domain of Services' host-based URLs: `http://<name>.<namespace>.<domain>:<port>`.
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+    /// Most instances of one revision when its max-scale is unset.
+    #[arg(long, default_value_t = 20)]
+    pub max_instances: u32,
+    /// Requests that may wait per revision for a free instance before 503.
+    #[arg(long, default_value_t = 1000)]
+    pub activator_queue: usize,
+    /// Seconds between SIGTERM and SIGKILL when an instance is stopped.
+    #[arg(long, default_value_t = 10)]
+    pub grace_seconds: u64,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -106,8 +120,19 @@ pub enum OutputFormat {
 }
 
 #[derive(Args)]
+pub struct LogsArgs {
+    /// `service/NAME` (or `ksvc/NAME`).
+    pub target: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args)]
 pub struct GetArgs {
-    /// Kind: broker(s), trigger(s).
+    /// Kind: brokers, triggers, channels, subscriptions, sequences, parallels, services,
+    /// and (read-only) revisions, configurations, routes.
     pub kind: String,
     pub name: Option<String>,
     #[arg(short = 'n', long, default_value = "default")]

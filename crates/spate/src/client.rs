@@ -12,7 +12,8 @@ use serde_json::Value;
 use spate_api::Kind;
 use spate_core::{CloudEvent, ExtValue};
 
-use crate::cli::{ApplyArgs, DeleteArgs, GetArgs, SendArgs, SendMode, ValidateArgs};
+use crate::cli::{ApplyArgs, DeleteArgs, GetArgs, LogsArgs, OutputFormat, SendArgs, SendMode, ValidateArgs};
+use crate::control::Derived;
 use crate::serve::read_manifests;
 
 type Exit = anyhow::Result<std::process::ExitCode>;
@@ -151,7 +152,84 @@ pub async fn get_objects(
     Ok(Ok(if name.is_some() { vec![v] } else { v["items"].as_array().cloned().unwrap_or_default() }))
 }
 
+pub async fn logs(a: LogsArgs) -> Exit {
+    let Some((kind, name)) = a.target.split_once('/') else {
+        bail!("'{}': use service/NAME", a.target);
+    };
+    let server = a.server.server.trim_end_matches('/');
+    let resp = http()
+        .get(format!("{server}/logs/{kind}/{}/{name}", a.namespace))
+        .send()
+        .await
+        .map_err(|e| unreachable(server, e))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await?;
+    if !ok {
+        return Ok(report_failure(&body));
+    }
+    print!("{body}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `spate get revisions|configurations|routes`: read-only, derived from Services.
+async fn get_derived(a: &GetArgs, d: Derived) -> Exit {
+    let server = a.server.server.trim_end_matches('/');
+    let mut url = format!("{server}/apis/serving.knative.dev/v1");
+    if !a.all_namespaces {
+        url.push_str(&format!("/namespaces/{}", a.namespace));
+    }
+    url.push_str(&format!("/{}", d.plural()));
+    if let Some(n) = &a.name {
+        url.push_str(&format!("/{n}"));
+    }
+    let resp = http().get(url).send().await.map_err(|e| unreachable(server, e))?;
+    let ok = resp.status().is_success();
+    let body = resp.text().await?;
+    if !ok {
+        return Ok(report_failure(&body));
+    }
+    let v: Value = serde_json::from_str(&body).context("reading the server's answer")?;
+    let items = if a.name.is_some() { vec![v] } else { v["items"].as_array().cloned().unwrap_or_default() };
+    if a.output != OutputFormat::Table {
+        print!("{}", crate::output::render(Kind::Service, &items, a.output, a.name.is_some()));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let s = |v: &Value, p: &str| match v.pointer(p) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let (header, cols): (&[&str], &[&str]) = match d {
+        Derived::Revision => (
+            &["NAMESPACE", "NAME", "SERVICE", "DESIRED", "ACTUAL", "RESTARTS", "READY"],
+            &[
+                "/metadata/labels/serving.knative.dev~1service",
+                "/status/desiredScale",
+                "/status/actualScale",
+                "/status/restarts",
+                "/status/conditions/0/status",
+            ],
+        ),
+        Derived::Configuration => (
+            &["NAMESPACE", "NAME", "LATESTCREATED", "LATESTREADY", "READY"],
+            &["/status/latestCreatedRevisionName", "/status/latestReadyRevisionName", "/status/conditions/0/status"],
+        ),
+        Derived::Route => (&["NAMESPACE", "NAME", "URL", "READY"], &["/status/url", "/status/conditions/0/status"]),
+    };
+    let mut rows = vec![header.iter().map(ToString::to_string).collect::<Vec<_>>()];
+    for it in &items {
+        let mut row = vec![s(it, "/metadata/namespace"), s(it, "/metadata/name")];
+        row.extend(cols.iter().map(|c| s(it, c)));
+        rows.push(row);
+    }
+    print!("{}", crate::output::table(rows, d.plural()));
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 pub async fn get(a: GetArgs) -> Exit {
+    if let Some(d) = Derived::from_plural(&a.kind) {
+        return get_derived(&a, d).await;
+    }
     let k = kind_arg(&a.kind)?;
     let ns = if a.all_namespaces { None } else { Some(a.namespace.as_str()) };
     match get_objects(&a.server.server, k, ns, a.name.as_deref()).await? {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use spate_api::{AdmissionError, Compiled, FieldError, Kind};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
+use spate_serving::{ServiceStatus, Serving};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -61,7 +62,97 @@ pub struct Applied {
 pub struct ControlPlane {
     store: Mutex<Store>,
     eventing: Arc<Eventing>,
+    serving: Arc<Serving>,
+    /// The last reconciled status of each Service (for Revisions, Configurations and Routes).
+    services: std::sync::Mutex<Vec<ServiceStatus>>,
     ready: AtomicBool,
+}
+
+/// Read-only kinds derived from Services, as Knative shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    Revision,
+    Configuration,
+    Route,
+}
+
+impl Derived {
+    pub fn from_plural(s: &str) -> Option<Derived> {
+        match s.to_ascii_lowercase().as_str() {
+            "revision" | "revisions" | "rev" => Some(Derived::Revision),
+            "configuration" | "configurations" | "config" => Some(Derived::Configuration),
+            "route" | "routes" => Some(Derived::Route),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Derived::Revision => "Revision",
+            Derived::Configuration => "Configuration",
+            Derived::Route => "Route",
+        }
+    }
+    pub fn plural(self) -> &'static str {
+        match self {
+            Derived::Revision => "revisions",
+            Derived::Configuration => "configurations",
+            Derived::Route => "routes",
+        }
+    }
+}
+
+/// Knative conditions from a list of parts, with `Ready` first (the first failure's reason).
+fn serving_conditions(parts: &[spate_serving::Condition], now: &str) -> Vec<Value> {
+    let failed = parts.iter().find(|c| !c.ok);
+    let mut out = vec![match failed {
+        None => json!({"type": "Ready", "status": "True", "lastTransitionTime": now}),
+        Some(c) => {
+            json!({"type": "Ready", "status": "False", "reason": c.reason, "message": c.message, "lastTransitionTime": now})
+        }
+    }];
+    for c in parts {
+        let mut v = json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
+        if !c.ok {
+            v["reason"] = json!(c.reason);
+            v["message"] = json!(c.message);
+        }
+        out.push(v);
+    }
+    out
+}
+
+fn traffic_json(st: &ServiceStatus) -> Vec<Value> {
+    st.traffic
+        .iter()
+        .map(|t| {
+            let mut v = json!({"revisionName": t.revision, "percent": t.percent, "latestRevision": t.latest});
+            if let Some(tag) = &t.tag {
+                v["tag"] = json!(tag);
+            }
+            if let Some(u) = &t.url {
+                v["url"] = json!(u);
+            }
+            v
+        })
+        .collect()
+}
+
+fn service_status_json(st: &ServiceStatus, generation: u64) -> Value {
+    let now = now_rfc3339();
+    let mut s = json!({
+        "observedGeneration": generation,
+        "conditions": serving_conditions(&st.conditions, &now),
+        "url": st.url,
+        "address": {"url": st.address},
+        "traffic": traffic_json(st),
+    });
+    if let Some(r) = &st.latest_created {
+        s["latestCreatedRevisionName"] = json!(r);
+    }
+    if let Some(r) = &st.latest_ready {
+        s["latestReadyRevisionName"] = json!(r);
+    }
+    s
 }
 
 fn now_rfc3339() -> String {
@@ -181,6 +272,7 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
                 .collect();
             s["branchStatuses"] = json!(branches);
         }
+        Kind::Service => {}
         Kind::Broker | Kind::Trigger => {
             if let Some(u) = &st.subscriber_uri {
                 s["subscriberUri"] = json!(u);
@@ -194,8 +286,77 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, eventing: Arc<Eventing>) -> Self {
-        ControlPlane { store: Mutex::new(store), eventing, ready: AtomicBool::new(false) }
+    pub fn new(store: Store, eventing: Arc<Eventing>, serving: Arc<Serving>) -> Self {
+        ControlPlane {
+            store: Mutex::new(store),
+            eventing,
+            serving,
+            services: std::sync::Mutex::new(vec![]),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Revisions, Configurations or Routes, built from the Services' last reconcile.
+    pub fn get_derived(
+        &self,
+        kind: Derived,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let now = now_rfc3339();
+        let services = self.services.lock().expect("services").clone();
+        let mut out = vec![];
+        for st in services.iter().filter(|s| namespace.is_none_or(|n| n == s.namespace)) {
+            let meta = |n: &str| json!({"name": n, "namespace": st.namespace, "labels": {"serving.knative.dev/service": st.name}});
+            let api = "serving.knative.dev/v1";
+            match kind {
+                Derived::Configuration => out.push(json!({
+                    "apiVersion": api, "kind": "Configuration", "metadata": meta(&st.name),
+                    "spec": {"template": st.revisions.last().map(|r| r.template.clone())},
+                    "status": {"latestCreatedRevisionName": st.latest_created, "latestReadyRevisionName": st.latest_ready,
+                               "conditions": serving_conditions(&st.conditions, &now)},
+                })),
+                Derived::Route => out.push(json!({
+                    "apiVersion": api, "kind": "Route", "metadata": meta(&st.name),
+                    "spec": {"traffic": st.traffic.iter().map(|t| json!({"revisionName": t.revision, "percent": t.percent, "tag": t.tag})).collect::<Vec<_>>()},
+                    "status": {"url": st.url, "address": {"url": st.address}, "traffic": traffic_json(st),
+                               "conditions": serving_conditions(&st.conditions, &now)},
+                })),
+                Derived::Revision => {
+                    for r in &st.revisions {
+                        let live = self.serving.revision_status(&st.namespace, &r.name);
+                        let mut status = json!({"conditions": [{"type": "Ready", "status": if live.as_ref().is_some_and(|l| l.last_error.is_some() && l.ready == 0) { "False" } else { "True" }, "lastTransitionTime": now}]});
+                        if let Some(l) = &live {
+                            status["desiredScale"] = json!(l.desired);
+                            status["actualScale"] = json!(l.ready);
+                            status["startingInstances"] = json!(l.starting);
+                            status["restarts"] = json!(l.restarts);
+                            if let Some(e) = &l.last_error {
+                                status["lastError"] = json!(e);
+                            }
+                        } else {
+                            status["actualScale"] = json!(0);
+                        }
+                        let mut md = meta(&r.name);
+                        md["creationTimestamp"] = json!(r.created);
+                        let template_spec = r.template.get("spec").cloned().unwrap_or(Value::Null);
+                        out.push(json!({"apiVersion": api, "kind": "Revision", "metadata": md, "spec": template_spec, "status": status}));
+                    }
+                }
+            }
+        }
+        if let Some(n) = name {
+            out.retain(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(n));
+            if out.is_empty() {
+                return Err(ApiError::NotFound(format!("{} {}/{n}", kind.name(), namespace.unwrap_or("default"))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last lines printed by a Service's instances.
+    pub fn logs(&self, namespace: &str, name: &str) -> Result<Vec<String>, ApiError> {
+        self.serving.logs(namespace, name).ok_or_else(|| ApiError::NotFound(format!("Service {namespace}/{name}")))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -282,6 +443,7 @@ impl ControlPlane {
 
     async fn reconcile_locked(&self, store: &mut Store) {
         let mut desired = Desired::default();
+        let mut services = vec![];
         for e in store.entries.values() {
             match &e.compiled {
                 Compiled::Broker(b) => desired.brokers.push(b.clone()),
@@ -290,8 +452,24 @@ impl ControlPlane {
                 Compiled::Subscription(s) => desired.subscriptions.push(s.clone()),
                 Compiled::Sequence(s) => desired.sequences.push(s.clone()),
                 Compiled::Parallel(p) => desired.parallels.push(p.clone()),
+                Compiled::Service(s) => {
+                    desired
+                        .services
+                        .insert((s.namespace.clone(), s.name.clone()), self.serving.address(&s.namespace, &s.name));
+                    services.push(s.clone());
+                }
             }
         }
+        let service_statuses = self.serving.reconcile(&services).await;
+        for st in &service_statuses {
+            if let Some(e) = store.entries.get_mut(&(Kind::Service, st.namespace.clone(), st.name.clone())) {
+                let new = service_status_json(st, e.generation);
+                if strip_times(&e.status) != strip_times(&new) {
+                    e.status = new;
+                }
+            }
+        }
+        *self.services.lock().expect("services") = service_statuses;
         for st in self.eventing.reconcile(&desired).await {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
             let kinds: &[Kind] =
@@ -312,6 +490,7 @@ impl ControlPlane {
 
     pub async fn shutdown(&self) {
         self.eventing.shutdown().await;
+        self.serving.shutdown().await;
     }
 }
 

@@ -10,6 +10,7 @@ mod display;
 mod functions;
 mod ingress;
 mod output;
+mod proxy;
 mod serve;
 mod store;
 
@@ -36,6 +37,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Delete(a) => client::delete(a).await,
             cli::Command::Get(a) => client::get(a).await,
             cli::Command::Send(a) => client::send(a).await,
+            cli::Command::Logs(a) => client::logs(a).await,
             cli::Command::Validate(a) => client::validate(a),
             cli::Command::Bench(a) => bench::run(a).await,
         }

@@ -51,6 +51,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::Subscription => {
                     vec!["NAMESPACE", "NAME", "CHANNEL", "SUBSCRIBER_URI", "REPLY_URI", "READY", "REASON"]
                 }
+                Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
             };
             rows.push(header.iter().map(ToString::to_string).collect());
             for it in items {
@@ -74,20 +75,34 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                     Kind::Trigger => {
                         vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason]
                     }
+                    Kind::Service => vec![
+                        ns,
+                        name,
+                        s(it, "/status/url").into(),
+                        s(it, "/status/latestCreatedRevisionName").into(),
+                        s(it, "/status/latestReadyRevisionName").into(),
+                        r,
+                        reason,
+                    ],
                 });
             }
-            if rows.len() == 1 {
-                return format!("No {} found.\n", kind.plural());
-            }
-            let widths: Vec<usize> =
-                (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-            let mut out = String::new();
-            for r in rows {
-                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-                out.push_str(line.join("   ").trim_end());
-                out.push('\n');
-            }
-            out
+            table(rows, kind.plural())
         }
     }
+}
+
+/// Aligned columns; the first row is the header.
+pub fn table(rows: Vec<Vec<String>>, plural: &str) -> String {
+    if rows.len() == 1 {
+        return format!("No {plural} found.\n");
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
 }

@@ -13,6 +13,7 @@ use spate_core::delivery::BackoffPolicy;
 use spate_delivery::Dispatcher;
 use spate_eventing::{Eventing, EventingConfig};
 use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, Retention};
+use spate_serving::{BacklogProbe, Serving, ServingConfig};
 
 use crate::cli::ServeArgs;
 use crate::control::ControlPlane;
@@ -73,6 +74,15 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
     Ok(DirLock(f))
 }
 
+/// A Service's backlog: what the eventing room has not yet delivered to it.
+struct EventingBacklog(Arc<Eventing>);
+
+impl BacklogProbe for EventingBacklog {
+    fn backlog<'a>(&'a self, address: &'a str) -> std::pin::Pin<Box<dyn Future<Output = u64> + Send + 'a>> {
+        Box::pin(self.0.backlog_for(address))
+    }
+}
+
 fn base_url(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { addr.ip() };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
@@ -129,8 +139,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
     let eventing =
         Arc::new(Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default()));
+    let serving_config = ServingConfig {
+        dir: args.data_dir.join("serving"),
+        base_url: base_url(data_addr),
+        domain: args.domain.clone(),
+        cap: args.max_instances.max(1),
+        queue_limit: args.activator_queue.max(1),
+        grace: Duration::from_secs(args.grace_seconds),
+        ..ServingConfig::default()
+    };
+    let probe: Arc<dyn BacklogProbe> = Arc::new(EventingBacklog(eventing.clone()));
+    let serving = Arc::new(Serving::new(serving_config, Some(probe)).context("starting serving")?);
     let store = Store::load(&args.data_dir).context("loading stored resources")?;
-    let control = Arc::new(ControlPlane::new(store, eventing.clone()));
+    let control = Arc::new(ControlPlane::new(store, eventing.clone(), serving.clone()));
     if let Some(text) = &manifests {
         let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for a in applied {
@@ -147,10 +168,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     });
 
+    let proxy = crate::proxy::Proxy { serving: serving.clone(), max_body: args.max_event_size };
     let ingress = crate::ingress::router(crate::ingress::Ingress {
         eventing: eventing.clone(),
         max_event_size: args.max_event_size,
-    });
+    })
+    .merge(crate::proxy::router(proxy.clone()))
+    .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
     let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics });
     // Tests and scripts read these two lines to find the servers.
     println!("spate: data plane listening on {}", base_url(data_addr));

@@ -1,0 +1,550 @@
+//! Knative Serving's slice that event consumers need: Services run as local
+//! processes, with revisions, traffic split and tags, an activator that holds
+//! requests while instances start, and Knative's KPA autoscaler (plus scaling
+//! on trigger backlog).
+//!
+//! Pure parts: [`autoscaler`] (the KPA decision). IO at the edges:
+//! [`process`] (spawn, probe, stop, reap), [`revision`] (instances, activator
+//! queue, scale loop) and the revision history file.
+
+pub mod autoscaler;
+pub mod process;
+pub mod revision;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use spate_api::{RevisionTemplate, ServiceConfig, TrafficRevision};
+use thiserror::Error;
+use tokio::sync::Notify;
+
+pub use revision::{Lease, Revision, RevisionStatus};
+
+use process::LogRing;
+use revision::Ctx;
+
+#[derive(Debug, Error)]
+pub enum ServingError {
+    #[error("{0}")]
+    Spawn(String),
+    #[error(
+        "the container has only an image and no container engine can run it ({0}); give a command, or install docker or podman"
+    )]
+    NoEngine(String),
+    #[error("revision {revision}: {limit} requests already wait for an instance")]
+    QueueFull { revision: String, limit: usize },
+    #[error("revision {revision} cannot start: {reason}")]
+    Unavailable { revision: String, reason: String },
+    #[error("revision {revision}: no instance free within {}s", after.as_secs())]
+    Timeout { revision: String, after: Duration },
+    #[error("revision {revision}: the instance failed: {reason}")]
+    Upstream { revision: String, reason: String },
+    #[error("cannot write {path}: {error}")]
+    History { path: String, error: String },
+}
+
+/// Undelivered events of the triggers and subscriptions whose subscriber
+/// starts with an address (wired by the binary from the eventing room).
+pub trait BacklogProbe: Send + Sync {
+    fn backlog<'a>(&'a self, address: &'a str) -> Pin<Box<dyn Future<Output = u64> + Send + 'a>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ServingConfig {
+    /// Revision history and instance records live here.
+    pub dir: PathBuf,
+    /// Data-plane base URL (`http://127.0.0.1:8080`): addresses are `<base>/services/<ns>/<name>`.
+    pub base_url: String,
+    /// Domain of host-based URLs: `http://<name>.<ns>.<domain>:<port>`.
+    pub domain: String,
+    /// Largest instance count of a revision whose max-scale is unset.
+    pub cap: u32,
+    /// Requests that may wait per revision before 503.
+    pub queue_limit: usize,
+    /// SIGTERM to SIGKILL.
+    pub grace: Duration,
+    /// How long an instance may take to become ready.
+    pub ready_deadline: Duration,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        ServingConfig {
+            dir: PathBuf::from("./spate-data/serving"),
+            base_url: "http://127.0.0.1:8080".into(),
+            domain: "localhost".into(),
+            cap: 20,
+            queue_limit: 1000,
+            grace: Duration::from_secs(10),
+            ready_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct RevisionRecord {
+    name: String,
+    template: serde_json::Value,
+    created: String,
+}
+
+type Key = (String, String);
+
+/// Revision history per service, persisted as `revisions.json` (written by rename).
+#[derive(Default, Serialize, Deserialize)]
+struct History {
+    services: HashMap<String, Vec<RevisionRecord>>,
+}
+
+/// The traffic of one Service.
+struct Route {
+    targets: Vec<(Arc<Revision>, u32)>,
+    tags: HashMap<String, Arc<Revision>>,
+    counter: AtomicU64,
+}
+
+impl Route {
+    /// Weighted by percent, deterministically: each run of 100 requests splits exactly.
+    fn pick(&self) -> Option<Arc<Revision>> {
+        let n = (self.counter.fetch_add(1, Ordering::Relaxed) % 100) as u32;
+        let mut acc = 0;
+        for (r, p) in &self.targets {
+            acc += p;
+            if n < acc {
+                return Some(r.clone());
+            }
+        }
+        self.targets.iter().find(|(_, p)| *p > 0).map(|(r, _)| r.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    fn ok(kind: &'static str) -> Self {
+        Condition { kind, ok: true, reason: String::new(), message: String::new() }
+    }
+    fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Condition { kind, ok: false, reason: reason.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrafficStatus {
+    pub revision: String,
+    pub percent: u32,
+    pub latest: bool,
+    pub tag: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RevisionInfo {
+    pub name: String,
+    pub created: String,
+    pub template: serde_json::Value,
+    /// Present while the revision runs (it has traffic or a tag).
+    pub live: Option<RevisionStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub namespace: String,
+    pub name: String,
+    pub url: String,
+    pub address: String,
+    pub conditions: Vec<Condition>,
+    pub traffic: Vec<TrafficStatus>,
+    pub latest_created: Option<String>,
+    pub latest_ready: Option<String>,
+    pub revisions: Vec<RevisionInfo>,
+}
+
+pub struct Serving {
+    cfg: ServingConfig,
+    ctx: Arc<Ctx>,
+    history: Mutex<History>,
+    routes: RwLock<HashMap<Key, Arc<Route>>>,
+    running: Mutex<HashMap<Key, Arc<Revision>>>,
+    logs: Mutex<HashMap<Key, Arc<LogRing>>>,
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+impl Serving {
+    /// Opens the serving state under `cfg.dir`, reaping instances an earlier
+    /// run left behind (after `kill -9`).
+    pub fn new(cfg: ServingConfig, backlog: Option<Arc<dyn BacklogProbe>>) -> Result<Serving, ServingError> {
+        let run_dir = cfg.dir.join("instances");
+        let err = |p: &std::path::Path, e: std::io::Error| ServingError::History {
+            path: p.display().to_string(),
+            error: e.to_string(),
+        };
+        std::fs::create_dir_all(&run_dir).map_err(|e| err(&run_dir, e))?;
+        let reaped = process::reap_leftovers(&run_dir);
+        if reaped > 0 {
+            tracing::warn!(
+                count = reaped,
+                "stopped instances left running by an earlier Spate that did not stop cleanly"
+            );
+        }
+        let hist_path = cfg.dir.join("revisions.json");
+        let history = match std::fs::read(&hist_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ServingError::History {
+                path: hist_path.display().to_string(),
+                error: format!("unreadable: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => History::default(),
+            Err(e) => return Err(err(&hist_path, e)),
+        };
+        let client = reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ServingError::Spawn(e.to_string()))?;
+        let ctx = Arc::new(Ctx {
+            client,
+            run_dir,
+            grace: cfg.grace,
+            ready_deadline: cfg.ready_deadline,
+            queue_limit: cfg.queue_limit,
+            cap: cfg.cap,
+            backlog,
+            live: AtomicUsize::new(0),
+            gone: Notify::new(),
+        });
+        Ok(Serving {
+            cfg,
+            ctx,
+            history: Mutex::new(history),
+            routes: RwLock::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn address(&self, ns: &str, name: &str) -> String {
+        format!("{}/services/{ns}/{name}", self.cfg.base_url.trim_end_matches('/'))
+    }
+
+    fn port_suffix(&self) -> String {
+        let after_scheme = self.cfg.base_url.split("://").nth(1).unwrap_or("");
+        let hostport = after_scheme.split('/').next().unwrap_or("");
+        match hostport.rsplit_once(':') {
+            Some((_, p)) if p != "80" => format!(":{p}"),
+            _ => String::new(),
+        }
+    }
+
+    /// `http://<host>.<ns>.<domain>[:port]`.
+    fn host_url(&self, host: &str, ns: &str) -> String {
+        format!("http://{host}.{ns}.{}{}", self.cfg.domain, self.port_suffix())
+    }
+
+    fn save_history(&self, h: &History) -> Result<(), ServingError> {
+        let path = self.cfg.dir.join("revisions.json");
+        let tmp = self.cfg.dir.join("revisions.json.tmp");
+        let bytes = serde_json::to_vec_pretty(h).expect("history serialises");
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| ServingError::History { path: path.display().to_string(), error: e.to_string() })
+    }
+
+    /// Brings running revisions and routes in line with `desired` and returns each Service's status.
+    pub async fn reconcile(&self, desired: &[ServiceConfig]) -> Vec<ServiceStatus> {
+        let _g = self.reconciling.lock().await;
+        let mut out = vec![];
+        let mut want_running: HashMap<Key, (RevisionTemplate, String, String)> = HashMap::new();
+        // Each service's status so far, and its traffic as (revision, percent, tag).
+        type Traffic = Vec<(String, u32, Option<String>)>;
+        let mut plans: Vec<(ServiceStatus, Traffic)> = vec![];
+        {
+            let mut h = self.history.lock().expect("history");
+            let mut changed = false;
+            let wanted: std::collections::HashSet<String> =
+                desired.iter().map(|s| format!("{}/{}", s.namespace, s.name)).collect();
+            let before = h.services.len();
+            h.services.retain(|k, _| wanted.contains(k));
+            changed |= h.services.len() != before;
+            for s in desired {
+                let key = format!("{}/{}", s.namespace, s.name);
+                let records = h.services.entry(key).or_default();
+                let mut conds = vec![];
+                if records.last().is_none_or(|r| r.template != s.template_manifest) {
+                    let name =
+                        s.template.name.clone().unwrap_or_else(|| format!("{}-{:05}", s.name, records.len() + 1));
+                    if records.iter().any(|r| r.name == name) {
+                        conds.push(Condition::fail(
+                            "ConfigurationsReady",
+                            "RevisionNameTaken",
+                            format!("spec.template.metadata.name '{name}' already names a revision with a different template; choose a new name"),
+                        ));
+                    } else {
+                        records.push(RevisionRecord {
+                            name,
+                            template: s.template_manifest.clone(),
+                            created: now_rfc3339(),
+                        });
+                        changed = true;
+                    }
+                }
+                let latest = records.last().map(|r| r.name.clone());
+                let mut traffic = vec![];
+                for t in &s.traffic {
+                    let rev = match &t.revision {
+                        TrafficRevision::Latest => latest.clone(),
+                        TrafficRevision::Named(n) => records.iter().any(|r| &r.name == n).then(|| n.clone()),
+                    };
+                    match rev {
+                        Some(r) => traffic.push((r, t.percent, t.tag.clone())),
+                        None => conds.push(Condition::fail(
+                            "RoutesReady",
+                            "RevisionMissing",
+                            format!(
+                                "spec.traffic names revision '{}', which does not exist",
+                                match &t.revision {
+                                    TrafficRevision::Named(n) => n.as_str(),
+                                    TrafficRevision::Latest => "latest",
+                                }
+                            ),
+                        )),
+                    }
+                }
+                for (rev, _, _) in &traffic {
+                    let rk = (s.namespace.clone(), rev.clone());
+                    if want_running.contains_key(&rk) {
+                        continue;
+                    }
+                    let rec = records.iter().find(|r| &r.name == rev).expect("checked above");
+                    let template = if Some(rev) == latest.as_ref() && rec.template == s.template_manifest {
+                        Ok(s.template.clone())
+                    } else {
+                        spate_api::compile_template(&s.namespace, &s.name, &rec.template)
+                    };
+                    match template {
+                        Ok(t) => {
+                            want_running.insert(rk, (t, s.name.clone(), self.address(&s.namespace, &s.name)));
+                        }
+                        Err(e) => conds.push(Condition::fail(
+                            "RoutesReady",
+                            "RevisionInvalid",
+                            format!("revision {rev} no longer compiles: {e}"),
+                        )),
+                    }
+                }
+                // Can the latest revision run at all?
+                match &s.template.container {
+                    c if c.argv.is_empty() => {
+                        if let Err(why) = process::container_engine() {
+                            conds.push(Condition::fail(
+                                "ConfigurationsReady",
+                                "ContainerEngineMissing",
+                                format!("the container has only an image ({}) and no container engine can run it: {why}; give a command, or install docker or podman", c.image.as_deref().unwrap_or("?")),
+                            ));
+                        }
+                    }
+                    c => {
+                        if let Err(why) = process::check_command(c) {
+                            conds.push(Condition::fail("ConfigurationsReady", "CommandNotFound", why));
+                        }
+                    }
+                }
+                let revisions = records
+                    .iter()
+                    .map(|r| RevisionInfo {
+                        name: r.name.clone(),
+                        created: r.created.clone(),
+                        template: r.template.clone(),
+                        live: None,
+                    })
+                    .collect();
+                let st = ServiceStatus {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    url: self.host_url(&s.name, &s.namespace),
+                    address: self.address(&s.namespace, &s.name),
+                    conditions: conds,
+                    traffic: vec![],
+                    latest_created: latest.clone(),
+                    latest_ready: None,
+                    revisions,
+                };
+                plans.push((st, traffic));
+            }
+            if changed && let Err(e) = self.save_history(&h) {
+                tracing::error!(error = %e, "cannot persist the revision history");
+            }
+        }
+
+        // Start what should run, stop what should not.
+        let stale: Vec<Arc<Revision>> = {
+            let mut running = self.running.lock().expect("running");
+            let mut stale = vec![];
+            running.retain(|k, r| {
+                let keep = want_running.get(k).is_some_and(|(t, svc, _)| &r.template == t && &r.service == svc);
+                if !keep {
+                    stale.push(r.clone());
+                }
+                keep
+            });
+            for (k, (t, svc, address)) in want_running {
+                if running.contains_key(&k) {
+                    continue;
+                }
+                let logs = self.logs.lock().expect("logs").entry((k.0.clone(), svc.clone())).or_default().clone();
+                let rev = Revision::start(&k.0, &svc, &k.1, t, address, self.ctx.clone(), logs);
+                running.insert(k, rev);
+            }
+            stale
+        };
+        for r in stale {
+            r.stop();
+        }
+
+        let running = self.running.lock().expect("running").clone();
+        let mut routes = HashMap::new();
+        for (mut st, traffic) in plans {
+            let mut route = Route { targets: vec![], tags: HashMap::new(), counter: AtomicU64::new(0) };
+            for (rev, percent, tag) in &traffic {
+                let Some(r) = running.get(&(st.namespace.clone(), rev.clone())) else { continue };
+                route.targets.push((r.clone(), *percent));
+                if let Some(t) = tag {
+                    route.tags.insert(t.clone(), r.clone());
+                }
+                st.traffic.push(TrafficStatus {
+                    revision: rev.clone(),
+                    percent: *percent,
+                    latest: st.latest_created.as_ref() == Some(rev),
+                    tag: tag.clone(),
+                    url: tag.as_ref().map(|t| self.host_url(&format!("{t}-{}", st.name), &st.namespace)),
+                });
+            }
+            for info in &mut st.revisions {
+                info.live = running.get(&(st.namespace.clone(), info.name.clone())).map(|r| r.status());
+            }
+            let config_ok = st.conditions.iter().all(|c| c.kind != "ConfigurationsReady");
+            if config_ok {
+                st.latest_ready = st.latest_created.clone();
+                st.conditions.insert(0, Condition::ok("ConfigurationsReady"));
+            }
+            if st.conditions.iter().all(|c| c.kind != "RoutesReady") {
+                st.conditions.push(Condition::ok("RoutesReady"));
+            }
+            routes.insert((st.namespace.clone(), st.name.clone()), Arc::new(route));
+            out.push(st);
+        }
+        *self.routes.write().expect("routes") = routes;
+        self.logs.lock().expect("logs").retain(|k, _| desired.iter().any(|s| s.namespace == k.0 && s.name == k.1));
+        out
+    }
+
+    /// Live statuses of the running revisions of a service.
+    pub fn revision_status(&self, ns: &str, revision: &str) -> Option<RevisionStatus> {
+        self.running.lock().expect("running").get(&(ns.to_string(), revision.to_string())).map(|r| r.status())
+    }
+
+    /// The revision a request for service `ns/name` goes to (traffic split).
+    pub fn route(&self, ns: &str, name: &str) -> Option<Arc<Revision>> {
+        self.routes.read().expect("routes").get(&(ns.to_string(), name.to_string()))?.pick()
+    }
+
+    /// Host-based routing: `<name>.<ns>.<domain>` or `<tag>-<name>.<ns>.<domain>` (any port).
+    pub fn route_host(&self, host: &str) -> Option<Arc<Revision>> {
+        let host =
+            host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+        let rest = host.strip_suffix(&self.cfg.domain)?.strip_suffix('.')?;
+        let (first, ns) = rest.split_once('.')?;
+        let routes = self.routes.read().expect("routes");
+        if let Some(r) = routes.get(&(ns.to_string(), first.to_string())) {
+            return r.pick();
+        }
+        routes.iter().filter(|((n, _), _)| n == ns).find_map(|((_, svc), r)| {
+            first.strip_suffix(svc.as_str())?.strip_suffix('-').and_then(|tag| r.tags.get(tag).cloned())
+        })
+    }
+
+    /// Sends a request to an instance of `rev`, waiting for one if needed.
+    pub async fn forward(
+        &self,
+        rev: &Arc<Revision>,
+        method: http::Method,
+        path_and_query: &str,
+        mut headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ServingError> {
+        let lease = rev.acquire().await?;
+        for h in ["host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"] {
+            headers.remove(h);
+        }
+        let url = format!("http://127.0.0.1:{}{path_and_query}", lease.port());
+        let resp = self
+            .ctx
+            .client
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .timeout(rev.template.timeout)
+            .send()
+            .await
+            .map_err(|e| ServingError::Upstream { revision: rev.name.clone(), reason: e.to_string() })?;
+        // The slot is held until the response head arrived; the body is read by the caller.
+        drop(lease);
+        Ok(resp)
+    }
+
+    /// The last lines printed by a service's instances.
+    pub fn logs(&self, ns: &str, name: &str) -> Option<Vec<String>> {
+        self.logs.lock().expect("logs").get(&(ns.to_string(), name.to_string())).map(|l| l.lines())
+    }
+
+    /// Stops every revision and waits (up to the grace period and a bit) until every instance has ended.
+    pub async fn shutdown(&self) {
+        let revs: Vec<Arc<Revision>> = self.running.lock().expect("running").drain().map(|(_, r)| r).collect();
+        for r in &revs {
+            r.stop();
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.grace + Duration::from_secs(2);
+        loop {
+            let gone = self.ctx.gone.notified();
+            if self.ctx.live.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                tracing::warn!("some instances did not stop in time");
+                break;
+            }
+        }
+    }
+}
