@@ -155,7 +155,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn percentiles(mut v: Vec<u64>) -> String {
+pub(crate) fn percentiles(mut v: Vec<u64>) -> String {
     if v.is_empty() {
         return "n/a".into();
     }
@@ -249,7 +249,7 @@ async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
     LoadResult { acked: a.events - failed, failed, elapsed, ack_latencies }
 }
 
-async fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
+pub(crate) async fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
     let r = reqwest::Client::new().post(format!("{admin}/apply")).body(yaml.to_string()).send().await?;
     if !r.status().is_success() {
         bail!("apply failed: {}", r.text().await.unwrap_or_default());
@@ -272,6 +272,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         ""
     };
+    if a.target == BenchTarget::Service {
+        let Some(c) = &child else { bail!("--target service needs the in-process server (no --server)") };
+        return crate::bench_serving::run(&a, &admin, &c.data).await;
+    }
     if a.target == BenchTarget::Channel {
         if a.triggers > 1 || a.stopped_subscriber {
             bail!("--triggers and --stopped-subscriber apply to --target broker");

@@ -241,10 +241,18 @@ pub struct BenchArgs {
     /// With `--target channel`: subscriptions on the channel, each delivering every event to the sink.
     #[arg(long, default_value_t = 1)]
     pub subscriptions: usize,
+    /// With `--target service`: where `hello.py` is (the compiled `hello-fn` sits next to `spate`).
+    #[arg(long, default_value = "examples/functions")]
+    pub function_dir: PathBuf,
+    /// With `--target service`: length of the burst from zero, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub burst_seconds: u64,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchTarget {
     Broker,
     Channel,
+    /// Knative Services: cold starts, the activator's warm cost, a burst from zero.
+    Service,
 }

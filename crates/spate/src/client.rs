@@ -226,6 +226,14 @@ async fn get_derived(a: &GetArgs, d: Derived) -> Exit {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// GET an admin API path as JSON.
+pub async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
+    let server = server.trim_end_matches('/');
+    let resp = http().get(format!("{server}{path}")).send().await.map_err(|e| unreachable(server, e))?;
+    let body = resp.text().await?;
+    serde_json::from_str(&body).with_context(|| format!("reading {path}: {body}"))
+}
+
 pub async fn get(a: GetArgs) -> Exit {
     if let Some(d) = Derived::from_plural(&a.kind) {
         return get_derived(&a, d).await;

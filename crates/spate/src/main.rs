@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod bench_serving;
 mod cli;
 mod client;
 mod control;
