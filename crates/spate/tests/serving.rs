@@ -290,3 +290,38 @@ async fn services_that_cannot_run_are_not_ready_and_say_why() {
         assert!(ready["message"].as_str().unwrap().contains("ghcr.io/knative/helloworld-go"), "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_functions_example_makes_a_thumbnail_from_an_object_event() {
+    let sink = Sink::start().await;
+    let (_d, s) = start();
+    let root = format!("{}/../../", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{root}examples/serving.yaml");
+    let yaml =
+        std::fs::read_to_string(&path).unwrap().replace("examples/functions/", &format!("{root}examples/functions/"));
+    let tap = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: tap\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: com.example.thumbnail.created\n  subscriber:\n    uri: {}\n",
+        sink.url
+    );
+    s.apply_ok(&format!("{yaml}\n---\n{tap}")).await;
+    let bucket = tempdir();
+    let (w, h) = (100usize, 60usize);
+    let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+    ppm.extend((0..w * h).flat_map(|i| [(i % 256) as u8, 0, 255]));
+    std::fs::write(bucket.path().join("img.ppm"), ppm).unwrap();
+    let data = format!(r#"{{"bucket":"{}","key":"img.ppm"}}"#, bucket.path().display());
+    assert_eq!(
+        send_as(&s.broker_url("default", "default"), "o1", "com.example.object.created", "application/json", &data)
+            .await,
+        202
+    );
+    let got = sink.wait_for(1).await;
+    let v: Value = serde_json::from_slice(got[0].event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(25), Some(15)),
+        "100x60 fits 32 px by a factor of 4: {v}"
+    );
+    let thumb = std::fs::read(bucket.path().join("thumbnails/img.ppm")).unwrap();
+    assert!(thumb.starts_with(b"P6\n25 15\n255\n") && thumb.len() == 13 + 25 * 15 * 3);
+}
