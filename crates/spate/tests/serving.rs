@@ -325,3 +325,25 @@ async fn the_functions_example_makes_a_thumbnail_from_an_object_event() {
     let thumb = std::fs::read(bucket.path().join("thumbnails/img.ppm")).unwrap();
     assert!(thumb.starts_with(b"P6\n25 15\n255\n") && thumb.len() == 13 + 25 * 15 * 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_scales_on_the_backlog_of_the_triggers_that_feed_it() {
+    let sink = Sink::start().await;
+    let (_d, s) = start();
+    let ann = [
+        ("spate.dev/scale-metric", "backlog"),
+        ("spate.dev/target-backlog", "10"),
+        ("autoscaling.knative.dev/max-scale", "4"),
+    ];
+    let svc = service("worker", &ann, "", &[("FORWARD_TO", &sink.url), ("EVENT_SLEEP_MS", "20")]);
+    // One event in flight: by concurrency alone one instance would do.
+    let trig = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: work\n  annotations:\n    spate.dev/max-in-flight: \"1\"\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: worker\n";
+    s.apply_ok(&[broker("default", ""), svc, trig.to_string()].join("---\n")).await;
+    for i in 0..150 {
+        assert_eq!(send(&s.broker_url("default", "default"), &format!("w{i}"), "t", "{}").await, 202);
+    }
+    let st = wait_revision(&s, "worker-00001", "scale-out on backlog", |st| scale(st, "actualScale") >= 3).await;
+    assert!(scale(&st["status"], "desiredScale") <= 4, "{st}");
+    sink.wait_for(150).await;
+    wait_revision(&s, "worker-00001", "scale to zero once drained", |st| scale(st, "actualScale") == 0).await;
+}
