@@ -12,6 +12,7 @@ mod kind;
 mod messaging;
 mod meta;
 mod serving;
+mod status;
 mod trigger;
 mod walk;
 
@@ -28,6 +29,7 @@ pub use serving::{
     AUTOSCALING_PREFIX, Autoscaling, ContainerSpec, Readiness, RevisionTemplate, SCALE_METRIC_ANNOTATION, ScaleMetric,
     ServiceConfig, TARGET_BACKLOG_ANNOTATION, TrafficRevision, TrafficTarget, compile_template,
 };
+pub use status::Condition;
 pub use trigger::TriggerConfig;
 
 /// Annotation selecting ordered delivery (Knative Kafka broker's name).

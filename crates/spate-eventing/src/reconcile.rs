@@ -37,23 +37,7 @@ pub(crate) struct Addressables {
     pub services: HashMap<Key, String>,
 }
 
-/// A Knative condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub kind: &'static str,
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl Condition {
-    pub(crate) fn ok(kind: &'static str) -> Self {
-        Condition { kind, ok: true, reason: String::new(), message: String::new() }
-    }
-    pub(crate) fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
-        Condition { kind, ok: false, reason: reason.into(), message: message.into() }
-    }
-}
+pub use spate_api::Condition;
 
 /// Observed status of one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,17 +56,12 @@ pub struct ResourceStatus {
 }
 
 impl ResourceStatus {
-    pub(crate) fn new(kind: Kind, namespace: &str, name: &str, mut parts: Vec<Condition>) -> Self {
-        let ready = match parts.iter().find(|c| !c.ok) {
-            None => Condition::ok("Ready"),
-            Some(c) => Condition::fail("Ready", &c.reason, c.message.clone()),
-        };
-        parts.insert(0, ready);
+    pub(crate) fn new(kind: Kind, namespace: &str, name: &str, parts: Vec<Condition>) -> Self {
         ResourceStatus {
             kind,
             namespace: namespace.into(),
             name: name.into(),
-            conditions: parts,
+            conditions: Condition::ready_first(parts),
             address: None,
             subscriber_uri: None,
             dead_letter_sink_uri: None,

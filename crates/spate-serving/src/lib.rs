@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use spate_api::{RevisionTemplate, ServiceConfig, TrafficRevision};
+use spate_api::{Condition, RevisionTemplate, ServiceConfig, TrafficRevision};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -125,23 +125,6 @@ impl Route {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub kind: &'static str,
-    pub ok: bool,
-    pub reason: String,
-    pub message: String,
-}
-
-impl Condition {
-    fn ok(kind: &'static str) -> Self {
-        Condition { kind, ok: true, reason: String::new(), message: String::new() }
-    }
-    fn fail(kind: &'static str, reason: &str, message: impl Into<String>) -> Self {
-        Condition { kind, ok: false, reason: reason.into(), message: message.into() }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct TrafficStatus {
     pub revision: String,
@@ -166,6 +149,7 @@ pub struct ServiceStatus {
     pub name: String,
     pub url: String,
     pub address: String,
+    /// `Ready` first, then the conditions it summarizes.
     pub conditions: Vec<Condition>,
     pub traffic: Vec<TrafficStatus>,
     pub latest_created: Option<String>,
@@ -185,19 +169,8 @@ pub struct Serving {
 
 fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let s = spate_core::rules::format_rfc3339(d.as_secs() as i64, 0);
+    format!("{}Z", &s[..19])
 }
 
 impl Serving {
@@ -462,6 +435,7 @@ impl Serving {
             if st.conditions.iter().all(|c| c.kind != "RoutesReady") {
                 st.conditions.push(Condition::ok("RoutesReady"));
             }
+            st.conditions = Condition::ready_first(std::mem::take(&mut st.conditions));
             routes.insert((st.namespace.clone(), st.name.clone()), Arc::new(route));
             out.push(st);
         }

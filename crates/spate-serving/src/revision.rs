@@ -81,7 +81,29 @@ pub struct Revision {
     health: Mutex<Health>,
     stop: watch::Sender<bool>,
     next_id: AtomicU64,
-    metric_labels: Vec<(&'static str, String)>,
+    metrics: Metrics,
+}
+
+/// Metric handles, resolved once per revision rather than on every tick.
+struct Metrics {
+    desired: metrics::Gauge,
+    ready: metrics::Gauge,
+    concurrency: metrics::Gauge,
+    queue: metrics::Gauge,
+    cold_start: metrics::Histogram,
+}
+
+impl Metrics {
+    fn new(namespace: &str, revision: &str) -> Metrics {
+        let l = [("namespace", namespace.to_string()), ("revision", revision.to_string())];
+        Metrics {
+            desired: metrics::gauge!("spate_serving_desired_instances", &l),
+            ready: metrics::gauge!("spate_serving_ready_instances", &l),
+            concurrency: metrics::gauge!("spate_serving_concurrency", &l),
+            queue: metrics::gauge!("spate_serving_queue_depth", &l),
+            cold_start: metrics::histogram!("spate_serving_cold_start_seconds", &l),
+        }
+    }
 }
 
 /// A request's claim on one instance; releases the slot when dropped.
@@ -152,7 +174,7 @@ impl Revision {
             health: Mutex::new(Health::default()),
             stop,
             next_id: AtomicU64::new(1),
-            metric_labels: vec![("namespace", namespace.to_string()), ("revision", name.to_string())],
+            metrics: Metrics::new(namespace, name),
             template,
         });
         tokio::spawn(rev.clone().scale_loop(stop_rx));
@@ -291,13 +313,11 @@ impl Revision {
     }
 
     fn export_metrics(&self, desired: u32) {
-        let st = self.status();
-        metrics::gauge!("spate_serving_desired_instances", &self.metric_labels).set(f64::from(desired));
-        metrics::gauge!("spate_serving_ready_instances", &self.metric_labels).set(f64::from(st.ready));
-        metrics::gauge!("spate_serving_concurrency", &self.metric_labels)
-            .set(self.in_flight.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("spate_serving_queue_depth", &self.metric_labels)
-            .set(self.queued.load(Ordering::Relaxed) as f64);
+        let m = &self.metrics;
+        m.desired.set(f64::from(desired));
+        m.ready.set(f64::from(self.ready_count()));
+        m.concurrency.set(self.in_flight.load(Ordering::Relaxed) as f64);
+        m.queue.set(self.queued.load(Ordering::Relaxed) as f64);
     }
 
     /// Starts or stops instances towards `desired`.
@@ -390,7 +410,7 @@ impl Revision {
                 Ok(()) => {
                     inst.ready.store(true, Ordering::Release);
                     let took = t0.elapsed();
-                    metrics::histogram!("spate_serving_cold_start_seconds", &self.metric_labels).record(took.as_secs_f64());
+                    self.metrics.cold_start.record(took.as_secs_f64());
                     tracing::debug!(instance = %label, ms = took.as_millis() as u64, "instance ready");
                     self.changed.notify_waiters();
                 }

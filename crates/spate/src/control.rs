@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use spate_api::{AdmissionError, Compiled, FieldError, Kind};
+use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
 use spate_serving::{ServiceStatus, Serving};
 use thiserror::Error;
@@ -101,26 +101,6 @@ impl Derived {
     }
 }
 
-/// Knative conditions from a list of parts, with `Ready` first (the first failure's reason).
-fn serving_conditions(parts: &[spate_serving::Condition], now: &str) -> Vec<Value> {
-    let failed = parts.iter().find(|c| !c.ok);
-    let mut out = vec![match failed {
-        None => json!({"type": "Ready", "status": "True", "lastTransitionTime": now}),
-        Some(c) => {
-            json!({"type": "Ready", "status": "False", "reason": c.reason, "message": c.message, "lastTransitionTime": now})
-        }
-    }];
-    for c in parts {
-        let mut v = json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
-        if !c.ok {
-            v["reason"] = json!(c.reason);
-            v["message"] = json!(c.message);
-        }
-        out.push(v);
-    }
-    out
-}
-
 fn traffic_json(st: &ServiceStatus) -> Vec<Value> {
     st.traffic
         .iter()
@@ -141,7 +121,7 @@ fn service_status_json(st: &ServiceStatus, generation: u64) -> Value {
     let now = now_rfc3339();
     let mut s = json!({
         "observedGeneration": generation,
-        "conditions": serving_conditions(&st.conditions, &now),
+        "conditions": conditions_json(&st.conditions, &now),
         "url": st.url,
         "address": {"url": st.address},
         "traffic": traffic_json(st),
@@ -182,8 +162,8 @@ fn new_uid() -> String {
     )
 }
 
-fn conditions_json(st: &ResourceStatus, now: &str) -> Vec<Value> {
-    st.conditions
+fn conditions_json(conditions: &[Condition], now: &str) -> Vec<Value> {
+    conditions
         .iter()
         .map(|c| {
             let mut v =
@@ -216,7 +196,7 @@ fn child_json(c: &ResourceStatus) -> Value {
 /// Knative-shaped status for any kind.
 fn status_json(st: &ResourceStatus, generation: u64) -> Value {
     let now = now_rfc3339();
-    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(st, &now)});
+    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(&st.conditions, &now)});
     if let Some(a) = &st.address {
         s["address"] = json!({"url": a});
     }
@@ -314,13 +294,13 @@ impl ControlPlane {
                     "apiVersion": api, "kind": "Configuration", "metadata": meta(&st.name),
                     "spec": {"template": st.revisions.last().map(|r| r.template.clone())},
                     "status": {"latestCreatedRevisionName": st.latest_created, "latestReadyRevisionName": st.latest_ready,
-                               "conditions": serving_conditions(&st.conditions, &now)},
+                               "conditions": conditions_json(&st.conditions, &now)},
                 })),
                 Derived::Route => out.push(json!({
                     "apiVersion": api, "kind": "Route", "metadata": meta(&st.name),
                     "spec": {"traffic": st.traffic.iter().map(|t| json!({"revisionName": t.revision, "percent": t.percent, "tag": t.tag})).collect::<Vec<_>>()},
                     "status": {"url": st.url, "address": {"url": st.address}, "traffic": traffic_json(st),
-                               "conditions": serving_conditions(&st.conditions, &now)},
+                               "conditions": conditions_json(&st.conditions, &now)},
                 })),
                 Derived::Revision => {
                     for r in &st.revisions {
