@@ -111,7 +111,7 @@ async fn concurrent_slow_requests_scale_out_within_max_scale_and_back_down() {
     let (_d, s) = start();
     let ann = [("autoscaling.knative.dev/target", "1"), ("autoscaling.knative.dev/max-scale", "6")];
     s.apply_ok(&service("busy", &ann, "", &[])).await;
-    let url = format!("{}/services/default/busy?sleep=2500", s.data);
+    let url = format!("{}/services/default/busy?sleep=4000", s.data);
     let load: Vec<_> = (0..10)
         .map(|_| {
             tokio::spawn({
@@ -335,7 +335,7 @@ async fn a_service_scales_on_the_backlog_of_the_triggers_that_feed_it() {
         ("spate.dev/target-backlog", "10"),
         ("autoscaling.knative.dev/max-scale", "4"),
     ];
-    let svc = service("worker", &ann, "", &[("FORWARD_TO", &sink.url), ("EVENT_SLEEP_MS", "20")]);
+    let svc = service("worker", &ann, "", &[("FORWARD_TO", &sink.url), ("EVENT_SLEEP_MS", "30")]);
     // One event in flight: by concurrency alone one instance would do.
     let trig = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: work\n  annotations:\n    spate.dev/max-in-flight: \"1\"\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: worker\n";
     s.apply_ok(&[broker("default", ""), svc, trig.to_string()].join("---\n")).await;
