@@ -10,10 +10,18 @@ pub enum Kind {
     Sequence,
     Parallel,
     Service,
+    Secret,
+    PingSource,
+    CronJobSource,
+    ContainerSource,
+    SinkBinding,
+    GitHubSource,
+    GitLabSource,
+    KafkaSource,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -22,7 +30,29 @@ impl Kind {
         Kind::Sequence,
         Kind::Parallel,
         Kind::Service,
+        Kind::Secret,
+        Kind::PingSource,
+        Kind::CronJobSource,
+        Kind::ContainerSource,
+        Kind::SinkBinding,
+        Kind::GitHubSource,
+        Kind::GitLabSource,
+        Kind::KafkaSource,
     ];
+
+    /// The event sources (`spate get sources`).
+    pub const SOURCES: [Kind; 6] = [
+        Kind::PingSource,
+        Kind::CronJobSource,
+        Kind::ContainerSource,
+        Kind::GitHubSource,
+        Kind::GitLabSource,
+        Kind::KafkaSource,
+    ];
+
+    pub fn is_source(self) -> bool {
+        Kind::SOURCES.contains(&self)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +64,14 @@ impl Kind {
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
             Kind::Service => "Service",
+            Kind::Secret => "Secret",
+            Kind::PingSource => "PingSource",
+            Kind::CronJobSource => "CronJobSource",
+            Kind::ContainerSource => "ContainerSource",
+            Kind::SinkBinding => "SinkBinding",
+            Kind::GitHubSource => "GitHubSource",
+            Kind::GitLabSource => "GitLabSource",
+            Kind::KafkaSource => "KafkaSource",
         }
     }
     pub fn group(self) -> &'static str {
@@ -42,13 +80,38 @@ impl Kind {
             Kind::Channel | Kind::InMemoryChannel | Kind::Subscription => "messaging.knative.dev",
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
             Kind::Service => "serving.knative.dev",
+            // The core group of Kubernetes: `apiVersion: v1`.
+            Kind::Secret => "",
+            Kind::CronJobSource => "sources.eventing.knative.dev",
+            Kind::PingSource
+            | Kind::ContainerSource
+            | Kind::SinkBinding
+            | Kind::GitHubSource
+            | Kind::GitLabSource
+            | Kind::KafkaSource => "sources.knative.dev",
         }
     }
     pub fn version(self) -> &'static str {
-        "v1"
+        match self {
+            Kind::CronJobSource | Kind::GitHubSource | Kind::GitLabSource => "v1alpha1",
+            _ => "v1",
+        }
     }
     pub fn api_version(self) -> String {
-        format!("{}/{}", self.group(), self.version())
+        if self.group().is_empty() {
+            self.version().to_string()
+        } else {
+            format!("{}/{}", self.group(), self.version())
+        }
+    }
+    /// Older apiVersions accepted and stored as [`Kind::api_version`] (same schema).
+    fn also_accepts(self, api_version: &str) -> bool {
+        match self {
+            Kind::PingSource => matches!(api_version, "sources.knative.dev/v1beta2" | "sources.knative.dev/v1beta1"),
+            Kind::KafkaSource => api_version == "sources.knative.dev/v1beta1",
+            Kind::ContainerSource | Kind::SinkBinding => api_version == "sources.knative.dev/v1beta1",
+            _ => false,
+        }
     }
     pub fn plural(self) -> &'static str {
         match self {
@@ -60,12 +123,23 @@ impl Kind {
             Kind::Sequence => "sequences",
             Kind::Parallel => "parallels",
             Kind::Service => "services",
+            Kind::Secret => "secrets",
+            Kind::PingSource => "pingsources",
+            Kind::CronJobSource => "cronjobsources",
+            Kind::ContainerSource => "containersources",
+            Kind::SinkBinding => "sinkbindings",
+            Kind::GitHubSource => "githubsources",
+            Kind::GitLabSource => "gitlabsources",
+            Kind::KafkaSource => "kafkasources",
         }
     }
 
     /// Whether this kind is addressable (has `status.address.url`) and so can be a `ref`.
     pub fn addressable(self) -> bool {
-        !matches!(self, Kind::Trigger | Kind::Subscription)
+        matches!(
+            self,
+            Kind::Broker | Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel | Kind::Service
+        )
     }
 
     /// Accepts the names a CLI user types: `broker`, `brokers`, `Broker`, `imc`.
@@ -99,7 +173,7 @@ impl Kind {
         let k = Kind::ALL.into_iter().find(|k| k.name() == kind).ok_or_else(|| {
             format!("unsupported kind '{kind}' (supported: {})", Kind::ALL.map(Kind::name).join(", "))
         })?;
-        if api_version == k.api_version() {
+        if api_version == k.api_version() || k.also_accepts(api_version) {
             Ok(k)
         } else {
             Err(format!("{kind} needs apiVersion {}, got '{api_version}'", k.api_version()))

@@ -12,6 +12,7 @@ mod kind;
 mod messaging;
 mod meta;
 mod serving;
+mod sources;
 mod status;
 mod trigger;
 mod walk;
@@ -28,6 +29,10 @@ pub use messaging::{
 pub use serving::{
     AUTOSCALING_PREFIX, Autoscaling, ContainerSpec, Readiness, RevisionTemplate, SCALE_METRIC_ANNOTATION, ScaleMetric,
     ServiceConfig, TARGET_BACKLOG_ANNOTATION, TrafficRevision, TrafficTarget, compile_template,
+};
+pub use sources::{
+    BindingSubject, InitialOffset, KafkaNet, KafkaSpec, PingSpec, SecretConfig, SecretKeyRef, SinkBindingConfig,
+    SourceConfig, SourceSpec, WebhookSpec, labels, parse_schedule, parse_timezone,
 };
 pub use status::Condition;
 pub use trigger::TriggerConfig;
@@ -73,6 +78,10 @@ pub enum Compiled {
     Sequence(SequenceConfig),
     Parallel(ParallelConfig),
     Service(ServiceConfig),
+    Secret(SecretConfig),
+    /// PingSource, CronJobSource, ContainerSource, GitHubSource, GitLabSource, KafkaSource.
+    Source(Box<SourceConfig>),
+    SinkBinding(SinkBindingConfig),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -84,7 +93,13 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, AdmissionError> {
 /// Validates and compiles one document. `index` (0-based) names it in errors.
 pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled), Vec<FieldError>> {
     let mut w = walk::Walker::new(index);
-    let Some(top) = w.object(doc, "", &["apiVersion", "kind", "metadata", "spec", "status"]) else {
+    let is_secret = doc.get("kind").and_then(Value::as_str) == Some("Secret");
+    let fields: &[&str] = if is_secret {
+        &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"]
+    } else {
+        &["apiVersion", "kind", "metadata", "spec", "status"]
+    };
+    let Some(top) = w.object(doc, "", fields) else {
         return Err(w.finish_err());
     };
     let kind_name = w.req_str(top, "kind", "");
@@ -104,6 +119,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let empty = Value::Object(Default::default());
     // An absent or empty (`spec:`) spec is an empty map.
     let spec = top.get("spec").filter(|v| !v.is_null()).unwrap_or(&empty);
+    let mut secret_fields = None;
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
         Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
@@ -121,16 +137,36 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
             messaging::compile_parallel(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Parallel)
         }
         Some(Kind::Service) => serving::compile_service(&mut w, spec, &namespace, &name).map(Compiled::Service),
+        Some(Kind::Secret) => sources::compile_secret(&mut w, top, &namespace, &name).map(|(c, fields)| {
+            secret_fields = Some(fields);
+            Compiled::Secret(c)
+        }),
+        Some(
+            k @ (Kind::PingSource
+            | Kind::CronJobSource
+            | Kind::ContainerSource
+            | Kind::GitHubSource
+            | Kind::GitLabSource
+            | Kind::KafkaSource),
+        ) => sources::compile_source(&mut w, k, spec, &namespace, &name).map(|s| Compiled::Source(Box::new(s))),
+        Some(Kind::SinkBinding) => {
+            sources::compile_sink_binding(&mut w, spec, &namespace, &name).map(Compiled::SinkBinding)
+        }
         None => None,
     };
     match (kind, compiled) {
         (Some(kind), Some(compiled)) if w.ok() => {
-            let manifest = serde_json::json!({
+            let mut manifest = serde_json::json!({
                 "apiVersion": kind.api_version(),
                 "kind": kind.name(),
                 "metadata": metadata,
                 "spec": spec,
             });
+            if let Some(fields) = secret_fields {
+                let m = manifest.as_object_mut().expect("object");
+                m.remove("spec");
+                m.extend(fields);
+            }
             Ok((Resource { kind, namespace, name, manifest }, compiled))
         }
         _ => Err(w.finish_err()),
@@ -176,7 +212,15 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         | Kind::Subscription
         | Kind::Sequence
         | Kind::Parallel
-        | Kind::Service => {
+        | Kind::Service
+        | Kind::Secret
+        | Kind::PingSource
+        | Kind::CronJobSource
+        | Kind::ContainerSource
+        | Kind::SinkBinding
+        | Kind::GitHubSource
+        | Kind::GitLabSource
+        | Kind::KafkaSource => {
             if new.kind == Kind::Subscription {
                 let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));
                 if a != b {

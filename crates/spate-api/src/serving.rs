@@ -25,6 +25,8 @@ pub struct ContainerSpec {
     /// `args` for the image's entrypoint, when there is no `command`.
     pub image_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `env[].valueFrom.secretKeyRef`: resolved from Secrets when the process starts.
+    pub env_secrets: Vec<(String, crate::SecretKeyRef)>,
     pub working_dir: Option<String>,
     /// `ports[0].containerPort` (for images; processes get `PORT`).
     pub container_port: Option<u16>,
@@ -269,7 +271,7 @@ fn string_list(w: &mut Walker, m: &Map<String, Value>, key: &str, path: &str) ->
     }
 }
 
-fn container(w: &mut Walker, v: &Value, path: &str) -> Option<ContainerSpec> {
+pub(crate) fn container(w: &mut Walker, v: &Value, path: &str) -> Option<ContainerSpec> {
     let m = w.object(
         v,
         path,
@@ -301,6 +303,7 @@ fn container(w: &mut Walker, v: &Value, path: &str) -> Option<ContainerSpec> {
         vec![]
     };
     let mut env = vec![];
+    let mut env_secrets = vec![];
     match m.get("env") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
@@ -308,15 +311,16 @@ fn container(w: &mut Walker, v: &Value, path: &str) -> Option<ContainerSpec> {
                 let p = format!("{}[{i}]", join(path, "env"));
                 let Some(em) = w.object(e, &p, &["name", "value", "valueFrom"]) else { continue };
                 let name = w.req_str(em, "name", &p);
-                if em.contains_key("valueFrom") {
-                    w.error(&join(&p, "valueFrom"), "is not supported yet; give value");
-                }
+                let secret = crate::sources::secret_ref(w, em, "valueFrom", &p);
                 let value = w.opt_str(em, "value", &p).unwrap_or("");
                 if let Some(n) = name {
                     if n == "PORT" {
                         w.error(&join(&p, "name"), "PORT is set by Spate for each instance");
                     }
-                    env.push((n.to_string(), value.to_string()));
+                    match secret {
+                        Some(r) => env_secrets.push((n.to_string(), r)),
+                        None => env.push((n.to_string(), value.to_string())),
+                    }
                 }
             }
         }
@@ -338,7 +342,7 @@ fn container(w: &mut Walker, v: &Value, path: &str) -> Option<ContainerSpec> {
         Some(h) => Readiness::HttpGet { path: h.get("path").and_then(Value::as_str).unwrap_or("/").to_string() },
         None => Readiness::TcpConnect,
     };
-    Some(ContainerSpec { argv, image, image_args, env, working_dir, container_port, readiness })
+    Some(ContainerSpec { argv, image, image_args, env, env_secrets, working_dir, container_port, readiness })
 }
 
 fn traffic(w: &mut Walker, v: Option<&Value>, path: &str) -> Vec<TrafficTarget> {
@@ -437,7 +441,16 @@ pub fn compile_service(w: &mut Walker, spec: &Value, ns: &str, name: &str) -> Op
         ],
     )?;
     let container = match sm.get("containers") {
-        Some(Value::Array(cs)) if cs.len() == 1 => container(w, &cs[0], "spec.template.spec.containers[0]"),
+        Some(Value::Array(cs)) if cs.len() == 1 => {
+            let c = container(w, &cs[0], "spec.template.spec.containers[0]");
+            if c.as_ref().is_some_and(|c| !c.env_secrets.is_empty()) {
+                w.error(
+                    "spec.template.spec.containers[0].env",
+                    "valueFrom.secretKeyRef is supported in ContainerSources; a Service's env takes value only (for now)",
+                );
+            }
+            c
+        }
         Some(Value::Array(cs)) if cs.len() > 1 => {
             w.error("spec.template.spec.containers", "Spate runs one container per revision (no sidecars)");
             None

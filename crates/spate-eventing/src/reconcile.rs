@@ -156,7 +156,19 @@ impl Eventing {
                     ) => {
                         return missing();
                     }
-                    Some(Kind::Trigger | Kind::Subscription) | None => {
+                    Some(
+                        Kind::Trigger
+                        | Kind::Subscription
+                        | Kind::Secret
+                        | Kind::PingSource
+                        | Kind::CronJobSource
+                        | Kind::ContainerSource
+                        | Kind::SinkBinding
+                        | Kind::GitHubSource
+                        | Kind::GitLabSource
+                        | Kind::KafkaSource,
+                    )
+                    | None => {
                         return Err(format!(
                             "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service); use a uri",
                             r.kind, r.namespace, r.name, r.api_version
@@ -171,6 +183,21 @@ impl Eventing {
             (None, Some(u)) => Ok(u.clone()),
             (None, None) => Err("destination has neither ref nor uri".into()),
         }
+    }
+
+    /// A resolver of Destinations (sources' sinks, say) against what `desired` defines,
+    /// working as every trigger's subscriber is resolved.
+    pub fn resolver(&self, desired: &Desired) -> impl Fn(&Destination) -> Result<String, String> + '_ {
+        let expanded = crate::messaging::expand(desired);
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        let names = Addressables {
+            brokers: desired.brokers.iter().map(|b| key(&b.namespace, &b.name)).collect(),
+            channels: expanded.channels.iter().map(|c| key(&c.namespace, &c.name)).collect(),
+            sequences: desired.sequences.iter().map(|s| key(&s.namespace, &s.name)).collect(),
+            parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
+            services: desired.services.clone(),
+        };
+        move |dest| self.resolve(dest, &names)
     }
 
     /// Brings the running parts in line with `desired` (by diff: unchanged

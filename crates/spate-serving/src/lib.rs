@@ -4,11 +4,10 @@
 //! on trigger backlog).
 //!
 //! Pure parts: [`autoscaler`] (the KPA decision). IO at the edges:
-//! [`process`] (spawn, probe, stop, reap), [`revision`] (instances, activator
+//! `spate_process` (spawn, probe, stop, reap), [`revision`] (instances, activator
 //! queue, scale loop) and the revision history file.
 
 pub mod autoscaler;
-pub mod process;
 pub mod revision;
 
 use std::collections::HashMap;
@@ -27,17 +26,15 @@ use tokio::sync::Notify;
 
 pub use revision::{Lease, Revision, RevisionStatus};
 
-use process::LogRing;
 use revision::Ctx;
+use spate_process::{self as process, LogRing};
 
 #[derive(Debug, Error)]
 pub enum ServingError {
     #[error("{0}")]
     Spawn(String),
-    #[error(
-        "the container has only an image and no container engine can run it ({0}); give a command, or install docker or podman"
-    )]
-    NoEngine(String),
+    #[error(transparent)]
+    Process(#[from] spate_process::ProcessError),
     #[error("revision {revision}: {limit} requests already wait for an instance")]
     QueueFull { revision: String, limit: usize },
     #[error("revision {revision} cannot start: {reason}")]

@@ -15,8 +15,8 @@ use spate_api::{RevisionTemplate, ScaleMetric};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::autoscaler::Kpa;
-use crate::process::{self, Launch, LogRing};
 use crate::{BacklogProbe, ServingError};
+use spate_process::{self as process, Launch, LogRing};
 
 /// What every revision shares with the serving runtime.
 pub(crate) struct Ctx {

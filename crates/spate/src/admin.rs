@@ -58,6 +58,8 @@ async fn apply(State(st): State<Admin>, Query(q): Query<ApplyQuery>, body: Strin
 }
 
 fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {
+    // The core group (`apiVersion: v1`, Secrets) is spelled `core` in paths.
+    let group = if group == "core" { "" } else { group };
     Kind::from_plural(group, plural)
         .filter(|k| k.version() == version)
         .ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
@@ -76,10 +78,15 @@ async fn logs(
     State(st): State<Admin>,
     Path((kind, ns, name)): Path<(String, String, String)>,
 ) -> Result<String, ApiError> {
-    if Kind::from_cli(&kind) != Some(Kind::Service) {
-        return Err(ApiError::BadRequest(format!("logs are kept for services, not '{kind}' (use service/NAME)")));
-    }
-    Ok(st.control.logs(&ns, &name)?.into_iter().map(|l| l + "\n").collect())
+    let k = match Kind::from_cli(&kind) {
+        Some(k @ (Kind::Service | Kind::ContainerSource)) => k,
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "logs are kept for services and containersources, not '{kind}' (use service/NAME or containersource/NAME)"
+            )));
+        }
+    };
+    Ok(st.control.logs(k, &ns, &name)?.into_iter().map(|l| l + "\n").collect())
 }
 
 async fn list_all(

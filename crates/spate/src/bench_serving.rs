@@ -73,7 +73,7 @@ pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::
     for _ in 0..n {
         via.push(get(&client, &url).await?.as_nanos() as u64);
     }
-    let port = spate_serving::process::free_port()?;
+    let port = spate_process::free_port()?;
     let mut direct_fn = tokio::process::Command::new(&rust[0])
         .env("PORT", port.to_string())
         .kill_on_drop(true)

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when an instance is stopped.
     #[arg(long, default_value_t = 10)]
     pub grace_seconds: u64,
+    /// The data plane's URL as GitHub or GitLab reach it, for registering webhooks
+    /// (default: the data plane's own address).
+    #[arg(long)]
+    pub public_url: Option<String>,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -95,7 +95,8 @@ fn kind_arg(k: &str) -> anyhow::Result<Kind> {
 }
 
 fn resource_url(server: &str, kind: Kind, ns: Option<&str>, name: Option<&str>) -> String {
-    let mut u = format!("{}/apis/{}/{}", server.trim_end_matches('/'), kind.group(), kind.version());
+    let group = if kind.group().is_empty() { "core" } else { kind.group() };
+    let mut u = format!("{}/apis/{group}/{}", server.trim_end_matches('/'), kind.version());
     if let Some(ns) = ns {
         u.push_str(&format!("/namespaces/{ns}"));
     }
@@ -154,7 +155,7 @@ pub async fn get_objects(
 
 pub async fn logs(a: LogsArgs) -> Exit {
     let Some((kind, name)) = a.target.split_once('/') else {
-        bail!("'{}': use service/NAME", a.target);
+        bail!("'{}': use service/NAME or containersource/NAME", a.target);
     };
     let server = a.server.server.trim_end_matches('/');
     let resp = http()
@@ -238,8 +239,11 @@ pub async fn get(a: GetArgs) -> Exit {
     if let Some(d) = Derived::from_plural(&a.kind) {
         return get_derived(&a, d).await;
     }
-    let k = kind_arg(&a.kind)?;
     let ns = if a.all_namespaces { None } else { Some(a.namespace.as_str()) };
+    if matches!(a.kind.to_ascii_lowercase().as_str(), "sources" | "source") {
+        return get_sources(&a, ns).await;
+    }
+    let k = kind_arg(&a.kind)?;
     match get_objects(&a.server.server, k, ns, a.name.as_deref()).await? {
         Ok(items) => {
             print!("{}", crate::output::render(k, &items, a.output, a.name.is_some()));
@@ -247,6 +251,28 @@ pub async fn get(a: GetArgs) -> Exit {
         }
         Err(body) => Ok(report_failure(&body)),
     }
+}
+
+/// `spate get sources`: every source kind, with sink and state.
+async fn get_sources(a: &GetArgs, ns: Option<&str>) -> Exit {
+    let mut all = vec![];
+    for k in Kind::SOURCES {
+        match get_objects(&a.server.server, k, ns, None).await? {
+            Ok(items) => all.extend(items.into_iter().map(|i| (k, i))),
+            Err(body) => return Ok(report_failure(&body)),
+        }
+    }
+    if a.name.is_some() {
+        bail!("`get sources` lists every source; name one with its kind (get pingsource NAME)");
+    }
+    match a.output {
+        crate::cli::OutputFormat::Table => print!("{}", crate::output::sources_table(&all)),
+        other => {
+            let items: Vec<Value> = all.into_iter().map(|(_, i)| i).collect();
+            print!("{}", crate::output::render(Kind::PingSource, &items, other, false));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Resolves a broker's address through the admin API (`status.address.url`).

@@ -1,14 +1,16 @@
 //! The control plane: admission, the resource store, reconciliation and status.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind};
+use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind, SecretConfig, SecretKeyRef};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
 use spate_serving::{ServiceStatus, Serving};
+use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -63,6 +65,7 @@ pub struct ControlPlane {
     store: Mutex<Store>,
     eventing: Arc<Eventing>,
     serving: Arc<Serving>,
+    sources: Arc<Sources>,
     /// The last reconciled status of each Service (for Revisions, Configurations and Routes).
     services: std::sync::Mutex<Vec<ServiceStatus>>,
     ready: AtomicBool,
@@ -252,7 +255,15 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
                 .collect();
             s["branchStatuses"] = json!(branches);
         }
-        Kind::Service => {}
+        Kind::Service
+        | Kind::Secret
+        | Kind::PingSource
+        | Kind::CronJobSource
+        | Kind::ContainerSource
+        | Kind::SinkBinding
+        | Kind::GitHubSource
+        | Kind::GitLabSource
+        | Kind::KafkaSource => {}
         Kind::Broker | Kind::Trigger => {
             if let Some(u) = &st.subscriber_uri {
                 s["subscriberUri"] = json!(u);
@@ -266,11 +277,12 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, eventing: Arc<Eventing>, serving: Arc<Serving>) -> Self {
+    pub fn new(store: Store, eventing: Arc<Eventing>, serving: Arc<Serving>, sources: Arc<Sources>) -> Self {
         ControlPlane {
             store: Mutex::new(store),
             eventing,
             serving,
+            sources,
             services: std::sync::Mutex::new(vec![]),
             ready: AtomicBool::new(false),
         }
@@ -334,9 +346,14 @@ impl ControlPlane {
         Ok(out)
     }
 
-    /// The last lines printed by a Service's instances.
-    pub fn logs(&self, namespace: &str, name: &str) -> Result<Vec<String>, ApiError> {
-        self.serving.logs(namespace, name).ok_or_else(|| ApiError::NotFound(format!("Service {namespace}/{name}")))
+    /// The last lines printed by a Service's instances or a ContainerSource's processes.
+    pub fn logs(&self, kind: Kind, namespace: &str, name: &str) -> Result<Vec<String>, ApiError> {
+        let lines = if kind == Kind::ContainerSource {
+            self.sources.logs(namespace, name)
+        } else {
+            self.serving.logs(namespace, name)
+        };
+        lines.ok_or_else(|| ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -400,19 +417,33 @@ impl ControlPlane {
     /// Objects of `kind` in `namespace` (all namespaces if `None`), optionally one by name.
     pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
         let store = self.store.lock().await;
-        if let (Some(ns), Some(n)) = (namespace, name) {
-            return store
+        let entries: Vec<&Entry> = if let (Some(ns), Some(n)) = (namespace, name) {
+            vec![
+                store
+                    .entries
+                    .get(&(kind, ns.to_string(), n.to_string()))
+                    .ok_or_else(|| ApiError::NotFound(format!("{} {ns}/{n}", kind.name())))?,
+            ]
+        } else {
+            store
                 .entries
-                .get(&(kind, ns.to_string(), n.to_string()))
-                .map(|e| vec![e.object()])
-                .ok_or_else(|| ApiError::NotFound(format!("{} {ns}/{n}", kind.name())));
+                .iter()
+                .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns))
+                .map(|(_, e)| e)
+                .collect()
+        };
+        let mut out = vec![];
+        for e in entries {
+            let mut o = e.object();
+            // Sources report live counters and process state, not only what the last reconcile saw.
+            if kind.is_source()
+                && let Some(st) = self.sources.status(kind, &e.resource.namespace, &e.resource.name).await
+            {
+                o["status"] = source_status_json(&st, e.generation, &e.status);
+            }
+            out.push(o);
         }
-        Ok(store
-            .entries
-            .iter()
-            .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns))
-            .map(|(_, e)| e.object())
-            .collect())
+        Ok(out)
     }
 
     pub async fn reconcile(&self) {
@@ -424,8 +455,17 @@ impl ControlPlane {
     async fn reconcile_locked(&self, store: &mut Store) {
         let mut desired = Desired::default();
         let mut services = vec![];
+        let mut sources = vec![];
+        let mut bindings = vec![];
+        let mut secrets: HashMap<(String, String), &SecretConfig> = HashMap::new();
+        let mut labels: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
         for e in store.entries.values() {
             match &e.compiled {
+                Compiled::Secret(s) => {
+                    secrets.insert((s.namespace.clone(), s.name.clone()), s);
+                }
+                Compiled::Source(s) => sources.push((**s).clone()),
+                Compiled::SinkBinding(b) => bindings.push(b.clone()),
                 Compiled::Broker(b) => desired.brokers.push(b.clone()),
                 Compiled::Trigger(t) => desired.triggers.push(t.clone()),
                 Compiled::Channel(c) => desired.channels.push(c.clone()),
@@ -436,7 +476,41 @@ impl ControlPlane {
                     desired
                         .services
                         .insert((s.namespace.clone(), s.name.clone()), self.serving.address(&s.namespace, &s.name));
+                    labels.insert(
+                        (s.namespace.clone(), s.name.clone()),
+                        spate_api::labels(&e.resource.manifest["metadata"]),
+                    );
                     services.push(s.clone());
+                }
+            }
+        }
+        let resolve = self.eventing.resolver(&desired);
+        let binding_statuses = crate::bindings::apply(&bindings, &mut services, &labels, &resolve);
+        let resolved: Vec<ResolvedSource> = sources
+            .into_iter()
+            .map(|config| {
+                let secrets = config
+                    .secret_refs()
+                    .into_iter()
+                    .map(|r| (r.clone(), secret_value(&secrets, &config.namespace, r)))
+                    .collect();
+                ResolvedSource {
+                    sink: resolve(&config.sink),
+                    dead_letter_sink: config.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()).map(&resolve),
+                    secrets,
+                    config,
+                }
+            })
+            .collect();
+        drop(resolve);
+        for b in binding_statuses {
+            if let Some(e) = store.entries.get_mut(&b.key) {
+                let mut new = json!({"observedGeneration": e.generation, "conditions": conditions_json(&b.conditions, &now_rfc3339())});
+                if let Some(u) = &b.sink_uri {
+                    new["sinkUri"] = json!(u);
+                }
+                if strip_times(&e.status) != strip_times(&new) {
+                    e.status = new;
                 }
             }
         }
@@ -466,12 +540,46 @@ impl ControlPlane {
                 }
             }
         }
+        for st in self.sources.reconcile(&resolved).await {
+            if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
+                e.status = source_status_json(&st, e.generation, &e.status);
+            }
+        }
     }
 
     pub async fn shutdown(&self) {
+        self.sources.shutdown().await;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
     }
+}
+
+/// A Secret's value for a `secretKeyRef` in `namespace`, or what is missing.
+fn secret_value(
+    secrets: &HashMap<(String, String), &SecretConfig>,
+    namespace: &str,
+    r: &SecretKeyRef,
+) -> Result<Vec<u8>, String> {
+    let s = secrets
+        .get(&(namespace.to_string(), r.name.clone()))
+        .ok_or_else(|| format!("Secret {namespace}/{} does not exist", r.name))?;
+    s.data.get(&r.key).cloned().ok_or_else(|| format!("Secret {namespace}/{} has no key '{}'", r.name, r.key))
+}
+
+/// A source's status: its conditions (transition times kept while unchanged) and fields.
+fn source_status_json(st: &SourceStatus, generation: u64, old: &Value) -> Value {
+    let now = now_rfc3339();
+    let mut s = st.fields();
+    s["observedGeneration"] = json!(generation);
+    s["conditions"] = json!(conditions_json(&st.conditions, &now));
+    if let (Some(new), Some(prev)) = (s["conditions"].as_array_mut(), old.get("conditions").and_then(Value::as_array)) {
+        for c in new.iter_mut() {
+            if let Some(p) = prev.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]) {
+                c["lastTransitionTime"] = p["lastTransitionTime"].clone();
+            }
+        }
+    }
+    s
 }
 
 fn strip_times(v: &Value) -> Value {

@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod bench_serving;
+mod bindings;
 mod cli;
 mod client;
 mod control;
@@ -14,6 +15,7 @@ mod output;
 mod proxy;
 mod serve;
 mod store;
+mod webhooks;
 
 use clap::Parser;
 

@@ -52,6 +52,14 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                     vec!["NAMESPACE", "NAME", "CHANNEL", "SUBSCRIBER_URI", "REPLY_URI", "READY", "REASON"]
                 }
                 Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
+                Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
+                Kind::PingSource
+                | Kind::CronJobSource
+                | Kind::ContainerSource
+                | Kind::GitHubSource
+                | Kind::GitLabSource
+                | Kind::KafkaSource
+                | Kind::SinkBinding => SOURCE_HEADER.to_vec(),
             };
             rows.push(header.iter().map(ToString::to_string).collect());
             for it in items {
@@ -84,11 +92,52 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                         r,
                         reason,
                     ],
+                    Kind::Secret => vec![
+                        ns,
+                        name,
+                        s(it, "/type").into(),
+                        it.get("data")
+                            .and_then(serde_json::Value::as_object)
+                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                            .unwrap_or_default(),
+                    ],
+                    Kind::PingSource
+                    | Kind::CronJobSource
+                    | Kind::ContainerSource
+                    | Kind::GitHubSource
+                    | Kind::GitLabSource
+                    | Kind::KafkaSource
+                    | Kind::SinkBinding => source_row(kind, it),
                 });
             }
             table(rows, kind.plural())
         }
     }
+}
+
+const SOURCE_HEADER: [&str; 8] = ["NAMESPACE", "NAME", "KIND", "SINK", "EMITTED", "FAILED", "READY", "REASON"];
+
+/// One row of `spate get sources` (and of each source kind).
+pub fn source_row(kind: Kind, it: &serde_json::Value) -> Vec<String> {
+    let (r, reason) = ready(it);
+    let n = |p: &str| it.pointer(p).map(|v| v.to_string()).unwrap_or_default();
+    vec![
+        s(it, "/metadata/namespace").to_string(),
+        s(it, "/metadata/name").to_string(),
+        kind.name().to_string(),
+        s(it, "/status/sinkUri").to_string(),
+        n("/status/spate/emitted"),
+        n("/status/spate/failed"),
+        r,
+        reason,
+    ]
+}
+
+/// `spate get sources`: every source kind in one table.
+pub fn sources_table(items: &[(Kind, serde_json::Value)]) -> String {
+    let mut rows = vec![SOURCE_HEADER.iter().map(ToString::to_string).collect::<Vec<_>>()];
+    rows.extend(items.iter().map(|(k, it)| source_row(*k, it)));
+    table(rows, "sources")
 }
 
 /// Aligned columns; the first row is the header.

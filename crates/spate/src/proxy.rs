@@ -45,7 +45,7 @@ pub async fn by_host(State(st): State<Proxy>, req: Request, next: Next) -> Respo
 fn serving_error(e: ServingError) -> Response {
     let (code, retry) = match &e {
         ServingError::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
-        ServingError::Unavailable { .. } | ServingError::Spawn(_) | ServingError::NoEngine(_) => {
+        ServingError::Unavailable { .. } | ServingError::Spawn(_) | ServingError::Process(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, Some("5"))
         }
         ServingError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, None),

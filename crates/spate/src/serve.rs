@@ -14,6 +14,7 @@ use spate_delivery::Dispatcher;
 use spate_eventing::{Eventing, EventingConfig};
 use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, Retention};
 use spate_serving::{BacklogProbe, Serving, ServingConfig};
+use spate_sources::{Sources, SourcesConfig};
 
 use crate::cli::ServeArgs;
 use crate::control::ControlPlane;
@@ -150,8 +151,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let probe: Arc<dyn BacklogProbe> = Arc::new(EventingBacklog(eventing.clone()));
     let serving = Arc::new(Serving::new(serving_config, Some(probe)).context("starting serving")?);
+    let sources_config = SourcesConfig {
+        dir: args.data_dir.join("sources"),
+        public_url: args.public_url.clone().unwrap_or_else(|| base_url(data_addr)),
+        grace: Duration::from_secs(args.grace_seconds),
+        default_delivery: eventing.config().default_delivery.clone(),
+        default_backoff: Duration::from_millis(args.default_backoff_ms),
+    };
+    let sources = Arc::new(Sources::new(sources_config, Dispatcher::default()).context("starting sources")?);
     let store = Store::load(&args.data_dir).context("loading stored resources")?;
-    let control = Arc::new(ControlPlane::new(store, eventing.clone(), serving.clone()));
+    let control = Arc::new(ControlPlane::new(store, eventing.clone(), serving.clone(), sources.clone()));
     if let Some(text) = &manifests {
         let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for a in applied {
@@ -174,6 +183,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         max_event_size: args.max_event_size,
     })
     .merge(crate::proxy::router(proxy.clone()))
+    .merge(crate::webhooks::router(sources.clone(), args.max_event_size))
     .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
     let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics });
     // Tests and scripts read these two lines to find the servers.

@@ -37,12 +37,28 @@ impl Entry {
             m.insert("generation".into(), json!(self.generation));
             m.insert("creationTimestamp".into(), json!(self.created));
         }
+        if self.resource.kind == Kind::Secret {
+            // Values never leave the data directory: `get` shows the keys and sizes only.
+            if let Some(d) = v.get_mut("data").and_then(Value::as_object_mut) {
+                for (_, val) in d.iter_mut() {
+                    let n = val.as_str().map(|b| b.len() / 4 * 3).unwrap_or(0);
+                    *val = json!(format!("<redacted, about {n} bytes>"));
+                }
+            }
+            return v;
+        }
         v["status"] = self.status.clone();
         v
     }
 }
 
 pub type Key = (Kind, String, String);
+
+/// Secret values live in `<data-dir>/secrets/<namespace>.<name>.json`, readable by the owner
+/// only; `resources.json` holds the Secret without them.
+fn secret_file(dir: &Path, ns: &str, name: &str) -> PathBuf {
+    dir.join("secrets").join(format!("{ns}.{name}.json"))
+}
 
 pub struct Store {
     path: PathBuf,
@@ -65,7 +81,21 @@ impl Store {
         let saved: Vec<Value> = serde_json::from_str(&text)
             .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?;
         for (i, s) in saved.iter().enumerate() {
-            match spate_api::admit_document(&s["manifest"], i) {
+            let mut manifest = s["manifest"].clone();
+            if manifest["kind"] == "Secret" {
+                let (ns, name) = (
+                    manifest.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+                    manifest.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                );
+                let file = secret_file(dir, &ns, &name);
+                match std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+                    Some(data) => manifest["data"] = data,
+                    None => {
+                        tracing::error!(file = %file.display(), "the values of Secret {ns}/{name} are missing; it is empty until applied again")
+                    }
+                }
+            }
+            match spate_api::admit_document(&manifest, i) {
                 Ok((resource, compiled)) => {
                     let entry = Entry {
                         generation: s["generation"].as_u64().unwrap_or(1),
@@ -88,10 +118,33 @@ impl Store {
     }
 
     pub fn save(&self) -> Result<(), StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut keep = std::collections::HashSet::new();
+        for e in self.entries.values().filter(|e| e.resource.kind == Kind::Secret) {
+            let file = secret_file(&dir, &e.resource.namespace, &e.resource.name);
+            write_private(&file, &serde_json::to_vec(&e.resource.manifest["data"]).expect("JSON"))
+                .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
+            keep.insert(file);
+        }
+        if let Ok(files) = std::fs::read_dir(dir.join("secrets")) {
+            for f in files.flatten() {
+                if !keep.contains(&f.path()) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
         let saved: Vec<Value> = self
             .entries
             .values()
-            .map(|e| json!({"manifest": e.resource.manifest, "generation": e.generation, "uid": e.uid, "created": e.created}))
+            .map(|e| {
+                let mut manifest = e.resource.manifest.clone();
+                if e.resource.kind == Kind::Secret
+                    && let Some(m) = manifest.as_object_mut()
+                {
+                    m.remove("data");
+                }
+                json!({"manifest": manifest, "generation": e.generation, "uid": e.uid, "created": e.created})
+            })
             .collect();
         let tmp = self.path.with_extension("json.tmp");
         let w = |source| StoreError::Write { path: self.path.display().to_string(), source };
@@ -110,4 +163,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Writes a file only its owner can read (0600; its directory 0700), atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(d) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

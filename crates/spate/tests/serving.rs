@@ -284,7 +284,7 @@ async fn services_that_cannot_run_are_not_ready_and_say_why() {
     assert_eq!(r.status(), 503, "a request to a service that cannot start is refused, not hung");
 
     let v = s.admin_json("/apis/serving.knative.dev/v1/namespaces/default/services/img").await;
-    if spate_serving::process::container_engine().is_err() {
+    if spate_process::container_engine().is_err() {
         let ready = &v["status"]["conditions"][0];
         assert_eq!(ready["reason"], "ContainerEngineMissing", "{v}");
         assert!(ready["message"].as_str().unwrap().contains("ghcr.io/knative/helloworld-go"), "{v}");

@@ -13,9 +13,18 @@ use spate_api::{ContainerSpec, Readiness};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::ServingError;
+/// Why a process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{0}")]
+    Spawn(String),
+    #[error(
+        "the container has only an image and no container engine can run it ({0}); give a command, or install docker or podman"
+    )]
+    NoEngine(String),
+}
 
-/// The last lines each service's instances printed (`spate logs service/NAME`).
+/// The last lines a resource's processes printed (`spate logs service/NAME`, `containersource/NAME`).
 #[derive(Default)]
 pub struct LogRing {
     lines: Mutex<VecDeque<String>>,
@@ -37,10 +46,10 @@ impl LogRing {
 }
 
 /// A free loopback port (bound then released; the instance binds it next).
-pub fn free_port() -> Result<u16, ServingError> {
+pub fn free_port() -> Result<u16, ProcessError> {
     let l =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ServingError::Spawn(format!("no free port: {e}")))?;
-    Ok(l.local_addr().map_err(|e| ServingError::Spawn(e.to_string()))?.port())
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| ProcessError::Spawn(format!("no free port: {e}")))?;
+    Ok(l.local_addr().map_err(|e| ProcessError::Spawn(e.to_string()))?.port())
 }
 
 /// Where `argv[0]` would be found, or why it cannot be run.
@@ -107,12 +116,12 @@ pub struct Launch<'a> {
     pub run_dir: &'a Path,
 }
 
-pub fn spawn(l: Launch<'_>) -> Result<Spawned, ServingError> {
+pub fn spawn(l: Launch<'_>) -> Result<Spawned, ProcessError> {
     let port = free_port()?;
     let c = l.container;
     let argv: Vec<String> = match &c.image {
         Some(image) if c.argv.is_empty() => {
-            let engine = container_engine().map_err(ServingError::NoEngine)?;
+            let engine = container_engine().map_err(ProcessError::NoEngine)?;
             let inner = c.container_port.unwrap_or(8080);
             let mut a = vec![
                 engine,
@@ -154,7 +163,7 @@ pub fn spawn(l: Launch<'_>) -> Result<Spawned, ServingError> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| ServingError::Spawn(format!("cannot start '{}': {e}", argv[0])))?;
+    let mut child = cmd.spawn().map_err(|e| ProcessError::Spawn(format!("cannot start '{}': {e}", argv[0])))?;
     let pid = child.id().unwrap_or(0) as i32;
     let pid_file = l.run_dir.join(format!("{pid}"));
     if let Err(e) = std::fs::write(&pid_file, start_time(pid).unwrap_or_default().to_string()) {

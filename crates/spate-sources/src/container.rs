@@ -1,0 +1,104 @@
+//! ContainerSource: each container runs as a supervised local process with
+//! `K_SINK` and `K_CE_OVERRIDES` set. A process that exits is restarted with
+//! backoff (1 s doubling to 30 s; reset after 30 s of running). Output goes to
+//! the source's log ring (`spate logs containersource/NAME`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spate_api::ContainerSpec;
+use spate_process::{Launch, LogRing};
+use tokio::sync::watch;
+
+/// What `status` reports about a ContainerSource's processes.
+#[derive(Default)]
+pub struct ContainerState {
+    pub running: AtomicUsize,
+    pub restarts: AtomicU64,
+    /// (reason, message) while the source cannot run.
+    pub not_ready: Mutex<Option<(String, String)>>,
+    pub last_exit: Mutex<Option<String>>,
+}
+
+pub(crate) struct Supervisor {
+    pub container: ContainerSpec,
+    pub env: Vec<(String, String)>,
+    pub label: String,
+    pub logs: Arc<LogRing>,
+    pub run_dir: PathBuf,
+    pub grace: Duration,
+    pub state: Arc<ContainerState>,
+}
+
+/// Why a container cannot be started at all (not Ready until its spec changes).
+pub(crate) fn preflight(c: &ContainerSpec) -> Result<(), (String, String)> {
+    if c.argv.is_empty() {
+        return spate_process::container_engine().map(|_| ()).map_err(|why| {
+            (
+                "ContainerEngineMissing".into(),
+                format!("the container has only an image and no container engine can run it ({why}); give a command, or install docker or podman"),
+            )
+        });
+    }
+    spate_process::check_command(c).map_err(|e| ("CommandNotFound".into(), e))
+}
+
+impl Supervisor {
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let launch = Launch {
+                container: &self.container,
+                env: self.env.clone(),
+                label: self.label.clone(),
+                logs: self.logs.clone(),
+                run_dir: &self.run_dir,
+            };
+            let started = Instant::now();
+            let mut sp = match spate_process::spawn(launch) {
+                Ok(sp) => sp,
+                Err(e) => {
+                    self.logs.push(format!("[{}] ! cannot start: {e}", self.label));
+                    *self.state.not_ready.lock().expect("state") = Some(("StartFailed".into(), e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            self.state.running.fetch_add(1, Ordering::Relaxed);
+            *self.state.not_ready.lock().expect("state") = None;
+            let status = tokio::select! {
+                s = sp.child.wait() => s,
+                _ = stop.changed() => {
+                    self.state.running.fetch_sub(1, Ordering::Relaxed);
+                    sp.terminate(self.grace).await;
+                    return;
+                }
+            };
+            self.state.running.fetch_sub(1, Ordering::Relaxed);
+            sp.cleanup_after_exit();
+            let why = match status {
+                Ok(s) => format!("exited ({s})"),
+                Err(e) => format!("lost ({e})"),
+            };
+            self.state.restarts.fetch_add(1, Ordering::Relaxed);
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_secs(1);
+            }
+            tracing::warn!(source = %self.label, status = %why, restart_in_ms = backoff.as_millis() as u64, "container process ended; restarting");
+            self.logs.push(format!("[{}] ! {why}; restarting in {} ms", self.label, backoff.as_millis()));
+            *self.state.last_exit.lock().expect("state") = Some(why);
+            metrics::counter!("spate_source_restarts_total", "source" => self.label.clone()).increment(1);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+}

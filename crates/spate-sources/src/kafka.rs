@@ -1,0 +1,452 @@
+//! KafkaSource: `consumers` group members per source, each a librdkafka
+//! consumer driven by one task.
+//!
+//! Invariants:
+//! - an offset is committed only once every record below it in its partition
+//!   was accepted by the sink or the dead-letter sink (`open` holds the rest);
+//! - at most [`MAX_UNCOMMITTED`] records per consumer are taken from Kafka and
+//!   not yet committed: beyond that the consumer pauses its partitions (and keeps
+//!   polling, so it stays in the group). A crash redelivers at most that many;
+//! - `ordering: ordered` has one record in flight per partition, in offset order;
+//!   `unordered` has up to [`UNORDERED_IN_FLIGHT`] per consumer.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use spate_api::{InitialOffset, KafkaSpec};
+use spate_core::{CloudEvent, ExtValue, http_codec, json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::emit::Emitter;
+
+/// Records a consumer may hold between taking them from Kafka and committing them.
+pub const MAX_UNCOMMITTED: usize = 1000;
+/// Deliveries in flight per consumer with `ordering: unordered`.
+pub const UNORDERED_IN_FLIGHT: usize = 100;
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
+
+/// Client settings derived from the spec, with secret values already resolved.
+#[derive(Clone, Default)]
+pub struct KafkaSecrets {
+    pub ca_cert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub sasl_user: Option<String>,
+    pub sasl_password: Option<String>,
+    pub sasl_mechanism: Option<String>,
+}
+
+pub(crate) fn client_config(spec: &KafkaSpec, secrets: &KafkaSecrets) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", spec.bootstrap_servers.join(","))
+        .set("group.id", &spec.consumer_group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match spec.initial_offset {
+                InitialOffset::Earliest => "earliest",
+                InitialOffset::Latest => "latest",
+            },
+        )
+        .set("statistics.interval.ms", "500")
+        .set("session.timeout.ms", "10000")
+        .set("client.id", "spate");
+    let protocol = match (spec.net.tls, spec.net.sasl) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    c.set("security.protocol", protocol);
+    if let Some(ca) = &secrets.ca_cert {
+        c.set("ssl.ca.pem", ca);
+    }
+    if let Some(cert) = &secrets.cert {
+        c.set("ssl.certificate.pem", cert);
+    }
+    if let Some(key) = &secrets.key {
+        c.set("ssl.key.pem", key);
+    }
+    if spec.net.sasl {
+        c.set("sasl.mechanisms", secrets.sasl_mechanism.as_deref().unwrap_or("PLAIN"));
+        if let Some(u) = &secrets.sasl_user {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &secrets.sasl_password {
+            c.set("sasl.password", p);
+        }
+    }
+    c
+}
+
+/// High watermarks per partition, from librdkafka's statistics (fetch responses).
+#[derive(Default)]
+pub(crate) struct Ctx {
+    high: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl ClientContext for Ctx {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else { return };
+        let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
+        let mut high = self.high.lock().expect("watermarks");
+        for (topic, t) in topics {
+            let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
+            for (p, pv) in parts {
+                let (Ok(p), Some(hi)) = (p.parse::<i32>(), pv.get("hi_offset").and_then(|h| h.as_i64())) else {
+                    continue;
+                };
+                if p >= 0 && hi >= 0 {
+                    high.insert((topic.clone(), p), hi);
+                }
+            }
+        }
+    }
+}
+impl ConsumerContext for Ctx {}
+
+/// Maps a record to a CloudEvent: Kafka-binding CloudEvents (binary: `ce_` headers;
+/// structured: `content-type: application/cloudevents+json`) keep their attributes;
+/// anything else becomes `dev.knative.kafka.event`.
+/// One Kafka record, as the mapping to a CloudEvent sees it.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(String, Vec<u8>)],
+    pub timestamp_ms: Option<i64>,
+    pub payload: Option<&'a [u8]>,
+}
+
+pub fn record_event(source: &str, r: &Record<'_>) -> CloudEvent {
+    let Record { topic, partition, offset, key, headers, timestamp_ms, payload } = *r;
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok());
+    let body = Bytes::copy_from_slice(payload.unwrap_or_default());
+    if headers.iter().any(|(k, _)| k == "ce_specversion") {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            let Ok(v) = std::str::from_utf8(v) else { continue };
+            let name = if let Some(attr) = k.strip_prefix("ce_") {
+                format!("ce-{attr}")
+            } else if k.eq_ignore_ascii_case("content-type") {
+                "content-type".to_string()
+            } else {
+                continue;
+            };
+            // Kafka header values are plain UTF-8; the HTTP decoder expects percent-encoding.
+            let value = if name == "content-type" { v.to_string() } else { spate_core::percent::encode(v) };
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+                h.insert(n, v);
+            }
+        }
+        match http_codec::decode_binary(&h, body.clone()) {
+            Ok(ev) => return ev,
+            Err(e) => {
+                tracing::warn!(topic, partition, offset, error = %e, "record has ce_ headers but is not a valid CloudEvent; wrapping it")
+            }
+        }
+    } else if content_type.is_some_and(|ct| ct.starts_with("application/cloudevents+json")) {
+        match json::decode_event(&body) {
+            Ok(ev) => return ev,
+            Err(e) => {
+                tracing::warn!(topic, partition, offset, error = %e, "structured record is not a valid CloudEvent; wrapping it")
+            }
+        }
+    }
+    let mut ev = CloudEvent::new(
+        format!("partition:{partition}/offset:{offset}"),
+        format!("{source}#{topic}"),
+        "dev.knative.kafka.event",
+    );
+    ev.subject = Some(format!("partition:{partition}#{offset}"));
+    if let Some(ms) = timestamp_ms.filter(|ms| *ms >= 0) {
+        ev.time = Some(spate_core::rules::format_rfc3339(ms / 1000, ((ms % 1000) * 1_000_000) as u32));
+    }
+    if let Some(k) = key {
+        let v = match std::str::from_utf8(k) {
+            Ok(s) if spate_core::rules::check_string("key", s).is_ok() => s.to_string(),
+            _ => base64::engine::general_purpose::STANDARD.encode(k),
+        };
+        ev.set_extension("key", ExtValue::String(v));
+    }
+    for (k, v) in headers {
+        let name: String = k.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
+        if name.is_empty() || name == "contenttype" {
+            continue;
+        }
+        let v = match std::str::from_utf8(v) {
+            Ok(s) if spate_core::rules::check_string(k, s).is_ok() => s.to_string(),
+            _ => base64::engine::general_purpose::STANDARD.encode(v),
+        };
+        ev.set_extension(&format!("kafkaheader{name}"), ExtValue::String(v));
+    }
+    ev.datacontenttype = content_type.map(str::to_string);
+    if !body.is_empty() {
+        ev.data = Some(body);
+    }
+    ev
+}
+
+struct Pending {
+    offset: i64,
+    event: CloudEvent,
+}
+
+#[derive(Default)]
+struct Part {
+    /// Received, not yet started (ordered mode).
+    queue: VecDeque<Pending>,
+    in_flight: usize,
+    /// Offsets received and not yet accepted downstream.
+    open: BTreeSet<i64>,
+    /// One past the highest offset received.
+    next: i64,
+    /// The offset last committed (one past the last accepted prefix).
+    committed: i64,
+}
+
+impl Part {
+    fn commit_position(&self) -> i64 {
+        self.open.first().copied().unwrap_or(self.next)
+    }
+}
+
+pub(crate) struct Consumer1 {
+    pub spec: KafkaSpec,
+    pub secrets: KafkaSecrets,
+    pub emitter: Arc<Emitter>,
+    pub index: usize,
+    /// This consumer's share of the source's lag.
+    pub lag: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Consumer1 {
+    pub(crate) fn create(&self) -> Result<StreamConsumer<Ctx>, String> {
+        client_config(&self.spec, &self.secrets)
+            .create_with_context(Ctx::default())
+            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))
+    }
+
+    pub(crate) async fn run(self, consumer: StreamConsumer<Ctx>, mut stop: watch::Receiver<bool>) {
+        let consumer = Arc::new(consumer);
+        let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&topics) {
+            *self.emitter.stats.last_error.lock().expect("stats") = Some(format!("subscribe: {e}"));
+            return;
+        }
+        let label = format!("{}#{}", self.emitter.label, self.index);
+        let ordered = self.spec.ordered;
+        let mut parts: HashMap<(String, i32), Part> = HashMap::new();
+        let mut tasks: JoinSet<((String, i32), i64, bool)> = JoinSet::new();
+        let mut uncommitted = 0usize;
+        let mut in_flight = 0usize;
+        let mut paused = false;
+        let mut tick = tokio::time::interval(COMMIT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    let Ok((key, offset, accepted)) = done else { continue };
+                    in_flight -= 1;
+                    if let Some(p) = parts.get_mut(&key) {
+                        p.in_flight -= 1;
+                        if accepted {
+                            p.open.remove(&offset);
+                        }
+                    }
+                    self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
+                }
+                m = consumer.recv() => {
+                    let m = match m {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(source = %label, error = %e, "Kafka consumer error");
+                            *self.emitter.stats.last_error.lock().expect("stats") = Some(format!("Kafka: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let headers: Vec<(String, Vec<u8>)> = m
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                        .unwrap_or_default();
+                    let key = (m.topic().to_string(), m.partition());
+                    let offset = m.offset();
+                    let ev = record_event(&self.spec.event_source, &Record {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset,
+                        key: m.key(),
+                        headers: &headers,
+                        timestamp_ms: m.timestamp().to_millis(),
+                        payload: m.payload(),
+                    });
+                    let p = parts.entry(key.clone()).or_insert_with(|| Part { next: offset, committed: offset, ..Part::default() });
+                    if offset < p.next {
+                        // Redelivered after a rebalance or a seek: already open or already accepted.
+                        if p.open.contains(&offset) || offset < p.committed {
+                            continue;
+                        }
+                    }
+                    p.next = p.next.max(offset + 1);
+                    p.open.insert(offset);
+                    p.queue.push_back(Pending { offset, event: ev });
+                    uncommitted += 1;
+                    self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
+                    if uncommitted >= MAX_UNCOMMITTED && !paused {
+                        if let Ok(a) = consumer.assignment() {
+                            let _ = consumer.pause(&a);
+                        }
+                        paused = true;
+                    }
+                }
+                _ = tick.tick() => {
+                    uncommitted = self.commit(&consumer, &mut parts, CommitMode::Async);
+                    if paused && uncommitted < MAX_UNCOMMITTED / 2 {
+                        if let Ok(a) = consumer.assignment() {
+                            let _ = consumer.resume(&a);
+                        }
+                        paused = false;
+                    }
+                    ticks += 1;
+                    if ticks.is_multiple_of(4) {
+                        self.update_lag(&consumer, &parts);
+                    }
+                }
+            }
+        }
+        // Stopping: deliveries in flight finish (or give up at once if nobody accepts); then a
+        // final synchronous commit of what was accepted. The rest is redelivered on the next start.
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((key, offset, true)) = done
+                && let Some(p) = parts.get_mut(&key)
+            {
+                p.open.remove(&offset);
+            }
+        }
+        for p in parts.values_mut() {
+            p.queue.clear();
+        }
+        self.commit(&consumer, &mut parts, CommitMode::Sync);
+        let c = consumer.clone();
+        let _ = tokio::task::spawn_blocking(move || c.unsubscribe()).await;
+    }
+
+    /// Starts deliveries from `key`'s queue while the ordering allows.
+    fn start(
+        &self,
+        parts: &mut HashMap<(String, i32), Part>,
+        key: &(String, i32),
+        tasks: &mut JoinSet<((String, i32), i64, bool)>,
+        in_flight: &mut usize,
+        ordered: bool,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let launch = |p: &mut Part, key: &(String, i32), tasks: &mut JoinSet<_>, in_flight: &mut usize| {
+            let Some(Pending { offset, event }) = p.queue.pop_front() else { return false };
+            p.in_flight += 1;
+            *in_flight += 1;
+            let em = self.emitter.clone();
+            let stop = stop.clone();
+            let key = key.clone();
+            tasks.spawn(async move {
+                let ok = em.emit_until_accepted(event, &stop).await;
+                (key, offset, ok)
+            });
+            true
+        };
+        if ordered {
+            if let Some(p) = parts.get_mut(key)
+                && p.in_flight == 0
+            {
+                launch(p, key, tasks, in_flight);
+            }
+            return;
+        }
+        // Unordered: fill up to the consumer's bound, this partition first, then any other.
+        while *in_flight < UNORDERED_IN_FLIGHT {
+            let next = if parts.get(key).is_some_and(|p| !p.queue.is_empty()) {
+                Some(key.clone())
+            } else {
+                parts.iter().find(|(_, p)| !p.queue.is_empty()).map(|(k, _)| k.clone())
+            };
+            let Some(k) = next else { break };
+            let p = parts.get_mut(&k).expect("present");
+            if !launch(p, &k, tasks, in_flight) {
+                break;
+            }
+        }
+    }
+
+    /// Commits every owned partition's accepted prefix; returns the records still uncommitted.
+    fn commit(
+        &self,
+        consumer: &StreamConsumer<Ctx>,
+        parts: &mut HashMap<(String, i32), Part>,
+        mode: CommitMode,
+    ) -> usize {
+        let owned: Option<TopicPartitionList> = consumer.assignment().ok();
+        let mut tpl = TopicPartitionList::new();
+        let mut before = vec![];
+        for ((topic, partition), p) in parts.iter_mut() {
+            let pos = p.commit_position();
+            let is_owned = owned.as_ref().is_none_or(|o| o.find_partition(topic, *partition).is_some());
+            if pos > p.committed && is_owned {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(pos));
+                before.push(((topic.clone(), *partition), p.committed));
+                p.committed = pos;
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, mode)
+        {
+            tracing::warn!(source = %self.emitter.label, error = %e, "offset commit failed; retrying with the next tick");
+            *self.emitter.stats.last_error.lock().expect("stats") = Some(format!("commit: {e}"));
+            for (key, old) in before {
+                if let Some(p) = parts.get_mut(&key) {
+                    p.committed = old;
+                }
+            }
+        }
+        parts.values().map(|p| (p.next - p.committed).max(0) as usize).sum()
+    }
+
+    /// This consumer's lag: per owned partition, the high watermark last fetched minus the
+    /// committed offset (or the fetch position where nothing was received yet).
+    fn update_lag(&self, consumer: &StreamConsumer<Ctx>, parts: &HashMap<(String, i32), Part>) {
+        let high = consumer.context().high.lock().expect("watermarks").clone();
+        let (Ok(owned), Ok(position)) = (consumer.assignment(), consumer.position()) else { return };
+        let mut lag = 0i64;
+        for e in owned.elements() {
+            let key = (e.topic().to_string(), e.partition());
+            let Some(hi) = high.get(&key) else { continue };
+            let done = match parts.get(&key) {
+                Some(p) => p.committed,
+                None => match position.find_partition(e.topic(), e.partition()).map(|p| p.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => continue,
+                },
+            };
+            lag += (hi - done).max(0);
+        }
+        self.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+    }
+}
