@@ -1,12 +1,17 @@
-//! KafkaSource: `consumers` group members per source, each a librdkafka
-//! consumer driven by one task.
+//! KafkaSource: `consumers` librdkafka consumers per source, each driven by one
+//! task. Partitions are assigned by Spate (consumer `i` of `n` takes every n-th),
+//! not by the group coordinator; offsets are committed to `consumerGroup`, so a
+//! restart resumes where the group left off. A crashed Spate leaves no dead group
+//! member behind to wait out. Partitions added to a topic later are picked up when
+//! the source restarts (re-apply it or restart Spate).
 //!
 //! Invariants:
 //! - an offset is committed only once every record below it in its partition
 //!   was accepted by the sink or the dead-letter sink (`open` holds the rest);
 //! - at most [`MAX_UNCOMMITTED`] records per consumer are taken from Kafka and
-//!   not yet committed: beyond that the consumer pauses its partitions (and keeps
-//!   polling, so it stays in the group). A crash redelivers at most that many;
+//!   not yet committed: at the bound the consumer stops taking records until
+//!   commits catch up (pausing and resuming partitions instead skipped records
+//!   in tests against tansu). A crash redelivers at most that many;
 //! - `ordering: ordered` has one record in flight per partition, in offset order;
 //!   `unordered` has up to [`UNORDERED_IN_FLIGHT`] per consumer.
 
@@ -34,6 +39,8 @@ pub const MAX_UNCOMMITTED: usize = 1000;
 /// Deliveries in flight per consumer with `ordering: unordered`.
 pub const UNORDERED_IN_FLIGHT: usize = 100;
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// How long a stopping consumer waits for deliveries in flight before abandoning them.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Client settings derived from the spec, with secret values already resolved.
 #[derive(Clone, Default)]
@@ -60,7 +67,13 @@ pub(crate) fn client_config(spec: &KafkaSpec, secrets: &KafkaSecrets) -> ClientC
             },
         )
         .set("statistics.interval.ms", "500")
+        // A consumer that holds MAX_UNCOMMITTED records stops polling until the sink takes
+        // them; it stays in its group for up to a day of that (librdkafka's maximum).
+        .set("max.poll.interval.ms", "86400000")
         .set("session.timeout.ms", "10000")
+        // A topic created after the source (or not yet visible when it subscribed) is found
+        // within seconds, not librdkafka's default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "3000")
         .set("client.id", "spate");
     let protocol = match (spec.net.tls, spec.net.sasl) {
         (false, false) => "plaintext",
@@ -88,6 +101,47 @@ pub(crate) fn client_config(spec: &KafkaSpec, secrets: &KafkaSecrets) -> ClientC
         }
     }
     c
+}
+
+/// Assigns consumer `index` its share of the topics' partitions (every `consumers`-th, in
+/// topic then partition order), each from the group's committed offset or else the
+/// spec's initial offset. Blocking (metadata and offset requests). Returns how many.
+fn assign(consumer: &StreamConsumer<Ctx>, spec: &KafkaSpec, index: usize) -> Result<usize, String> {
+    let timeout = Duration::from_secs(10);
+    let mut all = vec![];
+    for topic in &spec.topics {
+        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let t = md.topics().iter().find(|t| t.name() == topic).ok_or_else(|| format!("topic {topic} not found"))?;
+        if let Some(e) = t.error() {
+            return Err(format!("topic {topic}: {:?}", e));
+        }
+        if t.partitions().is_empty() {
+            return Err(format!("topic {topic} has no partitions (does it exist?)"));
+        }
+        let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        ps.sort_unstable();
+        all.extend(ps.into_iter().map(|p| (topic.clone(), p)));
+    }
+    let mine: Vec<&(String, i32)> =
+        all.iter().enumerate().filter(|(i, _)| i % spec.consumers as usize == index).map(|(_, tp)| tp).collect();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in &mine {
+        tpl.add_partition(t, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| format!("committed offsets: {e}"))?;
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+            _ => match spec.initial_offset {
+                InitialOffset::Earliest => Offset::Beginning,
+                InitialOffset::Latest => Offset::End,
+            },
+        };
+        start.add_partition_offset(e.topic(), e.partition(), offset).map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&start).map_err(|e| format!("assign: {e}"))?;
+    Ok(mine.len())
 }
 
 /// High watermarks per partition, from librdkafka's statistics (fetch responses).
@@ -244,10 +298,30 @@ impl Consumer1 {
 
     pub(crate) async fn run(self, consumer: StreamConsumer<Ctx>, mut stop: watch::Receiver<bool>) {
         let consumer = Arc::new(consumer);
-        let topics: Vec<&str> = self.spec.topics.iter().map(String::as_str).collect();
-        if let Err(e) = consumer.subscribe(&topics) {
-            *self.emitter.stats.last_error.lock().expect("stats") = Some(format!("subscribe: {e}"));
-            return;
+        // Partitions are assigned here, not by the group coordinator: consumer `i` of `n`
+        // takes every n-th partition, starting from the group's committed offsets.
+        loop {
+            let c = consumer.clone();
+            let (spec, index) = (self.spec.clone(), self.index);
+            let assigned = tokio::task::spawn_blocking(move || assign(&c, &spec, index)).await;
+            match assigned {
+                Ok(Ok(n)) => {
+                    tracing::info!(source = %self.emitter.label, consumer = self.index, partitions = n, "Kafka partitions assigned");
+                    *self.emitter.stats.last_error.lock().expect("stats") = None;
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %self.emitter.label, error = %e, "cannot assign Kafka partitions yet; retrying");
+                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e);
+                }
+                Err(e) => {
+                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => return,
+            }
         }
         let label = format!("{}#{}", self.emitter.label, self.index);
         let ordered = self.spec.ordered;
@@ -255,7 +329,6 @@ impl Consumer1 {
         let mut tasks: JoinSet<((String, i32), i64, bool)> = JoinSet::new();
         let mut uncommitted = 0usize;
         let mut in_flight = 0usize;
-        let mut paused = false;
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
@@ -274,7 +347,8 @@ impl Consumer1 {
                     }
                     self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
                 }
-                m = consumer.recv() => {
+                // Full: stop taking records (librdkafka's own queue then stops fetching).
+                m = consumer.recv(), if uncommitted < MAX_UNCOMMITTED => {
                     let m = match m {
                         Ok(m) => m,
                         Err(e) => {
@@ -311,21 +385,9 @@ impl Consumer1 {
                     p.queue.push_back(Pending { offset, event: ev });
                     uncommitted += 1;
                     self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
-                    if uncommitted >= MAX_UNCOMMITTED && !paused {
-                        if let Ok(a) = consumer.assignment() {
-                            let _ = consumer.pause(&a);
-                        }
-                        paused = true;
-                    }
                 }
                 _ = tick.tick() => {
                     uncommitted = self.commit(&consumer, &mut parts, CommitMode::Async);
-                    if paused && uncommitted < MAX_UNCOMMITTED / 2 {
-                        if let Ok(a) = consumer.assignment() {
-                            let _ = consumer.resume(&a);
-                        }
-                        paused = false;
-                    }
                     ticks += 1;
                     if ticks.is_multiple_of(4) {
                         self.update_lag(&consumer, &parts);
@@ -333,21 +395,24 @@ impl Consumer1 {
                 }
             }
         }
-        // Stopping: deliveries in flight finish (or give up at once if nobody accepts); then a
-        // final synchronous commit of what was accepted. The rest is redelivered on the next start.
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((key, offset, true)) = done
-                && let Some(p) = parts.get_mut(&key)
-            {
-                p.open.remove(&offset);
+        // Stopping: deliveries in flight get a moment to finish; then a final synchronous
+        // commit of what was accepted. The rest is redelivered on the next start.
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((key, offset, true)) = done
+                    && let Some(p) = parts.get_mut(&key)
+                {
+                    p.open.remove(&offset);
+                }
             }
-        }
+        };
+        // A delivery still retrying after the grace is abandoned (uncommitted, so redelivered).
+        let _ = tokio::time::timeout(STOP_GRACE, drain).await;
+        tasks.abort_all();
         for p in parts.values_mut() {
             p.queue.clear();
         }
         self.commit(&consumer, &mut parts, CommitMode::Sync);
-        let c = consumer.clone();
-        let _ = tokio::task::spawn_blocking(move || c.unsubscribe()).await;
     }
 
     /// Starts deliveries from `key`'s queue while the ordering allows.
@@ -415,9 +480,13 @@ impl Consumer1 {
                 p.committed = pos;
             }
         }
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, mode)
-        {
+        // One request per partition: tansu 0.6 keeps only part of a multi-partition commit.
+        let failed = tpl.elements().iter().find_map(|e| {
+            let mut one = TopicPartitionList::new();
+            one.add_partition_offset(e.topic(), e.partition(), e.offset()).ok()?;
+            consumer.commit(&one, mode).err()
+        });
+        if let Some(e) = failed {
             tracing::warn!(source = %self.emitter.label, error = %e, "offset commit failed; retrying with the next tick");
             *self.emitter.stats.last_error.lock().expect("stats") = Some(format!("commit: {e}"));
             for (key, old) in before {

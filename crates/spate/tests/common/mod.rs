@@ -206,7 +206,8 @@ impl Sink {
             }
             if Instant::now() > deadline {
                 let ids: Vec<String> = self.events().iter().map(|r| r.event.id.clone()).collect();
-                panic!("timed out waiting for {what}; got {} event(s): {ids:?}", ids.len());
+                let shown = &ids[..ids.len().min(20)];
+                panic!("timed out waiting for {what}; got {} event(s), the first: {shown:?}", ids.len());
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
         }
