@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -392,4 +393,44 @@ async fn a_missing_secret_or_sink_leaves_a_source_not_ready() {
     let conds = st["status"]["conditions"].to_string();
     assert!(conds.contains("Secret default/absent does not exist"), "{conds}");
     assert!(conds.contains("Broker default/nowhere does not exist"), "{conds}");
+}
+
+#[tokio::test]
+async fn a_sink_binding_puts_k_sink_into_its_service_and_a_new_sink_makes_a_new_revision() {
+    let (_d, s) = start();
+    let service = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: producer\n  labels:\n    app: producer\nspec:\n  template:\n    spec:\n      containers:\n        - command: [python3, -c, 'pass']\n";
+    let binding = |broker: &str| {
+        format!(
+            "apiVersion: sources.knative.dev/v1\nkind: SinkBinding\nmetadata:\n  name: bind\nspec:\n  subject:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    selector:\n      matchLabels:\n        app: producer\n  ceOverrides:\n    extensions:\n      via: binding\n  sink:\n    ref:\n      apiVersion: eventing.knative.dev/v1\n      kind: Broker\n      name: {broker}\n"
+        )
+    };
+    s.apply_ok(&format!("{}---\n{}---\n{service}---\n{}", broker("one", ""), broker("two", ""), binding("one"))).await;
+    let env_of = |rev: &Value| -> BTreeMap<String, String> {
+        rev.pointer("/spec/containers/0/env")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .map(|v| (v["name"].as_str().unwrap().to_string(), v["value"].as_str().unwrap().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let revs = s.admin_json("/apis/serving.knative.dev/v1/namespaces/default/revisions").await;
+    let items = revs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{revs:#}");
+    let env = env_of(&items[0]);
+    assert_eq!(env.get("K_SINK"), Some(&format!("{}/default/one", s.data)));
+    assert_eq!(env.get("K_CE_OVERRIDES").map(String::as_str), Some(r#"{"extensions":{"via":"binding"}}"#));
+    let b = source(&s, "sources.knative.dev/v1", "sinkbindings", "bind").await;
+    assert_eq!(ready(&b).unwrap()["status"], "True", "{b:#}");
+    assert_eq!(b["status"]["sinkUri"], json!(format!("{}/default/one", s.data)));
+
+    // A new sink: a new revision carries it.
+    s.apply_ok(&binding("two")).await;
+    let revs = s.admin_json("/apis/serving.knative.dev/v1/namespaces/default/revisions").await;
+    let items = revs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{revs:#}");
+    assert_eq!(env_of(&items[1]).get("K_SINK"), Some(&format!("{}/default/two", s.data)));
+    let svc = s.admin_json("/apis/serving.knative.dev/v1/namespaces/default/services/producer").await;
+    assert_eq!(svc["status"]["latestCreatedRevisionName"], "producer-00002");
 }
