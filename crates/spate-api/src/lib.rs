@@ -32,7 +32,7 @@ pub use serving::{
 };
 pub use sources::{
     BindingSubject, InitialOffset, KafkaNet, KafkaSpec, PingSpec, SecretConfig, SecretKeyRef, SinkBindingConfig,
-    SourceConfig, SourceSpec, WebhookSpec, labels, parse_schedule, parse_timezone,
+    SourceConfig, SourceSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule, parse_timezone,
 };
 pub use status::Condition;
 pub use trigger::TriggerConfig;

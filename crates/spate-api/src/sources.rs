@@ -52,13 +52,9 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    /// `K_CE_OVERRIDES` as Knative sets it: `{"extensions":{...}}`, or `None` without overrides.
+    /// `K_CE_OVERRIDES` for this source's processes.
     pub fn ce_overrides_json(&self) -> Option<String> {
-        (!self.ce_overrides.is_empty()).then(|| {
-            let ext: Map<String, Value> =
-                self.ce_overrides.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-            serde_json::json!({ "extensions": ext }).to_string()
-        })
+        ce_overrides_env(&self.ce_overrides)
     }
     /// Every Secret this source reads.
     pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
@@ -147,6 +143,14 @@ pub struct KafkaSpec {
     pub net: KafkaNet,
     /// `/apis/v1/namespaces/<ns>/kafkasources/<name>`.
     pub event_source: String,
+}
+
+/// `K_CE_OVERRIDES` as Knative sets it: `{"extensions":{...}}`, or `None` without overrides.
+pub fn ce_overrides_env(overrides: &[(String, String)]) -> Option<String> {
+    (!overrides.is_empty()).then(|| {
+        let ext: Map<String, Value> = overrides.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        serde_json::json!({ "extensions": ext }).to_string()
+    })
 }
 
 /// A SinkBinding: `K_SINK` and `K_CE_OVERRIDES` for the processes of its subject.

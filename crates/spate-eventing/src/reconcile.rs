@@ -146,29 +146,9 @@ impl Eventing {
                         self.channel_address(&r.namespace, &crate::messaging::parallel_ingress(&r.name))
                     }
                     Some(Kind::Service) if names.services.contains_key(&key) => names.services[&key].clone(),
-                    Some(
-                        Kind::Broker
-                        | Kind::Channel
-                        | Kind::InMemoryChannel
-                        | Kind::Sequence
-                        | Kind::Parallel
-                        | Kind::Service,
-                    ) => {
-                        return missing();
-                    }
-                    Some(
-                        Kind::Trigger
-                        | Kind::Subscription
-                        | Kind::Secret
-                        | Kind::PingSource
-                        | Kind::CronJobSource
-                        | Kind::ContainerSource
-                        | Kind::SinkBinding
-                        | Kind::GitHubSource
-                        | Kind::GitLabSource
-                        | Kind::KafkaSource,
-                    )
-                    | None => {
+                    // Addressable, but no such object is defined.
+                    Some(k) if k.addressable() => return missing(),
+                    Some(_) | None => {
                         return Err(format!(
                             "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service); use a uri",
                             r.kind, r.namespace, r.name, r.api_version

@@ -280,7 +280,7 @@ impl Part {
     }
 }
 
-pub(crate) struct Consumer1 {
+pub(crate) struct KafkaConsumer {
     pub spec: KafkaSpec,
     pub secrets: KafkaSecrets,
     pub emitter: Arc<Emitter>,
@@ -289,7 +289,7 @@ pub(crate) struct Consumer1 {
     pub lag: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Consumer1 {
+impl KafkaConsumer {
     pub(crate) fn create(&self) -> Result<StreamConsumer<Ctx>, String> {
         client_config(&self.spec, &self.secrets)
             .create_with_context(Ctx::default())

@@ -142,7 +142,6 @@ struct Running {
     container: Option<Arc<container::ContainerState>>,
     webhook: Option<Arc<webhook::Webhook>>,
     registration: Arc<Mutex<Result<Option<String>, String>>>,
-    kafka_lag: Vec<Arc<AtomicU64>>,
 }
 
 pub struct Sources {
@@ -297,11 +296,7 @@ impl Sources {
             }
         }
         let url = r.webhook.as_ref().map(|w| self.webhook_url(w.provider, &k.1, &k.2));
-        let mut stats = r.stats.snapshot();
-        if !r.kafka_lag.is_empty() {
-            stats.lag = r.kafka_lag.iter().map(|l| l.load(Ordering::Relaxed)).sum();
-            r.stats.lag.store(stats.lag, Ordering::Relaxed);
-        }
+        let stats = r.stats.snapshot();
         SourceStatus {
             kind: k.0,
             namespace: k.1.clone(),
@@ -328,7 +323,6 @@ impl Sources {
             container: None,
             webhook: None,
             registration: Arc::new(Mutex::new(Ok(None))),
-            kafka_lag: vec![],
         };
         let label = key_name(k);
         let Ok(sink) = d.sink.clone() else { return run };
@@ -356,134 +350,114 @@ impl Sources {
             stats,
         });
         match &d.config.spec {
-            SourceSpec::Ping(spec) => {
-                run.tasks.push(tokio::spawn(ping::run(spec.clone(), emitter, stop_rx)));
-            }
-            SourceSpec::Container(containers) => {
-                let state = Arc::new(container::ContainerState::default());
-                run.container = Some(state.clone());
-                for c in containers {
-                    if let Err((reason, msg)) = container::preflight(c) {
-                        *state.not_ready.lock().expect("state") = Some((reason, msg));
-                        return run;
-                    }
-                }
-                let logs = self
-                    .logs
-                    .lock()
-                    .expect("logs")
-                    .entry((k.1.clone(), k.2.clone()))
-                    .or_insert_with(|| Arc::new(LogRing::default()))
-                    .clone();
-                let mut env = vec![("K_SINK".to_string(), sink)];
-                if let Some(o) = d.config.ce_overrides_json() {
-                    env.push(("K_CE_OVERRIDES".to_string(), o));
-                }
-                for (i, c) in containers.iter().enumerate() {
-                    let mut env = env.clone();
-                    for (name, r) in &c.env_secrets {
-                        if let Some(Ok(v)) = d.secrets.get(r) {
-                            env.push((name.clone(), String::from_utf8_lossy(v).into_owned()));
-                        }
-                    }
-                    let sup = container::Supervisor {
-                        container: c.clone(),
-                        env,
-                        label: if containers.len() > 1 { format!("{}-{i}", k.2) } else { k.2.clone() },
-                        logs: logs.clone(),
-                        run_dir: self.cfg.dir.join("instances"),
-                        grace: self.cfg.grace,
-                        state: state.clone(),
-                    };
-                    run.tasks.push(tokio::spawn(sup.run(stop_rx.clone())));
-                }
-            }
-            SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => {
-                let provider = if k.0 == Kind::GitHubSource { Provider::GitHub } else { Provider::GitLab };
-                let secret_token = d.secret(&spec.secret_token).unwrap_or_default();
-                let hook = Arc::new(webhook::Webhook {
-                    provider,
-                    spec: spec.clone(),
-                    secret_token: secret_token.clone().into_bytes(),
-                    emitter,
-                });
-                self.webhooks.lock().expect("webhooks").insert((provider, k.1.clone(), k.2.clone()), hook.clone());
-                run.webhook = Some(hook);
-                if let Some(access) = d.secret(&spec.access_token) {
-                    let url = self.webhook_url(provider, &k.1, &k.2);
-                    let (client, spec, regs, slot, rec_key) = (
-                        self.client.clone(),
-                        spec.clone(),
-                        self.registrations.clone(),
-                        run.registration.clone(),
-                        label.clone(),
-                    );
-                    let path = self.cfg.dir.join("webhooks.json");
-                    run.tasks.push(tokio::spawn(async move {
-                        let known = regs.lock().expect("registrations").get(&rec_key).cloned();
-                        if let Some(r) = known.filter(|r| r.url == url && r.reg.hooks_url.starts_with(&spec.api_url)) {
-                            *slot.lock().expect("registration") = Ok(Some(r.reg.id));
-                            return;
-                        }
-                        match webhook::register(&client, provider, &spec, &access, &secret_token, &url).await {
-                            Ok(reg) => {
-                                tracing::info!(source = %rec_key, hook = %reg.id, "webhook registered");
-                                *slot.lock().expect("registration") = Ok(Some(reg.id.clone()));
-                                let mut g = regs.lock().expect("registrations");
-                                g.insert(rec_key, Registered { reg, url });
-                                save_registrations(&path, &g);
-                            }
-                            Err(e) => {
-                                tracing::warn!(source = %rec_key, error = %e, "webhook registration failed");
-                                *slot.lock().expect("registration") = Err(e);
-                            }
-                        }
-                    }));
-                }
-            }
-            SourceSpec::Kafka(spec) => {
-                let secrets = kafka::KafkaSecrets {
-                    ca_cert: d.secret(&spec.net.tls_ca_cert),
-                    cert: d.secret(&spec.net.tls_cert),
-                    key: d.secret(&spec.net.tls_key),
-                    sasl_user: d.secret(&spec.net.sasl_user),
-                    sasl_password: d.secret(&spec.net.sasl_password),
-                    sasl_mechanism: d.secret(&spec.net.sasl_mechanism),
-                };
-                for index in 0..spec.consumers as usize {
-                    let lag = Arc::new(AtomicU64::new(0));
-                    run.kafka_lag.push(lag.clone());
-                    let c = kafka::Consumer1 {
-                        spec: (**spec).clone(),
-                        secrets: secrets.clone(),
-                        emitter: emitter.clone(),
-                        index,
-                        lag,
-                    };
-                    match c.create() {
-                        Ok(consumer) => run.tasks.push(tokio::spawn(c.run(consumer, stop_rx.clone()))),
-                        Err(e) => {
-                            run.problem = Some(("KafkaClientFailed".into(), e));
-                            break;
-                        }
-                    }
-                }
-                let (stats, lags, label) = (run.stats.clone(), run.kafka_lag.clone(), label.clone());
-                let mut stop = stop_rx.clone();
-                run.tasks.push(tokio::spawn(async move {
-                    loop {
-                        let lag: u64 = lags.iter().map(|l| l.load(Ordering::Relaxed)).sum();
-                        stats.lag.store(lag, Ordering::Relaxed);
-                        metrics::gauge!("spate_source_lag", "source" => label.clone()).set(lag as f64);
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                }));
-            }
+            SourceSpec::Ping(spec) => run.tasks.push(tokio::spawn(ping::run(spec.clone(), emitter, stop_rx))),
+            SourceSpec::Container(containers) => self.start_containers(k, d, containers, sink, &stop_rx, &mut run),
+            SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => self.start_webhook(k, d, spec, emitter, &mut run),
+            SourceSpec::Kafka(spec) => start_kafka(d, spec, emitter, &stop_rx, &mut run),
         }
         run
+    }
+
+    /// ContainerSource: one supervisor per container, unless one of them cannot run at all.
+    fn start_containers(
+        &self,
+        k: &Key,
+        d: &ResolvedSource,
+        containers: &[spate_api::ContainerSpec],
+        sink: String,
+        stop_rx: &watch::Receiver<bool>,
+        run: &mut Running,
+    ) {
+        let state = Arc::new(container::ContainerState::default());
+        run.container = Some(state.clone());
+        for c in containers {
+            if let Err((reason, msg)) = container::preflight(c) {
+                *state.not_ready.lock().expect("state") = Some((reason, msg));
+                return;
+            }
+        }
+        let logs = self
+            .logs
+            .lock()
+            .expect("logs")
+            .entry((k.1.clone(), k.2.clone()))
+            .or_insert_with(|| Arc::new(LogRing::default()))
+            .clone();
+        let mut env = vec![("K_SINK".to_string(), sink)];
+        if let Some(o) = d.config.ce_overrides_json() {
+            env.push(("K_CE_OVERRIDES".to_string(), o));
+        }
+        for (i, c) in containers.iter().enumerate() {
+            let mut env = env.clone();
+            for (name, r) in &c.env_secrets {
+                if let Some(Ok(v)) = d.secrets.get(r) {
+                    env.push((name.clone(), String::from_utf8_lossy(v).into_owned()));
+                }
+            }
+            let sup = container::Supervisor {
+                container: c.clone(),
+                env,
+                label: if containers.len() > 1 { format!("{}-{i}", k.2) } else { k.2.clone() },
+                logs: logs.clone(),
+                run_dir: self.cfg.dir.join("instances"),
+                grace: self.cfg.grace,
+                state: state.clone(),
+            };
+            run.tasks.push(tokio::spawn(sup.run(stop_rx.clone())));
+        }
+    }
+
+    /// GitHubSource or GitLabSource: the receive endpoint, and registration with an access token.
+    fn start_webhook(
+        &self,
+        k: &Key,
+        d: &ResolvedSource,
+        spec: &spate_api::WebhookSpec,
+        emitter: Arc<emit::Emitter>,
+        run: &mut Running,
+    ) {
+        let label = key_name(k);
+        let provider = if k.0 == Kind::GitHubSource { Provider::GitHub } else { Provider::GitLab };
+        let secret_token = d.secret(&spec.secret_token).unwrap_or_default();
+        let hook = Arc::new(webhook::Webhook {
+            provider,
+            spec: spec.clone(),
+            secret_token: secret_token.clone().into_bytes(),
+            emitter,
+        });
+        self.webhooks.lock().expect("webhooks").insert((provider, k.1.clone(), k.2.clone()), hook.clone());
+        run.webhook = Some(hook);
+        if let Some(access) = d.secret(&spec.access_token) {
+            let url = self.webhook_url(provider, &k.1, &k.2);
+            let (client, spec, regs, slot, rec_key) = (
+                self.client.clone(),
+                spec.clone(),
+                self.registrations.clone(),
+                run.registration.clone(),
+                label.clone(),
+            );
+            let path = self.cfg.dir.join("webhooks.json");
+            run.tasks.push(tokio::spawn(async move {
+                let known = regs.lock().expect("registrations").get(&rec_key).cloned();
+                if let Some(r) = known.filter(|r| r.url == url && r.reg.hooks_url.starts_with(&spec.api_url)) {
+                    *slot.lock().expect("registration") = Ok(Some(r.reg.id));
+                    return;
+                }
+                match webhook::register(&client, provider, &spec, &access, &secret_token, &url).await {
+                    Ok(reg) => {
+                        tracing::info!(source = %rec_key, hook = %reg.id, "webhook registered");
+                        *slot.lock().expect("registration") = Ok(Some(reg.id.clone()));
+                        let mut g = regs.lock().expect("registrations");
+                        g.insert(rec_key, Registered { reg, url });
+                        save_registrations(&path, &g);
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %rec_key, error = %e, "webhook registration failed");
+                        *slot.lock().expect("registration") = Err(e);
+                    }
+                }
+            }));
+        }
     }
 
     /// Stops a source. `deleted`: it is gone (or changed), so a webhook it registered is removed.
@@ -515,6 +489,52 @@ impl Sources {
             }
         }
     }
+}
+
+/// KafkaSource: `consumers` consumer tasks and one that sums their lag.
+fn start_kafka(
+    d: &ResolvedSource,
+    spec: &spate_api::KafkaSpec,
+    emitter: Arc<emit::Emitter>,
+    stop_rx: &watch::Receiver<bool>,
+    run: &mut Running,
+) {
+    let label = emitter.label.clone();
+    let mut lags = vec![];
+    let secrets = kafka::KafkaSecrets {
+        ca_cert: d.secret(&spec.net.tls_ca_cert),
+        cert: d.secret(&spec.net.tls_cert),
+        key: d.secret(&spec.net.tls_key),
+        sasl_user: d.secret(&spec.net.sasl_user),
+        sasl_password: d.secret(&spec.net.sasl_password),
+        sasl_mechanism: d.secret(&spec.net.sasl_mechanism),
+    };
+    for index in 0..spec.consumers as usize {
+        let lag = Arc::new(AtomicU64::new(0));
+        lags.push(lag.clone());
+        let c =
+            kafka::KafkaConsumer { spec: spec.clone(), secrets: secrets.clone(), emitter: emitter.clone(), index, lag };
+        match c.create() {
+            Ok(consumer) => run.tasks.push(tokio::spawn(c.run(consumer, stop_rx.clone()))),
+            Err(e) => {
+                run.problem = Some(("KafkaClientFailed".into(), e));
+                break;
+            }
+        }
+    }
+    let stats = run.stats.clone();
+    let mut stop = stop_rx.clone();
+    run.tasks.push(tokio::spawn(async move {
+        loop {
+            let lag: u64 = lags.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+            stats.lag.store(lag, Ordering::Relaxed);
+            metrics::gauge!("spate_source_lag", "source" => label.clone()).set(lag as f64);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }));
 }
 
 fn load_registrations(path: &std::path::Path) -> BTreeMap<String, Registered> {

@@ -77,11 +77,7 @@ pub fn apply(
             conditions.push(Condition::ok("BindingAvailable"));
         }
         if let Ok(url) = &sink {
-            let overrides = (!b.ce_overrides.is_empty()).then(|| {
-                let ext: serde_json::Map<String, Value> =
-                    b.ce_overrides.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                json!({ "extensions": ext }).to_string()
-            });
+            let overrides = spate_api::ce_overrides_env(&b.ce_overrides);
             for i in &subjects {
                 let s = &mut services[*i];
                 set_env(&mut s.template.container.env, "K_SINK", Some(url));

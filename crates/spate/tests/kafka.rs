@@ -106,15 +106,7 @@ async fn status(s: &Server, name: &str) -> Value {
 }
 
 async fn wait_status(s: &Server, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = status(s, name).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.wait_json(&format!("/apis/sources.knative.dev/v1/namespaces/default/kafkasources/{name}"), what, pred).await
 }
 
 /// Waits for `n` deliveries; on timeout, shows the source's status (its last error).

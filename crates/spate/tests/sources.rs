@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -25,7 +25,6 @@ async fn source(s: &Server, api: &str, plural: &str, name: &str) -> Value {
     s.admin_json(&format!("/apis/{api}/namespaces/default/{plural}/{name}")).await
 }
 
-/// Polls the admin API until `pred` holds (a deadline guards against hangs).
 async fn wait_status(
     s: &Server,
     api: &str,
@@ -34,15 +33,7 @@ async fn wait_status(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = source(s, api, plural, name).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.wait_json(&format!("/apis/{api}/namespaces/default/{plural}/{name}"), what, pred).await
 }
 
 fn ready(v: &Value) -> Option<&Value> {

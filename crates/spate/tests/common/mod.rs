@@ -93,6 +93,24 @@ impl Server {
         self.admin_json(&format!("/apis/eventing.knative.dev/v1/namespaces/{ns}/{plural}/{name}")).await
     }
 
+    /// Polls an admin API path until `pred` holds (a deadline guards against hangs).
+    pub async fn wait_json(
+        &self,
+        path: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.admin_json(path).await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         client().get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
     }
