@@ -218,3 +218,100 @@ fn source_and_type_is_sugar_for_exact_matches() {
     let Err(AdmissionError::Invalid(e)) = t("{type: com.a, colour: red}") else { panic!() };
     assert!(e[0].to_string().contains("spec.filter.sourceAndType.colour: unknown field"), "{}", e[0]);
 }
+
+/// Runs `f` on a thread with a tokio worker's stack (2 MiB), where the admin API admits.
+fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new().stack_size(2 * 1024 * 1024).spawn(f).expect("spawn").join().expect("no panic")
+}
+
+fn trigger_with(filters: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  filters:\n{filters}\n  subscriber:\n    uri: http://127.0.0.1:9/\n"
+    )
+}
+
+fn invalid_paths(text: String) -> Vec<(String, String)> {
+    match on_worker_stack(move || admit_text(&text).map(|_| ())) {
+        Err(AdmissionError::Invalid(errs)) => errs.into_iter().map(|e| (e.path, e.message)).collect(),
+        other => panic!("expected field errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_expressions_are_refused_with_the_field_path() {
+    let huge = vec!["type = 'x'"; 8000].join(" AND ");
+    let deep = format!("{}true{}", "(".repeat(3000), ")".repeat(3000));
+    let cel_deep = format!("{}true{}", "(".repeat(3000), ")".repeat(3000));
+    let errs =
+        invalid_paths(trigger_with(&format!("  - cesql: \"{huge}\"\n  - cesql: \"{deep}\"\n  - cel: \"{cel_deep}\"")));
+    let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["spec.filters[0].cesql", "spec.filters[1].cesql", "spec.filters[2].cel"], "{errs:?}");
+    assert!(errs[1].1.contains("nests deeper than"), "{errs:?}");
+}
+
+#[test]
+fn deeply_nested_yaml_and_filter_trees_are_refused_not_a_crash() {
+    // 3,000 levels of flow and block nesting, and of `not:`.
+    for text in [
+        format!("{}1{}", "[".repeat(3000), "]".repeat(3000)),
+        format!("{}1{}", "{a: ".repeat(3000), "}".repeat(3000)),
+        trigger_with(&format!("  - {}cesql: 'true'{}", "not: {".repeat(3000), "}".repeat(3000))),
+    ] {
+        let r = on_worker_stack(move || admit_text(&text).map(|_| ()));
+        assert!(r.is_err(), "deep nesting must be refused");
+    }
+}
+
+/// xorshift64*: deterministic randomness for the mutation run.
+fn rng(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+#[test]
+fn mutated_manifests_are_admitted_or_refused_never_a_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seeds = vec![GOOD.to_string()];
+    for f in std::fs::read_dir(&dir).expect("examples").filter_map(Result::ok) {
+        if f.path().extension().is_some_and(|x| x == "yaml") {
+            seeds.push(std::fs::read_to_string(f.path()).expect("read example"));
+        }
+    }
+    let (ok, refused) = on_worker_stack(move || {
+        let mut state = 0x00C0_FFEE_1234_5678u64;
+        let (mut ok, mut refused) = (0, 0);
+        for i in 0..3000 {
+            let mut b = seeds[i % seeds.len()].clone().into_bytes();
+            for _ in 0..=(rng(&mut state) % 4) {
+                if b.is_empty() {
+                    b.push(b'a');
+                }
+                let at = (rng(&mut state) as usize) % b.len();
+                match rng(&mut state) % 4 {
+                    0 => b[at] = b":-[]{}'\"#&*!|> \n0aZ"[(rng(&mut state) % 19) as usize],
+                    1 => {
+                        b.remove(at);
+                    }
+                    2 => {
+                        let len = ((rng(&mut state) % 40) as usize).min(b.len() - at);
+                        let chunk = b[at..at + len].to_vec();
+                        b.splice(at..at, chunk);
+                    }
+                    _ => b.insert(at, b"\t\r\0\x7f"[(rng(&mut state) % 4) as usize]),
+                }
+            }
+            match admit_text(&String::from_utf8_lossy(&b)) {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    refused += 1;
+                }
+            }
+        }
+        (ok, refused)
+    });
+    println!("admission mutation run: {ok} admitted, {refused} refused");
+    assert!(ok > 0 && refused > 0, "the mutations should both keep and break manifests");
+}

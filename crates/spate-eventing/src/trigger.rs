@@ -1,4 +1,4 @@
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -6,7 +6,7 @@ use spate_core::delivery::{DeliveryFormat, RetryPolicy};
 use spate_core::{CloudEvent, ExtValue, ext, storage};
 use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ReplySink};
 use spate_filter::Filter;
-use spate_log::Offset;
+use spate_log::{AckState, AckTracker, Offset};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -172,45 +172,66 @@ impl ReplySink for BrokerReply<'_> {
 struct State {
     consumer: String,
     label: String,
-    /// The next offset this worker has not yet seen.
-    next: Offset,
-    committed: Offset,
-    /// Offsets whose delivery is under way.
-    pending: BTreeSet<Offset>,
+    /// What was handed out, what is in flight, what was final before a restart.
+    acks: AckTracker,
+    /// The position last persisted.
+    committed: AckState,
+    /// Delivery tasks and the offset each one carries (to finish it even if it panics).
     tasks: JoinSet<Offset>,
+    offsets: HashMap<tokio::task::Id, Offset>,
     shared: Arc<Shared>,
     backlog: metrics::Gauge,
 }
 
 impl State {
+    /// Takes a finished delivery task. A task that panicked (a bug, not an
+    /// outcome) still ends its event: dropped and counted, never stuck.
+    fn finished(&mut self, done: Result<(tokio::task::Id, Offset), tokio::task::JoinError>) {
+        let (id, panicked) = match &done {
+            Ok((id, _)) => (*id, false),
+            Err(e) => (e.id(), e.is_panic()),
+        };
+        let Some(off) = self.offsets.remove(&id) else { return };
+        if panicked {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("spate_events_dropped_total", "sender" => self.label.clone(), "reason" => "delivery_panicked").increment(1);
+            tracing::error!(trigger = %self.label, offset = off, "a delivery task panicked; the event is dropped and counted");
+        }
+        self.acks.finish(off);
+    }
+
     fn reap(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
-            if let Ok(off) = done {
-                self.pending.remove(&off);
-            }
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.finished(done);
         }
         self.shared.stats.in_flight.store(self.tasks.len() as u64, Ordering::Relaxed);
     }
 
-    /// Commits everything below the lowest unfinished offset (or `next`).
+    /// Persists the position: the lowest unfinished offset plus the finished
+    /// ranges above it, so a restart redelivers at most what was in flight.
     fn commit(&mut self, log: &dyn spate_log::EventLog) {
-        let can = self.pending.first().copied().unwrap_or(self.next);
-        if can > self.committed {
-            match log.commit(&self.consumer, can) {
-                Ok(()) => self.committed = can,
+        let state = self.acks.state();
+        if state != self.committed {
+            match log.commit_state(&self.consumer, &state) {
+                Ok(()) => self.committed = state,
                 Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
             }
         }
-        self.backlog.set(log.end_offset().saturating_sub(self.committed) as f64);
+        self.backlog.set(log.end_offset().saturating_sub(self.committed.committed) as f64);
     }
 
+    /// Starts delivering `offset`, unless it was already final before a restart.
     fn spawn(&mut self, offset: Offset, ev: Arc<CloudEvent>) {
-        self.pending.insert(offset);
+        if self.acks.already_done(offset) {
+            return;
+        }
+        self.acks.start(offset);
         let shared = self.shared.clone();
-        self.tasks.spawn(async move {
+        let handle = self.tasks.spawn(async move {
             deliver(&shared, &ev).await;
             offset
         });
+        self.offsets.insert(handle.id(), offset);
     }
 
     /// Waits for one delivery to finish. `false` if asked to stop.
@@ -218,10 +239,8 @@ impl State {
         tokio::select! {
             biased;
             _ = stop.changed() => false,
-            Some(done) = self.tasks.join_next() => {
-                if let Ok(off) = done {
-                    self.pending.remove(&off);
-                }
+            Some(done) = self.tasks.join_next_with_id() => {
+                self.finished(done);
                 true
             }
         }
@@ -233,7 +252,8 @@ impl Run {
         let log = self.feed.log.clone();
         let consumer = self.plan.consumer();
         let label = consumer.clone();
-        let next = log.committed(&consumer).unwrap_or_else(|| log.end_offset()).max(log.start_offset());
+        let mut position = log.committed_state(&consumer).unwrap_or_else(|| AckState::at(log.end_offset()));
+        position.committed = position.committed.max(log.start_offset());
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             dispatcher: self.dispatcher.clone(),
@@ -249,10 +269,10 @@ impl Run {
         let mut st = State {
             consumer,
             label,
-            next,
-            committed: next,
-            pending: BTreeSet::new(),
+            acks: AckTracker::resume(position.clone()),
+            committed: position,
             tasks: JoinSet::new(),
+            offsets: HashMap::new(),
             shared,
             backlog,
         };
@@ -284,8 +304,8 @@ impl Run {
             if buf.is_empty() {
                 end_rx.borrow_and_update();
                 let end = log.end_offset();
-                if st.next < end {
-                    match log.read(st.next, 256).await {
+                if st.acks.next() < end {
+                    match log.read(st.acks.next(), 256).await {
                         Ok(recs) => buf.extend(recs),
                         Err(e) => {
                             tracing::error!(trigger = %st.label, error = %e, "log read failed; retrying in 1s");
@@ -299,7 +319,8 @@ impl Run {
                 }
                 if buf.is_empty() {
                     // Caught up with what is visible: hand over to the router.
-                    let attach = self.feed.router.attach(st.label.clone(), self.plan.filter.clone(), st.next, capacity);
+                    let attach =
+                        self.feed.router.attach(st.label.clone(), self.plan.filter.clone(), st.acks.next(), capacity);
                     tokio::select! {
                         biased;
                         _ = stop.changed() => return None,
@@ -310,10 +331,10 @@ impl Run {
                 }
             }
             let rec = buf.pop_front().expect("non-empty");
-            if rec.offset < st.next {
+            if rec.offset < st.acks.next() {
                 continue;
             }
-            st.next = rec.offset + 1;
+            st.acks.seen_upto(rec.offset + 1);
             let ev = match storage::decode(&rec.payload) {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -321,7 +342,7 @@ impl Run {
                     continue;
                 }
             };
-            if !self.plan.filter.matches(&ev) {
+            if !self.plan.filter.matches_guarded(&ev) {
                 continue;
             }
             while st.tasks.len() >= self.plan.max_in_flight {
@@ -349,8 +370,7 @@ impl Run {
             while st.tasks.len() < self.plan.max_in_flight {
                 match rx.try_recv() {
                     Ok(m) => {
-                        if m.offset >= st.next {
-                            st.next = m.offset + 1;
+                        if m.offset >= st.acks.next() {
                             st.spawn(m.offset, m.event);
                         }
                     }
@@ -362,19 +382,16 @@ impl Run {
                 }
             }
             if drained {
-                st.next = st.next.max(upto);
+                st.acks.seen_upto(upto);
             }
             st.commit(&*log);
             let room = st.tasks.len() < self.plan.max_in_flight;
             tokio::select! {
                 biased;
                 _ = stop.changed() => return false,
-                Some(done) = st.tasks.join_next(), if !st.tasks.is_empty() => {
-                    if let Ok(off) = done { st.pending.remove(&off); }
-                }
+                Some(done) = st.tasks.join_next_with_id(), if !st.tasks.is_empty() => st.finished(done),
                 m = rx.recv(), if room => match m {
-                    Some(m) => if m.offset >= st.next {
-                        st.next = m.offset + 1;
+                    Some(m) => if m.offset >= st.acks.next() {
                         st.spawn(m.offset, m.event);
                     },
                     None => return true,

@@ -147,9 +147,65 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// The deepest bracket nesting (`(`, `[`, `{`) admitted in a CEL expression.
+pub const MAX_NESTING: usize = 32;
+/// The most operators (and commas) admitted in a CEL expression: a chain of
+/// operators is a tree as deep as it is long, so this bounds evaluation depth.
+pub const MAX_OPERATORS: usize = 256;
+/// The longest CEL expression admitted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 16 * 1024;
+
+/// Checks the size and shape of an expression *before* the `cel` crate sees
+/// it, so that neither its parser nor its evaluator can recurse without bound.
+/// A linear scan that skips string literals; no recursion.
+fn check_bounds(source: &str) -> Result<(), String> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(format!("CEL expression is {} bytes long; at most {MAX_SOURCE_BYTES} are allowed", source.len()));
+    }
+    let b = source.as_bytes();
+    let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                // A string literal (triple-quoted or not); escapes skip one byte.
+                let triple = b.len() >= i + 3 && b[i + 1] == q && b[i + 2] == q;
+                let close: &[u8] = if triple { &b[i..i + 3] } else { &b[i..i + 1] };
+                i += close.len();
+                while i < b.len() && !b[i..].starts_with(close) {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += close.len();
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'!' | b'<' | b'>' | b'?' | b',' | b'.' => ops += 1,
+            b'&' | b'|' | b'=' if b.get(i + 1) == Some(&b[i]) => {
+                ops += 1;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if max_depth > MAX_NESTING {
+        return Err(format!("CEL expression nests deeper than {MAX_NESTING} levels of brackets"));
+    }
+    if ops > MAX_OPERATORS {
+        return Err(format!("CEL expression has {ops} operators; at most {MAX_OPERATORS} are allowed"));
+    }
+    Ok(())
+}
+
 impl CelExpression {
     /// Compiles an expression; only the variables `event` and `data` exist.
+    /// Size and nesting are bounded first ([`MAX_NESTING`], [`MAX_OPERATORS`]).
     pub fn compile(source: &str) -> Result<CelExpression, String> {
+        check_bounds(source)?;
         let program = Program::compile(source).map_err(|e| format!("CEL syntax error: {e}"))?;
         let refs = program.references();
         let unknown: Vec<&str> = refs.variables().into_iter().filter(|v| *v != "event" && *v != "data").collect();

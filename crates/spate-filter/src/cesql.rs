@@ -55,6 +55,16 @@ pub enum ErrorKind {
     Generic,
 }
 
+/// The deepest expression tree admitted. A chain `a AND b AND c` is a
+/// left-deep tree, so each operator of a chain counts as one level, as do
+/// parentheses, `NOT`, negation and function calls. Parsing, typing and
+/// evaluation recurse at most this deep (far below a 2 MiB thread stack).
+pub const MAX_DEPTH: usize = 128;
+/// The largest expression admitted, in tokens (a term, operator, parenthesis or comma each count).
+pub const MAX_TOKENS: usize = 4096;
+/// The longest expression text admitted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
+
 /// A parse error with the byte position in the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -287,6 +297,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Current nesting (tree depth) while parsing; refused beyond [`MAX_DEPTH`].
+    depth: usize,
 }
 
 fn keyword(t: &Tok, kw: &str) -> bool {
@@ -312,6 +324,24 @@ impl Parser {
         }
         t
     }
+    /// Enters one tree level; an error once the expression nests deeper than [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.err(format!(
+                "expression nests deeper than {MAX_DEPTH} levels (each parenthesis, NOT, function call and chained operator is one level)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds a binary node of a left-deep chain: the chain's length counts as depth.
+    fn chain(&mut self, levels: &mut usize, op: BinOp, left: Expr, right: Expr) -> Result<Expr, ParseError> {
+        self.enter()?;
+        *levels += 1;
+        Ok(Expr::Bin(op, Box::new(left), Box::new(right)))
+    }
+
     fn err<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
         Err(ParseError { position: self.at(), message: message.into() })
     }
@@ -329,6 +359,13 @@ impl Parser {
     }
 
     fn logic(&mut self) -> Result<Expr, ParseError> {
+        let mut levels = 0;
+        let r = self.logic_chain(&mut levels);
+        self.depth -= levels;
+        r
+    }
+
+    fn logic_chain(&mut self, levels: &mut usize) -> Result<Expr, ParseError> {
         let mut left = self.cmp()?;
         loop {
             let op = match self.peek() {
@@ -339,11 +376,18 @@ impl Parser {
             };
             self.bump();
             let right = self.cmp()?;
-            left = Expr::Bin(op, Box::new(left), Box::new(right));
+            left = self.chain(levels, op, left, right)?;
         }
     }
 
     fn cmp(&mut self) -> Result<Expr, ParseError> {
+        let mut levels = 0;
+        let r = self.cmp_chain(&mut levels);
+        self.depth -= levels;
+        r
+    }
+
+    fn cmp_chain(&mut self, levels: &mut usize) -> Result<Expr, ParseError> {
         let mut left = self.add()?;
         loop {
             let op = match self.peek() {
@@ -357,11 +401,18 @@ impl Parser {
             };
             self.bump();
             let right = self.add()?;
-            left = Expr::Bin(op, Box::new(left), Box::new(right));
+            left = self.chain(levels, op, left, right)?;
         }
     }
 
     fn add(&mut self) -> Result<Expr, ParseError> {
+        let mut levels = 0;
+        let r = self.add_chain(&mut levels);
+        self.depth -= levels;
+        r
+    }
+
+    fn add_chain(&mut self, levels: &mut usize) -> Result<Expr, ParseError> {
         let mut left = self.mul()?;
         loop {
             let op = match self.peek() {
@@ -371,11 +422,18 @@ impl Parser {
             };
             self.bump();
             let right = self.mul()?;
-            left = Expr::Bin(op, Box::new(left), Box::new(right));
+            left = self.chain(levels, op, left, right)?;
         }
     }
 
     fn mul(&mut self) -> Result<Expr, ParseError> {
+        let mut levels = 0;
+        let r = self.mul_chain(&mut levels);
+        self.depth -= levels;
+        r
+    }
+
+    fn mul_chain(&mut self, levels: &mut usize) -> Result<Expr, ParseError> {
         let mut left = self.postfix()?;
         loop {
             let op = match self.peek() {
@@ -386,14 +444,25 @@ impl Parser {
             };
             self.bump();
             let right = self.postfix()?;
-            left = Expr::Bin(op, Box::new(left), Box::new(right));
+            left = self.chain(levels, op, left, right)?;
         }
     }
 
     /// `x [NOT] LIKE 'pattern'` and `x [NOT] IN (set)`.
     fn postfix(&mut self) -> Result<Expr, ParseError> {
+        let mut levels = 0;
+        let r = self.postfix_chain(&mut levels);
+        self.depth -= levels;
+        r
+    }
+
+    fn postfix_chain(&mut self, levels: &mut usize) -> Result<Expr, ParseError> {
         let mut e = self.unary()?;
         loop {
+            if keyword(self.peek(), "LIKE") || keyword(self.peek(), "IN") || keyword(self.peek(), "NOT") {
+                self.enter()?;
+                *levels += 1;
+            }
             let negated =
                 keyword(self.peek(), "NOT") && (keyword(self.peek_at(1), "LIKE") || keyword(self.peek_at(1), "IN"));
             if negated {
@@ -439,7 +508,10 @@ impl Parser {
         match self.peek().clone() {
             t if keyword(&t, "NOT") => {
                 self.bump();
-                Ok(Expr::Not(Box::new(self.unary()?)))
+                self.enter()?;
+                let inner = self.unary();
+                self.depth -= 1;
+                Ok(Expr::Not(Box::new(inner?)))
             }
             Tok::Op(sign @ ("-" | "+")) => {
                 self.bump();
@@ -454,7 +526,10 @@ impl Parser {
                 if sign == "+" {
                     return self.err("'+' is only allowed before an integer literal");
                 }
-                Ok(Expr::Neg(Box::new(self.unary()?)))
+                self.enter()?;
+                let inner = self.unary();
+                self.depth -= 1;
+                Ok(Expr::Neg(Box::new(inner?)))
             }
             t if keyword(&t, "EXISTS") => {
                 self.bump();
@@ -468,6 +543,19 @@ impl Parser {
     }
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
+        let opens = matches!(self.peek(), Tok::LParen | Tok::Ident(_)) && matches!(self.peek_at(1), Tok::LParen)
+            || matches!(self.peek(), Tok::LParen);
+        if opens {
+            self.enter()?;
+        }
+        let r = self.primary_inner();
+        if opens {
+            self.depth -= 1;
+        }
+        r
+    }
+
+    fn primary_inner(&mut self) -> Result<Expr, ParseError> {
         let at = self.at();
         match self.bump() {
             Tok::Int(n) => i32::try_from(n)
@@ -652,7 +740,7 @@ fn attribute(ev: &CloudEvent, name: &str) -> Option<Value> {
 impl Expr {
     /// Evaluates; `Err(Missing)` only from a bare attribute reference, which
     /// the enclosing operator turns into its zero value plus the error.
-    fn eval(&self, ev: &CloudEvent, errs: &mut Vec<ErrorKind>) -> Result<Value, Missing> {
+    fn eval(&self, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize) -> Result<Value, Missing> {
         Ok(match self {
             Expr::Lit(v) => v.clone(),
             Expr::Attr(name) => {
@@ -663,25 +751,25 @@ impl Expr {
             }
             Expr::Exists(name) => Value::Bool(ev.attribute(name).is_some()),
             Expr::Not(x) => {
-                let v = operand(x, ev, errs)?;
+                let v = operand(x, ev, errs, d)?;
                 Value::Bool(!as_bool(cast(v, Type::Bool, false, errs)))
             }
             Expr::Neg(x) => {
-                let v = operand(x, ev, errs)?;
+                let v = operand(x, ev, errs, d)?;
                 Value::Int(as_int(cast(v, Type::Int, false, errs)).wrapping_neg())
             }
-            Expr::Bin(op, l, r) => return self.binary(*op, l, r, ev, errs),
+            Expr::Bin(op, l, r) => return self.binary(*op, l, r, ev, errs, d),
             Expr::Like { expr, pattern, negated } => {
-                let v = operand(expr, ev, errs)?;
+                let v = operand(expr, ev, errs, d)?;
                 let s: Vec<char> = as_string(cast(v, Type::Str, false, errs)).chars().collect();
                 Value::Bool(like_match(&s, pattern) != *negated)
             }
             Expr::In { expr, set, negated } => {
-                let v = operand(expr, ev, errs)?;
+                let v = operand(expr, ev, errs, d)?;
                 let target = v.ty();
                 let mut found = false;
                 for item in set {
-                    let iv = operand(item, ev, errs)?;
+                    let iv = operand(item, ev, errs, d)?;
                     if cast(iv, target, false, errs) == v {
                         found = true;
                         break;
@@ -696,7 +784,7 @@ impl Expr {
                 };
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
-                    vals.push(operand(a, ev, errs)?);
+                    vals.push(operand(a, ev, errs, d)?);
                 }
                 call(*f, vals, errs)
             }
@@ -710,8 +798,9 @@ impl Expr {
         r: &Expr,
         ev: &CloudEvent,
         errs: &mut Vec<ErrorKind>,
+        d: usize,
     ) -> Result<Value, Missing> {
-        let lv = operand(l, ev, errs)?;
+        let lv = operand(l, ev, errs, d)?;
         match op {
             BinOp::And | BinOp::Or => {
                 let lb = as_bool(cast(lv, Type::Bool, false, errs));
@@ -719,17 +808,17 @@ impl Expr {
                 if (op == BinOp::And && !lb) || (op == BinOp::Or && lb) {
                     return Ok(Value::Bool(lb));
                 }
-                let rv = operand(r, ev, errs)?;
+                let rv = operand(r, ev, errs, d)?;
                 return Ok(Value::Bool(as_bool(cast(rv, Type::Bool, false, errs))));
             }
             BinOp::Xor => {
-                let rv = operand(r, ev, errs)?;
+                let rv = operand(r, ev, errs, d)?;
                 let (a, b) = (as_bool(cast(lv, Type::Bool, false, errs)), as_bool(cast(rv, Type::Bool, false, errs)));
                 return Ok(Value::Bool(a != b));
             }
             _ => {}
         }
-        let rv = operand(r, ev, errs)?;
+        let rv = operand(r, ev, errs, d)?;
         Ok(match op {
             BinOp::Eq | BinOp::Ne => {
                 // Ambiguous operator: the right operand's type decides (spec §3.7).
@@ -769,9 +858,15 @@ impl Expr {
 /// keeps the errors (spec §3.2–3.3; the TCK's `true AND (1 != 1 / 0)` is
 /// false). An operator's own cast or math error keeps its computed value
 /// (`NOT 10` is true with a CastError).
-fn operand(x: &Expr, ev: &CloudEvent, errs: &mut Vec<ErrorKind>) -> Result<Value, Missing> {
+fn operand(x: &Expr, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize) -> Result<Value, Missing> {
+    // Defence in depth: parsing already bounds the tree to MAX_DEPTH; a deeper
+    // evaluation is an error (no match), never a stack overflow.
+    if d > MAX_DEPTH + 8 {
+        errs.push(ErrorKind::Generic);
+        return Err(Missing);
+    }
     let before = errs.len();
-    match x.eval(ev, errs) {
+    match x.eval(ev, errs, d + 1) {
         Ok(v) if errs.len() == before => Ok(v),
         _ => Err(Missing),
     }
@@ -853,11 +948,23 @@ fn call(f: Func, vals: Vec<Value>, errs: &mut Vec<ErrorKind>) -> Value {
 impl Expression {
     /// Parses an expression; errors carry the position.
     pub fn parse(src: &str) -> Result<Expression, ParseError> {
+        if src.len() > MAX_SOURCE_BYTES {
+            return Err(ParseError {
+                position: MAX_SOURCE_BYTES,
+                message: format!("expression is {} bytes long; at most {MAX_SOURCE_BYTES} are allowed", src.len()),
+            });
+        }
         let toks = lex(src)?;
-        let mut p = Parser { toks, pos: 0 };
+        let too_many = (toks.len() > MAX_TOKENS + 1).then(|| toks[MAX_TOKENS].1);
+        let mut p = Parser { toks, pos: 0, depth: 0 };
         let root = p.logic()?;
         if p.peek() != &Tok::End {
             return p.err(format!("unexpected {} after a complete expression", Parser::describe(p.peek())));
+        }
+        // Depth is checked while parsing (the recursion bound); size after it.
+        if let Some(position) = too_many {
+            let message = format!("expression has more than {MAX_TOKENS} terms and operators");
+            return Err(ParseError { position, message });
         }
         Ok(Expression { root, source: src.to_string() })
     }
@@ -896,7 +1003,7 @@ impl Expression {
     /// Evaluates against an event: the value plus every error met.
     pub fn evaluate(&self, ev: &CloudEvent) -> Evaluation {
         let mut errors = vec![];
-        let value = match self.root.eval(ev, &mut errors) {
+        let value = match self.root.eval(ev, &mut errors, 0) {
             Ok(v) => v,
             Err(Missing) => self.root.ty().zero(),
         };

@@ -44,7 +44,11 @@ impl<T> FilterIndex<T> {
     pub fn matching<'a>(&'a self, ev: &'a CloudEvent) -> impl Iterator<Item = &'a T> + 'a {
         let candidates = self.by_type.get(ev.ty.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let view = EventView::new(ev);
-        candidates.iter().chain(self.others.iter()).filter(move |(_, f)| f.matches_view(&view)).map(|(id, _)| id)
+        candidates
+            .iter()
+            .chain(self.others.iter())
+            .filter(move |(_, f)| crate::guarded(ev, || f.matches_view(&view)))
+            .map(|(id, _)| id)
     }
 
     pub fn len(&self) -> usize {

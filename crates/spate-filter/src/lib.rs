@@ -97,6 +97,28 @@ pub fn check_key(path: &str, key: &str) -> Result<(), FilterError> {
 }
 
 impl Filter {
+    /// [`Filter::matches`], except that a panic inside an evaluator (a bug the
+    /// bounds did not foresee) is caught, counted and means no match: one
+    /// poison event can never take the server down or stall a trigger.
+    pub fn matches_guarded(&self, ev: &CloudEvent) -> bool {
+        guarded(ev, || self.matches(ev))
+    }
+}
+
+/// Runs one filter evaluation, turning a panic into "no match", counted in
+/// `spate_filter_panics_total` (the panic hook has already printed the cause).
+pub(crate) fn guarded(ev: &CloudEvent, eval: impl FnOnce() -> bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(eval)) {
+        Ok(m) => m,
+        Err(_) => {
+            metrics::counter!("spate_filter_panics_total").increment(1);
+            eprintln!("spate: a filter failed on event {}; counted as no match (spate_filter_panics_total)", ev.id);
+            false
+        }
+    }
+}
+
+impl Filter {
     pub fn match_all() -> Filter {
         Filter::All(vec![])
     }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use crate::{BoxFuture, EventLog, LogBackend, LogError, Offset, Record, crc, now_ms};
+use crate::{AckState, BoxFuture, EventLog, LogBackend, LogError, Offset, Record, crc, now_ms};
 
 const HEADER: usize = 24;
 /// A sparse index entry every this many bytes of segment.
@@ -100,7 +100,7 @@ struct Shared {
     /// Recent records, contiguous, ending at the log's end.
     cache: VecDeque<Record>,
     cache_bytes: usize,
-    consumers: HashMap<String, (Offset, File)>,
+    consumers: HashMap<String, Consumer>,
     closed: bool,
 }
 
@@ -203,6 +203,44 @@ fn consumer_file_name(consumer: &str) -> String {
         + ".off"
 }
 
+/// One consumer's position as kept in memory, with its open file.
+struct Consumer {
+    state: AckState,
+    file: File,
+}
+
+/// The consumer file: the committed offset and its CRC (12 bytes; the format
+/// before acknowledged ranges existed), then the ranges and their CRC. Written
+/// with one positioned write. A torn range block is ignored (redelivery only).
+fn consumer_record(state: &AckState) -> Vec<u8> {
+    let mut b = offset_record(state.committed).to_vec();
+    let start = b.len();
+    state.encode_ranges(&mut b);
+    let crc = crc::update(0, &b[start..]);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Reads a consumer file; `None` if even the committed offset is unreadable.
+fn read_consumer_record(file: &File) -> Option<AckState> {
+    let len = file.metadata().ok()?.len().min(12 + 8 + 16 * crate::acks::MAX_ACK_RANGES as u64) as usize;
+    let mut b = vec![0u8; len];
+    file.read_exact_at(&mut b, 0).ok()?;
+    if b.len() < 12 || b[8..12] != crc::update(0, &b[..8]).to_le_bytes() {
+        return None;
+    }
+    let committed = u64::from_le_bytes(b[..8].try_into().expect("8"));
+    let rest = &b[12..];
+    let acked = (|| {
+        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let body = rest.get(..4 + 16 * n)?;
+        let crc = rest.get(4 + 16 * n..8 + 16 * n)?;
+        (crc == crc::update(0, body).to_le_bytes()).then(|| AckState::decode_ranges(body)).flatten()
+    })()
+    .unwrap_or_default();
+    Some(AckState { committed, acked })
+}
+
 fn offset_record(offset: Offset) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&offset.to_le_bytes());
@@ -285,25 +323,21 @@ impl FileLog {
             };
             let name = decode_consumer_name(fname);
             let file = OpenOptions::new().read(true).write(true).open(&p).map_err(|e| LogError::io(&p, e))?;
-            let mut b = [0u8; 12];
-            let off = match file.read_exact_at(&mut b, 0) {
-                Ok(()) if b[8..] == crc::update(0, &b[..8]).to_le_bytes() => {
-                    u64::from_le_bytes(b[..8].try_into().expect("8"))
-                }
-                _ => {
-                    tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
-                    segments[0].base
-                }
-            };
-            consumers.insert(name, (off, file));
+            let state = read_consumer_record(&file).unwrap_or_else(|| {
+                tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
+                AckState::at(segments[0].base)
+            });
+            consumers.insert(name, Consumer { state, file });
         }
         let end = segments.last().expect("at least one segment").end;
-        for (name, (off, file)) in consumers.iter_mut() {
-            if *off > end {
+        for (name, c) in consumers.iter_mut() {
+            if c.state.committed > end {
                 // The tail this consumer had passed was lost (torn write): it resumes at the new end.
-                tracing::warn!(log = name, consumer = %name, committed = *off, end, "committed offset past the recovered end; clamped");
-                *off = end;
-                let _ = file.write_all_at(&offset_record(end), 0);
+                tracing::warn!(log = name, consumer = %name, committed = c.state.committed, end, "committed offset past the recovered end; clamped");
+                c.state = AckState::at(end);
+                let _ = c.file.write_all_at(&consumer_record(&c.state), 0);
+            } else {
+                c.state = std::mem::take(&mut c.state).normalized(end);
             }
         }
         let (end_tx, end_rx) = watch::channel(end);
@@ -489,15 +523,19 @@ impl EventLog for FileLog {
     }
 
     fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError> {
+        self.commit_state(consumer, &AckState::at(next))
+    }
+
+    fn commit_state(&self, consumer: &str, state: &AckState) -> Result<(), LogError> {
         let mut g = self.shared.lock().expect("log lock");
-        if let Some((off, file)) = g.consumers.get_mut(consumer) {
-            if *off == next {
+        if let Some(c) = g.consumers.get_mut(consumer) {
+            if c.state == *state {
                 return Ok(());
             }
             // A positioned write survives a process crash without an fsync; a
-            // machine crash may roll the offset back, which only redelivers.
-            file.write_all_at(&offset_record(next), 0).map_err(|e| LogError::io(&self.dir, e))?;
-            *off = next;
+            // machine crash may roll the position back, which only redelivers.
+            c.file.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&self.dir, e))?;
+            c.state = state.clone();
             return Ok(());
         }
         let path = self.dir.join("consumers").join(consumer_file_name(consumer));
@@ -508,15 +546,19 @@ impl EventLog for FileLog {
             .truncate(true)
             .open(&path)
             .map_err(|e| LogError::io(&path, e))?;
-        file.write_all_at(&offset_record(next), 0).map_err(|e| LogError::io(&path, e))?;
+        file.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&path, e))?;
         file.sync_all().map_err(|e| LogError::io(&path, e))?;
         fsync_dir(&self.dir.join("consumers"));
-        g.consumers.insert(consumer.to_string(), (next, file));
+        g.consumers.insert(consumer.to_string(), Consumer { state: state.clone(), file });
         Ok(())
     }
 
     fn committed(&self, consumer: &str) -> Option<Offset> {
-        self.shared.lock().expect("log lock").consumers.get(consumer).map(|(o, _)| *o)
+        self.shared.lock().expect("log lock").consumers.get(consumer).map(|c| c.state.committed)
+    }
+
+    fn committed_state(&self, consumer: &str) -> Option<AckState> {
+        self.shared.lock().expect("log lock").consumers.get(consumer).map(|c| c.state.clone())
     }
 
     fn remove_consumer(&self, consumer: &str) -> Result<(), LogError> {
@@ -710,7 +752,7 @@ impl Writer {
             return;
         }
         let mut g = self.shared.lock().expect("log lock");
-        let min_committed = g.consumers.values().map(|(o, _)| *o).min().unwrap_or(Offset::MAX);
+        let min_committed = g.consumers.values().map(|c| c.state.committed).min().unwrap_or(Offset::MAX);
         let mut total: u64 = g.segments.iter().map(|s| s.size).sum();
         let now = now_ms();
         let mut removed = Vec::new();

@@ -6,6 +6,7 @@
 //! durable consumers acknowledging with AckAll) and Kafka (a topic plus
 //! consumer groups committing offsets); see ARCHITECTURE.md.
 
+pub mod acks;
 mod crc;
 mod error;
 pub mod file;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use acks::{AckState, AckTracker};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};
@@ -54,6 +56,15 @@ pub trait EventLog: Send + Sync + 'static {
     fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError>;
     /// The consumer's committed offset, `None` if it never committed.
     fn committed(&self, consumer: &str) -> Option<Offset>;
+    /// Records the consumer's committed offset *and* the acknowledged ranges
+    /// above it, so a restart skips them. Backends without ranges keep the offset.
+    fn commit_state(&self, consumer: &str, state: &AckState) -> Result<(), LogError> {
+        self.commit(consumer, state.committed)
+    }
+    /// The consumer's full position; `None` if it never committed.
+    fn committed_state(&self, consumer: &str) -> Option<AckState> {
+        self.committed(consumer).map(AckState::at)
+    }
     /// Forgets a consumer (its trigger was deleted); retention no longer waits for it.
     fn remove_consumer(&self, consumer: &str) -> Result<(), LogError>;
 }

@@ -116,7 +116,10 @@ fn compile(st: &Functions, q: &HashMap<String, String>) -> Result<Arc<Filter>, S
     let compiled = if dialect == "cesql" { Filter::cesql(expr) } else { Filter::cel(expr) };
     let f = Arc::new(compiled.map_err(|errs| {
         let msgs: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
-        format!("filter: {dialect} `{expr}`: {}", msgs.join("; "))
+        // The query parameter is named; a long expression is not echoed whole.
+        let shown: String = expr.chars().take(120).collect();
+        let more = if shown.len() < expr.len() { "…" } else { "" };
+        format!("filter: query parameter `{dialect}` (`{shown}{more}`): {}", msgs.join("; "))
     })?);
     let mut cache = st.filters.lock().expect("filter cache");
     if cache.len() >= CACHE_LIMIT {
@@ -140,7 +143,7 @@ async fn filter(
         Ok(ev) => ev,
         Err(r) => return r,
     };
-    if f.matches(&ev) { reply(&ev) } else { StatusCode::ACCEPTED.into_response() }
+    if f.matches_guarded(&ev) { reply(&ev) } else { StatusCode::ACCEPTED.into_response() }
 }
 
 #[cfg(test)]
@@ -190,7 +193,7 @@ mod tests {
         let odd = event(Some("application/json"), Some(r#"{"n":3}"#));
         assert!(a.matches(&even) && !a.matches(&odd));
         let err = compile(&st, &q("cesql", "type = ")).unwrap_err();
-        assert!(err.starts_with("filter: cesql `type = `"), "{err}");
+        assert!(err.starts_with("filter: query parameter `cesql` (`type = `)"), "{err}");
         let err = compile(&st, &HashMap::new()).unwrap_err();
         assert!(err.contains("exactly one"), "{err}");
     }
