@@ -30,6 +30,10 @@ impl ReplySink for DiscardReplies {
     }
 }
 
+/// Retries the dead-letter sink gets at least, whatever the subscriber's
+/// policy says (a policy with more retries applies as it is).
+pub const DEAD_LETTER_MIN_RETRIES: u32 = 3;
+
 /// What to deliver and how.
 pub struct DeliveryRequest<'a> {
     pub subscriber: &'a str,
@@ -193,7 +197,12 @@ impl Dispatcher {
                 );
             }
         }
-        match self.attempts(&dead, dls, req, None).await {
+        // The dead-letter sink gets the subscriber's policy, with at least
+        // DEAD_LETTER_MIN_RETRIES retries: one failed try must not drop an event.
+        let mut dls_policy = req.policy.clone();
+        dls_policy.retry = dls_policy.retry.max(DEAD_LETTER_MIN_RETRIES);
+        let dls_req = DeliveryRequest { policy: &dls_policy, ..*req };
+        match self.attempts(&dead, dls, &dls_req, None).await {
             Ok(_) => {
                 metrics::counter!("spate_dead_letters_total", "sender" => req.label.to_string()).increment(1);
                 Outcome::DeadLettered { attempts, last_error: last.describe() }

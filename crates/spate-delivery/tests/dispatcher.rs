@@ -189,6 +189,33 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_sink_that_fails_twice_then_succeeds_receives_the_event() {
+    let (url, _) = server(status(500)).await;
+    let (dls, dseen) = server(Arc::new(|n| {
+        if n <= 2 { StatusCode::SERVICE_UNAVAILABLE.into_response() } else { StatusCode::ACCEPTED.into_response() }
+    }))
+    .await;
+    // The subscriber's policy allows no retry at all; the dead-letter sink still gets some.
+    let out = deliver(&url, &policy(0, BackoffPolicy::Linear, 1), Some(&dls), &DiscardReplies).await;
+    assert!(matches!(out, Outcome::DeadLettered { attempts: 1, .. }), "{out:?}");
+    let hits = dseen.hits.lock().unwrap();
+    assert_eq!(hits.len(), 3, "two failures, then the accepted attempt");
+    assert!(hits.iter().all(|h| h.1["ce-id"] == "id-1"));
+}
+
+#[tokio::test]
+async fn a_dead_letter_sink_that_keeps_failing_is_bounded_then_dropped() {
+    let (url, _) = server(status(500)).await;
+    let (dls, dseen) = server(status(503)).await;
+    let out = deliver(&url, &policy(0, BackoffPolicy::Linear, 1), Some(&dls), &DiscardReplies).await;
+    match out {
+        Outcome::Dropped { reason, .. } => assert!(reason.contains("dead-letter sink"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dseen.hits.lock().unwrap().len(), 1 + spate_delivery::DEAD_LETTER_MIN_RETRIES as usize);
+}
+
+#[tokio::test]
 async fn subscriber_headers_and_formats() {
     let (url, seen) = server(status(200)).await;
     let d = Dispatcher::default();

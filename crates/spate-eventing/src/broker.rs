@@ -14,7 +14,7 @@ use crate::feed::Feed;
 pub enum PublishError {
     #[error("event {id}: knativebrokerttl is {ttl}; the event has used up its hops")]
     TtlExhausted { id: String, ttl: i64 },
-    #[error("event {id}: knativebrokerttl '{value}' is not an integer")]
+    #[error("event {id}: knativebrokerttl '{value}' is not a 32-bit integer")]
     BadTtl { id: String, value: String },
     #[error("broker storage is full; retry shortly")]
     Full,
@@ -22,11 +22,21 @@ pub enum PublishError {
     Storage(String),
 }
 
+/// One storage-error line per 10 s, however many appends fail (a full disk fails them all).
+static STORAGE_ERRORS: spate_log::Throttle = spate_log::Throttle::new(std::time::Duration::from_secs(10));
+
 impl From<LogError> for PublishError {
+    /// The sender sees the reason without local details (no data-dir path);
+    /// the full error goes to the log, rate-limited.
     fn from(e: LogError) -> Self {
         match e {
             LogError::Full => PublishError::Full,
-            other => PublishError::Storage(other.to_string()),
+            other => {
+                if let Some(suppressed) = STORAGE_ERRORS.allow() {
+                    tracing::error!(error = %other, suppressed, "broker storage unavailable; senders get 503 with Retry-After");
+                }
+                PublishError::Storage(other.public_reason())
+            }
         }
     }
 }
@@ -62,13 +72,17 @@ impl Broker {
             match ev.extension(ext::BROKER_TTL) {
                 None => ev.set_extension(ext::BROKER_TTL, ExtValue::Integer(ext::DEFAULT_BROKER_TTL)),
                 Some(v) => {
-                    let ttl = ev.extension_i64(ext::BROKER_TTL).ok_or_else(|| PublishError::BadTtl {
-                        id: ev.id.clone(),
-                        value: v.to_canonical().into_owned(),
-                    })?;
+                    // A CloudEvents Integer is 32-bit: anything else is malformed.
+                    let ttl =
+                        ev.extension_i64(ext::BROKER_TTL).filter(|t| i32::try_from(*t).is_ok()).ok_or_else(|| {
+                            PublishError::BadTtl { id: ev.id.clone(), value: v.to_canonical().into_owned() }
+                        })?;
                     if ttl <= 0 {
                         return Err(PublishError::TtlExhausted { id: ev.id.clone(), ttl });
                     }
+                    // No sender may buy more hops than the default: loops stay bounded.
+                    let ttl = ttl.min(i64::from(ext::DEFAULT_BROKER_TTL)) as i32;
+                    ev.set_extension(ext::BROKER_TTL, ExtValue::Integer(ttl));
                 }
             }
         }

@@ -13,6 +13,23 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// What went wrong without local details (paths): safe to show a sender.
+    pub fn public_reason(&self) -> String {
+        match self {
+            LogError::Io { .. } if self.is_no_space() => "no space left on the storage device".into(),
+            LogError::Io { source, .. } => format!("storage IO error ({})", source.kind()),
+            LogError::Closed(_) => "the log is closed".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// True when the error says the device is full (ENOSPC) or over quota (EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        matches!(self, LogError::Io { source, .. }
+            if matches!(source.kind(), StorageFull | QuotaExceeded) || matches!(source.raw_os_error(), Some(28 | 122)))
+    }
+
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         LogError::Io { path: path.display().to_string(), source }
     }

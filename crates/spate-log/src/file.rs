@@ -353,6 +353,7 @@ impl FileLog {
             end_tx,
             next: end,
             buf: Vec::new(),
+            errors: crate::Throttle::default(),
             dirty: false,
             last_sync: Instant::now(),
             last_retention: Instant::now(),
@@ -580,6 +581,8 @@ struct Writer {
     end_tx: watch::Sender<Offset>,
     next: Offset,
     buf: Vec<u8>,
+    /// Rate limit for repeated write errors (a full disk fails every batch).
+    errors: crate::Throttle,
     dirty: bool,
     last_sync: Instant,
     last_retention: Instant,
@@ -626,8 +629,10 @@ impl Writer {
             && self.last_sync.elapsed() >= d
         {
             let file = self.shared.lock().expect("log lock").segments.last().expect("segment").file.clone();
-            if let Err(e) = file.sync_data() {
-                tracing::error!(log = %self.name, error = %e, "interval fsync failed");
+            if let Err(e) = file.sync_data()
+                && let Some(suppressed) = self.errors.allow()
+            {
+                tracing::error!(log = %self.name, error = %e, suppressed, "interval fsync failed");
             }
             self.dirty = false;
             self.last_sync = Instant::now();
@@ -672,7 +677,9 @@ impl Writer {
             _ => Ok(()),
         });
         if let Err(e) = result {
-            tracing::error!(log = %self.name, error = %e, "append failed; truncating the partial write");
+            if let Some(suppressed) = self.errors.allow() {
+                tracing::error!(log = %self.name, error = %e, suppressed, "append failed; truncating the partial write (repeats are logged once per 10 s)");
+            }
             let _ = seg_file.set_len(seg_size);
             for req in batch {
                 let _ = req.reply.send(Err(LogError::io(&seg_path, std::io::Error::new(e.kind(), e.to_string()))));

@@ -11,6 +11,7 @@ mod crc;
 mod error;
 pub mod file;
 pub mod memory;
+pub mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ pub use acks::{AckState, AckTracker};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};
+pub use throttle::Throttle;
 
 /// Position of a record in a log. Dense: the record after offset `n` is `n + 1`.
 pub type Offset = u64;

@@ -424,6 +424,7 @@ impl Sources {
             spec: spec.clone(),
             secret_token: secret_token.clone().into_bytes(),
             emitter,
+            recent: Default::default(),
         });
         self.webhooks.lock().expect("webhooks").insert((provider, k.1.clone(), k.2.clone()), hook.clone());
         run.webhook = Some(hook);

@@ -52,6 +52,47 @@ pub enum Received {
     Ignored {
         event: String,
     },
+    /// A delivery id already emitted (a provider's redelivery): not emitted twice.
+    Duplicate {
+        id: String,
+    },
+}
+
+/// The delivery ids a webhook emitted recently: a redelivery of one of them
+/// (GitHub's "Redeliver", a retry after a lost answer) is not emitted again.
+/// Bounded: the oldest ids are forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+/// How many delivery ids each webhook remembers.
+pub(crate) const RECENT_IDS: usize = 10_000;
+
+impl RecentIds {
+    /// Claims `id`; false if it is already claimed (emitted or in progress).
+    fn claim(&mut self, id: &str) -> bool {
+        if !self.set.insert(id.to_string()) {
+            return false;
+        }
+        self.order.push_back(id.to_string());
+        if self.order.len() > RECENT_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+
+    /// Gives a claim back (the emission failed: the provider's retry must get through).
+    fn release(&mut self, id: &str) {
+        if self.set.remove(id)
+            && let Some(i) = self.order.iter().rposition(|x| x == id)
+        {
+            self.order.remove(i);
+        }
+    }
 }
 
 pub(crate) struct Webhook {
@@ -59,6 +100,7 @@ pub(crate) struct Webhook {
     pub spec: WebhookSpec,
     pub secret_token: Vec<u8>,
     pub emitter: Arc<Emitter>,
+    pub recent: std::sync::Mutex<RecentIds>,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -161,9 +203,15 @@ impl Webhook {
             return Ok(Received::Ignored { event: event.to_string() });
         };
         let (id, ty) = (ev.id.clone(), ev.ty.clone());
+        if !self.recent.lock().expect("recent ids").claim(&id) {
+            return Ok(Received::Duplicate { id });
+        }
         match self.emitter.emit(ev).await {
             Outcome::Delivered { .. } | Outcome::DeadLettered { .. } => Ok(Received::Emitted { id, ty }),
-            Outcome::Dropped { reason, .. } => Err(WebhookError::Undelivered(reason)),
+            Outcome::Dropped { reason, .. } => {
+                self.recent.lock().expect("recent ids").release(&id);
+                Err(WebhookError::Undelivered(reason))
+            }
         }
     }
 }

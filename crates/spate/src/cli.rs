@@ -84,6 +84,20 @@ pub struct ServeArgs {
     /// (default: the data plane's own address).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Seconds a client has to send a request's head (also the longest a
+    /// keep-alive connection may wait idle for its next request).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a connection may move no byte in either direction (a stalled
+    /// upload, a client that never reads) before it is closed.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// Open connections the data plane accepts; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open connections the admin API accepts; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub admin_max_connections: usize,
 }
 
 #[derive(Args, Clone, Debug)]

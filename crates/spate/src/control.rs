@@ -374,6 +374,7 @@ impl ControlPlane {
             return Err(ApiError::Conflict(conflicts));
         }
         let mut applied = vec![];
+        let mut changed = false;
         for (resource, compiled) in admitted {
             let key = resource.key();
             let action = match store.entries.get(&key) {
@@ -391,14 +392,19 @@ impl ControlPlane {
             if dry_run || action == "unchanged" {
                 continue;
             }
+            changed = true;
             let (generation, uid, created) = match store.entries.get(&key) {
                 Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone()),
                 None => (1, new_uid(), now_rfc3339()),
             };
             store.entries.insert(key, Entry { resource, compiled, status: Value::Null, generation, uid, created });
         }
-        if !dry_run {
+        // Nothing changed, nothing written: a restart with the same manifests
+        // must start even when the disk is full.
+        if changed {
             store.save()?;
+        }
+        if !dry_run {
             self.reconcile_locked(&mut store).await;
         }
         Ok(applied)

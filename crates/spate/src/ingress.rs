@@ -80,7 +80,35 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<by
     {
         return Err(IngressError::TooLarge(max));
     }
-    to_bytes(body, max).await.map_err(|_| IngressError::TooLarge(max))
+    to_bytes(body, max).await.map_err(|e| body_error(e, max))
+}
+
+/// Over the limit is 413; anything else (bad chunked encoding, a connection
+/// cut mid-body) is a malformed request, 400, with the reason.
+fn body_error(e: axum::Error, max: usize) -> IngressError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return IngressError::TooLarge(max);
+        }
+        source = err.source();
+    }
+    IngressError::Malformed(format!("the request body could not be read: {e}"))
+}
+
+/// Any path no route serves, on either listener: 404 with a body that says
+/// where things are (instead of an empty 404).
+pub async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "nothing is served at {method} {}: brokers are at /<namespace>/<broker>, channels at \
+             /channels/<namespace>/<name>, the admin API at /apis/...; `spate get KIND NAME -o json` shows an \
+             addressable's status.address.url\n",
+            uri.path()
+        ),
+    )
+        .into_response()
 }
 
 async fn broker_ingress(

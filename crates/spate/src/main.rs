@@ -11,6 +11,7 @@ mod control;
 mod display;
 mod functions;
 mod ingress;
+mod listener;
 mod output;
 mod proxy;
 mod serve;

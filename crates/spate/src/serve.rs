@@ -89,6 +89,29 @@ fn base_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
+/// The two listeners' limits. Their connection caps together stay within the
+/// open-file limit (raised to its maximum), with room left for logs and clients.
+fn listener_limits(args: &ServeArgs) -> (crate::listener::Limits, crate::listener::Limits) {
+    let fds = crate::listener::raise_fd_limit();
+    let room = (fds.saturating_sub(512) as usize).max(64);
+    let admin = args.admin_max_connections.clamp(1, room / 4);
+    let data = args.max_connections.clamp(1, room - admin);
+    if data < args.max_connections {
+        tracing::warn!(
+            requested = args.max_connections,
+            allowed = data,
+            open_file_limit = fds,
+            "--max-connections lowered to fit the open-file limit"
+        );
+    }
+    let limits = |max_connections| crate::listener::Limits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        max_connections,
+    };
+    (limits(data), limits(admin))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
@@ -184,30 +207,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     })
     .merge(crate::proxy::router(proxy.clone()))
     .merge(crate::webhooks::router(sources.clone(), args.max_event_size))
+    .fallback(crate::ingress::no_route)
     .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
-    let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics });
+    let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics })
+        .fallback(crate::ingress::no_route);
     // Tests and scripts read these two lines to find the servers.
     println!("spate: data plane listening on {}", base_url(data_addr));
     println!("spate: admin API listening on {}", base_url(admin_addr));
     tracing::info!(data_dir = %args.data_dir.display(), fsync = %args.fsync, "spate is ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut s1 = stop_rx.clone();
-    let mut s2 = stop_rx;
-    let data = tokio::spawn(async move {
-        axum::serve(data_listener, ingress)
-            .with_graceful_shutdown(async move {
-                let _ = s1.changed().await;
-            })
-            .await
-    });
-    let adm = tokio::spawn(async move {
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = s2.changed().await;
-            })
-            .await
-    });
+    let (data_limits, admin_limits) = listener_limits(&args);
+    let data = tokio::spawn(crate::listener::serve(data_listener, ingress, data_limits, stop_rx.clone()));
+    let adm = tokio::spawn(crate::listener::serve(admin_listener, admin, admin_limits, stop_rx));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -146,16 +146,10 @@ impl Store {
                 json!({"manifest": manifest, "generation": e.generation, "uid": e.uid, "created": e.created})
             })
             .collect();
-        let tmp = self.path.with_extension("json.tmp");
         let w = |source| StoreError::Write { path: self.path.display().to_string(), source };
         let bytes = serde_json::to_vec_pretty(&saved).expect("JSON values serialize");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(w)?;
-            f.write_all(&bytes).map_err(w)?;
-            f.sync_all().map_err(w)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(w)?;
+        // Manifests can hold tokens in annotations or env: owner-only, like Secrets.
+        write_private(&self.path, &bytes).map_err(w)?;
         if let Some(dir) = self.path.parent()
             && let Ok(d) = std::fs::File::open(dir)
         {
@@ -173,6 +167,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
     }
     let tmp = path.with_extension("json.tmp");
+    // A leftover temporary file from a crash may have the wrong mode: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

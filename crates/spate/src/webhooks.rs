@@ -48,13 +48,22 @@ async fn receive(
         Ok(Received::Ignored { event }) => {
             (StatusCode::OK, axum::Json(json!({"ignored": event, "reason": "not in spec.eventTypes"}))).into_response()
         }
+        Ok(Received::Duplicate { id }) => (
+            StatusCode::OK,
+            axum::Json(json!({"duplicate": id, "reason": "this delivery id was already emitted; not emitted again"})),
+        )
+            .into_response(),
         Err(e) => Rejection(e).into_response(),
     }
 }
 
+/// GitHub sends webhook payloads of up to 25 MB; larger ones it does not send at all.
+pub const MAX_WEBHOOK_BODY: usize = 25 * 1024 * 1024;
+
+/// Webhook bodies may be as large as GitHub's (25 MB) or `max_body`, whichever is larger.
 pub fn router(sources: Arc<Sources>, max_body: usize) -> Router {
     Router::new()
         .route("/sources/{provider}/{ns}/{name}", post(receive))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(max_body.max(MAX_WEBHOOK_BODY)))
         .with_state(sources)
 }

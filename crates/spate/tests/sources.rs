@@ -425,3 +425,40 @@ async fn a_sink_binding_puts_k_sink_into_its_service_and_a_new_sink_makes_a_new_
     let svc = s.admin_json("/apis/serving.knative.dev/v1/namespaces/default/services/producer").await;
     assert_eq!(svc["status"]["latestCreatedRevisionName"], "producer-00002");
 }
+
+#[tokio::test]
+async fn a_replayed_github_delivery_is_emitted_once_and_large_payloads_are_accepted() {
+    let (_dir, s) = start();
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gh\nstringData:\n  secretToken: hook-secret\n---\napiVersion: sources.knative.dev/v1alpha1\nkind: GitHubSource\nmetadata:\n  name: big\nspec:\n  ownerAndRepository: octo/big\n  eventTypes: [push]\n  secretToken:\n    secretKeyRef: {{name: gh, key: secretToken}}\n  sink:\n    uri: {}\n",
+        sink.url
+    ))
+    .await;
+    let url = format!("{}/sources/github/default/big", s.data);
+    wait_status(&s, "sources.knative.dev/v1alpha1", "githubsources", "big", "Ready", |v| {
+        ready(v).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    // 1.5 MB: above the 1 MiB event limit (the old webhook cap), within GitHub's 25 MB.
+    let payload = format!("{{\"blob\": \"{}\"}}", "x".repeat(1536 * 1024));
+    let headers = |id: &str| {
+        vec![
+            ("x-github-event", "push".to_string()),
+            ("x-github-delivery", id.to_string()),
+            ("x-hub-signature-256", sign("hook-secret", payload.as_bytes())),
+        ]
+    };
+    let (code, body) = post_hook(&url, &headers("d-1"), payload.as_bytes()).await;
+    assert_eq!(code, 202, "{body}");
+    // GitHub's "Redeliver" sends the same delivery id again: not a second event.
+    let (code, body) = post_hook(&url, &headers("d-1"), payload.as_bytes()).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("duplicate"), "{body}");
+    let (code, _) = post_hook(&url, &headers("d-2"), payload.as_bytes()).await;
+    assert_eq!(code, 202);
+    let got = sink.wait_for_id("d-2").await;
+    let ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(ids, ["d-1", "d-2"], "each delivery id emitted once");
+    assert_eq!(got[0].event.data.as_ref().map(|d| d.len()), Some(payload.len()));
+}

@@ -166,12 +166,23 @@ impl Sink {
 
     /// `delay` is applied before answering (a slow subscriber).
     pub async fn with(behaviour: Behaviour, delay: Duration) -> Sink {
+        Self::start_inner(behaviour, delay, None).await
+    }
+
+    /// Records every event and accepts it, except `stuck_id`: that one is
+    /// recorded and never answered (a subscriber stuck on one event).
+    pub async fn stuck_on(stuck_id: &str) -> Sink {
+        Self::start_inner(accept_all(), Duration::ZERO, Some(stuck_id.to_string())).await
+    }
+
+    async fn start_inner(behaviour: Behaviour, delay: Duration, stuck: Option<String>) -> Sink {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let notify = Arc::new(Notify::new());
         let in_progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (g, n, ip) = (got.clone(), notify.clone(), in_progress.clone());
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let (g, n, ip, behaviour) = (g.clone(), n.clone(), ip.clone(), behaviour.clone());
+            let stuck = stuck.clone();
             async move {
                 let event = match spate_core::http_codec::decode(&headers, body) {
                     Ok(mut d) => d.events.remove(0),
@@ -188,6 +199,9 @@ impl Sink {
                     g.len()
                 };
                 n.notify_waiters();
+                if stuck.as_deref() == Some(r.event.id.as_str()) {
+                    std::future::pending::<()>().await;
+                }
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }

@@ -1,0 +1,180 @@
+//! Connection hygiene for both listeners: our own accept loop over hyper's
+//! HTTP/1 server, so that no client can hold the server's resources.
+//!
+//! - A request's head must arrive within `header_read_timeout` (hyper's timer;
+//!   it also runs while a keep-alive connection waits for its next request,
+//!   so idle keep-alive connections close after the same time).
+//! - A connection that moves no byte in either direction for `idle_timeout`
+//!   (a stalled upload, a client that never reads its answer) is closed.
+//! - At most `max_connections` are open; beyond that a connection gets a 503
+//!   with `Retry-After` and a body saying why, and is closed at once.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use spate_log::Throttle;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+/// Limits of one listener (flags `--header-read-timeout`, `--idle-timeout`, `--max-connections`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// A stream that records when it last moved a byte.
+struct Watched {
+    inner: TcpStream,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+static ACCEPT_ERRORS: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// Serves `app` on `listener` until `stop` changes, then lets open
+/// connections finish their requests (the caller bounds how long).
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refused = metrics::counter!("spate_connections_refused_total", "listener" => listener_name(&listener));
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    if let Some(suppressed) = ACCEPT_ERRORS.allow() {
+                        tracing::error!(error = %e, suppressed, "accept failed; backing off 100 ms");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            connection(stream, app, limits, stop).await;
+            drop(slot);
+        });
+    }
+    // Wait until every connection is done (the caller's timeout bounds this).
+    let _ = slots.acquire_many(limits.max_connections.max(1) as u32).await;
+}
+
+fn listener_name(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// Over the connection cap: a 503 that says so, then close.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let body = format!(
+        "too many open connections (the server allows {max}, --max-connections); retry shortly or reuse connections\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn connection(stream: TcpStream, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Watched { inner: stream, epoch, last: last.clone() });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(check);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            r = stop.changed(), if !stopping => {
+                let _ = r;
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick() => {
+                let idle = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if idle >= limits.idle_timeout {
+                    tracing::debug!(idle_ms = idle.as_millis() as u64, "closing a connection idle past --idle-timeout");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard maximum and returns it, so the
+/// connection caps, not the kernel, decide when to refuse.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
