@@ -2,13 +2,14 @@ use serde_json::Value;
 
 use crate::delivery::{self, DeliverySpec};
 use crate::walk::Walker;
-use crate::{BROKER_CLASS_ANNOTATION, DEFAULT_BROKER_CLASS, meta};
+use crate::{BROKER_CLASS_ANNOTATION, BROKER_CLASSES, meta};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     pub namespace: String,
     pub name: String,
-    pub class: String,
+    /// `eventing.knative.dev/broker.class`; `None`: the server's default class.
+    pub class: Option<String>,
     pub delivery: Option<DeliverySpec>,
 }
 
@@ -19,6 +20,14 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
         w.object(c, "spec.config", &["apiVersion", "kind", "name", "namespace"]);
     }
     let delivery = m.get("delivery").and_then(|d| delivery::parse(w, d, "spec.delivery", namespace));
-    let class = meta::annotation(metadata, BROKER_CLASS_ANNOTATION).unwrap_or(DEFAULT_BROKER_CLASS).to_string();
+    let class = meta::annotation(metadata, BROKER_CLASS_ANNOTATION).map(str::to_string);
+    if let Some(c) = &class
+        && !BROKER_CLASSES.contains(&c.as_str())
+    {
+        w.error(
+            &format!("metadata.annotations[{BROKER_CLASS_ANNOTATION}]"),
+            format!("'{c}' is not a broker class Spate runs (one of {})", BROKER_CLASSES.join(", ")),
+        );
+    }
     Some(BrokerConfig { namespace: namespace.to_string(), name: name.to_string(), class, delivery })
 }

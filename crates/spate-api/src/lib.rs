@@ -45,8 +45,13 @@ pub const MAX_IN_FLIGHT_ANNOTATION: &str = "spate.dev/max-in-flight";
 pub const CHANNEL_STORAGE_ANNOTATION: &str = "spate.dev/channel-storage";
 /// Knative's broker class annotation (immutable).
 pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
-/// The broker class Spate reports when none is given.
+/// The broker class on the embedded log (the default unless `--default-broker-class` says otherwise).
 pub const DEFAULT_BROKER_CLASS: &str = "MTChannelBasedBroker";
+/// The broker class on NATS JetStream (the name Knative's NATS project uses).
+pub const NATS_BROKER_CLASS: &str = "NatsJetStreamBroker";
+/// Broker classes admission accepts (Knative's names). `Kafka` and `RabbitMQBroker` are admitted
+/// and reported not Ready until their backends exist.
+pub const BROKER_CLASSES: &[&str] = &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, "Kafka", "RabbitMQBroker"];
 
 /// One admitted resource: its identity and the normalized manifest.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use spate_api::BrokerConfig;
 use spate_core::{CloudEvent, ExtValue, ext, rules, storage};
-use spate_log::{EventLog, LogError};
+use spate_log::{EventLog, LogError, MessageStream};
 use thiserror::Error;
 
 use crate::feed::Feed;
@@ -41,14 +41,19 @@ impl From<LogError> for PublishError {
     }
 }
 
-/// A running broker: its config, its log and its router.
+/// Where a broker keeps its events: the embedded log (read once by its
+/// router) or a shared engine's stream (each trigger a durable consumer).
+pub enum Storage {
+    Log { log: Arc<dyn EventLog>, feed: Arc<Feed> },
+    Stream(Arc<dyn MessageStream>),
+}
+
+/// A running broker: its config and its storage.
 pub struct Broker {
     pub config: BrokerConfig,
-    pub log: Arc<dyn EventLog>,
     pub address: String,
     events_in: metrics::Counter,
-    /// The log and its router, shared with this broker's trigger workers.
-    pub feed: Arc<Feed>,
+    pub storage: Storage,
 }
 
 fn now_rfc3339() -> String {
@@ -57,12 +62,35 @@ fn now_rfc3339() -> String {
 }
 
 impl Broker {
-    /// Creates the broker and starts its router (needs a Tokio runtime).
+    /// Creates the broker on the embedded log and starts its router (needs a Tokio runtime).
     pub fn new(config: BrokerConfig, log: Arc<dyn EventLog>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
         let feed = Feed::new(log.clone(), label);
-        Broker { config, log, address, events_in, feed }
+        Broker { config, address, events_in, storage: Storage::Log { log, feed } }
+    }
+
+    /// Creates the broker on a shared engine's stream.
+    pub fn on_stream(config: BrokerConfig, stream: Arc<dyn MessageStream>, address: String) -> Self {
+        let label = format!("{}/{}", config.namespace, config.name);
+        let events_in = metrics::counter!("spate_events_in_total", "broker" => label);
+        Broker { config, address, events_in, storage: Storage::Stream(stream) }
+    }
+
+    /// The embedded log's feed, if the broker is on the embedded log.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        match &self.storage {
+            Storage::Log { feed, .. } => Some(feed),
+            Storage::Stream(_) => None,
+        }
+    }
+
+    /// The engine's stream, if the broker is on one.
+    pub fn stream(&self) -> Option<&Arc<dyn MessageStream>> {
+        match &self.storage {
+            Storage::Stream(s) => Some(s),
+            Storage::Log { .. } => None,
+        }
     }
 
     /// Accepts events from outside: TTL defaults to 255, a TTL of 0 or less is
@@ -92,15 +120,29 @@ impl Broker {
     /// Stores events as they are, adding `knativearrivaltime`.
     pub(crate) async fn append(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
         let now = now_rfc3339();
-        let payloads: Vec<Bytes> = events
-            .into_iter()
-            .map(|mut ev| {
-                ev.set_extension(ext::ARRIVAL_TIME, ExtValue::String(now.clone()));
-                Bytes::from(storage::encode(&ev))
-            })
-            .collect();
-        let n = payloads.len() as u64;
-        self.log.append(payloads).await?;
+        let n = events.len() as u64;
+        let stamp = |mut ev: CloudEvent| {
+            ev.set_extension(ext::ARRIVAL_TIME, ExtValue::String(now.clone()));
+            ev
+        };
+        match &self.storage {
+            Storage::Log { log, .. } => {
+                let payloads = events.into_iter().map(|ev| Bytes::from(storage::encode(&stamp(ev)))).collect();
+                log.append(payloads).await?;
+            }
+            Storage::Stream(stream) => {
+                // Each with its de-duplication id: a sender's retry of the same
+                // event (same source and id) is stored once within the window.
+                let payloads = events
+                    .into_iter()
+                    .map(|ev| {
+                        let ev = stamp(ev);
+                        (Bytes::from(storage::encode(&ev)), format!("{} {}", ev.source, ev.id))
+                    })
+                    .collect();
+                stream.publish(payloads).await?;
+            }
+        }
         self.events_in.increment(n);
         Ok(())
     }

@@ -8,6 +8,7 @@ mod feed;
 mod messaging;
 mod reconcile;
 mod router;
+mod stream_worker;
 mod trigger;
 
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct EventingConfig {
     pub default_delivery: DeliverySpec,
     /// Events in flight per trigger unless the trigger says otherwise.
     pub max_in_flight: usize,
+    /// The class of brokers without `eventing.knative.dev/broker.class` (`--default-broker-class`).
+    pub default_broker_class: String,
 }
 
 impl Default for EventingConfig {
@@ -43,6 +46,7 @@ impl Default for EventingConfig {
                 ..DeliverySpec::default()
             },
             max_in_flight: 100,
+            default_broker_class: spate_api::DEFAULT_BROKER_CLASS.to_string(),
         }
     }
 }

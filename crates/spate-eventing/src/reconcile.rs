@@ -4,13 +4,15 @@ use std::sync::{Arc, RwLock};
 use spate_api::{
     BrokerConfig, ChannelConfig, DeliverySpec, Kind, ParallelConfig, SequenceConfig, SubscriptionConfig, TriggerConfig,
 };
+use spate_api::{DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS};
 use spate_core::Destination;
 use spate_delivery::Dispatcher;
-use spate_log::{LogBackend, MemoryBackend};
+use spate_log::{LogBackend, MemoryBackend, StreamBackend};
 use tokio::sync::Mutex;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Storage};
 use crate::messaging::Channel;
+use crate::stream_worker::StreamWorker;
 use crate::trigger::{ReplyPlan, TriggerStats, TriggerWorker, WorkerPlan};
 use crate::{EventingConfig, broker_log_name, trigger_consumer};
 
@@ -85,6 +87,10 @@ pub struct Eventing {
     pub(crate) dispatcher: Dispatcher,
     brokers: RwLock<HashMap<Key, Arc<Broker>>>,
     triggers: Mutex<HashMap<Key, TriggerWorker>>,
+    /// Triggers of brokers on a shared engine (durable consumers).
+    stream_triggers: Mutex<HashMap<Key, StreamWorker>>,
+    /// The shared engine (NATS JetStream), when the server has one.
+    pub(crate) streams: Option<Arc<dyn StreamBackend>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
     pub(crate) subscriptions: Mutex<HashMap<Key, TriggerWorker>>,
     /// Channels removed from a flow, delivering what they still hold.
@@ -100,10 +106,18 @@ impl Eventing {
             memory: Arc::new(MemoryBackend::default()),
             brokers: RwLock::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
+            stream_triggers: Mutex::new(HashMap::new()),
+            streams: None,
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds the shared engine that `NatsJetStreamBroker` brokers live on.
+    pub fn with_streams(mut self, streams: Arc<dyn StreamBackend>) -> Self {
+        self.streams = Some(streams);
+        self
     }
 
     pub fn config(&self) -> &EventingConfig {
@@ -121,7 +135,11 @@ impl Eventing {
 
     /// Live counters for a trigger, if its worker runs.
     pub async fn trigger_stats(&self, namespace: &str, name: &str) -> Option<Arc<TriggerStats>> {
-        self.triggers.lock().await.get(&(namespace.to_string(), name.to_string())).map(|w| w.stats.clone())
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(w) = self.triggers.lock().await.get(&key) {
+            return Some(w.stats.clone());
+        }
+        self.stream_triggers.lock().await.get(&key).map(|w| w.stats.clone())
     }
 
     pub fn channel_address(&self, namespace: &str, name: &str) -> String {
@@ -194,51 +212,49 @@ impl Eventing {
             parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
             services: desired.services.clone(),
         };
-        let mut triggers = self.triggers.lock().await;
+        self.reconcile_brokers(desired, &wanted, &names, &mut statuses).await;
+        self.reconcile_triggers(desired, &names, &mut statuses).await;
+        self.reconcile_messaging(desired, &expanded, &names, &mut statuses).await;
+        statuses
+    }
 
-        // Brokers that are gone: stop their triggers, delete their logs.
+    /// Stops the triggers of brokers that are gone and deletes their storage;
+    /// opens (or keeps) every desired broker on the storage its class names.
+    async fn reconcile_brokers(
+        &self,
+        desired: &Desired,
+        wanted: &HashSet<Key>,
+        names: &Addressables,
+        statuses: &mut Vec<ResourceStatus>,
+    ) {
         let gone: Vec<Key> =
             self.brokers.read().expect("brokers lock").keys().filter(|k| !wanted.contains(*k)).cloned().collect();
         for key in gone {
-            let stale: Vec<Key> = triggers
-                .iter()
-                .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for t in stale {
-                if let Some(w) = triggers.remove(&t) {
-                    w.stop().await;
-                }
-            }
-            self.brokers.write().expect("brokers lock").remove(&key);
-            if let Err(e) = self.backend.remove(&broker_log_name(&key.0, &key.1)) {
-                tracing::error!(broker = %format!("{}/{}", key.0, key.1), error = %e, "could not delete the broker's log");
+            self.stop_triggers_of(&key).await;
+            let Some(broker) = self.brokers.write().expect("brokers lock").remove(&key) else { continue };
+            let log_name = broker_log_name(&key.0, &key.1);
+            let removed = match (&broker.storage, &self.streams) {
+                (Storage::Log { .. }, _) => self.backend.remove(&log_name),
+                (Storage::Stream(_), Some(streams)) => streams.remove(&log_name).await,
+                (Storage::Stream(_), None) => Ok(()),
+            };
+            if let Err(e) = removed {
+                tracing::error!(broker = %format!("{}/{}", key.0, key.1), error = %e, "could not delete the broker's storage");
             }
         }
-
         for b in &desired.brokers {
-            let key = (b.namespace.clone(), b.name.clone());
             let address = self.broker_address(&b.namespace, &b.name);
-            let existing = self.broker(&b.namespace, &b.name);
             let mut conds = vec![];
-            let log = match &existing {
-                Some(x) => Ok(x.log.clone()),
-                None => self.backend.open(&broker_log_name(&b.namespace, &b.name)).map_err(|e| e.to_string()),
-            };
-            match log {
-                Ok(log) => {
-                    if existing.as_ref().is_none_or(|x| x.config != *b) {
-                        let broker = Arc::new(Broker::new(b.clone(), log, address.clone()));
-                        self.brokers.write().expect("brokers lock").insert(key.clone(), broker);
-                    }
+            match self.open_broker(b, &address).await {
+                Ok(()) => {
                     conds.push(Condition::ok("IngressReady"));
                     conds.push(Condition::ok("Addressable"));
                 }
-                Err(e) => conds.push(Condition::fail("IngressReady", "StorageUnavailable", e)),
+                Err((reason, e)) => conds.push(Condition::fail("IngressReady", reason, e)),
             }
             let mut dls_uri = None;
             if let Some(dls) = b.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
-                match self.resolve(dls, &names) {
+                match self.resolve(dls, names) {
                     Ok(u) => {
                         dls_uri = Some(u);
                         conds.push(Condition::ok("DeadLetterSinkResolved"));
@@ -251,7 +267,82 @@ impl Eventing {
             st.dead_letter_sink_uri = dls_uri;
             statuses.push(st);
         }
+    }
 
+    /// The broker's class, or the server's default class.
+    pub fn broker_class<'a>(&'a self, b: &'a BrokerConfig) -> &'a str {
+        b.class.as_deref().unwrap_or(&self.config.default_broker_class)
+    }
+
+    /// Runs `b` on its class's storage unless an equal broker already runs.
+    async fn open_broker(&self, b: &BrokerConfig, address: &str) -> Result<(), (&'static str, String)> {
+        let existing = self.broker(&b.namespace, &b.name);
+        if existing.as_ref().is_some_and(|x| x.config == *b) {
+            return Ok(());
+        }
+        let log_name = broker_log_name(&b.namespace, &b.name);
+        let broker = match self.broker_class(b) {
+            DEFAULT_BROKER_CLASS => {
+                let log = match existing.as_ref().and_then(|x| x.feed().map(|f| f.log.clone())) {
+                    Some(log) => log,
+                    None => self.backend.open(&log_name).map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                };
+                Broker::new(b.clone(), log, address.to_string())
+            }
+            NATS_BROKER_CLASS => {
+                let Some(streams) = &self.streams else {
+                    return Err(("NatsNotConfigured", "this server has no NATS backend (--nats-url)".into()));
+                };
+                let stream = match existing.as_ref().and_then(|x| x.stream().cloned()) {
+                    Some(s) => s,
+                    None => streams.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                };
+                Broker::on_stream(b.clone(), stream, address.to_string())
+            }
+            other => {
+                return Err((
+                    "ClassNotSupported",
+                    format!(
+                        "broker class {other} is not implemented yet (MTChannelBasedBroker and NatsJetStreamBroker are)"
+                    ),
+                ));
+            }
+        };
+        self.brokers.write().expect("brokers lock").insert((b.namespace.clone(), b.name.clone()), Arc::new(broker));
+        Ok(())
+    }
+
+    /// Stops every trigger reading broker `key` (it is gone or replaced).
+    async fn stop_triggers_of(&self, key: &Key) {
+        let mut triggers = self.triggers.lock().await;
+        let stale: Vec<Key> = triggers
+            .iter()
+            .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for t in stale {
+            if let Some(w) = triggers.remove(&t) {
+                w.stop().await;
+            }
+        }
+        let mut stream_triggers = self.stream_triggers.lock().await;
+        let stale: Vec<Key> = stream_triggers
+            .iter()
+            .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for t in stale {
+            if let Some(w) = stream_triggers.remove(&t) {
+                w.stop().await;
+            }
+        }
+    }
+
+    /// Deleted triggers stop everywhere and their consumers are removed;
+    /// every desired trigger runs on its broker's storage.
+    async fn reconcile_triggers(&self, desired: &Desired, names: &Addressables, statuses: &mut Vec<ResourceStatus>) {
+        let mut triggers = self.triggers.lock().await;
+        let mut stream_triggers = self.stream_triggers.lock().await;
         let desired_triggers: HashSet<Key> =
             desired.triggers.iter().map(|t| (t.namespace.clone(), t.name.clone())).collect();
         let removed: Vec<Key> = triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
@@ -262,24 +353,62 @@ impl Eventing {
                 let _ = feed.log.remove_consumer(&trigger_consumer(&key.0, &key.1));
             }
         }
-
+        let removed: Vec<Key> = stream_triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
+        for key in removed {
+            if let Some(w) = stream_triggers.remove(&key) {
+                let (stream, consumer) = (w.stream.clone(), w.plan.consumer());
+                w.stop().await;
+                if let Err(e) = stream.remove_consumer(&consumer).await {
+                    tracing::warn!(trigger = %consumer, error = %e, "could not delete the trigger's consumer");
+                }
+            }
+        }
         for t in &desired.triggers {
             let key = (t.namespace.clone(), t.name.clone());
-            let (plan, mut st) = self.plan_trigger(t, &names);
+            let (plan, mut st) = self.plan_trigger(t, names);
             let broker = self.broker(&t.namespace, &t.broker);
             match (plan, broker) {
-                (Some(plan), Some(broker)) => {
-                    let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, &broker.feed));
-                    if !same {
+                (Some(plan), Some(broker)) => match &broker.storage {
+                    Storage::Log { feed, .. } => {
+                        if let Some(old) = stream_triggers.remove(&key) {
+                            old.stop().await;
+                        }
+                        let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, feed));
+                        if !same {
+                            if let Some(old) = triggers.remove(&key) {
+                                old.stop().await;
+                            }
+                            let w =
+                                TriggerWorker::start(plan, feed.clone(), Some(broker.clone()), self.dispatcher.clone());
+                            triggers.insert(key, w);
+                        }
+                    }
+                    Storage::Stream(stream) => {
                         if let Some(old) = triggers.remove(&key) {
                             old.stop().await;
                         }
-                        let feed = broker.feed.clone();
-                        triggers.insert(key, TriggerWorker::start(plan, feed, Some(broker), self.dispatcher.clone()));
+                        let same =
+                            stream_triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.stream, stream));
+                        if !same {
+                            if let Some(old) = stream_triggers.remove(&key) {
+                                old.stop().await;
+                            }
+                            let w = StreamWorker::start(
+                                plan,
+                                stream.clone(),
+                                Some(broker.clone()),
+                                self.dispatcher.clone(),
+                            )
+                            .await;
+                            stream_triggers.insert(key, w);
+                        }
                     }
-                }
+                },
                 _ => {
                     if let Some(old) = triggers.remove(&key) {
+                        old.stop().await;
+                    }
+                    if let Some(old) = stream_triggers.remove(&key) {
                         old.stop().await;
                     }
                     if st.ready() {
@@ -294,9 +423,6 @@ impl Eventing {
             }
             statuses.push(st);
         }
-        drop(triggers);
-        self.reconcile_messaging(desired, &expanded, &names, &mut statuses).await;
-        statuses
     }
 
     fn plan_trigger(&self, t: &TriggerConfig, names: &Addressables) -> (Option<WorkerPlan>, ResourceStatus) {
@@ -367,6 +493,20 @@ impl Eventing {
                 }
             }
         }
+        let streams: Vec<_> = self
+            .stream_triggers
+            .lock()
+            .await
+            .values()
+            .filter(|w| {
+                let url = &w.plan.subscriber_url;
+                url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?'))
+            })
+            .map(|w| (w.stream.clone(), w.plan.consumer()))
+            .collect();
+        for (stream, consumer) in streams {
+            total += stream.backlog(&consumer).await.unwrap_or(0);
+        }
         total
     }
 
@@ -380,6 +520,9 @@ impl Eventing {
             for (_, w) in g.drain() {
                 w.stop().await;
             }
+        }
+        for (_, w) in self.stream_triggers.lock().await.drain() {
+            w.stop().await;
         }
     }
 }

@@ -136,14 +136,38 @@ struct Run {
 
 /// What each delivery task shares: one `Arc` clone per event, metric handles
 /// resolved once per worker rather than per event.
-struct Shared {
+pub(crate) struct Shared {
     plan: Arc<WorkerPlan>,
     dispatcher: Dispatcher,
     broker: Option<Arc<Broker>>,
-    stats: Arc<TriggerStats>,
-    label: String,
+    pub(crate) stats: Arc<TriggerStats>,
+    pub(crate) label: String,
     delivered: metrics::Counter,
     duration: metrics::Histogram,
+}
+
+impl Shared {
+    pub(crate) fn plan(&self) -> &WorkerPlan {
+        &self.plan
+    }
+
+    pub(crate) fn new(
+        plan: Arc<WorkerPlan>,
+        dispatcher: Dispatcher,
+        broker: Option<Arc<Broker>>,
+        stats: Arc<TriggerStats>,
+    ) -> Arc<Shared> {
+        let label = plan.consumer();
+        Arc::new(Shared {
+            plan,
+            dispatcher,
+            broker,
+            stats,
+            delivered: metrics::counter!("spate_events_delivered_total", "sender" => label.clone()),
+            duration: metrics::histogram!("spate_delivery_duration_seconds", "sender" => label.clone()),
+            label,
+        })
+    }
 }
 
 /// A trigger's replies re-enter its broker with the TTL decremented.
@@ -254,15 +278,7 @@ impl Run {
         let label = consumer.clone();
         let mut position = log.committed_state(&consumer).unwrap_or_else(|| AckState::at(log.end_offset()));
         position.committed = position.committed.max(log.start_offset());
-        let shared = Arc::new(Shared {
-            plan: self.plan.clone(),
-            dispatcher: self.dispatcher.clone(),
-            broker: self.broker.clone(),
-            stats: self.stats.clone(),
-            label: label.clone(),
-            delivered: metrics::counter!("spate_events_delivered_total", "sender" => label.clone()),
-            duration: metrics::histogram!("spate_delivery_duration_seconds", "sender" => label.clone()),
-        });
+        let shared = Shared::new(self.plan.clone(), self.dispatcher.clone(), self.broker.clone(), self.stats.clone());
         let backlog = metrics::gauge!("spate_trigger_backlog", "trigger" => label.clone());
         let attached = metrics::gauge!("spate_trigger_attached", "trigger" => label.clone());
         let attaches = metrics::counter!("spate_trigger_attaches_total", "trigger" => label.clone());
@@ -402,7 +418,7 @@ impl Run {
     }
 }
 
-async fn deliver(s: &Shared, ev: &CloudEvent) {
+pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
     let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
     let (broker_reply, url_reply);

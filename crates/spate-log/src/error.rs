@@ -8,6 +8,9 @@ pub enum LogError {
     Closed(String),
     #[error("storage IO error on {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The engine (NATS) is not reachable or refused the operation; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("invalid log name '{0}': use letters, digits, '.', '-' and '_'")]
     InvalidName(String),
 }
@@ -19,6 +22,7 @@ impl LogError {
             LogError::Io { .. } if self.is_no_space() => "no space left on the storage device".into(),
             LogError::Io { source, .. } => format!("storage IO error ({})", source.kind()),
             LogError::Closed(_) => "the log is closed".into(),
+            LogError::Unavailable(_) => "the event store (NATS) is unavailable".into(),
             other => other.to_string(),
         }
     }

@@ -11,6 +11,8 @@ mod crc;
 mod error;
 pub mod file;
 pub mod memory;
+pub mod nats;
+pub mod stream;
 pub mod throttle;
 
 use std::future::Future;
@@ -23,6 +25,8 @@ pub use acks::{AckState, AckTracker};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};
+pub use nats::{Nats, NatsBackend, NatsConfig};
+pub use stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
 pub use throttle::Throttle;
 
 /// Position of a record in a log. Dense: the record after offset `n` is `n + 1`.

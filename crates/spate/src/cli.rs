@@ -98,6 +98,20 @@ pub struct ServeArgs {
     /// Open connections the admin API accepts; beyond it, 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
     pub admin_max_connections: usize,
+    /// The class of Brokers without `eventing.knative.dev/broker.class`
+    /// (MTChannelBasedBroker: the embedded log; NatsJetStreamBroker: NATS JetStream).
+    #[arg(long, default_value = "MTChannelBasedBroker", env = "SPATE_DEFAULT_BROKER_CLASS")]
+    pub default_broker_class: String,
+    /// NATS server for NatsJetStreamBroker brokers and `--config-store nats` (dialled on first use).
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SPATE_NATS_URL")]
+    pub nats_url: String,
+    /// Prefixes NATS streams, consumers and KV buckets, so several Spate clusters share one NATS.
+    #[arg(long, default_value = "spate", env = "SPATE_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// Where resources live: `file` (resources.json in the data dir) or `nats` (a KV bucket shared
+    /// by every instance with the same --cluster-name).
+    #[arg(long, default_value = "file", env = "SPATE_CONFIG_STORE")]
+    pub config_store: String,
 }
 
 #[derive(Args, Clone, Debug)]

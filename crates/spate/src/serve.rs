@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use spate_core::delivery::BackoffPolicy;
 use spate_delivery::Dispatcher;
 use spate_eventing::{Eventing, EventingConfig};
-use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, Retention};
+use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, NatsBackend, NatsConfig, Retention};
 use spate_serving::{BacklogProbe, Serving, ServingConfig};
 use spate_sources::{Sources, SourcesConfig};
 
@@ -122,6 +122,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         bail!("--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)");
     }
     let fsync = parse_fsync(&args.fsync)?;
+    if !spate_api::BROKER_CLASSES.contains(&args.default_broker_class.as_str()) {
+        bail!(
+            "--default-broker-class: '{}' is not one of {}",
+            args.default_broker_class,
+            spate_api::BROKER_CLASSES.join(", ")
+        );
+    }
+    spate_log::nats::check_cluster_name(&args.cluster_name).map_err(|e| anyhow::anyhow!("--cluster-name: {e}"))?;
     // Read and validate the manifests before touching anything.
     let manifests = if args.files.is_empty() { None } else { Some(read_manifests(&args.files)?) };
     if let Some(text) = &manifests {
@@ -156,13 +164,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut eventing_config = EventingConfig {
         base_url: base_url(data_addr),
         max_in_flight: args.max_in_flight.max(1),
+        default_broker_class: args.default_broker_class.clone(),
         ..EventingConfig::default()
     };
     eventing_config.default_delivery.retry = Some(args.default_retry);
     eventing_config.default_delivery.backoff_policy = Some(BackoffPolicy::Exponential);
     eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
-    let eventing =
-        Arc::new(Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default()));
+    let nats = Arc::new(NatsBackend::new(NatsConfig {
+        url: args.nats_url.clone(),
+        cluster: args.cluster_name.clone(),
+        ..NatsConfig::default()
+    }));
+    let eventing = Arc::new(
+        Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default())
+            .with_streams(nats.clone()),
+    );
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),
         base_url: base_url(data_addr),

@@ -10,18 +10,58 @@ use axum::response::IntoResponse;
 use common::*;
 use spate_core::ExtValue;
 
-async fn server_with(yaml: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
+/// A server whose brokers default to `class`, with `yaml` applied; `None`: skip
+/// (the class needs NATS and none answers outside CI).
+async fn server_on(
+    class: Class,
+    test: &str,
+    yaml: &str,
+    extra: &[&str],
+) -> Option<(tempfile::TempDir, Server, Option<NatsCluster>)> {
+    let (mut args, nats) = class_args(class, test)?;
+    args.extend(extra.iter().map(|a| a.to_string()));
     let dir = tempdir();
-    let s = Server::start(dir.path(), extra);
+    let s = Server::start(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
     s.apply_ok(yaml).await;
-    (dir, s)
+    Some((dir, s, nats))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
+/// Each contract test runs once per broker class: the same function, two tests.
+macro_rules! for_each_class {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Class::Embedded).await })*
+        }
+        mod nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Class::Nats).await })*
+        }
+    };
+}
+
+for_each_class!(
+    binary_structured_and_batched_events_reach_the_subscriber_intact,
+    malformed_requests_get_400_with_a_reason_and_store_nothing,
+    each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing,
+    exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers,
+    replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl,
+    a_slow_subscriber_does_not_delay_another_trigger,
+    each_filter_dialect_receives_exactly_its_events,
+);
+
+async fn binary_structured_and_batched_events_reach_the_subscriber_intact(class: Class) {
     let sink = Sink::start().await;
-    let (_d, s) =
-        server_with(&(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")), &[]).await;
+    let Some((_d, s, _nats)) = server_on(
+        class,
+        "binary_structured_an",
+        &(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")),
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     let c = client();
 
@@ -76,14 +116,18 @@ async fn binary_structured_and_batched_events_reach_the_subscriber_intact() {
     assert_eq!(old.event.dataschema.as_deref(), Some("/schema"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_requests_get_400_with_a_reason_and_store_nothing() {
+async fn malformed_requests_get_400_with_a_reason_and_store_nothing(class: Class) {
     let sink = Sink::start().await;
-    let (_d, s) = server_with(
+    let Some((_d, s, _nats)) = server_on(
+        class,
+        "malformed_requests_g",
         &(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, "")),
         &["--max-event-size", "65536"],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     let c = client();
     let ok = [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")];
@@ -142,8 +186,7 @@ async fn malformed_requests_get_400_with_a_reason_and_store_nothing() {
     assert_eq!(ids, vec!["fence"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing() {
+async fn each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing(class: Class) {
     let (a, b, c) = (Sink::start().await, Sink::start().await, Sink::start().await);
     let yaml = [
         broker("default", ""),
@@ -152,7 +195,9 @@ async fn each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing(
         trigger("c", "default", &type_filter("com.y"), &c.url, ""),
     ]
     .join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _nats)) = server_on(class, "each_trigger_gets_it", &yaml, &[]).await else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     for i in 0..5 {
         assert_eq!(send(&url, &format!("x-{i}"), "com.x", "{}").await, 202);
@@ -171,8 +216,7 @@ async fn each_trigger_gets_its_own_copy_and_a_non_matching_trigger_gets_nothing(
     assert_eq!(ids(&c.events()), vec!["fence"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers() {
+async fn exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers(class: Class) {
     let failing =
         Sink::with(Arc::new(|_, _| (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()), Duration::ZERO).await;
     let (dls_trigger, dls_broker) = (Sink::start().await, Sink::start().await);
@@ -189,7 +233,9 @@ async fn exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers
         trigger("broker-dls", "default", &type_filter("b"), &failing.url, ""),
     ]
     .join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _nats)) = server_on(class, "exhausted_events_rea", &yaml, &[]).await else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     assert_eq!(send(&url, "ev-a", "a", "{\"k\":1}").await, 202);
     assert_eq!(send(&url, "ev-b", "b", "{}").await, 202);
@@ -213,8 +259,7 @@ async fn exhausted_events_reach_the_triggers_dead_letter_sink_before_the_brokers
     assert_eq!(dls_broker.count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl() {
+async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl(class: Class) {
     let replier = Sink::with(
         Arc::new(|r, _| {
             let ty = if r.event.ty == "question" { "answer" } else { "loop" };
@@ -241,7 +286,9 @@ async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl() {
         trigger("loop", "default", &type_filter("loop"), &replier.url, ""),
     ]
     .join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _nats)) = server_on(class, "replies_reach_other_", &yaml, &[]).await else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     assert_eq!(send(&url, "q1", "question", "{}").await, 202);
     let got = answers.wait_for(1).await;
@@ -278,13 +325,14 @@ async fn replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl() {
     assert_eq!(health.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_subscriber_does_not_delay_another_trigger() {
+async fn a_slow_subscriber_does_not_delay_another_trigger(class: Class) {
     let slow = Sink::with(accept_all(), Duration::from_secs(5)).await;
     let fast = Sink::start().await;
     let ordered = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: slow\n  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\nspec:\n  broker: default\n  subscriber:\n    uri: ".to_string() + &slow.url + "\n";
     let yaml = [broker("default", ""), ordered, trigger("fast", "default", "", &fast.url, "")].join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _nats)) = server_on(class, "a_slow_subscriber_do", &yaml, &[]).await else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     assert_eq!(send(&url, "e1", "t", "{}").await, 202);
     slow.wait_for_id("e1").await;
@@ -387,8 +435,7 @@ async fn validate_and_apply_reject_an_invalid_file_listing_every_error() {
     assert_eq!(v["items"][0]["metadata"]["name"], "good");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_filter_dialect_receives_exactly_its_events() {
+async fn each_filter_dialect_receives_exactly_its_events(class: Class) {
     let mut sinks = vec![];
     for _ in 0..6 {
         sinks.push(Sink::start().await);
@@ -408,7 +455,9 @@ async fn each_filter_dialect_receives_exactly_its_events() {
         ordered("exactall", "    - all:\n        - exact:\n            tier: gold\n        - suffix:\n            source: /eu\n", &sinks[5].url),
     ]
     .join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _nats)) = server_on(class, "each_filter_dialect_", &yaml, &[]).await else {
+        return;
+    };
     let url = s.broker_url("default", "default");
     let c = client();
     /// (id, type, source, extension headers)
@@ -474,7 +523,7 @@ async fn router_handoffs_lose_nothing_and_duplicate_nothing() {
         slow.url
     );
     let yaml = [broker("default", ""), trigger("fast", "default", "", &fast.url, ""), slow_trigger].join("---\n");
-    let (_d, s) = server_with(&yaml, &[]).await;
+    let Some((_d, s, _)) = server_on(Class::Embedded, "router", &yaml, &[]).await else { return };
     let url = s.broker_url("default", "default");
     let c = client();
     let mut sends = tokio::task::JoinSet::new();

@@ -293,3 +293,96 @@ pub async fn send_as(url: &str, id: &str, ty: &str, content_type: &str, data: &s
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The broker classes the contract tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `MTChannelBasedBroker`: the embedded log.
+    Embedded,
+    /// `NatsJetStreamBroker`: NATS JetStream on 127.0.0.1:4222 (or `SPATE_NATS_URL`).
+    Nats,
+}
+
+pub fn nats_url() -> String {
+    std::env::var("SPATE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// True if NATS answers; otherwise says why and (outside CI) the caller skips.
+pub fn nats_available() -> bool {
+    let addr = nats_url().trim_start_matches("nats://").to_string();
+    if std::net::TcpStream::connect_timeout(&addr.parse().expect("NATS address"), Duration::from_secs(1)).is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "NATS is not answering at {addr} (CI needs it)");
+    eprintln!("skipping: NATS is not answering at {addr}");
+    false
+}
+
+static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A unique `--cluster-name` for one test; its streams, consumers and KV
+/// buckets are deleted from NATS when this is dropped.
+pub struct NatsCluster {
+    pub name: String,
+}
+
+impl NatsCluster {
+    pub fn new(test: &str) -> NatsCluster {
+        let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let short: String = test.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+        NatsCluster { name: format!("t{}-{short}-{n}", std::process::id()) }
+    }
+
+    /// `--default-broker-class NatsJetStreamBroker --cluster-name <name>`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--default-broker-class".into(),
+            "NatsJetStreamBroker".into(),
+            "--cluster-name".into(),
+            self.name.clone(),
+            "--nats-url".into(),
+            nats_url(),
+        ]
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        let prefix = format!("{}_", self.name);
+        let kv_prefix = format!("KV_{}", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                use futures_util::StreamExt;
+                let Ok(client) = async_nats::connect(nats_url()).await else { return };
+                let js = async_nats::jetstream::new(client);
+                let mut names = js.stream_names();
+                let mut doomed = vec![];
+                while let Some(Ok(n)) = names.next().await {
+                    if n.starts_with(&prefix) || n.starts_with(&kv_prefix) {
+                        doomed.push(n);
+                    }
+                }
+                for n in doomed {
+                    let _ = js.delete_stream(&n).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Server arguments for a contract test on `class`, and the NATS cluster to
+/// clean up (None for the embedded log). `None` overall: skip (no NATS, not CI).
+pub fn class_args(class: Class, test: &str) -> Option<(Vec<String>, Option<NatsCluster>)> {
+    match class {
+        Class::Embedded => Some((vec![], None)),
+        Class::Nats => {
+            if !nats_available() {
+                return None;
+            }
+            let c = NatsCluster::new(test);
+            Some((c.args(), Some(c)))
+        }
+    }
+}

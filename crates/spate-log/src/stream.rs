@@ -1,0 +1,71 @@
+//! The per-message seam: a durable stream whose consumers hand out messages
+//! and take, per message, an ack, a nack with a delay, or "in progress".
+//! Shared engines (NATS JetStream today) implement it; several Spate
+//! instances on one consumer split its messages, each delivered by one.
+//!
+//! The embedded file log keeps its offset-based fast path (`EventLog`, with
+//! the same acknowledged-range bookkeeping in [`crate::AckTracker`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{BoxFuture, LogError};
+
+/// How a consumer hands out messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// Messages handed out and not yet acknowledged, across every instance
+    /// (1 = ordered: one at a time, in stream order).
+    pub max_in_flight: usize,
+    /// How long a handed-out message may go without an ack or an
+    /// "in progress" before the engine hands it out again.
+    pub ack_wait: Duration,
+}
+
+/// One message to process, with its acknowledgement handle.
+pub struct Message {
+    pub payload: Bytes,
+    pub acker: Arc<dyn Acker>,
+}
+
+/// Per-message acknowledgement.
+pub trait Acker: Send + Sync {
+    /// Done with it (delivered, dead-lettered, dropped by policy, or filtered out).
+    fn ack(&self) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Not now: hand it out again after `delay`.
+    fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Still working on it: keep my claim for another `ack_wait`.
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), LogError>>;
+}
+
+/// A durable consumer: the next message, waiting for one.
+pub trait StreamConsumer: Send {
+    fn next(&mut self) -> BoxFuture<'_, Result<Message, LogError>>;
+}
+
+/// One durable stream (a Broker's or a Channel's).
+pub trait MessageStream: Send + Sync + 'static {
+    /// Stores the payloads; resolves once the engine acknowledged every one.
+    /// Each carries a de-duplication id (a retried publish inside the engine's
+    /// window is stored once).
+    fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Creates (or finds) the durable consumer `name`; a new one starts with
+    /// messages published from now on.
+    fn consumer(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> BoxFuture<'_, Result<Box<dyn StreamConsumer>, LogError>>;
+    /// Messages the consumer has not yet acknowledged (its backlog).
+    fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>>;
+    /// Deletes the consumer (its trigger was deleted, on any instance).
+    fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+}
+
+/// Opens streams by name. One per engine.
+pub trait StreamBackend: Send + Sync + 'static {
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn MessageStream>, LogError>>;
+    fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+}
