@@ -33,6 +33,9 @@ pub struct EventingConfig {
     pub max_in_flight: usize,
     /// The class of brokers without `eventing.knative.dev/broker.class` (`--default-broker-class`).
     pub default_broker_class: String,
+    /// How long a message held by an instance may go without a sign of life
+    /// before the engine hands it to another (a crashed instance's messages).
+    pub ack_wait: Duration,
 }
 
 impl Default for EventingConfig {
@@ -47,6 +50,7 @@ impl Default for EventingConfig {
             },
             max_in_flight: 100,
             default_broker_class: spate_api::DEFAULT_BROKER_CLASS.to_string(),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }

@@ -393,13 +393,8 @@ impl Eventing {
                             if let Some(old) = stream_triggers.remove(&key) {
                                 old.stop().await;
                             }
-                            let w = StreamWorker::start(
-                                plan,
-                                stream.clone(),
-                                Some(broker.clone()),
-                                self.dispatcher.clone(),
-                            )
-                            .await;
+                            let (d, wait) = (self.dispatcher.clone(), self.config.ack_wait);
+                            let w = StreamWorker::start(plan, stream.clone(), Some(broker.clone()), d, wait).await;
                             stream_triggers.insert(key, w);
                         }
                     }

@@ -20,9 +20,8 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::trigger::{Shared, TriggerStats, WorkerPlan, deliver};
 
-/// How long a handed-out message may go without a sign of life before the
-/// engine gives it to another instance; "in progress" is sent at a third of it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a worker waits for its consumer to come back before creating it again.
+const RECREATE_AFTER: Duration = Duration::from_secs(10);
 
 pub(crate) struct StreamWorker {
     pub plan: WorkerPlan,
@@ -41,9 +40,10 @@ impl StreamWorker {
         stream: Arc<dyn MessageStream>,
         broker: Option<Arc<Broker>>,
         dispatcher: Dispatcher,
+        ack_wait: Duration,
     ) -> StreamWorker {
-        let options = ConsumerOptions { max_in_flight: plan.max_in_flight.max(1), ack_wait: ACK_WAIT };
-        let first = stream.consumer(&plan.consumer(), options.clone()).await;
+        let options = ConsumerOptions { max_in_flight: plan.max_in_flight.max(1), ack_wait };
+        let first = stream.consumer(&plan.consumer(), options.clone(), true).await;
         if let Err(e) = &first {
             tracing::warn!(trigger = %plan.consumer(), error = %e, "cannot create the durable consumer yet; retrying");
         }
@@ -55,7 +55,7 @@ impl StreamWorker {
         StreamWorker { plan, stream, stats, stop, handle }
     }
 
-    /// Stops consuming; unacknowledged messages go back to the engine after `ACK_WAIT`.
+    /// Stops consuming; unacknowledged messages go back to the engine after the ack wait.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.handle.await;
@@ -74,10 +74,18 @@ impl Run {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let max = self.options.max_in_flight;
         let label = self.shared.label.clone();
+        // Since when the consumer has been missing: it is re-created only if it
+        // stays missing this long (long enough for a deletion elsewhere to stop this worker).
+        let mut missing_since: Option<std::time::Instant> = None;
         loop {
             let Some(c) = consumer.as_mut() else {
-                match self.stream.consumer(&label, self.options.clone()).await {
-                    Ok(c) => consumer = Some(c),
+                let since = *missing_since.get_or_insert_with(std::time::Instant::now);
+                let create = since.elapsed() >= RECREATE_AFTER;
+                match self.stream.consumer(&label, self.options.clone(), create).await {
+                    Ok(c) => {
+                        consumer = Some(c);
+                        missing_since = None;
+                    }
                     Err(e) => {
                         if let Some(suppressed) = errors.allow() {
                             tracing::warn!(trigger = %label, error = %e, suppressed, "consumer unavailable; retrying every second");
@@ -127,12 +135,13 @@ impl Run {
             return;
         }
         let shared = self.shared.clone();
+        let beat = self.options.ack_wait / 3;
         tasks.spawn(async move {
             let acker = m.acker;
             let keep = acker.clone();
             let keepalive = tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(ACK_WAIT / 3).await;
+                    tokio::time::sleep(beat).await;
                     let _ = keep.in_progress().await;
                 }
             });
@@ -145,7 +154,7 @@ impl Run {
                 tracing::error!(trigger = %label, "a delivery task panicked; the event is dropped and counted");
             }
             if let Err(e) = acker.ack().await {
-                // The engine will hand it out again after ACK_WAIT: at least once.
+                // The engine will hand it out again after the ack wait: at least once.
                 tracing::warn!(trigger = %label, error = %e, "ack failed; the event may be delivered again");
             }
         });

@@ -7,6 +7,7 @@
 //! consumer groups committing offsets); see ARCHITECTURE.md.
 
 pub mod acks;
+pub mod config_store;
 mod crc;
 mod error;
 pub mod file;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use acks::{AckState, AckTracker};
+pub use config_store::{Change, ConfigError, ConfigStore, NatsConfigStore, Versioned};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};

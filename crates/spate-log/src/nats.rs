@@ -199,6 +199,7 @@ impl MessageStream for NatsStream {
         &self,
         name: &str,
         options: ConsumerOptions,
+        create: bool,
     ) -> BoxFuture<'_, Result<Box<dyn StreamConsumer>, LogError>> {
         let durable = self.nats.name(name);
         Box::pin(async move {
@@ -216,8 +217,10 @@ impl MessageStream for NatsStream {
             let stream = self.ensure().await?;
             let c: consumer::Consumer<consumer::pull::Config> = match stream.get_consumer(&durable).await {
                 Ok(c) if c.cached_info().config.max_ack_pending == cfg.max_ack_pending => c,
-                // Absent, or its in-flight bound changed: create or update it.
-                _ => stream.create_consumer(cfg).await.map_err(|e| unavailable("consumer", e))?,
+                // Its in-flight bound changed: update it.
+                Ok(_) => stream.create_consumer(cfg).await.map_err(|e| unavailable("consumer", e))?,
+                Err(_) if create => stream.create_consumer(cfg).await.map_err(|e| unavailable("consumer", e))?,
+                Err(e) => return Err(unavailable("consumer", e)),
             };
             let messages = c.messages().await.map_err(|e| unavailable("consume", e))?;
             Ok(Box::new(NatsConsumer { messages }) as Box<dyn StreamConsumer>)

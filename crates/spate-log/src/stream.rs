@@ -51,12 +51,15 @@ pub trait MessageStream: Send + Sync + 'static {
     /// Each carries a de-duplication id (a retried publish inside the engine's
     /// window is stored once).
     fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>>;
-    /// Creates (or finds) the durable consumer `name`; a new one starts with
-    /// messages published from now on.
+    /// Finds the durable consumer `name`, creating it if `create` (a new one
+    /// starts with messages published from now on). Reconnecting workers pass
+    /// `create: false` first, so a consumer deleted with its trigger on
+    /// another instance is not brought back.
     fn consumer(
         &self,
         name: &str,
         options: ConsumerOptions,
+        create: bool,
     ) -> BoxFuture<'_, Result<Box<dyn StreamConsumer>, LogError>>;
     /// Messages the consumer has not yet acknowledged (its backlog).
     fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>>;

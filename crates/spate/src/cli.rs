@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// by every instance with the same --cluster-name).
     #[arg(long, default_value = "file", env = "SPATE_CONFIG_STORE")]
     pub config_store: String,
+    /// Seconds a shared-engine message may be held without a sign of life before another
+    /// instance gets it (how soon a crashed instance's in-flight events move on).
+    #[arg(long, default_value_t = 30)]
+    pub ack_wait_seconds: u64,
 }
 
 #[derive(Args, Clone, Debug)]

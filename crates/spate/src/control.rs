@@ -14,7 +14,9 @@ use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::store::{Entry, Store, StoreError};
+use crate::store::{Entry, Key, Store, StoreError};
+use bytes::Bytes;
+use spate_log::{Change, ConfigError, ConfigStore};
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -30,6 +32,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Shared(#[from] ConfigError),
 }
 
 /// HTTP status mapping of control-plane errors; the one place it is decided.
@@ -40,6 +44,8 @@ impl IntoResponse for ApiError {
             ApiError::Admission(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::UnknownResource(_) => StatusCode::NOT_FOUND,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Shared(ConfigError::Conflict { .. }) => StatusCode::CONFLICT,
+            ApiError::Shared(ConfigError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let errors: Vec<String> = match &self {
             ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => {
@@ -69,6 +75,8 @@ pub struct ControlPlane {
     /// The last reconciled status of each Service (for Revisions, Configurations and Routes).
     services: std::sync::Mutex<Vec<ServiceStatus>>,
     ready: AtomicBool,
+    /// The shared store (`--config-store nats`); `None`: `resources.json` in the data dir.
+    shared: Option<Arc<dyn ConfigStore>>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -285,7 +293,14 @@ impl ControlPlane {
             sources,
             services: std::sync::Mutex::new(vec![]),
             ready: AtomicBool::new(false),
+            shared: None,
         }
+    }
+
+    /// Keeps resources in a store shared by several instances.
+    pub fn with_shared(mut self, shared: Arc<dyn ConfigStore>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Revisions, Configurations or Routes, built from the Services' last reconcile.
@@ -374,7 +389,7 @@ impl ControlPlane {
             return Err(ApiError::Conflict(conflicts));
         }
         let mut applied = vec![];
-        let mut changed = false;
+        let mut changed = vec![];
         for (resource, compiled) in admitted {
             let key = resource.key();
             let action = match store.entries.get(&key) {
@@ -392,29 +407,53 @@ impl ControlPlane {
             if dry_run || action == "unchanged" {
                 continue;
             }
-            changed = true;
-            let (generation, uid, created) = match store.entries.get(&key) {
-                Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone()),
-                None => (1, new_uid(), now_rfc3339()),
+            let (generation, uid, created, revision) = match store.entries.get(&key) {
+                Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone(), old.revision),
+                None => (1, new_uid(), now_rfc3339(), 0),
             };
-            store.entries.insert(key, Entry { resource, compiled, status: Value::Null, generation, uid, created });
+            changed.push(Entry { resource, compiled, status: Value::Null, generation, uid, created, revision });
         }
         // Nothing changed, nothing written: a restart with the same manifests
         // must start even when the disk is full.
-        if changed {
-            store.save()?;
-        }
+        let result = self.persist(&mut store, changed).await;
         if !dry_run {
             self.reconcile_locked(&mut store).await;
         }
-        Ok(applied)
+        result.map(|()| applied)
+    }
+
+    /// Writes changed entries: to the shared store one by one (compare and
+    /// swap on each one's revision; an entry enters the local cache only once
+    /// written), or into the cache and then `resources.json` at once.
+    async fn persist(&self, store: &mut Store, changed: Vec<Entry>) -> Result<(), ApiError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let Some(shared) = &self.shared else {
+            for e in changed {
+                store.entries.insert(e.resource.key(), e);
+            }
+            return Ok(store.save()?);
+        };
+        for mut e in changed {
+            let key = e.resource.key();
+            let value = Bytes::from(serde_json::to_vec(&e.record(true)).expect("JSON values serialize"));
+            e.revision = shared.put(&Entry::shared_key(&key), value, e.revision).await?;
+            store.entries.insert(key, e);
+        }
+        Ok(())
     }
 
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), ApiError> {
         let mut store = self.store.lock().await;
-        if store.entries.remove(&(kind, namespace.to_string(), name.to_string())).is_none() {
+        let key: Key = (kind, namespace.to_string(), name.to_string());
+        if !store.entries.contains_key(&key) {
             return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
         }
+        if let Some(shared) = &self.shared {
+            shared.delete(&Entry::shared_key(&key)).await?;
+        }
+        store.entries.remove(&key);
         store.save()?;
         self.reconcile_locked(&mut store).await;
         Ok(())
@@ -450,6 +489,36 @@ impl ControlPlane {
             out.push(o);
         }
         Ok(out)
+    }
+
+    /// Loads the shared store's current state into the cache (before the
+    /// first reconcile), then returns the watch to follow with [`ControlPlane::follow`].
+    pub async fn sync_shared(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, ApiError> {
+        let Some(shared) = &self.shared else { return Ok(None) };
+        let mut rx = shared.watch().await?;
+        let mut store = self.store.lock().await;
+        while let Some(change) = rx.recv().await {
+            if change == Change::Synced {
+                break;
+            }
+            apply_change(&mut store, change);
+        }
+        Ok(Some(rx))
+    }
+
+    /// Follows the shared store: every change (from any instance) updates the
+    /// cache, and each batch of changes is reconciled once.
+    pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Change>) {
+        while let Some(first) = rx.recv().await {
+            let mut store = self.store.lock().await;
+            let mut dirty = apply_change(&mut store, first);
+            while let Ok(more) = rx.try_recv() {
+                dirty |= apply_change(&mut store, more);
+            }
+            if dirty {
+                self.reconcile_locked(&mut store).await;
+            }
+        }
     }
 
     pub async fn reconcile(&self) {
@@ -598,4 +667,46 @@ fn strip_times(v: &Value) -> Value {
         }
     }
     v
+}
+
+/// Applies one change of the shared store to the local cache; true if it changed anything.
+fn apply_change(store: &mut Store, change: Change) -> bool {
+    match change {
+        Change::Synced => false,
+        Change::Delete(shared_key) => {
+            let key = store.entries.keys().find(|k| Entry::shared_key(k) == shared_key).cloned();
+            key.and_then(|k| store.entries.remove(&k)).is_some()
+        }
+        Change::Put(v) => {
+            let record: Value = match serde_json::from_slice(&v.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key = %v.key, error = %e, "shared resource is not JSON; skipped");
+                    return false;
+                }
+            };
+            let entry = match Entry::from_record(&record, 0, v.revision) {
+                Ok(e) => e,
+                Err(errs) => {
+                    for e in errs {
+                        tracing::error!(key = %v.key, error = %e, "shared resource does not pass admission here; skipped");
+                    }
+                    return false;
+                }
+            };
+            let key = entry.resource.key();
+            match store.entries.get_mut(&key) {
+                // Our own write coming back, or an older one: nothing to do.
+                Some(old) if old.revision >= v.revision => false,
+                Some(old) if old.resource.manifest == entry.resource.manifest && old.generation == entry.generation => {
+                    old.revision = v.revision;
+                    false
+                }
+                _ => {
+                    store.entries.insert(key, entry);
+                    true
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,10 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use spate_core::delivery::BackoffPolicy;
 use spate_delivery::Dispatcher;
 use spate_eventing::{Eventing, EventingConfig};
-use spate_log::{FileBackend, FileLogConfig, FsyncPolicy, LogBackend, NatsBackend, NatsConfig, Retention};
+use spate_log::{
+    ConfigStore, FileBackend, FileLogConfig, FsyncPolicy, LogBackend, NatsBackend, NatsConfig, NatsConfigStore,
+    Retention,
+};
 use spate_serving::{BacklogProbe, Serving, ServingConfig};
 use spate_sources::{Sources, SourcesConfig};
 
@@ -112,6 +115,34 @@ fn listener_limits(args: &ServeArgs) -> (crate::listener::Limits, crate::listene
     (limits(data), limits(admin))
 }
 
+/// `--config-store`: `file` (None: resources.json) or `nats` (a KV bucket shared by the cluster).
+async fn shared_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Option<Arc<dyn ConfigStore>>> {
+    match args.config_store.as_str() {
+        "file" => Ok(None),
+        "nats" => {
+            // NATS may still be starting: try for 30 s, then say what is wrong.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let attempt = async {
+                    let n = nats.nats().await.map_err(|e| e.to_string())?;
+                    NatsConfigStore::open(n, "resources").await.map_err(|e| e.to_string())
+                };
+                match attempt.await {
+                    Ok(store) => return Ok(Some(Arc::new(store))),
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        bail!("--config-store nats: cannot open the resources bucket at {}: {e}", args.nats_url)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "waiting for NATS (--config-store nats)");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        other => bail!("--config-store: '{other}' is not one of file, nats"),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
@@ -165,6 +196,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         base_url: base_url(data_addr),
         max_in_flight: args.max_in_flight.max(1),
         default_broker_class: args.default_broker_class.clone(),
+        ack_wait: Duration::from_secs(args.ack_wait_seconds.max(1)),
         ..EventingConfig::default()
     };
     eventing_config.default_delivery.retry = Some(args.default_retry);
@@ -198,8 +230,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         default_backoff: Duration::from_millis(args.default_backoff_ms),
     };
     let sources = Arc::new(Sources::new(sources_config, Dispatcher::default()).context("starting sources")?);
-    let store = Store::load(&args.data_dir).context("loading stored resources")?;
-    let control = Arc::new(ControlPlane::new(store, eventing.clone(), serving.clone(), sources.clone()));
+    let shared = shared_store(&args, &nats).await?;
+    let store = match &shared {
+        Some(_) => Store::in_memory(&args.data_dir),
+        None => Store::load(&args.data_dir).context("loading stored resources")?,
+    };
+    let mut control = ControlPlane::new(store, eventing.clone(), serving.clone(), sources.clone());
+    if let Some(shared) = shared {
+        control = control.with_shared(shared);
+    }
+    let control = Arc::new(control);
+    // With a shared store: its current state first, then our manifests, then every later change.
+    let watch = control.sync_shared().await.map_err(|e| anyhow::anyhow!("reading the shared resources: {e}"))?;
     if let Some(text) = &manifests {
         let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for a in applied {
@@ -207,6 +249,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     control.reconcile().await;
+    if let Some(rx) = watch {
+        tokio::spawn(control.clone().follow(rx));
+    }
 
     let upkeep = metrics.clone();
     tokio::spawn(async move {

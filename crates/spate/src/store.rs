@@ -26,9 +26,43 @@ pub struct Entry {
     pub generation: u64,
     pub uid: String,
     pub created: String,
+    /// The shared store's revision of this entry (0 with the file store, or not yet written).
+    pub revision: u64,
 }
 
 impl Entry {
+    /// The stored form: the manifest (Secret values included only if
+    /// `with_secret_values`) and the server's metadata.
+    pub fn record(&self, with_secret_values: bool) -> Value {
+        let mut manifest = self.resource.manifest.clone();
+        if self.resource.kind == Kind::Secret
+            && !with_secret_values
+            && let Some(m) = manifest.as_object_mut()
+        {
+            m.remove("data");
+        }
+        json!({"manifest": manifest, "generation": self.generation, "uid": self.uid, "created": self.created})
+    }
+
+    /// Re-admits a stored record (a manifest that no longer passes admission is refused).
+    pub fn from_record(record: &Value, index: usize, revision: u64) -> Result<Entry, Vec<spate_api::FieldError>> {
+        let (resource, compiled) = spate_api::admit_document(&record["manifest"], index)?;
+        Ok(Entry {
+            generation: record["generation"].as_u64().unwrap_or(1),
+            uid: record["uid"].as_str().unwrap_or_default().to_string(),
+            created: record["created"].as_str().unwrap_or_default().to_string(),
+            status: Value::Null,
+            resource,
+            compiled,
+            revision,
+        })
+    }
+
+    /// The key in a shared store: `<Kind>.<namespace>.<name>`.
+    pub fn shared_key(key: &Key) -> String {
+        spate_log::config_store::resource_key(key.0.name(), &key.1, &key.2)
+    }
+
     /// The object as `get` shows it: manifest, server metadata and status.
     pub fn object(&self) -> Value {
         let mut v = self.resource.manifest.clone();
@@ -63,14 +97,21 @@ fn secret_file(dir: &Path, ns: &str, name: &str) -> PathBuf {
 pub struct Store {
     path: PathBuf,
     pub entries: BTreeMap<Key, Entry>,
+    /// False when a shared store keeps the resources: `save` writes nothing.
+    persist: bool,
 }
 
 impl Store {
     /// Loads the stored resources, re-admitting each (a manifest that no
     /// longer passes admission is reported and skipped, never half-run).
+    /// An empty store that is never written to disk (resources live in a shared store).
+    pub fn in_memory(dir: &Path) -> Store {
+        Store { path: dir.join("resources.json"), entries: BTreeMap::new(), persist: false }
+    }
+
     pub fn load(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("resources.json");
-        let mut store = Store { path: path.clone(), entries: BTreeMap::new() };
+        let mut store = Store { path: path.clone(), entries: BTreeMap::new(), persist: true };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
@@ -95,16 +136,10 @@ impl Store {
                     }
                 }
             }
-            match spate_api::admit_document(&manifest, i) {
-                Ok((resource, compiled)) => {
-                    let entry = Entry {
-                        generation: s["generation"].as_u64().unwrap_or(1),
-                        uid: s["uid"].as_str().unwrap_or_default().to_string(),
-                        created: s["created"].as_str().unwrap_or_default().to_string(),
-                        status: Value::Null,
-                        resource,
-                        compiled,
-                    };
+            let mut record = s.clone();
+            record["manifest"] = manifest;
+            match Entry::from_record(&record, i, 0) {
+                Ok(entry) => {
                     store.entries.insert(entry.resource.key(), entry);
                 }
                 Err(errs) => {
@@ -118,6 +153,9 @@ impl Store {
     }
 
     pub fn save(&self) -> Result<(), StoreError> {
+        if !self.persist {
+            return Ok(());
+        }
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut keep = std::collections::HashSet::new();
         for e in self.entries.values().filter(|e| e.resource.kind == Kind::Secret) {
@@ -133,19 +171,7 @@ impl Store {
                 }
             }
         }
-        let saved: Vec<Value> = self
-            .entries
-            .values()
-            .map(|e| {
-                let mut manifest = e.resource.manifest.clone();
-                if e.resource.kind == Kind::Secret
-                    && let Some(m) = manifest.as_object_mut()
-                {
-                    m.remove("data");
-                }
-                json!({"manifest": manifest, "generation": e.generation, "uid": e.uid, "created": e.created})
-            })
-            .collect();
+        let saved: Vec<Value> = self.entries.values().map(|e| e.record(false)).collect();
         let w = |source| StoreError::Write { path: self.path.display().to_string(), source };
         let bytes = serde_json::to_vec_pretty(&saved).expect("JSON values serialize");
         // Manifests can hold tokens in annotations or env: owner-only, like Secrets.

@@ -1,0 +1,211 @@
+//! Several `spate serve` instances on one NATS (`--config-store nats`,
+//! NatsJetStreamBroker): shared resources, shared consumers, crashes.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `n` instances of one cluster, each with its own data directory.
+/// Fields drop in order: servers stop before their NATS resources are deleted.
+struct Cluster {
+    servers: Vec<Server>,
+    dirs: Vec<tempfile::TempDir>,
+    extra: Vec<String>,
+    _nats: NatsCluster,
+}
+
+impl Cluster {
+    fn start(test: &str, n: usize, extra: &[&str]) -> Option<Cluster> {
+        if !nats_available() {
+            return None;
+        }
+        let nats = NatsCluster::new(test);
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(nats.args());
+        extra.extend(["--config-store".into(), "nats".into()]);
+        let mut c = Cluster { servers: vec![], dirs: vec![], extra, _nats: nats };
+        for _ in 0..n {
+            let dir = tempdir();
+            c.servers.push(c.start_in(&dir));
+            c.dirs.push(dir);
+        }
+        Some(c)
+    }
+
+    fn start_in(&self, dir: &tempfile::TempDir) -> Server {
+        Server::start(dir.path(), &self.extra.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Kills instance `i` with SIGKILL and starts it again on the same data directory.
+    fn restart(&mut self, i: usize) {
+        self.servers[i].kill();
+        self.servers[i] = self.start_in(&self.dirs[i]);
+    }
+}
+
+fn delivered_by(metrics: &str, sender: &str) -> u64 {
+    let prefix = format!("spate_events_delivered_total{{sender=\"{sender}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+async fn trigger_ready_on(s: &Server, name: &str) -> Duration {
+    let t = Instant::now();
+    s.wait_json(&format!("/apis/eventing.knative.dev/v1/namespaces/default/triggers/{name}"), "trigger Ready", |v| {
+        v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"))
+    })
+    .await;
+    t.elapsed()
+}
+
+/// Sends ids `from..to` spread over the instances' ingresses, retrying each
+/// on another instance until one answers 202 (an instance may be down).
+async fn send_spread(urls: Arc<Vec<String>>, from: u64, to: u64, concurrency: usize) -> u64 {
+    let next = Arc::new(AtomicU64::new(from));
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        let (next, urls) = (next.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut attempts = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= to {
+                    return attempts;
+                }
+                let mut k = i as usize;
+                loop {
+                    attempts += 1;
+                    let r = c
+                        .post(&urls[k % urls.len()])
+                        .header("ce-specversion", "1.0")
+                        .header("ce-id", format!("ev-{i}"))
+                        .header("ce-source", "/cluster")
+                        .header("ce-type", "t")
+                        .body("{}")
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    if matches!(r, Ok(ref r) if r.status() == 202) {
+                        break;
+                    }
+                    k += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let mut attempts = 0;
+    for t in tasks {
+        attempts += t.await.unwrap();
+    }
+    attempts
+}
+
+fn counts(got: &[Received]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in got {
+        *m.entry(r.event.id.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_resources_and_split_the_work_exactly_once() {
+    let Some(c) = Cluster::start("share", 3, &[]) else { return };
+    let sink = Sink::start().await;
+    let other = Sink::start().await;
+    c.servers[0]
+        .apply_ok(
+            &[
+                broker("default", ""),
+                trigger("t", "default", "", &sink.url, ""),
+                trigger("fence", "default", "", &other.url, ""),
+            ]
+            .join("---\n"),
+        )
+        .await;
+    // Applied on one instance, visible (and Ready) on every other.
+    for s in &c.servers[1..] {
+        let took = trigger_ready_on(s, "t").await;
+        println!("trigger Ready on another instance after {took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+    let urls: Arc<Vec<String>> = Arc::new(c.servers.iter().map(|s| s.broker_url("default", "default")).collect());
+    send_spread(urls.clone(), 0, 3000, 32).await;
+    let got = sink.wait_until("3000 distinct events", |g| counts(g).len() >= 3000).await;
+    let m = counts(&got);
+    let dups: usize = m.values().map(|n| n - 1).sum();
+    assert_eq!(dups, 0, "exactly once without faults: {dups} duplicates");
+    let mut shares = vec![];
+    for s in &c.servers {
+        shares.push(delivered_by(&s.metrics().await, "trigger/default/t"));
+    }
+    println!("deliveries per instance: {shares:?}");
+    assert_eq!(shares.iter().sum::<u64>(), 3000, "{shares:?}");
+    assert!(shares.iter().filter(|n| **n > 0).count() >= 2, "at least two instances deliver a share: {shares:?}");
+
+    // A trigger deleted on one instance stops on all: after the fence trigger
+    // sees a marker, the deleted trigger has received nothing more.
+    let r = client()
+        .delete(format!("{}/apis/eventing.knative.dev/v1/namespaces/default/triggers/t", c.servers[2].admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for s in &c.servers {
+        s.wait_json("/apis/eventing.knative.dev/v1/namespaces/default/triggers", "trigger t gone", |v| {
+            !v.to_string().contains("\"name\":\"t\"")
+        })
+        .await;
+    }
+    let before = sink.count();
+    send_spread(urls, 5000, 5030, 4).await;
+    other
+        .wait_until("the 30 late events at the fence trigger", |g| {
+            g.iter().filter(|r| r.event.id.starts_with("ev-50")).count() >= 30
+        })
+        .await;
+    assert_eq!(sink.count(), before, "a deleted trigger delivers nothing on any instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_instance_under_load_loses_nothing_and_it_rejoins() {
+    const IN_FLIGHT: usize = 20;
+    let Some(mut c) = Cluster::start("kill", 3, &["--ack-wait-seconds", "2"]) else { return };
+    let sink = Sink::start().await;
+    let t = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\n  annotations:\n    spate.dev/max-in-flight: \"{IN_FLIGHT}\"\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n",
+        sink.url
+    );
+    c.servers[0].apply_ok(&[broker("default", ""), t].join("---\n")).await;
+    for s in &c.servers[1..] {
+        trigger_ready_on(s, "t").await;
+    }
+    let urls: Arc<Vec<String>> = Arc::new(c.servers.iter().map(|s| s.broker_url("default", "default")).collect());
+    let load = tokio::spawn(send_spread(urls.clone(), 0, 3000, 16));
+    sink.wait_until("a third of the events", |g| g.len() >= 1000).await;
+    c.restart(1);
+    load.await.unwrap();
+    let got = sink.wait_until("every accepted event", |g| counts(g).len() >= 3000).await;
+    let m = counts(&got);
+    let dups: usize = m.values().map(|n| n - 1).sum();
+    println!("kill -9 of one of three instances: 3000 accepted, all delivered, {dups} duplicates (bound {IN_FLIGHT})");
+    assert_eq!((0..3000).filter(|i| !m.contains_key(&format!("ev-{i}"))).count(), 0);
+    assert!(dups <= IN_FLIGHT, "{dups} duplicates exceed the in-flight bound {IN_FLIGHT}");
+    // The restarted instance rejoins: it serves ingress and takes a share again.
+    trigger_ready_on(&c.servers[1], "t").await;
+    let before = delivered_by(&c.servers[1].metrics().await, "trigger/default/t");
+    let only_one = Arc::new(vec![c.servers[1].broker_url("default", "default")]);
+    send_spread(only_one, 10_000, 10_300, 8).await;
+    sink.wait_until("the 300 late events", |g| g.iter().filter(|r| r.event.id.starts_with("ev-10")).count() >= 300)
+        .await;
+    let ids: HashSet<String> = sink.events().iter().map(|r| r.event.id.clone()).collect();
+    assert!((10_000..10_300).all(|i| ids.contains(&format!("ev-{i}"))));
+    let after = delivered_by(&c.servers[1].metrics().await, "trigger/default/t");
+    println!("the restarted instance delivered {} of the late events", after - before);
+}
