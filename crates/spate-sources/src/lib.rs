@@ -144,7 +144,25 @@ struct Running {
     registration: Arc<Mutex<Result<Option<String>, String>>>,
 }
 
+/// Work that must happen once per cluster (a PingSource tick): the first
+/// instance to claim its key does it. The binary implements it over the
+/// shared store; alone, every claim is granted.
+pub trait Claims: Send + Sync {
+    /// True if this instance may do the work named `key`.
+    fn claim(&self, key: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// One instance: every claim is granted.
+pub struct Alone;
+
+impl Claims for Alone {
+    fn claim(&self, _key: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async { true })
+    }
+}
+
 pub struct Sources {
+    claims: Arc<dyn Claims>,
     cfg: SourcesConfig,
     dispatcher: Dispatcher,
     client: reqwest::Client,
@@ -173,6 +191,7 @@ impl Sources {
             .build()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Sources {
+            claims: Arc::new(Alone),
             cfg,
             dispatcher,
             client,
@@ -181,6 +200,12 @@ impl Sources {
             logs: Mutex::new(HashMap::new()),
             registrations: Arc::new(Mutex::new(registrations)),
         })
+    }
+
+    /// Shares once-per-cluster work with other instances (`--config-store nats`).
+    pub fn with_claims(mut self, claims: Arc<dyn Claims>) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// The receive endpoint of a GitHubSource or GitLabSource.
@@ -350,7 +375,10 @@ impl Sources {
             stats,
         });
         match &d.config.spec {
-            SourceSpec::Ping(spec) => run.tasks.push(tokio::spawn(ping::run(spec.clone(), emitter, stop_rx))),
+            SourceSpec::Ping(spec) => {
+                let claims = self.claims.clone();
+                run.tasks.push(tokio::spawn(ping::run(spec.clone(), emitter, claims, stop_rx)))
+            }
             SourceSpec::Container(containers) => self.start_containers(k, d, containers, sink, &stop_rx, &mut run),
             SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => self.start_webhook(k, d, spec, emitter, &mut run),
             SourceSpec::Kafka(spec) => start_kafka(d, spec, emitter, &stop_rx, &mut run),

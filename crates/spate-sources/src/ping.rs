@@ -22,7 +22,14 @@ pub(crate) fn event(spec: &PingSpec, time: String) -> CloudEvent {
 }
 
 /// Runs until `stop` flips. Schedule and timezone were validated at admission.
-pub(crate) async fn run(spec: PingSpec, emitter: Arc<Emitter>, mut stop: watch::Receiver<bool>) {
+/// Each tick is claimed first (`<label>/<unix seconds>`): with several
+/// instances, exactly one emits it.
+pub(crate) async fn run(
+    spec: PingSpec,
+    emitter: Arc<Emitter>,
+    claims: Arc<dyn crate::Claims>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (cron, tz) = match (
         spate_api::parse_schedule(&spec.schedule),
         spec.timezone.as_deref().map(spate_api::parse_timezone).transpose(),
@@ -49,9 +56,12 @@ pub(crate) async fn run(spec: PingSpec, emitter: Arc<Emitter>, mut stop: watch::
         }
         let time = next.to_rfc3339_opts(SecondsFormat::Secs, true);
         let ev = event(&spec, time);
-        let em = emitter.clone();
+        let (em, claims) = (emitter.clone(), claims.clone());
+        let key = format!("{}/{}", emitter.label, next.timestamp());
         tokio::spawn(async move {
-            em.emit(ev).await;
+            if claims.claim(key).await {
+                em.emit(ev).await;
+            }
         });
         // The next tick strictly after this one; after a long stall (a suspended machine),
         // resume from now rather than replaying every missed tick.

@@ -7,6 +7,7 @@ mod bench_serving;
 mod bindings;
 mod cli;
 mod client;
+mod cluster;
 mod control;
 mod display;
 mod functions;

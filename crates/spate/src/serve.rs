@@ -229,8 +229,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
     };
-    let sources = Arc::new(Sources::new(sources_config, Dispatcher::default()).context("starting sources")?);
     let shared = shared_store(&args, &nats).await?;
+    let mut sources = Sources::new(sources_config, Dispatcher::default()).context("starting sources")?;
+    if shared.is_some() {
+        let n = nats.nats().await?;
+        let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
+            .await
+            .context("opening the claims bucket")?;
+        sources = sources.with_claims(Arc::new(crate::cluster::NatsClaims(claims)));
+    }
+    let sources = Arc::new(sources);
     let store = match &shared {
         Some(_) => Store::in_memory(&args.data_dir),
         None => Store::load(&args.data_dir).context("loading stored resources")?,

@@ -209,3 +209,24 @@ async fn kill_9_of_one_instance_under_load_loses_nothing_and_it_rejoins() {
     let after = delivered_by(&c.servers[1].metrics().await, "trigger/default/t");
     println!("the restarted instance delivered {} of the late events", after - before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_ping_source_ticks_once_per_second_across_three_instances() {
+    let Some(c) = Cluster::start("ping", 3, &[]) else { return };
+    let sink = Sink::start().await;
+    c.servers[1]
+        .apply_ok(&format!(
+            "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata:\n  name: tick\nspec:\n  schedule: \"* * * * * *\"\n  data: x\n  sink:\n    uri: {}\n",
+            sink.url
+        ))
+        .await;
+    // Six ticks; by the sixth, any duplicate of the first five would have arrived too
+    // (every instance fires at the same second and claims before emitting).
+    let got = sink.wait_for(6).await;
+    let times: Vec<String> = got.iter().filter_map(|r| r.event.time.clone()).collect();
+    let first_five: HashSet<&String> = times.iter().take(5).collect();
+    let copies = times.iter().filter(|t| first_five.contains(t)).count();
+    println!("ping across three instances: {} events for ticks {:?}", got.len(), &times[..times.len().min(6)]);
+    assert_eq!(first_five.len(), 5, "five distinct ticks: {times:?}");
+    assert_eq!(copies, 5, "each tick emitted once across the cluster: {times:?}");
+}
