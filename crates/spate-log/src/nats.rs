@@ -179,6 +179,10 @@ impl NatsStream {
 impl MessageStream for NatsStream {
     fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
+            // Disconnected: say so at once (503) instead of queueing until a timeout.
+            if !self.nats.connected() {
+                return Err(LogError::Unavailable("NATS: not connected".into()));
+            }
             self.ensure().await?;
             // Pipelined: send every publish, then await every ack.
             let mut acks = Vec::with_capacity(messages.len());
