@@ -26,7 +26,7 @@ impl PrivateNats {
             eprintln!("skipping: nats-server is not installed");
             return None;
         };
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
             .stdout(Stdio::null())
@@ -39,6 +39,8 @@ impl PrivateNats {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nats-server did not start on port {port}");
     }
 
