@@ -119,6 +119,11 @@ impl Drop for Child_ {
     }
 }
 
+/// The NATS cluster name of this bench run (its streams are its own).
+fn bench_cluster() -> String {
+    format!("bench-{}", std::process::id())
+}
+
 fn start_server(a: &BenchArgs) -> anyhow::Result<Child_> {
     let (dir, tmp) = match &a.data_dir {
         Some(d) => (d.clone(), None),
@@ -131,6 +136,7 @@ fn start_server(a: &BenchArgs) -> anyhow::Result<Child_> {
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--fsync", &a.fsync, "--data-dir"])
         .arg(&dir)
+        .args(["--default-broker-class", &a.broker_class, "--nats-url", &a.nats_url, "--cluster-name", &bench_cluster()])
         .env("SPATE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -306,18 +312,43 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         format!("closed loop, concurrency {}", a.concurrency)
     };
     println!(
-        "spate bench: {} events of {} bytes, {mode}, batch {}, fsync {}, {} trigger(s) (one matches)",
+        "spate bench: {} events of {} bytes, {mode}, batch {}, fsync {}, {} trigger(s) (one matches), broker class {}",
         a.events,
         a.size,
         a.batch,
         a.fsync,
-        a.triggers.max(1)
+        a.triggers.max(1),
+        a.broker_class
     );
     report_idle(pid).await;
     if a.stopped_subscriber {
         return backlog(&a, &sink, &broker_url, pid).await;
     }
-    measure(&a, &sink, &broker_url, pid, 1, "broker (ingress → durable log → trigger → sink)").await
+    let nats = a.broker_class == spate_api::NATS_BROKER_CLASS;
+    let raw = if nats {
+        let r = crate::bench_nats::raw_jetstream(&a, &a.nats_url, &format!("{}-raw", bench_cluster())).await?;
+        println!("
+raw JetStream baseline (async-nats publish with ack + pull consume, same payloads)
+  throughput: {r:.0} events/s");
+        Some(r)
+    } else {
+        None
+    };
+    let title = if nats {
+        "broker (ingress → JetStream → trigger → sink)"
+    } else {
+        "broker (ingress → durable log → trigger → sink)"
+    };
+    let (code, e2e) = measure(&a, &sink, &broker_url, pid, 1, title).await?;
+    if let Some(raw) = raw {
+        println!("  end-to-end / raw JetStream throughput: {:.2}", e2e / raw);
+    }
+    if nats {
+        // The bench broker's stream and consumers go with it.
+        let url = format!("{admin}/apis/eventing.knative.dev/v1/namespaces/default/brokers/bench");
+        let _ = reqwest::Client::new().delete(url).send().await;
+    }
+    Ok(code)
 }
 
 async fn report_idle(pid: Option<u32>) {
@@ -336,7 +367,7 @@ async fn measure(
     pid: Option<u32>,
     fanout: u64,
     title: &str,
-) -> anyhow::Result<std::process::ExitCode> {
+) -> anyhow::Result<(std::process::ExitCode, f64)> {
     let mut baseline_rate = None;
     if !a.no_baseline {
         sink.reset();
@@ -379,7 +410,7 @@ async fn measure(
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
-    Ok(if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok((if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }, e2e_rate))
 }
 
 /// `--target channel`: one InMemoryChannel (on the durable log) with
@@ -411,7 +442,7 @@ async fn channel(
     );
     report_idle(pid).await;
     let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
-    measure(a, sink, &url, pid, n as u64, &title).await
+    Ok(measure(a, sink, &url, pid, n as u64, &title).await?.0)
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.

@@ -239,6 +239,13 @@ pub struct BenchArgs {
     /// Total events per phase.
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
+    /// The bench broker's class; with NatsJetStreamBroker the run also measures raw
+    /// JetStream (publish with ack and pull-consume of the same payloads) as the baseline.
+    #[arg(long, default_value = "MTChannelBasedBroker")]
+    pub broker_class: String,
+    /// NATS for `--broker-class NatsJetStreamBroker`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SPATE_NATS_URL")]
+    pub nats_url: String,
     /// Concurrent senders.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod bench_nats;
 mod bench_serving;
 mod bindings;
 mod cli;
