@@ -4,8 +4,10 @@
 //! On disk, one directory per log:
 //! - `<base offset, 20 digits>.log`: frames `[len u32][crc32c u32][offset u64][ts i64][payload]`
 //!   (little endian; the CRC covers offset, timestamp and payload);
-//! - `<base>.idx`: the sparse index of a sealed segment, `(offset u64, position u64)` pairs;
-//! - `consumers/<name>.off`: a consumer's committed offset and its CRC.
+//! - `<base>.idx`: a sealed segment's summary (end offset, size, last timestamp) and sparse
+//!   index, `(offset u64, position u64)` pairs, with a CRC: `open` reads it instead of the segment;
+//! - `consumers/<name>.off`: a consumer's committed offset and its CRC, then its acknowledged
+//!   ranges above that offset and their CRC.
 //!
 //! One writer thread per log owns the active segment. Appenders queue requests;
 //! the writer drains every queued request, writes them with one `write`, and,
@@ -176,6 +178,44 @@ fn scan_segment(path: &Path, base: Offset) -> Result<Scan, LogError> {
     Ok(Scan { valid: pos as u64, end: next, last_ts, index })
 }
 
+/// Magic of a sealed segment's `.idx` file (version 2: with the segment's summary).
+const IDX_MAGIC: &[u8; 8] = b"SPIDX002";
+
+/// The `.idx` of a sealed segment: magic, `end`, `size`, `last_ts`, the index
+/// pairs, and a CRC-32C of all of it. Lets `open` skip reading the segment.
+fn encode_sealed_index(seg: &Segment) -> Vec<u8> {
+    let mut b = Vec::with_capacity(40 + seg.index.len() * 16);
+    b.extend_from_slice(IDX_MAGIC);
+    b.extend_from_slice(&seg.end.to_le_bytes());
+    b.extend_from_slice(&seg.size.to_le_bytes());
+    b.extend_from_slice(&seg.last_ts.to_le_bytes());
+    for (o, p) in &seg.index {
+        b.extend_from_slice(&o.to_le_bytes());
+        b.extend_from_slice(&p.to_le_bytes());
+    }
+    let c = crc::update(0, &b);
+    b.extend_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Reads a sealed segment's summary; `None` (scan instead) if absent, of an
+/// older format, corrupt, or not matching the segment file's length.
+fn read_sealed_index(path: &Path, base: Offset, file_len: u64) -> Option<Scan> {
+    let b = fs::read(path).ok()?;
+    if b.len() < 36 || &b[..8] != IDX_MAGIC || (b.len() - 36) % 16 != 0 {
+        return None;
+    }
+    let (body, c) = b.split_at(b.len() - 4);
+    if crc::update(0, body).to_le_bytes() != c {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
+    let (end, size, last_ts) = (word(8), word(16), word(24) as i64);
+    let index: Vec<(Offset, u64)> = (32..body.len()).step_by(16).map(|i| (word(i), word(i + 8))).collect();
+    let ok = size == file_len && end >= base && index.first() == Some(&(base, 0));
+    ok.then_some(Scan { valid: size, end, last_ts, index })
+}
+
 /// What a scan of a segment found: its valid prefix and rebuilt index.
 struct Scan {
     valid: u64,
@@ -270,7 +310,14 @@ impl FileLog {
         let last = bases.len().saturating_sub(1);
         for (i, base) in bases.iter().copied().enumerate() {
             let path = seg_path(dir, base, "log");
-            let Scan { valid, end, last_ts, index } = scan_segment(&path, base)?;
+            // Sealed segments open from their summary; only the last one (and
+            // any sealed one without a valid summary) is read and checked.
+            let len = fs::metadata(&path).map_err(|e| LogError::io(&path, e))?.len();
+            let sealed = if i < last { read_sealed_index(&seg_path(dir, base, "idx"), base, len) } else { None };
+            let Scan { valid, end, last_ts, index } = match sealed {
+                Some(scan) => scan,
+                None => scan_segment(&path, base)?,
+            };
             if let Some(prev) = segments.last().map(|s: &Segment| s.end)
                 && prev != base
             {
@@ -734,12 +781,7 @@ impl Writer {
             let _ = sealed.file.sync_data();
             self.dirty = false;
         }
-        let mut idx = Vec::with_capacity(sealed.index.len() * 16);
-        for (o, p) in &sealed.index {
-            idx.extend_from_slice(&o.to_le_bytes());
-            idx.extend_from_slice(&p.to_le_bytes());
-        }
-        let _ = fs::write(seg_path(&self.dir, sealed.base, "idx"), idx);
+        let _ = fs::write(seg_path(&self.dir, sealed.base, "idx"), encode_sealed_index(sealed));
         g.segments.push(Segment {
             base,
             end: base,

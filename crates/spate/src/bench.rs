@@ -136,7 +136,14 @@ fn start_server(a: &BenchArgs) -> anyhow::Result<Child_> {
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--fsync", &a.fsync, "--data-dir"])
         .arg(&dir)
-        .args(["--default-broker-class", &a.broker_class, "--nats-url", &a.nats_url, "--cluster-name", &bench_cluster()])
+        .args([
+            "--default-broker-class",
+            &a.broker_class,
+            "--nats-url",
+            &a.nats_url,
+            "--cluster-name",
+            &bench_cluster(),
+        ])
         .env("SPATE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -327,9 +334,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let nats = a.broker_class == spate_api::NATS_BROKER_CLASS;
     let raw = if nats {
         let r = crate::bench_nats::raw_jetstream(&a, &a.nats_url, &format!("{}-raw", bench_cluster())).await?;
-        println!("
+        println!(
+            "
 raw JetStream baseline (async-nats publish with ack + pull consume, same payloads)
-  throughput: {r:.0} events/s");
+  throughput: {r:.0} events/s"
+        );
         Some(r)
     } else {
         None
