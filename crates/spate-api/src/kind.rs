@@ -6,6 +6,8 @@ pub enum Kind {
     Trigger,
     Channel,
     InMemoryChannel,
+    /// Knative's NATS channel (`messaging.knative.dev/v1alpha1`): a JetStream stream.
+    NatsJetStreamChannel,
     Subscription,
     Sequence,
     Parallel,
@@ -21,11 +23,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
         Kind::InMemoryChannel,
+        Kind::NatsJetStreamChannel,
         Kind::Subscription,
         Kind::Sequence,
         Kind::Parallel,
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Trigger => "Trigger",
             Kind::Channel => "Channel",
             Kind::InMemoryChannel => "InMemoryChannel",
+            Kind::NatsJetStreamChannel => "NatsJetStreamChannel",
             Kind::Subscription => "Subscription",
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
@@ -77,7 +81,9 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Broker | Kind::Trigger => "eventing.knative.dev",
-            Kind::Channel | Kind::InMemoryChannel | Kind::Subscription => "messaging.knative.dev",
+            Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::Subscription => {
+                "messaging.knative.dev"
+            }
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
             Kind::Service => "serving.knative.dev",
             // The core group of Kubernetes: `apiVersion: v1`.
@@ -93,7 +99,7 @@ impl Kind {
     }
     pub fn version(self) -> &'static str {
         match self {
-            Kind::CronJobSource | Kind::GitHubSource | Kind::GitLabSource => "v1alpha1",
+            Kind::CronJobSource | Kind::GitHubSource | Kind::GitLabSource | Kind::NatsJetStreamChannel => "v1alpha1",
             _ => "v1",
         }
     }
@@ -119,6 +125,7 @@ impl Kind {
             Kind::Trigger => "triggers",
             Kind::Channel => "channels",
             Kind::InMemoryChannel => "inmemorychannels",
+            Kind::NatsJetStreamChannel => "natsjetstreamchannels",
             Kind::Subscription => "subscriptions",
             Kind::Sequence => "sequences",
             Kind::Parallel => "parallels",
@@ -138,7 +145,13 @@ impl Kind {
     pub fn addressable(self) -> bool {
         matches!(
             self,
-            Kind::Broker | Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel | Kind::Service
+            Kind::Broker
+                | Kind::Channel
+                | Kind::InMemoryChannel
+                | Kind::NatsJetStreamChannel
+                | Kind::Sequence
+                | Kind::Parallel
+                | Kind::Service
         )
     }
 

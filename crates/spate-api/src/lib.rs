@@ -128,9 +128,8 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
         Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
-        Some(k @ (Kind::Channel | Kind::InMemoryChannel)) => {
-            messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k == Kind::InMemoryChannel)
-                .map(Compiled::Channel)
+        Some(k @ (Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel)) => {
+            messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k).map(Compiled::Channel)
         }
         Some(Kind::Subscription) => {
             messaging::compile_subscription(&mut w, spec, &namespace, &name).map(Compiled::Subscription)
@@ -214,6 +213,7 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
     match new.kind {
         Kind::Channel
         | Kind::InMemoryChannel
+        | Kind::NatsJetStreamChannel
         | Kind::Subscription
         | Kind::Sequence
         | Kind::Parallel

@@ -15,6 +15,8 @@ pub enum ChannelStorage {
     Log,
     /// Process memory: faster, lost on restart (`spate.dev/channel-storage: memory`).
     Memory,
+    /// A NATS JetStream stream (NatsJetStreamChannel, or it as `channelTemplate`).
+    Nats,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,23 +85,35 @@ fn storage(w: &mut Walker, metadata: &Value) -> ChannelStorage {
     }
 }
 
-/// `channelTemplate`: InMemoryChannel (the default); KafkaChannel is refused
-/// until the Kafka backend exists, never silently replaced.
-fn channel_template(w: &mut Walker, v: Option<&Value>, path: &str) {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return };
-    let Some(m) = w.object(v, path, &["apiVersion", "kind", "spec"]) else { return };
-    match w.opt_str(m, "kind", path) {
-        None | Some("InMemoryChannel") => {}
-        Some("KafkaChannel") => w.error(
-            &join(path, "kind"),
-            "KafkaChannel needs the Kafka backend, which this Spate does not have yet; use InMemoryChannel (durable on the embedded log)",
-        ),
-        Some(other) => w.error(&join(path, "kind"), format!("'{other}' is not a channel kind Spate can create (InMemoryChannel)")),
-    }
+/// `channelTemplate`: InMemoryChannel (the default) or NatsJetStreamChannel
+/// (its storage is returned); KafkaChannel is refused until the Kafka backend
+/// exists, never silently replaced.
+fn channel_template(w: &mut Walker, v: Option<&Value>, path: &str) -> Option<ChannelStorage> {
+    let v = v.filter(|v| !v.is_null())?;
+    let m = w.object(v, path, &["apiVersion", "kind", "spec"])?;
+    let storage = match w.opt_str(m, "kind", path) {
+        None | Some("InMemoryChannel") => None,
+        Some("NatsJetStreamChannel") => Some(ChannelStorage::Nats),
+        Some("KafkaChannel") => {
+            w.error(
+                &join(path, "kind"),
+                "KafkaChannel needs the Kafka backend, which this Spate does not have yet; use InMemoryChannel (durable on the embedded log) or NatsJetStreamChannel",
+            );
+            None
+        }
+        Some(other) => {
+            w.error(
+                &join(path, "kind"),
+                format!("'{other}' is not a channel kind Spate can create (InMemoryChannel, NatsJetStreamChannel)"),
+            );
+            None
+        }
+    };
     if let Some(spec) = m.get("spec") {
-        // An InMemoryChannel spec may carry delivery; other fields are not defined.
-        w.object(spec, &join(path, "spec"), &["delivery"]);
+        // Channel specs may carry delivery; NATS ones also their stream and consumer settings (accepted, not used).
+        w.object(spec, &join(path, "spec"), &["delivery", "stream", "consumerConfigTemplate"]);
     }
+    storage
 }
 
 pub fn compile_channel(
@@ -108,16 +122,22 @@ pub fn compile_channel(
     ns: &str,
     name: &str,
     metadata: &Value,
-    is_imc: bool,
+    kind: crate::Kind,
 ) -> Option<ChannelConfig> {
-    let allowed: &[&str] =
-        if is_imc { &["delivery", "subscribers"] } else { &["channelTemplate", "delivery", "subscribers"] };
+    let allowed: &[&str] = match kind {
+        crate::Kind::Channel => &["channelTemplate", "delivery", "subscribers"],
+        crate::Kind::NatsJetStreamChannel => &["delivery", "subscribers", "stream", "consumerConfigTemplate"],
+        _ => &["delivery", "subscribers"],
+    };
     let m = w.object(spec, "spec", allowed)?;
-    if !is_imc {
-        channel_template(w, m.get("channelTemplate"), "spec.channelTemplate");
-    }
+    let template = match kind {
+        crate::Kind::Channel => channel_template(w, m.get("channelTemplate"), "spec.channelTemplate"),
+        crate::Kind::NatsJetStreamChannel => Some(ChannelStorage::Nats),
+        _ => None,
+    };
     let delivery = m.get("delivery").and_then(|d| delivery::parse(w, d, "spec.delivery", ns));
-    Some(ChannelConfig { namespace: ns.into(), name: name.into(), storage: storage(w, metadata), delivery })
+    let annotated = storage(w, metadata);
+    Some(ChannelConfig { namespace: ns.into(), name: name.into(), storage: template.unwrap_or(annotated), delivery })
 }
 
 pub fn compile_subscription(w: &mut Walker, spec: &Value, ns: &str, name: &str) -> Option<SubscriptionConfig> {
@@ -131,7 +151,7 @@ pub fn compile_subscription(w: &mut Walker, spec: &Value, ns: &str, name: &str) 
                 channel = w.req_str(cm, "name", "spec.channel").map(str::to_string);
                 w.req_str(cm, "apiVersion", "spec.channel");
                 match channel_kind.as_deref() {
-                    Some("Channel" | "InMemoryChannel") | None => {}
+                    Some("Channel" | "InMemoryChannel" | "NatsJetStreamChannel") | None => {}
                     Some("KafkaChannel") => w.error(
                         "spec.channel.kind",
                         "KafkaChannel needs the Kafka backend, which this Spate does not have yet",
@@ -174,7 +194,7 @@ pub fn compile_sequence(
     metadata: &Value,
 ) -> Option<SequenceConfig> {
     let m = w.object(spec, "spec", &["steps", "channelTemplate", "reply"])?;
-    channel_template(w, m.get("channelTemplate"), "spec.channelTemplate");
+    let template = channel_template(w, m.get("channelTemplate"), "spec.channelTemplate");
     let mut steps = vec![];
     match m.get("steps") {
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -191,7 +211,8 @@ pub fn compile_sequence(
         _ => w.error("spec.steps", "must be a non-empty list of destinations"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    Some(SequenceConfig { namespace: ns.into(), name: name.into(), steps, storage: storage(w, metadata), reply })
+    let storage = template.unwrap_or_else(|| storage(w, metadata));
+    Some(SequenceConfig { namespace: ns.into(), name: name.into(), steps, storage, reply })
 }
 
 pub fn compile_parallel(
@@ -202,7 +223,7 @@ pub fn compile_parallel(
     metadata: &Value,
 ) -> Option<ParallelConfig> {
     let m = w.object(spec, "spec", &["branches", "channelTemplate", "reply"])?;
-    channel_template(w, m.get("channelTemplate"), "spec.channelTemplate");
+    let template = channel_template(w, m.get("channelTemplate"), "spec.channelTemplate");
     let mut branches = vec![];
     match m.get("branches") {
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -227,5 +248,6 @@ pub fn compile_parallel(
         _ => w.error("spec.branches", "must be a non-empty list of branches"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    Some(ParallelConfig { namespace: ns.into(), name: name.into(), branches, storage: storage(w, metadata), reply })
+    let storage = template.unwrap_or_else(|| storage(w, metadata));
+    Some(ParallelConfig { namespace: ns.into(), name: name.into(), branches, storage, reply })
 }

@@ -12,12 +12,13 @@ use bytes::Bytes;
 use spate_api::{ChannelConfig, ChannelStorage, DeliverySpec, Kind, SubscriptionConfig};
 use spate_core::{CloudEvent, Destination, KRef, storage};
 use spate_filter::Filter;
-use spate_log::{EventLog, LogBackend};
+use spate_log::{LogBackend, MessageStream};
 use tokio::sync::watch;
 
 use crate::broker::PublishError;
 use crate::feed::Feed;
 use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
+use crate::stream_worker::StreamWorker;
 use crate::trigger::{ReplyPlan, TriggerWorker, WorkerPlan};
 
 /// Name of step `i`'s channel and subscription in a Sequence.
@@ -172,10 +173,19 @@ pub(crate) fn expand(desired: &Desired) -> Expanded {
     Expanded { channels, subscriptions, flows }
 }
 
-/// A running channel: its config, log and router.
+/// Where a channel keeps its events.
+#[derive(Clone)]
+pub enum ChannelStore {
+    /// The embedded log (or memory) with its router.
+    Log(Arc<Feed>),
+    /// A NATS JetStream stream (NatsJetStreamChannel).
+    Stream(Arc<dyn MessageStream>),
+}
+
+/// A running channel: its config and storage.
 pub struct Channel {
     pub config: ChannelConfig,
-    pub feed: Arc<Feed>,
+    pub store: ChannelStore,
     pub address: String,
     events_in: metrics::Counter,
 }
@@ -183,11 +193,30 @@ pub struct Channel {
 impl Channel {
     /// Stores events as they are (channels have no TTL). Resolves once durable.
     pub async fn publish(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
-        let payloads: Vec<Bytes> = events.iter().map(|ev| Bytes::from(storage::encode(ev))).collect();
-        let n = payloads.len() as u64;
-        self.feed.log.append(payloads).await?;
+        let n = events.len() as u64;
+        match &self.store {
+            ChannelStore::Log(feed) => {
+                let payloads: Vec<Bytes> = events.iter().map(|ev| Bytes::from(storage::encode(ev))).collect();
+                feed.log.append(payloads).await?;
+            }
+            ChannelStore::Stream(stream) => {
+                let payloads = events
+                    .iter()
+                    .map(|ev| (Bytes::from(storage::encode(ev)), format!("{} {}", ev.source, ev.id)))
+                    .collect();
+                stream.publish(payloads).await?;
+            }
+        }
         self.events_in.increment(n);
         Ok(())
+    }
+
+    /// The embedded log's feed, if the channel is on it.
+    pub fn feed(&self) -> Option<&Arc<Feed>> {
+        match &self.store {
+            ChannelStore::Log(f) => Some(f),
+            ChannelStore::Stream(_) => None,
+        }
     }
 }
 
@@ -252,10 +281,25 @@ impl Drain {
 }
 
 impl Eventing {
+    /// Stops the stream subscriptions of channel `ns/name`.
+    async fn stop_stream_subs(&self, stream_subs: &mut HashMap<Key, StreamWorker>, ns: &str, name: &str) {
+        let stale: Vec<Key> = stream_subs
+            .iter()
+            .filter(|(_, w)| w.plan.namespace == ns && w.plan.source == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(w) = stream_subs.remove(&k) {
+                w.stop().await;
+            }
+        }
+    }
+
     fn channel_backend(&self, storage: ChannelStorage) -> Arc<dyn LogBackend> {
         match storage {
-            ChannelStorage::Log => self.backend.clone(),
             ChannelStorage::Memory => self.memory.clone(),
+            // NATS channels are opened on the stream backend; this is only the log fallback.
+            ChannelStorage::Log | ChannelStorage::Nats => self.backend.clone(),
         }
     }
 
@@ -272,6 +316,7 @@ impl Eventing {
         out: &mut Vec<ResourceStatus>,
     ) {
         let mut subs = self.subscriptions.lock().await;
+        let mut stream_subs = self.stream_subs.lock().await;
         let want: HashSet<Key> = x.channels.iter().map(|c| (c.namespace.clone(), c.name.clone())).collect();
 
         // Draining channels that are wanted again come back with their log.
@@ -304,6 +349,16 @@ impl Eventing {
                 .collect();
             let workers: Vec<TriggerWorker> = stale.iter().filter_map(|k| subs.remove(k)).collect();
             self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
+            if let ChannelStore::Stream(_) = &ch.store {
+                // A NATS channel: its subscriptions stop and its stream goes (no drain).
+                self.stop_stream_subs(&mut stream_subs, &ns, &name).await;
+                if let Some(streams) = &self.streams
+                    && let Err(e) = streams.remove(&channel_log_name(&ns, &name)).await
+                {
+                    tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's stream");
+                }
+                continue;
+            }
             let flow_lives = x.flows.iter().any(|f| f.namespace == ns && name.starts_with(&format!("{}-kn-", f.name)));
             let backend = self.channel_backend(ch.config.storage);
             if flow_lives && !workers.is_empty() && !drained(&workers) {
@@ -326,20 +381,29 @@ impl Eventing {
             let address = self.channel_address(&c.namespace, &c.name);
             let existing = self.channel(&c.namespace, &c.name);
             let mut conds = vec![];
-            let log: Result<Arc<dyn EventLog>, String> = match &existing {
-                Some(ch) if ch.config.storage == c.storage => Ok(ch.feed.log.clone()),
-                _ => self
-                    .channel_backend(c.storage)
+            let label = format!("channel/{}/{}", c.namespace, c.name);
+            let store: Result<ChannelStore, String> = match (&existing, c.storage) {
+                (Some(ch), storage) if ch.config.storage == storage => Ok(ch.store.clone()),
+                (_, ChannelStorage::Nats) => match &self.streams {
+                    Some(streams) => streams
+                        .open(&channel_log_name(&c.namespace, &c.name))
+                        .await
+                        .map(ChannelStore::Stream)
+                        .map_err(|e| e.to_string()),
+                    None => Err("this server has no NATS backend (--nats-url)".to_string()),
+                },
+                (_, storage) => self
+                    .channel_backend(storage)
                     .open(&channel_log_name(&c.namespace, &c.name))
+                    .map(|log| ChannelStore::Log(Feed::new(log, label.clone())))
                     .map_err(|e| e.to_string()),
             };
-            match log {
-                Ok(log) => {
+            match store {
+                Ok(store) => {
                     if existing.as_ref().is_none_or(|ch| ch.config != *c) {
-                        let label = format!("channel/{}/{}", c.namespace, c.name);
                         let ch = Arc::new(Channel {
                             config: c.clone(),
-                            feed: Feed::new(log, label.clone()),
+                            store,
                             address: address.clone(),
                             events_in: metrics::counter!("spate_events_in_total", "channel" => label),
                         });
@@ -366,26 +430,59 @@ impl Eventing {
                 let _ = feed.log.remove_consumer(&consumer);
             }
         }
+        let removed: Vec<Key> = stream_subs.keys().filter(|k| !want_subs.contains(*k)).cloned().collect();
+        for k in removed {
+            if let Some(w) = stream_subs.remove(&k) {
+                let (stream, consumer) = (w.stream.clone(), w.plan.consumer());
+                w.stop().await;
+                if let Err(e) = stream.remove_consumer(&consumer).await {
+                    tracing::warn!(subscription = %consumer, error = %e, "could not delete the subscription's consumer");
+                }
+            }
+        }
         let mut sub_status: HashMap<Key, ResourceStatus> = HashMap::new();
         for s in &x.subscriptions {
             let key = (s.namespace.clone(), s.name.clone());
             let channel = self.channel(&s.namespace, &s.channel);
             let (plan, st) = self.plan_subscription(s, channel.as_ref().map(|c| &c.config), names);
             match (plan, channel) {
-                (Some(plan), Some(ch)) => {
-                    let same = subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, &ch.feed));
-                    if !same {
+                (Some(plan), Some(ch)) => match &ch.store {
+                    ChannelStore::Log(feed) => {
+                        if let Some(old) = stream_subs.remove(&key) {
+                            old.stop().await;
+                        }
+                        let same = subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, feed));
+                        if !same {
+                            if let Some(old) = subs.remove(&key) {
+                                old.stop().await;
+                            }
+                            subs.insert(
+                                key.clone(),
+                                TriggerWorker::start(plan, feed.clone(), None, self.dispatcher.clone()),
+                            );
+                        }
+                    }
+                    ChannelStore::Stream(stream) => {
                         if let Some(old) = subs.remove(&key) {
                             old.stop().await;
                         }
-                        subs.insert(
-                            key.clone(),
-                            TriggerWorker::start(plan, ch.feed.clone(), None, self.dispatcher.clone()),
-                        );
+                        let same =
+                            stream_subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.stream, stream));
+                        if !same {
+                            if let Some(old) = stream_subs.remove(&key) {
+                                old.stop().await;
+                            }
+                            let (d, wait) = (self.dispatcher.clone(), self.config.ack_wait);
+                            stream_subs
+                                .insert(key.clone(), StreamWorker::start(plan, stream.clone(), None, d, wait).await);
+                        }
                     }
-                }
+                },
                 _ => {
                     if let Some(old) = subs.remove(&key) {
+                        old.stop().await;
+                    }
+                    if let Some(old) = stream_subs.remove(&key) {
                         old.stop().await;
                     }
                 }

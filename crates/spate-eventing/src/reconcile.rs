@@ -89,6 +89,8 @@ pub struct Eventing {
     triggers: Mutex<HashMap<Key, TriggerWorker>>,
     /// Triggers of brokers on a shared engine (durable consumers).
     stream_triggers: Mutex<HashMap<Key, StreamWorker>>,
+    /// Subscriptions of channels on a shared engine.
+    pub(crate) stream_subs: Mutex<HashMap<Key, StreamWorker>>,
     /// The shared engine (NATS JetStream), when the server has one.
     pub(crate) streams: Option<Arc<dyn StreamBackend>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
@@ -107,6 +109,7 @@ impl Eventing {
             brokers: RwLock::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
             stream_triggers: Mutex::new(HashMap::new()),
+            stream_subs: Mutex::new(HashMap::new()),
             streams: None,
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
@@ -154,7 +157,9 @@ impl Eventing {
                 let missing = || Err(format!("{} {}/{} does not exist", r.kind, r.namespace, r.name));
                 let base = match Kind::from_ref(&r.kind, &r.api_version) {
                     Some(Kind::Broker) if names.brokers.contains(&key) => self.broker_address(&r.namespace, &r.name),
-                    Some(Kind::Channel | Kind::InMemoryChannel) if names.channels.contains(&key) => {
+                    Some(Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel)
+                        if names.channels.contains(&key) =>
+                    {
                         self.channel_address(&r.namespace, &r.name)
                     }
                     Some(Kind::Sequence) if names.sequences.contains(&key) => {
@@ -488,17 +493,15 @@ impl Eventing {
                 }
             }
         }
-        let streams: Vec<_> = self
-            .stream_triggers
-            .lock()
-            .await
-            .values()
-            .filter(|w| {
+        let mut streams = vec![];
+        for workers in [&self.stream_triggers, &self.stream_subs] {
+            for w in workers.lock().await.values() {
                 let url = &w.plan.subscriber_url;
-                url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?'))
-            })
-            .map(|w| (w.stream.clone(), w.plan.consumer()))
-            .collect();
+                if url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?')) {
+                    streams.push((w.stream.clone(), w.plan.consumer()));
+                }
+            }
+        }
         for (stream, consumer) in streams {
             total += stream.backlog(&consumer).await.unwrap_or(0);
         }
@@ -516,8 +519,10 @@ impl Eventing {
                 w.stop().await;
             }
         }
-        for (_, w) in self.stream_triggers.lock().await.drain() {
-            w.stop().await;
+        for workers in [&self.stream_triggers, &self.stream_subs] {
+            for (_, w) in workers.lock().await.drain() {
+                w.stop().await;
+            }
         }
     }
 }

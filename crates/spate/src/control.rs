@@ -225,7 +225,7 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
             }
             s["physicalSubscription"] = p;
         }
-        Kind::Channel | Kind::InMemoryChannel => {
+        Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel => {
             let subs: Vec<Value> = st
                 .children
                 .iter()
@@ -601,8 +601,11 @@ impl ControlPlane {
         *self.services.lock().expect("services") = service_statuses;
         for st in self.eventing.reconcile(&desired).await {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
-            let kinds: &[Kind] =
-                if st.kind == Kind::Channel { &[Kind::Channel, Kind::InMemoryChannel] } else { &[st.kind] };
+            let kinds: &[Kind] = if st.kind == Kind::Channel {
+                &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel]
+            } else {
+                &[st.kind]
+            };
             let key = kinds
                 .iter()
                 .map(|k| (*k, st.namespace.clone(), st.name.clone()))

@@ -45,7 +45,11 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
             let header: Vec<&str> = match kind {
                 Kind::Broker => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"],
                 Kind::Trigger => vec!["NAMESPACE", "NAME", "BROKER", "SUBSCRIBER_URI", "READY", "REASON"],
-                Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel => {
+                Kind::Channel
+                | Kind::InMemoryChannel
+                | Kind::NatsJetStreamChannel
+                | Kind::Sequence
+                | Kind::Parallel => {
                     vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
                 }
                 Kind::Subscription => {
@@ -68,7 +72,11 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 let name = s(it, "/metadata/name").to_string();
                 rows.push(match kind {
                     Kind::Broker => vec![ns, name, s(it, "/status/address/url").into(), r, reason],
-                    Kind::Channel | Kind::InMemoryChannel | Kind::Sequence | Kind::Parallel => {
+                    Kind::Channel
+                    | Kind::InMemoryChannel
+                    | Kind::NatsJetStreamChannel
+                    | Kind::Sequence
+                    | Kind::Parallel => {
                         vec![ns, name, s(it, "/status/address/url").into(), r, reason]
                     }
                     Kind::Subscription => vec![

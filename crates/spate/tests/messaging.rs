@@ -435,3 +435,50 @@ async fn the_parallel_example_runs_as_documented() {
         assert_eq!((all[0].event.ty.as_str(), v["message"].as_str().unwrap()), (ty, msg), "n{n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_jetstream_channel_feeds_its_subscriptions_and_a_sequence_runs_on_nats_channels() {
+    let Some((args, Some(_nats))) = class_args(Class::Nats, "natschannel") else { return };
+    let (a, b) = (Sink::start().await, Sink::start().await);
+    let (t1, t2) = (transformer("-1").await, transformer("-2").await);
+    let end = Sink::start().await;
+    let sub = |name: &str, url: &str| {
+        format!(
+            "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: NatsJetStreamChannel\n    name: nc\n  subscriber:\n    uri: {url}\n"
+        )
+    };
+    let yaml = [
+        "apiVersion: messaging.knative.dev/v1alpha1\nkind: NatsJetStreamChannel\nmetadata:\n  name: nc\nspec:\n  stream:\n    config:\n      maxAge: 1h\n".to_string(),
+        sub("sa", &a.url),
+        sub("sb", &b.url),
+        format!(
+            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n  channelTemplate:\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: NatsJetStreamChannel\n  steps:\n    - uri: {}\n    - uri: {}\n  reply:\n    uri: {}\n",
+            t1.url, t2.url, end.url
+        ),
+    ]
+    .join("---\n");
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    s.apply_ok(&yaml).await;
+    let url = address(&s, "messaging.knative.dev/v1alpha1", "natsjetstreamchannels/nc").await;
+    for i in 0..5 {
+        assert_eq!(post(&url, &format!("n{i}"), "t", "x").await, 202);
+    }
+    for sink in [&a, &b] {
+        let got = sink.wait_for(5).await;
+        let mut ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["n0", "n1", "n2", "n3", "n4"], "every subscription gets every event once");
+    }
+    let seq_url = address(&s, "flows.knative.dev/v1", "sequences/seq").await;
+    assert_eq!(post(&seq_url, "s1", "t", "start").await, 202);
+    let got = end.wait_for_id("s1").await;
+    assert_eq!(got[0].event.data.as_deref(), Some(&b"start-1-2"[..]), "the steps ran in order over NATS channels");
+    // They really are JetStream streams, not the embedded log.
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    for ch in ["nc", "seq-kn-sequence-0", "seq-kn-sequence-1"] {
+        let name = format!("{}_channel_default_{ch}", _nats.name);
+        assert!(js.get_stream(&name).await.is_ok(), "stream {name} exists");
+    }
+    assert!(!dir.path().join("logs/channel.default.nc").exists(), "no embedded log for a NATS channel");
+}
