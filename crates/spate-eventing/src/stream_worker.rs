@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use spate_core::storage;
 use spate_delivery::Dispatcher;
 use spate_log::{ConsumerOptions, Message, MessageStream, Throttle};
@@ -138,20 +139,20 @@ impl Run {
         let beat = self.options.ack_wait / 3;
         tasks.spawn(async move {
             let acker = m.acker;
-            let keep = acker.clone();
-            let keepalive = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(beat).await;
-                    let _ = keep.in_progress().await;
-                }
-            });
             let label = shared.label.clone();
-            // Delivered in its own task so that a panic (a bug) still ends the event.
-            let outcome = tokio::spawn(async move { deliver(&shared, &ev).await }).await;
-            keepalive.abort();
+            // Deliver while keeping the claim alive; a panic (a bug) still ends the event.
+            let delivery = std::panic::AssertUnwindSafe(deliver(&shared, &ev)).catch_unwind();
+            tokio::pin!(delivery);
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut delivery => break r,
+                    _ = beat.tick() => { let _ = acker.in_progress().await; }
+                }
+            };
             if outcome.is_err() {
                 metrics::counter!("spate_events_dropped_total", "sender" => label.clone(), "reason" => "delivery_panicked").increment(1);
-                tracing::error!(trigger = %label, "a delivery task panicked; the event is dropped and counted");
+                tracing::error!(trigger = %label, "a delivery panicked; the event is dropped and counted");
             }
             if let Err(e) = acker.ack().await {
                 // The engine will hand it out again after the ack wait: at least once.

@@ -134,7 +134,7 @@ impl StreamBackend for NatsBackend {
                 duplicate_window: c.duplicate_window,
                 ..Default::default()
             };
-            let stream = NatsStream { nats, cfg, subject, handle: tokio::sync::Mutex::new(None) };
+            let stream = NatsStream { nats, cfg, subject, handle: tokio::sync::OnceCell::new() };
             // Created now if NATS answers; otherwise on first use (operations fail meanwhile).
             if let Err(e) = stream.ensure().await {
                 tracing::warn!(stream = %stream.cfg.name, error = %e, "stream not created yet; retrying on use");
@@ -160,19 +160,18 @@ struct NatsStream {
     nats: Nats,
     cfg: stream::Config,
     subject: String,
-    handle: tokio::sync::Mutex<Option<stream::Stream>>,
+    /// The stream once created (lock-free after the first success).
+    handle: tokio::sync::OnceCell<stream::Stream>,
 }
 
 impl NatsStream {
     /// The stream, created on first success and cached.
-    async fn ensure(&self) -> Result<stream::Stream, LogError> {
-        let mut g = self.handle.lock().await;
-        if let Some(s) = g.as_ref() {
-            return Ok(s.clone());
-        }
-        let s = self.nats.js.get_or_create_stream(self.cfg.clone()).await.map_err(|e| unavailable("stream", e))?;
-        *g = Some(s.clone());
-        Ok(s)
+    async fn ensure(&self) -> Result<&stream::Stream, LogError> {
+        self.handle
+            .get_or_try_init(|| async {
+                self.nats.js.get_or_create_stream(self.cfg.clone()).await.map_err(|e| unavailable("stream", e))
+            })
+            .await
     }
 }
 
