@@ -32,11 +32,45 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// A stream that records when it last moved a byte.
+/// The largest request head accepted (request line and headers); beyond it, 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A stream that records when it last moved a byte, and gives hyper's own
+/// bare error answers (an unparsable request: 400; headers over the limit:
+/// 431; both with an empty body) a body that says what was wrong.
 struct Watched {
     inner: TcpStream,
     epoch: Instant,
     last: Arc<AtomicU64>,
+    /// A replacement being written: its bytes, how many are out, and the length hyper asked to write.
+    replacing: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// hyper's error answer for a request it could not parse, with a body instead.
+/// Spate's own handlers always send a body, so a bare 400/431 can only be hyper's.
+fn explained(buf: &[u8]) -> Option<Vec<u8>> {
+    let reason = if buf.starts_with(b"HTTP/1.1 400 Bad Request\r\n") {
+        ("400 Bad Request", "malformed HTTP request: the request line or a header could not be parsed\n".to_string())
+    } else if buf.starts_with(b"HTTP/1.1 431 ") {
+        (
+            "431 Request Header Fields Too Large",
+            format!("the request line and headers exceed {MAX_HEADER_BYTES} bytes (or 100 headers)\n"),
+        )
+    } else {
+        return None;
+    };
+    let bare = buf.windows(21).any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0\r\n"));
+    if !bare {
+        return None;
+    }
+    let (status, body) = reason;
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl Watched {
@@ -58,6 +92,26 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none()
+            && let Some(answer) = explained(buf)
+        {
+            self.replacing = Some((answer, 0, buf.len()));
+        }
+        if let Some((answer, mut sent, asked)) = self.replacing.take() {
+            while sent < answer.len() {
+                match Pin::new(&mut self.inner).poll_write(cx, &answer[sent..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.replacing = Some((answer, sent, asked));
+                        return Poll::Pending;
+                    }
+                }
+            }
+            self.touch();
+            return Poll::Ready(Ok(asked));
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -133,9 +187,13 @@ async fn refuse(mut stream: TcpStream, max: usize) {
 async fn connection(stream: TcpStream, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Watched { inner: stream, epoch, last: last.clone() });
+    let io = TokioIo::new(Watched { inner: stream, epoch, last: last.clone(), replacing: None });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
     let conn = builder.serve_connection(io, TowerToHyperService::new(app));
     tokio::pin!(conn);
     let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));

@@ -173,6 +173,28 @@ async fn beyond_the_connection_cap_a_clear_503_and_http_errors_have_bodies() {
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("could not be read"), "{answer}");
+    // Errors the HTTP layer raises itself have bodies too: an unparsable request (400)
+    // and a head over the 64 KiB limit (431).
+    for (request, status, says) in [
+        (b"GARBAGE\r\n\r\n".to_vec(), "400", "malformed HTTP request"),
+        (
+            [
+                b"POST /default/default HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec(),
+                vec![b'a'; 100_000],
+                b"\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+            "431",
+            "exceed 65536 bytes",
+        ),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = c.write_all(&request).await;
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut answer)).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(answer.contains(says), "{answer}");
+    }
     // A path nothing serves: 404 with a body that says where things are.
     let r = client().get(format!("{}/no/such/path/here", s.data)).send().await.unwrap();
     assert_eq!(r.status(), 404);
