@@ -144,20 +144,29 @@ struct Running {
     registration: Arc<Mutex<Result<Option<String>, String>>>,
 }
 
-/// Work that must happen once per cluster (a PingSource tick): the first
-/// instance to claim its key does it. The binary implements it over the
-/// shared store; alone, every claim is granted.
+/// Work that must happen once per cluster: a PingSource tick (the first
+/// instance to claim its key does it) and a ContainerSource's processes (run
+/// by the instance holding its lease; another takes over when the holder
+/// dies). The binary implements it over the shared store; alone, everything
+/// is granted.
 pub trait Claims: Send + Sync {
     /// True if this instance may do the work named `key`.
     fn claim(&self, key: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+    /// Takes part in the lease `key`: the receiver says whether this instance
+    /// holds it now. Dropping the receiver releases it.
+    fn lease(&self, key: String) -> watch::Receiver<bool>;
 }
 
-/// One instance: every claim is granted.
+/// One instance: every claim and lease is granted.
 pub struct Alone;
 
 impl Claims for Alone {
     fn claim(&self, _key: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async { true })
+    }
+    fn lease(&self, _key: String) -> watch::Receiver<bool> {
+        // The sender goes at once: the value stays true for good.
+        watch::channel(true).1
     }
 }
 
@@ -415,6 +424,7 @@ impl Sources {
         if let Some(o) = d.config.ce_overrides_json() {
             env.push(("K_CE_OVERRIDES".to_string(), o));
         }
+        let mut sups = vec![];
         for (i, c) in containers.iter().enumerate() {
             let mut env = env.clone();
             for (name, r) in &c.env_secrets {
@@ -431,8 +441,11 @@ impl Sources {
                 grace: self.cfg.grace,
                 state: state.clone(),
             };
-            run.tasks.push(tokio::spawn(sup.run(stop_rx.clone())));
+            sups.push(sup);
         }
+        // The processes run on one instance of a cluster: the lease holder's.
+        let lease = self.claims.lease(format!("container/{}", key_name(k)));
+        run.tasks.push(tokio::spawn(container::run_under_lease(sups, lease, stop_rx.clone())));
     }
 
     /// GitHubSource or GitLabSource: the receive endpoint, and registration with an access token.

@@ -1,16 +1,34 @@
-//! Once-per-cluster work over NATS KV: a claim is a key created in the
-//! bucket `<cluster>-claims` (entries expire after ten minutes); the instance
-//! whose create succeeds does the work.
+//! Once-per-cluster work over NATS KV.
+//!
+//! - A claim is a key created in `<cluster>-claims` (entries expire after ten
+//!   minutes); the instance whose create succeeds does the work.
+//! - A lease is a key in `<cluster>-leases`, whose entries expire [`LEASE_TTL`]
+//!   after their last write. The holder rewrites it every third of that
+//!   (compare and swap on its revision); others try to create it as often. When
+//!   the holder dies its key expires and another instance takes the lease.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 use spate_log::{ConfigError, ConfigStore, NatsConfigStore};
 use spate_sources::Claims;
+use tokio::sync::watch;
 
-pub struct NatsClaims(pub NatsConfigStore);
+/// How long a dead holder keeps a lease.
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+
+pub struct NatsClaims {
+    pub claims: NatsConfigStore,
+    pub leases: Arc<NatsConfigStore>,
+    /// This instance, as written into the leases it holds.
+    pub holder: String,
+}
 
 impl Claims for NatsClaims {
     fn claim(&self, key: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
-            match self.0.put(&key, bytes::Bytes::from_static(b"1"), 0).await {
+            match self.claims.put(&key, Bytes::from_static(b"1"), 0).await {
                 Ok(_) => true,
                 Err(ConfigError::Conflict { .. }) => false,
                 // NATS unreachable: do the work (at least once) rather than lose it.
@@ -20,5 +38,38 @@ impl Claims for NatsClaims {
                 }
             }
         })
+    }
+
+    fn lease(&self, key: String) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(hold(self.leases.clone(), key, Bytes::from(self.holder.clone()), tx));
+        rx
+    }
+}
+
+/// Takes and keeps the lease `key` while anyone listens to `tx`; gives it up
+/// (deletes the key) when the listener goes.
+async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Sender<bool>) {
+    let beat = LEASE_TTL / 3;
+    let mut revision: Option<u64> = None;
+    loop {
+        let held = match revision {
+            // Holding: renew (fails if the key expired and someone else took it).
+            Some(rev) => store.put(&key, me.clone(), rev).await.ok(),
+            // Not holding: take it if nobody has.
+            None => store.put(&key, me.clone(), 0).await.ok(),
+        };
+        if held.is_some() != revision.is_some() {
+            tracing::info!(lease = %key, held = held.is_some(), "lease changed hands");
+        }
+        revision = held;
+        let _ = tx.send(revision.is_some());
+        tokio::select! {
+            _ = tx.closed() => break,
+            _ = tokio::time::sleep(beat) => {}
+        }
+    }
+    if revision.is_some() {
+        let _ = store.delete(&key).await;
     }
 }

@@ -236,7 +236,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
             .await
             .context("opening the claims bucket")?;
-        sources = sources.with_claims(Arc::new(crate::cluster::NatsClaims(claims)));
+        let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
+            .await
+            .context("opening the leases bucket")?;
+        let holder = format!("{}-{}", std::process::id(), base_url(data_addr));
+        let claims = crate::cluster::NatsClaims { claims, leases: Arc::new(leases), holder };
+        sources = sources.with_claims(Arc::new(claims));
     }
     let sources = Arc::new(sources);
     let store = match &shared {

@@ -230,3 +230,44 @@ async fn a_one_second_ping_source_ticks_once_per_second_across_three_instances()
     assert_eq!(first_five.len(), 5, "five distinct ticks: {times:?}");
     assert_eq!(copies, 5, "each tick emitted once across the cluster: {times:?}");
 }
+
+/// Pids of ContainerSource processes recorded in an instance's data directory.
+fn container_pids(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("sources/instances"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_source_runs_on_one_instance_and_moves_when_its_holder_dies() {
+    let Some(mut c) = Cluster::start("lease", 3, &[]) else { return };
+    let sink = Sink::start().await;
+    let script = serde_json::to_string(
+        "import os, time, urllib.request\nwhile True:\n    req = urllib.request.Request(os.environ['K_SINK'], data=b'{}', headers={'ce-specversion': '1.0', 'ce-id': str(time.time_ns()), 'ce-source': '/p', 'ce-type': 'tick', 'ce-pid': str(os.getpid()), 'content-type': 'application/json'})\n    try:\n        urllib.request.urlopen(req, timeout=5).read()\n    except Exception:\n        pass\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
+    c.servers[0]
+        .apply_ok(&format!(
+            "apiVersion: sources.knative.dev/v1\nkind: ContainerSource\nmetadata:\n  name: poster\nspec:\n  template:\n    spec:\n      containers:\n        - name: poster\n          command: [\"python3\", \"-c\", {script}]\n  sink:\n    uri: {}\n",
+            sink.url
+        ))
+        .await;
+    let pid = |r: &Received| r.event.extension("pid").map(|v| v.to_canonical().into_owned()).unwrap_or_default();
+    let first = sink.wait_for(20).await;
+    let pids: HashSet<String> = first.iter().map(pid).collect();
+    assert_eq!(pids.len(), 1, "one process in the whole cluster: {pids:?}");
+    let holders: Vec<usize> = (0..3).filter(|i| !container_pids(c.dirs[*i].path()).is_empty()).collect();
+    assert_eq!(holders.len(), 1, "exactly one instance runs it: {holders:?}");
+    let holder = holders[0];
+    let old = pids.into_iter().next().unwrap();
+    // The holder dies; its process dies with it (PDEATHSIG), and the lease moves.
+    c.servers[holder].kill();
+    let t = Instant::now();
+    let moved = sink.wait_until("an event from a new process", |g| g.iter().any(|r| pid(r) != old)).await;
+    println!("the ContainerSource moved to another instance {:?} after its holder's kill -9", t.elapsed());
+    let new = pid(moved.iter().find(|r| pid(r) != old).unwrap());
+    let others: Vec<usize> =
+        (0..3).filter(|i| *i != holder && container_pids(c.dirs[*i].path()).contains(&new)).collect();
+    assert_eq!(others.len(), 1, "exactly one surviving instance took it over");
+    c.restart(holder);
+}
