@@ -132,6 +132,21 @@ impl Eventing {
         self.brokers.read().expect("brokers lock").get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// Why a running broker's or channel's storage cannot be used right now
+    /// (a shared engine that is down), for live statuses.
+    pub fn storage_problem(&self, kind: Kind, namespace: &str, name: &str) -> Option<String> {
+        match kind {
+            Kind::Broker => self.broker(namespace, name)?.stream()?.problem(),
+            Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel => {
+                match &self.channel(namespace, name)?.store {
+                    crate::messaging::ChannelStore::Stream(s) => s.problem(),
+                    crate::messaging::ChannelStore::Log(_) => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     pub fn broker_address(&self, namespace: &str, name: &str) -> String {
         format!("{}/{namespace}/{name}", self.config.base_url.trim_end_matches('/'))
     }

@@ -230,6 +230,15 @@ impl MessageStream for NatsStream {
         })
     }
 
+    fn problem(&self) -> Option<String> {
+        (!self.nats.connected()).then(|| {
+            format!(
+                "NATS at {} is not connected; ingress answers 503 and deliveries wait until it is back",
+                self.nats.config.url
+            )
+        })
+    }
+
     fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>> {
         let durable = self.nats.name(name);
         Box::pin(async move {

@@ -65,6 +65,10 @@ pub trait MessageStream: Send + Sync + 'static {
     fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>>;
     /// Deletes the consumer (its trigger was deleted, on any instance).
     fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Why the engine cannot be used right now, if it cannot (shown in statuses).
+    fn problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Opens streams by name. One per engine.

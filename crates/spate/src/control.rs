@@ -486,6 +486,10 @@ impl ControlPlane {
             {
                 o["status"] = source_status_json(&st, e.generation, &e.status);
             }
+            // Brokers and channels on a shared engine say when it is down, now.
+            if let Some(problem) = self.eventing.storage_problem(kind, &e.resource.namespace, &e.resource.name) {
+                mark_unavailable(&mut o["status"], &problem);
+            }
             out.push(o);
         }
         Ok(out)
@@ -710,6 +714,18 @@ fn apply_change(store: &mut Store, change: Change) -> bool {
                     true
                 }
             }
+        }
+    }
+}
+
+/// Turns `Ready` (and the ingress condition) False with `StorageUnavailable`.
+fn mark_unavailable(status: &mut Value, problem: &str) {
+    let Some(conds) = status.get_mut("conditions").and_then(Value::as_array_mut) else { return };
+    for c in conds.iter_mut() {
+        if matches!(c["type"].as_str(), Some("Ready" | "IngressReady" | "ChannelServiceReady")) {
+            c["status"] = json!("False");
+            c["reason"] = json!("StorageUnavailable");
+            c["message"] = json!(problem);
         }
     }
 }

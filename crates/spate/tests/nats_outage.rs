@@ -137,7 +137,20 @@ async fn nats_restarted_under_load_loses_no_acknowledged_event_and_ingress_says_
         assert!(std::time::Instant::now() < deadline, "no 503 while NATS was down");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The broker's status says why, now (not only at the next reconcile).
+    let path = "/apis/eventing.knative.dev/v1/namespaces/default/brokers/default";
+    let down = s
+        .wait_json(path, "broker not Ready while NATS is down", |v| {
+            v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("False"))
+        })
+        .await;
+    assert_eq!(down.pointer("/status/conditions/0/reason"), Some(&serde_json::json!("StorageUnavailable")), "{down}");
+    assert!(down.to_string().contains("not connected"), "{down}");
     let _nats = PrivateNats::start(port, store).expect("nats-server restarts");
+    s.wait_json(path, "broker Ready again", |v| {
+        v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"))
+    })
+    .await;
     for t in senders {
         t.await.unwrap();
     }
