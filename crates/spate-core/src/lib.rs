@@ -1,6 +1,7 @@
 //! Spate's pure core: the CloudEvent model, the strict HTTP/JSON codec and the
 //! storage encoding used by the log. This crate does no IO.
 
+pub mod acks;
 pub mod delivery;
 pub mod destination;
 pub mod error;

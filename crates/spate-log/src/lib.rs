@@ -6,7 +6,6 @@
 //! durable consumers acknowledging with AckAll) and Kafka (a topic plus
 //! consumer groups committing offsets); see ARCHITECTURE.md.
 
-pub mod acks;
 pub mod config_store;
 mod crc;
 mod error;
@@ -22,12 +21,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use acks::{AckState, AckTracker};
 pub use config_store::{Change, ConfigError, ConfigStore, NatsConfigStore, Versioned};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};
 pub use nats::{Nats, NatsBackend, NatsConfig};
+pub use spate_core::acks::{self, AckState, AckTracker};
 pub use stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
 pub use throttle::Throttle;
 

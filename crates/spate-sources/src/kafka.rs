@@ -15,7 +15,7 @@
 //! - `ordering: ordered` has one record in flight per partition, in offset order;
 //!   `unordered` has up to [`UNORDERED_IN_FLIGHT`] per consumer.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +28,7 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use spate_api::{InitialOffset, KafkaSpec};
+use spate_core::acks::{AckState, AckTracker};
 use spate_core::{CloudEvent, ExtValue, http_codec, json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -261,22 +262,30 @@ struct Pending {
     event: CloudEvent,
 }
 
-#[derive(Default)]
 struct Part {
     /// Received, not yet started (ordered mode).
     queue: VecDeque<Pending>,
     in_flight: usize,
-    /// Offsets received and not yet accepted downstream.
-    open: BTreeSet<i64>,
-    /// One past the highest offset received.
-    next: i64,
+    /// Offsets received and not yet accepted downstream, and one past the
+    /// highest received: the same bookkeeping as a trigger's (`AckTracker`).
+    acks: AckTracker,
     /// The offset last committed (one past the last accepted prefix).
     committed: i64,
 }
 
 impl Part {
+    /// A partition first seen at `offset` (its committed position).
+    fn at(offset: i64) -> Part {
+        let start = offset.max(0) as u64;
+        Part { queue: VecDeque::new(), in_flight: 0, acks: AckTracker::resume(AckState::at(start)), committed: offset }
+    }
+
     fn commit_position(&self) -> i64 {
-        self.open.first().copied().unwrap_or(self.next)
+        self.acks.committed() as i64
+    }
+
+    fn next(&self) -> i64 {
+        self.acks.next() as i64
     }
 }
 
@@ -342,7 +351,7 @@ impl KafkaConsumer {
                     if let Some(p) = parts.get_mut(&key) {
                         p.in_flight -= 1;
                         if accepted {
-                            p.open.remove(&offset);
+                            p.acks.finish(offset as u64);
                         }
                     }
                     self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
@@ -373,15 +382,14 @@ impl KafkaConsumer {
                         timestamp_ms: m.timestamp().to_millis(),
                         payload: m.payload(),
                     });
-                    let p = parts.entry(key.clone()).or_insert_with(|| Part { next: offset, committed: offset, ..Part::default() });
-                    if offset < p.next {
+                    let p = parts.entry(key.clone()).or_insert_with(|| Part::at(offset));
+                    if offset < p.next() {
                         // Redelivered after a rebalance or a seek: already open or already accepted.
-                        if p.open.contains(&offset) || offset < p.committed {
+                        if p.acks.is_pending(offset as u64) || offset < p.committed {
                             continue;
                         }
                     }
-                    p.next = p.next.max(offset + 1);
-                    p.open.insert(offset);
+                    p.acks.start(offset as u64);
                     p.queue.push_back(Pending { offset, event: ev });
                     uncommitted += 1;
                     self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
@@ -402,7 +410,7 @@ impl KafkaConsumer {
                 if let Ok((key, offset, true)) = done
                     && let Some(p) = parts.get_mut(&key)
                 {
-                    p.open.remove(&offset);
+                    p.acks.finish(offset as u64);
                 }
             }
         };
@@ -495,7 +503,7 @@ impl KafkaConsumer {
                 }
             }
         }
-        parts.values().map(|p| (p.next - p.committed).max(0) as usize).sum()
+        parts.values().map(|p| (p.next() - p.committed).max(0) as usize).sum()
     }
 
     /// This consumer's lag: per owned partition, the high watermark last fetched minus the

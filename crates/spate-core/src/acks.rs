@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::Offset;
+/// Position of a record in a log or partition.
+pub type Offset = u64;
 
 /// At most this many acknowledged ranges are persisted; beyond it the highest
 /// are dropped, which can only cause redelivery, never loss.
@@ -83,6 +84,11 @@ impl AckTracker {
 
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// True if `offset` is handed out and not yet final.
+    pub fn is_pending(&self, offset: Offset) -> bool {
+        self.pending.contains(&offset)
     }
 
     /// True if `offset` was already final before the restart (do not deliver it
