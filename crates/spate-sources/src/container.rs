@@ -107,38 +107,14 @@ impl Supervisor {
 /// Runs the supervisors only while this instance holds the source's lease
 /// (always, alone): started when it is taken, stopped (SIGTERM, then SIGKILL
 /// after the grace) when it is lost, until `stop`.
-pub(crate) async fn run_under_lease(
-    sups: Vec<Supervisor>,
-    mut lease: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut lease_open = true;
-    loop {
-        // Wait to hold the lease.
-        while !*lease.borrow_and_update() {
-            tokio::select! {
-                r = lease.changed(), if lease_open => lease_open = r.is_ok(),
-                _ = stop.changed() => return,
-            }
-        }
-        let (halt, halted) = watch::channel(false);
+pub(crate) async fn run_under_lease(sups: Vec<Supervisor>, lease: watch::Receiver<bool>, stop: watch::Receiver<bool>) {
+    crate::while_held(lease, stop, move |halted| {
         let running: Vec<_> = sups.iter().cloned().map(|s| tokio::spawn(s.run(halted.clone()))).collect();
-        let finish = loop {
-            tokio::select! {
-                _ = stop.changed() => break true,
-                r = lease.changed(), if lease_open => match r {
-                    Ok(()) if !*lease.borrow() => break false,
-                    Ok(()) => {}
-                    Err(_) => lease_open = false,
-                },
+        async move {
+            for r in running {
+                let _ = r.await;
             }
-        };
-        let _ = halt.send(true);
-        for r in running {
-            let _ = r.await;
         }
-        if finish {
-            return;
-        }
-    }
+    })
+    .await
 }

@@ -289,6 +289,7 @@ impl Part {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct KafkaConsumer {
     pub spec: KafkaSpec,
     pub secrets: KafkaSecrets,

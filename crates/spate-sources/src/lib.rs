@@ -157,6 +157,48 @@ pub trait Claims: Send + Sync {
     fn lease(&self, key: String) -> watch::Receiver<bool>;
 }
 
+/// Runs `work` while this instance holds `lease`, until `stop`: `work` gets a
+/// receiver that flips to true when the lease is lost or on stop, and must
+/// then wind down; it starts again when the lease is taken again.
+pub(crate) async fn while_held<F, Fut>(mut lease: watch::Receiver<bool>, mut stop: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut lease_open = true;
+    loop {
+        while !*lease.borrow_and_update() {
+            tokio::select! {
+                r = lease.changed(), if lease_open => lease_open = r.is_ok(),
+                _ = stop.changed() => return,
+            }
+        }
+        let (halt, halted) = watch::channel(false);
+        let mut running = tokio::spawn(work(halted));
+        let finish = loop {
+            tokio::select! {
+                _ = stop.changed() => break true,
+                r = lease.changed(), if lease_open => match r {
+                    Ok(()) if !*lease.borrow() => break false,
+                    Ok(()) => {}
+                    Err(_) => lease_open = false,
+                },
+                // The work ended by itself (it failed): try again while the lease is held.
+                _ = &mut running => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    running = tokio::spawn(std::future::ready(()));
+                    break false;
+                }
+            }
+        };
+        let _ = halt.send(true);
+        let _ = running.await;
+        if finish {
+            return;
+        }
+    }
+}
+
 /// One instance: every claim and lease is granted.
 pub struct Alone;
 
@@ -390,7 +432,7 @@ impl Sources {
             }
             SourceSpec::Container(containers) => self.start_containers(k, d, containers, sink, &stop_rx, &mut run),
             SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => self.start_webhook(k, d, spec, emitter, &mut run),
-            SourceSpec::Kafka(spec) => start_kafka(d, spec, emitter, &stop_rx, &mut run),
+            SourceSpec::Kafka(spec) => start_kafka(&self.claims, d, spec, emitter, &stop_rx, &mut run),
         }
         run
     }
@@ -535,6 +577,7 @@ impl Sources {
 
 /// KafkaSource: `consumers` consumer tasks and one that sums their lag.
 fn start_kafka(
+    claims: &Arc<dyn Claims>,
     d: &ResolvedSource,
     spec: &spate_api::KafkaSpec,
     emitter: Arc<emit::Emitter>,
@@ -556,13 +599,22 @@ fn start_kafka(
         lags.push(lag.clone());
         let c =
             kafka::KafkaConsumer { spec: spec.clone(), secrets: secrets.clone(), emitter: emitter.clone(), index, lag };
-        match c.create() {
-            Ok(consumer) => run.tasks.push(tokio::spawn(c.run(consumer, stop_rx.clone()))),
-            Err(e) => {
-                run.problem = Some(("KafkaClientFailed".into(), e));
-                break;
-            }
+        if let Err(e) = c.create() {
+            run.problem = Some(("KafkaClientFailed".into(), e));
+            break;
         }
+        // Each consumer (its share of the partitions) runs on one instance of a
+        // cluster: the holder of its lease, so no partition is consumed twice.
+        let lease = claims.lease(format!("kafka/{label}/{index}"));
+        run.tasks.push(tokio::spawn(while_held(lease, stop_rx.clone(), move |halted| {
+            let c = c.clone();
+            async move {
+                match c.create() {
+                    Ok(consumer) => c.run(consumer, halted).await,
+                    Err(e) => tracing::warn!(source = %c.emitter.label, error = %e, "Kafka consumer could not start"),
+                }
+            }
+        })));
     }
     let stats = run.stats.clone();
     let mut stop = stop_rx.clone();

@@ -305,3 +305,63 @@ async fn cloudevents_in_kafka_binary_mode_keep_their_attributes() {
     assert_eq!(w.extension("kafkaheadertraceid").map(|v| v.to_canonical().into_owned()).as_deref(), Some("t-1"));
     assert_eq!(w.extension("key").map(|v| v.to_canonical().into_owned()).as_deref(), Some("k"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_never_consume_a_partition_twice_and_take_over_from_a_dead_one() {
+    let Some(addr) = broker_addr() else { return };
+    if !nats_available() {
+        return;
+    }
+    let nats = NatsCluster::new("kafkasplit");
+    let topic = unique("split");
+    create_topic(&addr, &topic, 3).await;
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    produce(&p, &topic, 3, 0, 6_000);
+    let mut args = nats.args();
+    args.extend(["--config-store".to_string(), "nats".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempdir()).collect();
+    let mut servers: Vec<Server> = dirs.iter().map(|d| Server::start(d.path(), &args)).collect();
+    // A slow sink: the records outlive the instance killed below.
+    let sink = Sink::with(accept_all(), Duration::from_millis(20)).await;
+    servers[0].apply_ok(&kafka_source("split", &addr, &topic, "unordered", &sink.url, "  consumers: 3\n")).await;
+    wait_count(&sink, 1_000, &servers[0], "split").await;
+    let ids: Vec<String> = sink.events().iter().map(|r| r.event.id.clone()).collect();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "no record consumed twice while every instance is up");
+    // Kill the instance that has emitted the most: it holds consumer leases.
+    let mut emitted = vec![];
+    for s in &servers {
+        let m = s.metrics().await;
+        let n: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("spate_source_events_total") && l.contains("kafkasources/default/split"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        emitted.push(n);
+    }
+    let holder = (0..3).max_by(|a, b| emitted[*a].total_cmp(&emitted[*b])).unwrap();
+    println!("emitted per instance before the kill: {emitted:?}; killing instance {holder}");
+    servers[holder].kill();
+    let killed_at = sink.count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sink.events().iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() < 6_000 {
+        assert!(Instant::now() < deadline, "records stopped arriving after an instance died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(killed_at < 6_000, "the kill happened mid-stream ({killed_at} delivered)");
+    let got = sink.events();
+    let dups = got.len() - got.iter().map(|r| &r.event.id).collect::<HashSet<_>>().len();
+    let bound = 3 * 2 * spate_sources::kafka::MAX_UNCOMMITTED;
+    println!(
+        "KafkaSource on three instances, one killed after {killed_at}: 6000 records, {dups} duplicate(s), bound {bound}"
+    );
+    assert!(dups <= bound, "{dups} duplicates exceed {bound}");
+    servers.clear();
+    drop(nats);
+}
