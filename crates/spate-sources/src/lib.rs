@@ -155,7 +155,13 @@ pub trait Claims: Send + Sync {
     /// Takes part in the lease `key`: the receiver says whether this instance
     /// holds it now. Dropping the receiver releases it.
     fn lease(&self, key: String) -> watch::Receiver<bool>;
+    /// A value every instance sees (a webhook registration), if recorded.
+    fn recall(&self, key: String) -> BoxFut<'_, Option<String>>;
+    /// Records (`Some`) or forgets (`None`) a value every instance sees.
+    fn remember(&self, key: String, value: Option<String>) -> BoxFut<'_, ()>;
 }
+
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Runs `work` while this instance holds `lease`, until `stop`: `work` gets a
 /// receiver that flips to true when the lease is lost or on stop, and must
@@ -209,6 +215,12 @@ impl Claims for Alone {
     fn lease(&self, _key: String) -> watch::Receiver<bool> {
         // The sender goes at once: the value stays true for good.
         watch::channel(true).1
+    }
+    fn recall(&self, _key: String) -> BoxFut<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+    fn remember(&self, _key: String, _value: Option<String>) -> BoxFut<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -431,7 +443,9 @@ impl Sources {
                 run.tasks.push(tokio::spawn(ping::run(spec.clone(), emitter, claims, stop_rx)))
             }
             SourceSpec::Container(containers) => self.start_containers(k, d, containers, sink, &stop_rx, &mut run),
-            SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => self.start_webhook(k, d, spec, emitter, &mut run),
+            SourceSpec::GitHub(spec) | SourceSpec::GitLab(spec) => {
+                self.start_webhook(k, d, spec, emitter, &stop_rx, &mut run)
+            }
             SourceSpec::Kafka(spec) => start_kafka(&self.claims, d, spec, emitter, &stop_rx, &mut run),
         }
         run
@@ -497,6 +511,7 @@ impl Sources {
         d: &ResolvedSource,
         spec: &spate_api::WebhookSpec,
         emitter: Arc<emit::Emitter>,
+        stop_rx: &watch::Receiver<bool>,
         run: &mut Running,
     ) {
         let label = key_name(k);
@@ -520,27 +535,20 @@ impl Sources {
                 run.registration.clone(),
                 label.clone(),
             );
-            let path = self.cfg.dir.join("webhooks.json");
-            run.tasks.push(tokio::spawn(async move {
-                let known = regs.lock().expect("registrations").get(&rec_key).cloned();
-                if let Some(r) = known.filter(|r| r.url == url && r.reg.hooks_url.starts_with(&spec.api_url)) {
-                    *slot.lock().expect("registration") = Ok(Some(r.reg.id));
-                    return;
-                }
-                match webhook::register(&client, provider, &spec, &access, &secret_token, &url).await {
-                    Ok(reg) => {
-                        tracing::info!(source = %rec_key, hook = %reg.id, "webhook registered");
-                        *slot.lock().expect("registration") = Ok(Some(reg.id.clone()));
-                        let mut g = regs.lock().expect("registrations");
-                        g.insert(rec_key, Registered { reg, url });
-                        save_registrations(&path, &g);
-                    }
-                    Err(e) => {
-                        tracing::warn!(source = %rec_key, error = %e, "webhook registration failed");
-                        *slot.lock().expect("registration") = Err(e);
-                    }
-                }
-            }));
+            let registrar = Registrar {
+                client,
+                provider,
+                spec,
+                access,
+                secret_token,
+                url,
+                regs,
+                path: self.cfg.dir.join("webhooks.json"),
+                slot,
+                key: rec_key,
+                claims: self.claims.clone(),
+            };
+            run.tasks.push(tokio::spawn(registrar.run(stop_rx.clone())));
         }
     }
 
@@ -566,6 +574,7 @@ impl Sources {
                 if let Err(e) = webhook::unregister(&self.client, h.provider, &known.reg, &access).await {
                     tracing::warn!(source = %rec_key, error = %e, "could not remove the webhook; remove it by hand");
                 }
+                self.claims.remember(format!("webhook/{rec_key}"), None).await;
                 save_registrations(
                     &self.cfg.dir.join("webhooks.json"),
                     &self.registrations.lock().expect("registrations"),
@@ -663,5 +672,101 @@ fn save_registrations(path: &std::path::Path, regs: &BTreeMap<String, Registered
         std::fs::write(&tmp, serde_json::to_vec_pretty(&v).expect("JSON")).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = ok {
         tracing::warn!(file = %path.display(), error = %e, "cannot save webhook registrations");
+    }
+}
+
+/// Registers a webhook once per cluster: the holder of the source's lease
+/// registers it (or adopts the registration another instance recorded);
+/// every other instance learns its id from the shared record.
+struct Registrar {
+    client: reqwest::Client,
+    provider: Provider,
+    spec: spate_api::WebhookSpec,
+    access: String,
+    secret_token: String,
+    url: String,
+    regs: Arc<Mutex<BTreeMap<String, Registered>>>,
+    path: PathBuf,
+    slot: Arc<Mutex<Result<Option<String>, String>>>,
+    key: String,
+    claims: Arc<dyn Claims>,
+}
+
+impl Registrar {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let shared_key = format!("webhook/{}", self.key);
+        let mut lease = self.claims.lease(shared_key.clone());
+        let mut lease_open = true;
+        let mut last_try: Option<std::time::Instant> = None;
+        loop {
+            let holder = *lease.borrow_and_update();
+            // The holder owns the registration (it removes it on deletion); others only show its id.
+            let done = if holder {
+                self.regs.lock().expect("registrations").contains_key(&self.key)
+            } else {
+                matches!(*self.slot.lock().expect("registration"), Ok(Some(_)))
+            };
+            // A failed registration is tried again after 30 s, not at every tick.
+            let due = last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(30));
+            if !done {
+                if holder && due {
+                    last_try = Some(std::time::Instant::now());
+                    self.register_or_adopt(&shared_key).await;
+                } else if let Some(reg) = self.recall(&shared_key).await {
+                    *self.slot.lock().expect("registration") = Ok(Some(reg.reg.id));
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = lease.changed(), if lease_open => lease_open = r.is_ok(),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// A registration recorded by any instance for this URL and API.
+    async fn recall(&self, shared_key: &str) -> Option<Registered> {
+        let v: Value = serde_json::from_str(&self.claims.recall(shared_key.to_string()).await?).ok()?;
+        let reg =
+            webhook::Registration { id: v["id"].as_str()?.to_string(), hooks_url: v["hooksUrl"].as_str()?.to_string() };
+        let r = Registered { reg, url: v["url"].as_str()?.to_string() };
+        (r.url == self.url && r.reg.hooks_url.starts_with(&self.spec.api_url)).then_some(r)
+    }
+
+    async fn register_or_adopt(&self, shared_key: &str) {
+        let local = self.regs.lock().expect("registrations").get(&self.key).cloned();
+        let known = match local.filter(|r| r.url == self.url && r.reg.hooks_url.starts_with(&self.spec.api_url)) {
+            Some(r) => Some(r),
+            None => self.recall(shared_key).await,
+        };
+        let reg = match known {
+            Some(r) => r,
+            None => match webhook::register(
+                &self.client,
+                self.provider,
+                &self.spec,
+                &self.access,
+                &self.secret_token,
+                &self.url,
+            )
+            .await
+            {
+                Ok(reg) => {
+                    tracing::info!(source = %self.key, hook = %reg.id, "webhook registered");
+                    Registered { reg, url: self.url.clone() }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.key, error = %e, "webhook registration failed");
+                    *self.slot.lock().expect("registration") = Err(e);
+                    return;
+                }
+            },
+        };
+        let record = json!({"id": reg.reg.id, "hooksUrl": reg.reg.hooks_url, "url": reg.url}).to_string();
+        self.claims.remember(shared_key.to_string(), Some(record)).await;
+        *self.slot.lock().expect("registration") = Ok(Some(reg.reg.id.clone()));
+        let mut g = self.regs.lock().expect("registrations");
+        g.insert(self.key.clone(), reg);
+        save_registrations(&self.path, &g);
     }
 }

@@ -6,6 +6,8 @@
 //!   after their last write. The holder rewrites it every third of that
 //!   (compare and swap on its revision); others try to create it as often. When
 //!   the holder dies its key expires and another instance takes the lease.
+//! - A record is a value in `<cluster>-records` every instance reads (a
+//!   webhook's registration, so it is made once and removed once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6);
 pub struct NatsClaims {
     pub claims: NatsConfigStore,
     pub leases: Arc<NatsConfigStore>,
+    /// Values every instance sees (webhook registrations), in `<cluster>-records`.
+    pub records: NatsConfigStore,
     /// This instance, as written into the leases it holds.
     pub holder: String,
 }
@@ -36,6 +40,28 @@ impl Claims for NatsClaims {
                     tracing::warn!(%key, error = %e, "cannot claim once-per-cluster work; doing it here");
                     true
                 }
+            }
+        })
+    }
+
+    fn recall(&self, key: String) -> spate_sources::BoxFut<'_, Option<String>> {
+        Box::pin(async move {
+            let v = self.records.get(&key).await.ok()??;
+            String::from_utf8(v.value.to_vec()).ok()
+        })
+    }
+
+    fn remember(&self, key: String, value: Option<String>) -> spate_sources::BoxFut<'_, ()> {
+        Box::pin(async move {
+            let r = match value {
+                Some(v) => {
+                    let rev = self.records.get(&key).await.ok().flatten().map_or(0, |e| e.revision);
+                    self.records.put(&key, Bytes::from(v), rev).await.map(|_| ())
+                }
+                None => self.records.delete(&key).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(%key, error = %e, "cannot record a shared value");
             }
         })
     }

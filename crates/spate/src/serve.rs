@@ -240,7 +240,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("opening the leases bucket")?;
         let holder = format!("{}-{}", std::process::id(), base_url(data_addr));
-        let claims = crate::cluster::NatsClaims { claims, leases: Arc::new(leases), holder };
+        let records = NatsConfigStore::open(n, "records").await.context("opening the records bucket")?;
+        let claims = crate::cluster::NatsClaims { claims, leases: Arc::new(leases), records, holder };
         sources = sources.with_claims(Arc::new(claims));
     }
     let sources = Arc::new(sources);

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -461,4 +461,62 @@ async fn a_replayed_github_delivery_is_emitted_once_and_large_payloads_are_accep
     let ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();
     assert_eq!(ids, ["d-1", "d-2"], "each delivery id emitted once");
     assert_eq!(got[0].event.data.as_ref().map(|d| d.len()), Some(payload.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_is_registered_once_per_cluster_and_its_id_survives_its_registrar() {
+    if !nats_available() {
+        return;
+    }
+    let nats = NatsCluster::new("webhook");
+    let (api, calls) = fake_api().await;
+    // One public address for the cluster, as a load balancer in front of it would be.
+    let mut args = nats.args();
+    args.extend(["--config-store", "nats", "--public-url", "http://hooks.example"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempdir()).collect();
+    let mut servers: Vec<Server> = dirs.iter().map(|d| Server::start(d.path(), &args)).collect();
+    servers[0]
+        .apply_ok(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gh\nstringData:\n  accessToken: ghp_t\n  secretToken: s\n---\napiVersion: sources.knative.dev/v1alpha1\nkind: GitHubSource\nmetadata:\n  name: repo\nspec:\n  ownerAndRepository: octo/spoon\n  eventTypes: [push]\n  githubAPIURL: {api}\n  accessToken:\n    secretKeyRef: {{name: gh, key: accessToken}}\n  secretToken:\n    secretKeyRef: {{name: gh, key: secretToken}}\n  sink:\n    uri: http://127.0.0.1:9/\n"
+        ))
+        .await;
+    // Every instance reports the one hook.
+    for s in &servers {
+        let st = wait_status(s, "sources.knative.dev/v1alpha1", "githubsources", "repo", "webhook id", |v| {
+            v.pointer("/status/webhookIDKey").is_some()
+        })
+        .await;
+        assert_eq!(st["status"]["webhookIDKey"], "42");
+    }
+    let posts = |c: &[(String, String, Value)]| c.iter().filter(|(w, _, _)| w.starts_with("POST")).count();
+    assert_eq!(posts(&calls.lock().unwrap()), 1, "registered once for the cluster");
+    // The registrar dies; its lease moves; the next holder adopts the hook instead of adding one.
+    let registrar = (0..3).find(|i| dirs[*i].path().join("sources/webhooks.json").exists()).expect("a registrar");
+    servers[registrar].kill();
+    let survivor = (registrar + 1) % 3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..3).any(|i| i != registrar && dirs[i].path().join("sources/webhooks.json").exists()) {
+        assert!(Instant::now() < deadline, "no instance took the webhook over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(posts(&calls.lock().unwrap()), 1, "the new holder adopted the hook: {:?}", calls.lock().unwrap());
+    // Deleted on a survivor: removed once.
+    let r = client()
+        .delete(format!(
+            "{}/apis/sources.knative.dev/v1alpha1/namespaces/default/githubsources/repo",
+            servers[survivor].admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !calls.lock().unwrap().iter().any(|(w, _, _)| w == "DELETE /repos/octo/spoon/hooks/42") {
+        assert!(Instant::now() < deadline, "the hook was not removed: {:?}", calls.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    servers.clear();
+    let deletes = calls.lock().unwrap().iter().filter(|(w, _, _)| w.starts_with("DELETE")).count();
+    assert_eq!(deletes, 1, "removed once: {:?}", calls.lock().unwrap());
 }
