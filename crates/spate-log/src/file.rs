@@ -442,26 +442,43 @@ impl FileLog {
         self.shared.lock().expect("log lock").segments.len()
     }
 
-    fn read_sync(&self, from: Offset, max: usize) -> Result<Vec<Record>, LogError> {
+    /// Serves a read from memory (the tail cache, or nothing to read), or
+    /// says where on disk to read it.
+    fn locate(&self, from: Offset, max: usize) -> Result<Vec<Record>, DiskRead> {
         let end = *self.end_rx.borrow();
-        let (file, path, pos, mut next, seg_end) = {
-            let g = self.shared.lock().expect("log lock");
-            let start = g.segments.first().map_or(0, |s| s.base);
-            let from = from.max(start);
-            if from >= end || max == 0 {
-                return Ok(vec![]);
-            }
-            if let Some(first) = g.cache.front()
-                && from >= first.offset
-            {
-                let skip = (from - first.offset) as usize;
-                return Ok(g.cache.iter().skip(skip).take(max).filter(|r| r.offset < end).cloned().collect());
-            }
-            let i = g.segments.partition_point(|s| s.base <= from).saturating_sub(1);
-            let s = &g.segments[i];
-            let (o, p) = s.position_for(from);
-            (s.file.clone(), s.path.clone(), p, o, s.end.min(end))
-        };
+        let g = self.shared.lock().expect("log lock");
+        let start = g.segments.first().map_or(0, |s| s.base);
+        let from = from.max(start);
+        if from >= end || max == 0 {
+            return Ok(vec![]);
+        }
+        if let Some(first) = g.cache.front()
+            && from >= first.offset
+        {
+            let skip = (from - first.offset) as usize;
+            return Ok(g.cache.iter().skip(skip).take(max).filter(|r| r.offset < end).cloned().collect());
+        }
+        let i = g.segments.partition_point(|s| s.base <= from).saturating_sub(1);
+        let s = &g.segments[i];
+        let (next, pos) = s.position_for(from);
+        Err(DiskRead { file: s.file.clone(), path: s.path.clone(), pos, next, from, max, seg_end: s.end.min(end) })
+    }
+}
+
+/// A read that has to go to a segment file (a reader far behind the tail).
+struct DiskRead {
+    file: Arc<File>,
+    path: PathBuf,
+    pos: u64,
+    next: Offset,
+    from: Offset,
+    max: usize,
+    seg_end: Offset,
+}
+
+impl DiskRead {
+    fn read(self) -> Result<Vec<Record>, LogError> {
+        let DiskRead { file, path, pos, mut next, from, max, seg_end } = self;
         let want_end = (from + max as Offset).min(seg_end);
         let mut out = Vec::with_capacity((want_end - from) as usize);
         let mut pos = pos;
@@ -554,8 +571,22 @@ impl EventLog for FileLog {
     }
 
     fn read(&self, from: Offset, max: usize) -> BoxFuture<'_, Result<Vec<Record>, LogError>> {
-        let r = self.read_sync(from, max);
-        Box::pin(async move { r })
+        // From memory at once; from disk on the blocking pool, never on a runtime worker.
+        let located = self.locate(from, max);
+        Box::pin(async move {
+            match located {
+                Ok(records) => Ok(records),
+                Err(disk) => match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let path = disk.path.display().to_string();
+                        rt.spawn_blocking(move || disk.read()).await.unwrap_or_else(|e| {
+                            Err(LogError::Io { path, source: std::io::Error::other(e.to_string()) })
+                        })
+                    }
+                    Err(_) => disk.read(),
+                },
+            }
+        })
     }
 
     fn end_offset(&self) -> Offset {
