@@ -72,6 +72,24 @@ impl Resource {
     }
 }
 
+/// The server's defaulting (Knative's defaulting webhook): a Broker without
+/// `eventing.knative.dev/broker.class` gets `default_class` written into its
+/// manifest and config, so its storage never changes with a later
+/// `--default-broker-class`.
+pub fn default_broker_class(resource: &mut Resource, compiled: &mut Compiled, default_class: &str) {
+    let Compiled::Broker(b) = compiled else { return };
+    if b.class.is_some() {
+        return;
+    }
+    b.class = Some(default_class.to_string());
+    if let Some(meta) = resource.manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(BROKER_CLASS_ANNOTATION.to_string(), Value::String(default_class.to_string()));
+        }
+    }
+}
+
 /// The runtime view of a resource, compiled at admission.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Compiled {

@@ -377,7 +377,11 @@ impl ControlPlane {
 
     /// Admits a whole manifest text: all or nothing.
     pub async fn apply(&self, text: &str, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
-        let admitted = spate_api::admit_text(text)?;
+        let mut admitted = spate_api::admit_text(text)?;
+        let default_class = self.eventing.config().default_broker_class.clone();
+        for (r, c) in &mut admitted {
+            spate_api::default_broker_class(r, c, &default_class);
+        }
         let mut store = self.store.lock().await;
         let mut conflicts = vec![];
         for (r, _) in &admitted {

@@ -43,7 +43,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
         OutputFormat::Table => {
             let mut rows: Vec<Vec<String>> = vec![];
             let header: Vec<&str> = match kind {
-                Kind::Broker => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"],
+                Kind::Broker => vec!["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
                 Kind::Trigger => vec!["NAMESPACE", "NAME", "BROKER", "SUBSCRIBER_URI", "READY", "REASON"],
                 Kind::Channel
                 | Kind::InMemoryChannel
@@ -71,7 +71,15 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 let ns = s(it, "/metadata/namespace").to_string();
                 let name = s(it, "/metadata/name").to_string();
                 rows.push(match kind {
-                    Kind::Broker => vec![ns, name, s(it, "/status/address/url").into(), r, reason],
+                    Kind::Broker => {
+                        let class = it
+                            .pointer("/metadata/annotations")
+                            .and_then(|a| a.get(spate_api::BROKER_CLASS_ANNOTATION))
+                            .and_then(Value::as_str)
+                            .unwrap_or("-")
+                            .to_string();
+                        vec![ns, name, class, s(it, "/status/address/url").into(), r, reason]
+                    }
                     Kind::Channel
                     | Kind::InMemoryChannel
                     | Kind::NatsJetStreamChannel

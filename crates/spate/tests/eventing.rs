@@ -563,3 +563,26 @@ async fn router_handoffs_lose_nothing_and_duplicate_nothing() {
     assert!(attaches("fast") >= 1.0, "the fast trigger was fed by the router:\n{m}");
     assert!(attaches("slow") >= 2.0, "the slow trigger was detached and re-attached at least once:\n{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokers_class_is_defaulted_once_and_kept_across_a_changed_server_default() {
+    let dir = tempdir();
+    let sink = Sink::start().await;
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&[broker("default", ""), trigger("t", "default", "", &sink.url, "")].join("---\n")).await;
+    let b = s.get("brokers", "default", "default").await;
+    assert_eq!(b["metadata"]["annotations"]["eventing.knative.dev/broker.class"], "MTChannelBasedBroker", "{b}");
+    drop(s);
+    // Restarted with another default: the stored broker keeps its class (and its events' storage).
+    let s = Server::start(
+        dir.path(),
+        &["--default-broker-class", "NatsJetStreamBroker", "--nats-url", "nats://127.0.0.1:1"],
+    );
+    let b = s.get("brokers", "default", "default").await;
+    assert_eq!(b["metadata"]["annotations"]["eventing.knative.dev/broker.class"], "MTChannelBasedBroker");
+    assert_eq!(send(&s.broker_url("default", "default"), "kept", "t", "{}").await, 202);
+    sink.wait_for_id("kept").await;
+    let out = std::process::Command::new(BIN).args(["get", "brokers", "--server", &s.admin]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("CLASS") && table.contains("MTChannelBasedBroker"), "{table}");
+}
