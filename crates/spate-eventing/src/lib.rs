@@ -10,6 +10,7 @@ mod reconcile;
 mod router;
 mod stream_worker;
 mod trigger;
+mod workers;
 
 use std::time::Duration;
 

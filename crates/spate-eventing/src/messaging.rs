@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use crate::broker::PublishError;
 use crate::feed::Feed;
 use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
-use crate::stream_worker::StreamWorker;
 use crate::trigger::{ReplyPlan, TriggerWorker, WorkerPlan};
+use crate::workers::Source;
 
 /// Name of step `i`'s channel and subscription in a Sequence.
 pub fn sequence_channel(sequence: &str, i: usize) -> String {
@@ -281,20 +281,6 @@ impl Drain {
 }
 
 impl Eventing {
-    /// Stops the stream subscriptions of channel `ns/name`.
-    async fn stop_stream_subs(&self, stream_subs: &mut HashMap<Key, StreamWorker>, ns: &str, name: &str) {
-        let stale: Vec<Key> = stream_subs
-            .iter()
-            .filter(|(_, w)| w.plan.namespace == ns && w.plan.source == name)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(w) = stream_subs.remove(&k) {
-                w.stop().await;
-            }
-        }
-    }
-
     fn channel_backend(&self, storage: ChannelStorage) -> Arc<dyn LogBackend> {
         match storage {
             ChannelStorage::Memory => self.memory.clone(),
@@ -316,7 +302,6 @@ impl Eventing {
         out: &mut Vec<ResourceStatus>,
     ) {
         let mut subs = self.subscriptions.lock().await;
-        let mut stream_subs = self.stream_subs.lock().await;
         let want: HashSet<Key> = x.channels.iter().map(|c| (c.namespace.clone(), c.name.clone())).collect();
 
         // Draining channels that are wanted again come back with their log.
@@ -342,16 +327,10 @@ impl Eventing {
             .collect();
         for ch in gone {
             let (ns, name) = (ch.config.namespace.clone(), ch.config.name.clone());
-            let stale: Vec<Key> = subs
-                .iter()
-                .filter(|(_, w)| w.plan.namespace == ns && w.plan.source == name)
-                .map(|(k, _)| k.clone())
-                .collect();
-            let workers: Vec<TriggerWorker> = stale.iter().filter_map(|k| subs.remove(k)).collect();
+            let workers: Vec<TriggerWorker> = subs.take_source(&ns, &name).await;
             self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
             if let ChannelStore::Stream(_) = &ch.store {
-                // A NATS channel: its subscriptions stop and its stream goes (no drain).
-                self.stop_stream_subs(&mut stream_subs, &ns, &name).await;
+                // A NATS channel: its subscriptions stopped and its stream goes (no drain).
                 if let Some(streams) = &self.streams
                     && let Err(e) = streams.remove(&channel_log_name(&ns, &name)).await
                 {
@@ -421,71 +400,21 @@ impl Eventing {
 
         // Subscriptions.
         let want_subs: HashSet<Key> = x.subscriptions.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
-        let removed: Vec<Key> = subs.keys().filter(|k| !want_subs.contains(*k)).cloned().collect();
-        for k in removed {
-            if let Some(w) = subs.remove(&k) {
-                let feed = w.feed.clone();
-                let consumer = w.plan.consumer();
-                w.stop().await;
-                let _ = feed.log.remove_consumer(&consumer);
-            }
-        }
-        let removed: Vec<Key> = stream_subs.keys().filter(|k| !want_subs.contains(*k)).cloned().collect();
-        for k in removed {
-            if let Some(w) = stream_subs.remove(&k) {
-                let (stream, consumer) = (w.stream.clone(), w.plan.consumer());
-                w.stop().await;
-                if let Err(e) = stream.remove_consumer(&consumer).await {
-                    tracing::warn!(subscription = %consumer, error = %e, "could not delete the subscription's consumer");
-                }
-            }
-        }
+        subs.remove_except(&want_subs).await;
         let mut sub_status: HashMap<Key, ResourceStatus> = HashMap::new();
         for s in &x.subscriptions {
             let key = (s.namespace.clone(), s.name.clone());
             let channel = self.channel(&s.namespace, &s.channel);
             let (plan, st) = self.plan_subscription(s, channel.as_ref().map(|c| &c.config), names);
             match (plan, channel) {
-                (Some(plan), Some(ch)) => match &ch.store {
-                    ChannelStore::Log(feed) => {
-                        if let Some(old) = stream_subs.remove(&key) {
-                            old.stop().await;
-                        }
-                        let same = subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, feed));
-                        if !same {
-                            if let Some(old) = subs.remove(&key) {
-                                old.stop().await;
-                            }
-                            subs.insert(
-                                key.clone(),
-                                TriggerWorker::start(plan, feed.clone(), None, self.dispatcher.clone()),
-                            );
-                        }
-                    }
-                    ChannelStore::Stream(stream) => {
-                        if let Some(old) = subs.remove(&key) {
-                            old.stop().await;
-                        }
-                        let same =
-                            stream_subs.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.stream, stream));
-                        if !same {
-                            if let Some(old) = stream_subs.remove(&key) {
-                                old.stop().await;
-                            }
-                            let (d, wait) = (self.dispatcher.clone(), self.config.ack_wait);
-                            stream_subs
-                                .insert(key.clone(), StreamWorker::start(plan, stream.clone(), None, d, wait).await);
-                        }
-                    }
-                },
-                _ => {
-                    if let Some(old) = subs.remove(&key) {
-                        old.stop().await;
-                    }
-                    if let Some(old) = stream_subs.remove(&key) {
-                        old.stop().await;
-                    }
+                (Some(plan), Some(ch)) => {
+                    let source = match &ch.store {
+                        ChannelStore::Log(feed) => Source::Log(feed),
+                        ChannelStore::Stream(stream) => Source::Stream(stream),
+                    };
+                    subs.place(key.clone(), plan, source, None, &self.dispatcher, self.config.ack_wait).await;
                 }
+                _ => subs.stop(&key).await,
             }
             if let Some(cs) = channel_status.get_mut(&(s.namespace.clone(), s.channel.clone())) {
                 let mut child = ResourceStatus::new(Kind::Subscription, &s.namespace, &s.name, vec![]);

@@ -12,9 +12,9 @@ use tokio::sync::Mutex;
 
 use crate::broker::{Broker, Storage};
 use crate::messaging::Channel;
-use crate::stream_worker::StreamWorker;
-use crate::trigger::{ReplyPlan, TriggerStats, TriggerWorker, WorkerPlan};
-use crate::{EventingConfig, broker_log_name, trigger_consumer};
+use crate::trigger::{ReplyPlan, TriggerStats, WorkerPlan};
+use crate::workers::{Source, Workers};
+use crate::{EventingConfig, broker_log_name};
 
 /// What the control plane wants running.
 #[derive(Debug, Default, Clone)]
@@ -86,15 +86,11 @@ pub struct Eventing {
     pub(crate) memory: Arc<MemoryBackend>,
     pub(crate) dispatcher: Dispatcher,
     brokers: RwLock<HashMap<Key, Arc<Broker>>>,
-    triggers: Mutex<HashMap<Key, TriggerWorker>>,
-    /// Triggers of brokers on a shared engine (durable consumers).
-    stream_triggers: Mutex<HashMap<Key, StreamWorker>>,
-    /// Subscriptions of channels on a shared engine.
-    pub(crate) stream_subs: Mutex<HashMap<Key, StreamWorker>>,
+    triggers: Mutex<Workers>,
     /// The shared engine (NATS JetStream), when the server has one.
     pub(crate) streams: Option<Arc<dyn StreamBackend>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
-    pub(crate) subscriptions: Mutex<HashMap<Key, TriggerWorker>>,
+    pub(crate) subscriptions: Mutex<Workers>,
     /// Channels removed from a flow, delivering what they still hold.
     pub(crate) draining: Mutex<HashMap<Key, crate::messaging::Drain>>,
 }
@@ -107,12 +103,10 @@ impl Eventing {
             dispatcher,
             memory: Arc::new(MemoryBackend::default()),
             brokers: RwLock::new(HashMap::new()),
-            triggers: Mutex::new(HashMap::new()),
-            stream_triggers: Mutex::new(HashMap::new()),
-            stream_subs: Mutex::new(HashMap::new()),
+            triggers: Mutex::new(Workers::default()),
             streams: None,
             channels: RwLock::new(HashMap::new()),
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(Workers::default()),
             draining: Mutex::new(HashMap::new()),
         }
     }
@@ -153,11 +147,7 @@ impl Eventing {
 
     /// Live counters for a trigger, if its worker runs.
     pub async fn trigger_stats(&self, namespace: &str, name: &str) -> Option<Arc<TriggerStats>> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(w) = self.triggers.lock().await.get(&key) {
-            return Some(w.stats.clone());
-        }
-        self.stream_triggers.lock().await.get(&key).map(|w| w.stats.clone())
+        self.triggers.lock().await.stats(&(namespace.to_string(), name.to_string()))
     }
 
     pub fn channel_address(&self, namespace: &str, name: &str) -> String {
@@ -332,29 +322,10 @@ impl Eventing {
         Ok(())
     }
 
-    /// Stops every trigger reading broker `key` (it is gone or replaced).
+    /// Stops every trigger reading broker `key` (it is gone).
     async fn stop_triggers_of(&self, key: &Key) {
-        let mut triggers = self.triggers.lock().await;
-        let stale: Vec<Key> = triggers
-            .iter()
-            .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for t in stale {
-            if let Some(w) = triggers.remove(&t) {
-                w.stop().await;
-            }
-        }
-        let mut stream_triggers = self.stream_triggers.lock().await;
-        let stale: Vec<Key> = stream_triggers
-            .iter()
-            .filter(|(_, w)| w.plan.namespace == key.0 && w.plan.source == key.1)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for t in stale {
-            if let Some(w) = stream_triggers.remove(&t) {
-                w.stop().await;
-            }
+        for w in self.triggers.lock().await.take_source(&key.0, &key.1).await {
+            w.stop().await;
         }
     }
 
@@ -362,70 +333,23 @@ impl Eventing {
     /// every desired trigger runs on its broker's storage.
     async fn reconcile_triggers(&self, desired: &Desired, names: &Addressables, statuses: &mut Vec<ResourceStatus>) {
         let mut triggers = self.triggers.lock().await;
-        let mut stream_triggers = self.stream_triggers.lock().await;
         let desired_triggers: HashSet<Key> =
             desired.triggers.iter().map(|t| (t.namespace.clone(), t.name.clone())).collect();
-        let removed: Vec<Key> = triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
-        for key in removed {
-            if let Some(w) = triggers.remove(&key) {
-                let feed = w.feed.clone();
-                w.stop().await;
-                let _ = feed.log.remove_consumer(&trigger_consumer(&key.0, &key.1));
-            }
-        }
-        let removed: Vec<Key> = stream_triggers.keys().filter(|k| !desired_triggers.contains(*k)).cloned().collect();
-        for key in removed {
-            if let Some(w) = stream_triggers.remove(&key) {
-                let (stream, consumer) = (w.stream.clone(), w.plan.consumer());
-                w.stop().await;
-                if let Err(e) = stream.remove_consumer(&consumer).await {
-                    tracing::warn!(trigger = %consumer, error = %e, "could not delete the trigger's consumer");
-                }
-            }
-        }
+        triggers.remove_except(&desired_triggers).await;
         for t in &desired.triggers {
             let key = (t.namespace.clone(), t.name.clone());
             let (plan, mut st) = self.plan_trigger(t, names);
-            let broker = self.broker(&t.namespace, &t.broker);
-            match (plan, broker) {
-                (Some(plan), Some(broker)) => match &broker.storage {
-                    Storage::Log { feed, .. } => {
-                        if let Some(old) = stream_triggers.remove(&key) {
-                            old.stop().await;
-                        }
-                        let same = triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, feed));
-                        if !same {
-                            if let Some(old) = triggers.remove(&key) {
-                                old.stop().await;
-                            }
-                            let w =
-                                TriggerWorker::start(plan, feed.clone(), Some(broker.clone()), self.dispatcher.clone());
-                            triggers.insert(key, w);
-                        }
-                    }
-                    Storage::Stream(stream) => {
-                        if let Some(old) = triggers.remove(&key) {
-                            old.stop().await;
-                        }
-                        let same =
-                            stream_triggers.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.stream, stream));
-                        if !same {
-                            if let Some(old) = stream_triggers.remove(&key) {
-                                old.stop().await;
-                            }
-                            let (d, wait) = (self.dispatcher.clone(), self.config.ack_wait);
-                            let w = StreamWorker::start(plan, stream.clone(), Some(broker.clone()), d, wait).await;
-                            stream_triggers.insert(key, w);
-                        }
-                    }
-                },
+            match (plan, self.broker(&t.namespace, &t.broker)) {
+                (Some(plan), Some(broker)) => {
+                    let source = match &broker.storage {
+                        Storage::Log { feed, .. } => Source::Log(feed),
+                        Storage::Stream(stream) => Source::Stream(stream),
+                    };
+                    let b = Some(broker.clone());
+                    triggers.place(key, plan, source, b, &self.dispatcher, self.config.ack_wait).await;
+                }
                 _ => {
-                    if let Some(old) = triggers.remove(&key) {
-                        old.stop().await;
-                    }
-                    if let Some(old) = stream_triggers.remove(&key) {
-                        old.stop().await;
-                    }
+                    triggers.stop(&key).await;
                     if st.ready() {
                         st = ResourceStatus::new(
                             Kind::Trigger,
@@ -500,25 +424,7 @@ impl Eventing {
     pub async fn backlog_for(&self, address: &str) -> u64 {
         let mut total = 0;
         for workers in [&self.triggers, &self.subscriptions] {
-            for w in workers.lock().await.values() {
-                let url = &w.plan.subscriber_url;
-                if url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?')) {
-                    let log = &w.feed.log;
-                    total += log.end_offset().saturating_sub(log.committed(&w.plan.consumer()).unwrap_or(0));
-                }
-            }
-        }
-        let mut streams = vec![];
-        for workers in [&self.stream_triggers, &self.stream_subs] {
-            for w in workers.lock().await.values() {
-                let url = &w.plan.subscriber_url;
-                if url.starts_with(address) && matches!(url.as_bytes().get(address.len()), None | Some(b'/' | b'?')) {
-                    streams.push((w.stream.clone(), w.plan.consumer()));
-                }
-            }
-        }
-        for (stream, consumer) in streams {
-            total += stream.backlog(&consumer).await.unwrap_or(0);
+            total += workers.lock().await.backlog_for(address).await;
         }
         total
     }
@@ -529,15 +435,7 @@ impl Eventing {
             d.cancel().await;
         }
         for workers in [&self.triggers, &self.subscriptions] {
-            let mut g = workers.lock().await;
-            for (_, w) in g.drain() {
-                w.stop().await;
-            }
-        }
-        for workers in [&self.stream_triggers, &self.stream_subs] {
-            for (_, w) in workers.lock().await.drain() {
-                w.stop().await;
-            }
+            workers.lock().await.stop_all().await;
         }
     }
 }
