@@ -14,7 +14,7 @@ use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::store::{Entry, Key, Store, StoreError};
+use crate::store::{Entry, Key, Store};
 use bytes::Bytes;
 use spate_log::{Change, ConfigError, ConfigStore};
 
@@ -31,8 +31,6 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
     Shared(#[from] ConfigError),
 }
 
@@ -43,7 +41,6 @@ impl IntoResponse for ApiError {
             ApiError::Admission(AdmissionError::Invalid(_)) | ApiError::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Admission(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::UnknownResource(_) => StatusCode::NOT_FOUND,
-            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Shared(ConfigError::Conflict { .. }) => StatusCode::CONFLICT,
             ApiError::Shared(ConfigError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -75,8 +72,8 @@ pub struct ControlPlane {
     /// The last reconciled status of each Service (for Revisions, Configurations and Routes).
     services: std::sync::Mutex<Vec<ServiceStatus>>,
     ready: AtomicBool,
-    /// The shared store (`--config-store nats`); `None`: `resources.json` in the data dir.
-    shared: Option<Arc<dyn ConfigStore>>,
+    /// Where resources live: the data-dir file, or a NATS KV bucket shared by a cluster.
+    config: Arc<dyn ConfigStore>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -285,22 +282,22 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, eventing: Arc<Eventing>, serving: Arc<Serving>, sources: Arc<Sources>) -> Self {
+    /// A control plane over `config`; call [`ControlPlane::sync`] before the first reconcile.
+    pub fn new(
+        config: Arc<dyn ConfigStore>,
+        eventing: Arc<Eventing>,
+        serving: Arc<Serving>,
+        sources: Arc<Sources>,
+    ) -> Self {
         ControlPlane {
-            store: Mutex::new(store),
+            store: Mutex::new(Store::new()),
             eventing,
             serving,
             sources,
             services: std::sync::Mutex::new(vec![]),
             ready: AtomicBool::new(false),
-            shared: None,
+            config,
         }
-    }
-
-    /// Keeps resources in a store shared by several instances.
-    pub fn with_shared(mut self, shared: Arc<dyn ConfigStore>) -> Self {
-        self.shared = Some(shared);
-        self
     }
 
     /// Revisions, Configurations or Routes, built from the Services' last reconcile.
@@ -426,23 +423,13 @@ impl ControlPlane {
         result.map(|()| applied)
     }
 
-    /// Writes changed entries: to the shared store one by one (compare and
-    /// swap on each one's revision; an entry enters the local cache only once
-    /// written), or into the cache and then `resources.json` at once.
+    /// Writes changed entries to the config store one by one (compare and
+    /// swap on each one's revision); an entry enters the cache only once written.
     async fn persist(&self, store: &mut Store, changed: Vec<Entry>) -> Result<(), ApiError> {
-        if changed.is_empty() {
-            return Ok(());
-        }
-        let Some(shared) = &self.shared else {
-            for e in changed {
-                store.entries.insert(e.resource.key(), e);
-            }
-            return Ok(store.save()?);
-        };
         for mut e in changed {
             let key = e.resource.key();
             let value = Bytes::from(serde_json::to_vec(&e.record(true)).expect("JSON values serialize"));
-            e.revision = shared.put(&Entry::shared_key(&key), value, e.revision).await?;
+            e.revision = self.config.put(&Entry::shared_key(&key), value, e.revision).await?;
             store.entries.insert(key, e);
         }
         Ok(())
@@ -454,11 +441,8 @@ impl ControlPlane {
         if !store.entries.contains_key(&key) {
             return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
         }
-        if let Some(shared) = &self.shared {
-            shared.delete(&Entry::shared_key(&key)).await?;
-        }
+        self.config.delete(&Entry::shared_key(&key)).await?;
         store.entries.remove(&key);
-        store.save()?;
         self.reconcile_locked(&mut store).await;
         Ok(())
     }
@@ -499,11 +483,10 @@ impl ControlPlane {
         Ok(out)
     }
 
-    /// Loads the shared store's current state into the cache (before the
+    /// Loads the config store's current state into the cache (before the
     /// first reconcile), then returns the watch to follow with [`ControlPlane::follow`].
-    pub async fn sync_shared(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, ApiError> {
-        let Some(shared) = &self.shared else { return Ok(None) };
-        let mut rx = shared.watch().await?;
+    pub async fn sync(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, ApiError> {
+        let mut rx = self.config.watch().await?;
         let mut store = self.store.lock().await;
         while let Some(change) = rx.recv().await {
             if change == Change::Synced {
@@ -511,10 +494,10 @@ impl ControlPlane {
             }
             apply_change(&mut store, change);
         }
-        Ok(Some(rx))
+        Ok(rx)
     }
 
-    /// Follows the shared store: every change (from any instance) updates the
+    /// Follows the config store: every change (from any instance) updates the
     /// cache, and each batch of changes is reconciled once.
     pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Change>) {
         while let Some(first) = rx.recv().await {

@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod control;
 mod display;
+mod file_store;
 mod functions;
 mod ingress;
 mod listener;

@@ -21,7 +21,6 @@ use spate_sources::{Sources, SourcesConfig};
 
 use crate::cli::ServeArgs;
 use crate::control::ControlPlane;
-use crate::store::Store;
 
 pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
     Ok(match s {
@@ -115,10 +114,12 @@ fn listener_limits(args: &ServeArgs) -> (crate::listener::Limits, crate::listene
     (limits(data), limits(admin))
 }
 
-/// `--config-store`: `file` (None: resources.json) or `nats` (a KV bucket shared by the cluster).
-async fn shared_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Option<Arc<dyn ConfigStore>>> {
+/// `--config-store`: `file` (resources.json in the data dir) or `nats` (a KV bucket shared by the cluster).
+async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Arc<dyn ConfigStore>> {
     match args.config_store.as_str() {
-        "file" => Ok(None),
+        "file" => {
+            Ok(Arc::new(crate::file_store::FileConfigStore::open(&args.data_dir).context("loading stored resources")?))
+        }
         "nats" => {
             // NATS may still be starting: try for 30 s, then say what is wrong.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -128,7 +129,7 @@ async fn shared_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Op
                     NatsConfigStore::open(n, "resources").await.map_err(|e| e.to_string())
                 };
                 match attempt.await {
-                    Ok(store) => return Ok(Some(Arc::new(store))),
+                    Ok(store) => return Ok(Arc::new(store)),
                     Err(e) if std::time::Instant::now() > deadline => {
                         bail!("--config-store nats: cannot open the resources bucket at {}: {e}", args.nats_url)
                     }
@@ -229,9 +230,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
     };
-    let shared = shared_store(&args, &nats).await?;
+    let shared = config_store(&args, &nats).await?;
     let mut sources = Sources::new(sources_config, Dispatcher::default()).context("starting sources")?;
-    if shared.is_some() {
+    if args.config_store == "nats" {
         let n = nats.nats().await?;
         let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
             .await
@@ -245,17 +246,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         sources = sources.with_claims(Arc::new(claims));
     }
     let sources = Arc::new(sources);
-    let store = match &shared {
-        Some(_) => Store::in_memory(&args.data_dir),
-        None => Store::load(&args.data_dir).context("loading stored resources")?,
-    };
-    let mut control = ControlPlane::new(store, eventing.clone(), serving.clone(), sources.clone());
-    if let Some(shared) = shared {
-        control = control.with_shared(shared);
-    }
-    let control = Arc::new(control);
-    // With a shared store: its current state first, then our manifests, then every later change.
-    let watch = control.sync_shared().await.map_err(|e| anyhow::anyhow!("reading the shared resources: {e}"))?;
+    let control = Arc::new(ControlPlane::new(shared, eventing.clone(), serving.clone(), sources.clone()));
+    // The config store's current state first, then our manifests, then every later change.
+    let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
     if let Some(text) = &manifests {
         let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for a in applied {
@@ -263,9 +256,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     control.reconcile().await;
-    if let Some(rx) = watch {
-        tokio::spawn(control.clone().follow(rx));
-    }
+    tokio::spawn(control.clone().follow(watch));
 
     let upkeep = metrics.clone();
     tokio::spawn(async move {

@@ -1,9 +1,9 @@
-//! Applied resources, persisted in `<data-dir>/resources.json` (written to a
-//! temporary file, synced, then renamed, so a crash leaves the old or the new
-//! set, never a mix).
+//! The control plane's view of applied resources: `Entry` (a resource, its
+//! compiled config and server metadata; its stored `record` form) and the
+//! `Store` cache. Persistence is the `ConfigStore`'s (see `file_store.rs`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 use spate_api::{Compiled, Kind, Resource};
@@ -88,105 +88,20 @@ impl Entry {
 
 pub type Key = (Kind, String, String);
 
-/// Secret values live in `<data-dir>/secrets/<namespace>.<name>.json`, readable by the owner
-/// only; `resources.json` holds the Secret without them.
-fn secret_file(dir: &Path, ns: &str, name: &str) -> PathBuf {
-    dir.join("secrets").join(format!("{ns}.{name}.json"))
-}
-
+/// The control plane's cache of applied resources. The `ConfigStore` (the
+/// data-dir file or a NATS KV bucket) holds them; this map follows it.
 pub struct Store {
-    path: PathBuf,
     pub entries: BTreeMap<Key, Entry>,
-    /// False when a shared store keeps the resources: `save` writes nothing.
-    persist: bool,
 }
 
 impl Store {
-    /// Loads the stored resources, re-admitting each (a manifest that no
-    /// longer passes admission is reported and skipped, never half-run).
-    /// An empty store that is never written to disk (resources live in a shared store).
-    pub fn in_memory(dir: &Path) -> Store {
-        Store { path: dir.join("resources.json"), entries: BTreeMap::new(), persist: false }
-    }
-
-    pub fn load(dir: &Path) -> Result<Store, StoreError> {
-        let path = dir.join("resources.json");
-        let mut store = Store { path: path.clone(), entries: BTreeMap::new(), persist: true };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
-            Err(e) => {
-                return Err(StoreError::Read { path: path.display().to_string(), source: e });
-            }
-        };
-        let saved: Vec<Value> = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?;
-        for (i, s) in saved.iter().enumerate() {
-            let mut manifest = s["manifest"].clone();
-            if manifest["kind"] == "Secret" {
-                let (ns, name) = (
-                    manifest.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
-                    manifest.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                );
-                let file = secret_file(dir, &ns, &name);
-                match std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
-                    Some(data) => manifest["data"] = data,
-                    None => {
-                        tracing::error!(file = %file.display(), "the values of Secret {ns}/{name} are missing; it is empty until applied again")
-                    }
-                }
-            }
-            let mut record = s.clone();
-            record["manifest"] = manifest;
-            match Entry::from_record(&record, i, 0) {
-                Ok(entry) => {
-                    store.entries.insert(entry.resource.key(), entry);
-                }
-                Err(errs) => {
-                    for e in errs {
-                        tracing::error!(error = %e, "stored resource no longer passes admission; skipped");
-                    }
-                }
-            }
-        }
-        Ok(store)
-    }
-
-    pub fn save(&self) -> Result<(), StoreError> {
-        if !self.persist {
-            return Ok(());
-        }
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut keep = std::collections::HashSet::new();
-        for e in self.entries.values().filter(|e| e.resource.kind == Kind::Secret) {
-            let file = secret_file(&dir, &e.resource.namespace, &e.resource.name);
-            write_private(&file, &serde_json::to_vec(&e.resource.manifest["data"]).expect("JSON"))
-                .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
-            keep.insert(file);
-        }
-        if let Ok(files) = std::fs::read_dir(dir.join("secrets")) {
-            for f in files.flatten() {
-                if !keep.contains(&f.path()) {
-                    let _ = std::fs::remove_file(f.path());
-                }
-            }
-        }
-        let saved: Vec<Value> = self.entries.values().map(|e| e.record(false)).collect();
-        let w = |source| StoreError::Write { path: self.path.display().to_string(), source };
-        let bytes = serde_json::to_vec_pretty(&saved).expect("JSON values serialize");
-        // Manifests can hold tokens in annotations or env: owner-only, like Secrets.
-        write_private(&self.path, &bytes).map_err(w)?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+    pub fn new() -> Store {
+        Store { entries: BTreeMap::new() }
     }
 }
 
 /// Writes a file only its owner can read (0600; its directory 0700), atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(d) = path.parent() {

@@ -1,0 +1,218 @@
+//! The single-instance `ConfigStore`: resources in `<data-dir>/resources.json`
+//! (owner-only; written to a temporary file, synced, then renamed, so a crash
+//! leaves the old or the new set, never a mix), Secret values apart in
+//! `<data-dir>/secrets/<namespace>.<name>.json` (0600), never in
+//! `resources.json`. Revisions count writes since the process started; the
+//! watch sees this process's writes (it is the only writer: the data
+//! directory is locked).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use serde_json::Value;
+use spate_log::config_store::resource_key;
+use spate_log::{BoxFuture, Change, ConfigError, ConfigStore, Versioned};
+use tokio::sync::mpsc;
+
+use crate::store::{StoreError, write_private};
+
+pub struct FileConfigStore {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Key → (record with Secret values, revision).
+    records: BTreeMap<String, (Value, u64)>,
+    last_revision: u64,
+    watchers: Vec<mpsc::Sender<Change>>,
+}
+
+fn secret_file(dir: &Path, ns: &str, name: &str) -> PathBuf {
+    dir.join("secrets").join(format!("{ns}.{name}.json"))
+}
+
+/// `(kind, namespace, name)` of a stored record's manifest.
+fn identity(record: &Value) -> (String, String, String) {
+    let m = &record["manifest"];
+    let s = |p: &str, d: &str| m.pointer(p).and_then(Value::as_str).unwrap_or(d).to_string();
+    (s("/kind", ""), s("/metadata/namespace", "default"), s("/metadata/name", ""))
+}
+
+impl FileConfigStore {
+    /// Reads `resources.json` and the Secret values beside it.
+    pub fn open(dir: &Path) -> Result<FileConfigStore, StoreError> {
+        let path = dir.join("resources.json");
+        let saved: Vec<Value> = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(StoreError::Read { path: path.display().to_string(), source: e }),
+        };
+        let mut records = BTreeMap::new();
+        for (i, mut record) in saved.into_iter().enumerate() {
+            let (kind, ns, name) = identity(&record);
+            if kind == "Secret" {
+                let file = secret_file(dir, &ns, &name);
+                match std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+                    Some(data) => record["manifest"]["data"] = data,
+                    None => {
+                        tracing::error!(file = %file.display(), "the values of Secret {ns}/{name} are missing; it is empty until applied again")
+                    }
+                }
+            }
+            records.insert(resource_key(&kind, &ns, &name), (record, i as u64 + 1));
+        }
+        let last_revision = records.len() as u64;
+        Ok(FileConfigStore {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner { records, last_revision, watchers: vec![] }),
+        })
+    }
+
+    /// Writes every Secret's values, removes those of deleted Secrets, then `resources.json`.
+    fn save(&self, records: &BTreeMap<String, (Value, u64)>) -> Result<(), StoreError> {
+        let mut keep = HashSet::new();
+        let mut saved = Vec::with_capacity(records.len());
+        for (record, _) in records.values() {
+            let mut record = record.clone();
+            let (kind, ns, name) = identity(&record);
+            if kind == "Secret" {
+                let file = secret_file(&self.dir, &ns, &name);
+                let data = record["manifest"].as_object_mut().and_then(|m| m.remove("data")).unwrap_or(Value::Null);
+                write_private(&file, &serde_json::to_vec(&data).expect("JSON"))
+                    .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
+                keep.insert(file);
+            }
+            saved.push(record);
+        }
+        if let Ok(files) = std::fs::read_dir(self.dir.join("secrets")) {
+            for f in files.flatten() {
+                if !keep.contains(&f.path()) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        let path = self.dir.join("resources.json");
+        let bytes = serde_json::to_vec_pretty(&saved).expect("JSON values serialize");
+        // Manifests can hold tokens in annotations or env: owner-only, like Secrets.
+        write_private(&path, &bytes)
+            .map_err(|source| StoreError::Write { path: path.display().to_string(), source })?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn notify(inner: &mut Inner, change: Change) {
+        inner.watchers.retain(|w| w.try_send(change.clone()).is_ok() || !w.is_closed());
+    }
+}
+
+fn unavailable(e: StoreError) -> ConfigError {
+    ConfigError::Unavailable(e.to_string())
+}
+
+fn versioned(key: &str, record: &Value, revision: u64) -> Versioned {
+    Versioned { key: key.to_string(), value: Bytes::from(serde_json::to_vec(record).expect("JSON")), revision }
+}
+
+impl ConfigStore for FileConfigStore {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Versioned>, ConfigError>> {
+        let g = self.inner.lock().expect("file store");
+        let out = g.records.iter().map(|(k, (r, rev))| versioned(k, r, *rev)).collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn put(&self, key: &str, value: Bytes, expected: u64) -> BoxFuture<'_, Result<u64, ConfigError>> {
+        let r = (|| {
+            let record: Value =
+                serde_json::from_slice(&value).map_err(|e| ConfigError::Unavailable(format!("not a record: {e}")))?;
+            let mut g = self.inner.lock().expect("file store");
+            let current = g.records.get(key).map_or(0, |(_, rev)| *rev);
+            if current != expected {
+                return Err(ConfigError::Conflict { key: key.to_string() });
+            }
+            let revision = g.last_revision + 1;
+            let mut next = g.records.clone();
+            next.insert(key.to_string(), (record.clone(), revision));
+            self.save(&next).map_err(unavailable)?;
+            g.records = next;
+            g.last_revision = revision;
+            Self::notify(&mut g, Change::Put(versioned(key, &record, revision)));
+            Ok(revision)
+        })();
+        Box::pin(async move { r })
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'_, Result<(), ConfigError>> {
+        let r = (|| {
+            let mut g = self.inner.lock().expect("file store");
+            let mut next = g.records.clone();
+            if next.remove(key).is_none() {
+                return Ok(());
+            }
+            self.save(&next).map_err(unavailable)?;
+            g.records = next;
+            Self::notify(&mut g, Change::Delete(key.to_string()));
+            Ok(())
+        })();
+        Box::pin(async move { r })
+    }
+
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>> {
+        let mut g = self.inner.lock().expect("file store");
+        let (tx, rx) = mpsc::channel(g.records.len() + 1024);
+        for (k, (r, rev)) in &g.records {
+            let _ = tx.try_send(Change::Put(versioned(k, r, *rev)));
+        }
+        let _ = tx.try_send(Change::Synced);
+        g.watchers.push(tx);
+        Box::pin(async move { Ok(rx) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: &str, name: &str, extra: Value) -> Bytes {
+        let mut manifest =
+            serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "default"}});
+        if let (Some(m), Some(e)) = (manifest.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        Bytes::from(serde_json::to_vec(&serde_json::json!({"manifest": manifest, "generation": 1})).unwrap())
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_watch_secrets_apart_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileConfigStore::open(dir.path()).unwrap();
+        let mut watch = store.watch().await.unwrap();
+        assert_eq!(watch.recv().await, Some(Change::Synced), "an empty store is synced at once");
+        let key = resource_key("Secret", "default", "gh");
+        let secret = record("Secret", "gh", serde_json::json!({"data": {"token": "c2VjcmV0"}}));
+        let r1 = store.put(&key, secret.clone(), 0).await.unwrap();
+        assert!(matches!(store.put(&key, secret.clone(), 0).await, Err(ConfigError::Conflict { .. })));
+        let r2 = store.put(&key, secret.clone(), r1).await.unwrap();
+        assert!(r2 > r1);
+        assert!(matches!(watch.recv().await, Some(Change::Put(v)) if v.revision == r1));
+        // The values live apart, owner-only; resources.json never holds them.
+        let resources = std::fs::read_to_string(dir.path().join("resources.json")).unwrap();
+        assert!(!resources.contains("c2VjcmV0"), "{resources}");
+        let file = dir.path().join("secrets/default.gh.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(store);
+        // Reopened: the values are joined back.
+        let store = FileConfigStore::open(dir.path()).unwrap();
+        let all = store.list().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(String::from_utf8_lossy(&all[0].value).contains("c2VjcmV0"));
+        store.delete(&key).await.unwrap();
+        assert!(!file.exists(), "a deleted Secret's values are removed");
+    }
+}
