@@ -53,6 +53,25 @@ pub trait BacklogProbe: Send + Sync {
     fn backlog<'a>(&'a self, address: &'a str) -> Pin<Box<dyn Future<Output = u64> + Send + 'a>>;
 }
 
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An instance's whole answer to a forwarded request.
+pub struct Forwarded {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The revision history shared by a cluster's instances (so a revision has the
+/// same name everywhere); the binary implements it over its shared store.
+/// Alone, `revisions.json` is the only history.
+pub trait SharedHistory: Send + Sync {
+    /// The shared history and its revision, if one was written.
+    fn load(&self) -> BoxFut<'_, Option<(Vec<u8>, u64)>>;
+    /// Writes it if it is still at revision `expected` (0: none yet); the new revision, else `None`.
+    fn save(&self, bytes: Vec<u8>, expected: u64) -> BoxFut<'_, Option<u64>>;
+}
+
 #[derive(Clone, Debug)]
 pub struct ServingConfig {
     /// Revision history and instance records live here.
@@ -158,6 +177,9 @@ pub struct Serving {
     cfg: ServingConfig,
     ctx: Arc<Ctx>,
     history: Mutex<History>,
+    /// The cluster's history, and the revision of it this instance last read or wrote.
+    shared: Option<Arc<dyn SharedHistory>>,
+    shared_revision: AtomicU64,
     routes: RwLock<HashMap<Key, Arc<Route>>>,
     running: Mutex<HashMap<Key, Arc<Revision>>>,
     logs: Mutex<HashMap<Key, Arc<LogRing>>>,
@@ -218,11 +240,44 @@ impl Serving {
             cfg,
             ctx,
             history: Mutex::new(history),
+            shared: None,
+            shared_revision: AtomicU64::new(0),
             routes: RwLock::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Shares the revision history with the other instances of a cluster.
+    pub fn with_shared_history(mut self, shared: Arc<dyn SharedHistory>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Adopts the cluster's history when another instance changed it.
+    async fn pull_history(&self) {
+        let Some(shared) = &self.shared else { return };
+        let Some((bytes, rev)) = shared.load().await else { return };
+        if rev == self.shared_revision.load(Ordering::Acquire) {
+            return;
+        }
+        match serde_json::from_slice::<History>(&bytes) {
+            Ok(h) => {
+                *self.history.lock().expect("history") = h;
+                self.shared_revision.store(rev, Ordering::Release);
+            }
+            Err(e) => tracing::error!(error = %e, "the shared revision history is unreadable; keeping ours"),
+        }
+    }
+
+    /// Publishes our history; on a concurrent change, the next reconcile adopts the other one.
+    async fn push_history(&self, bytes: Vec<u8>) {
+        let Some(shared) = &self.shared else { return };
+        match shared.save(bytes, self.shared_revision.load(Ordering::Acquire)).await {
+            Some(rev) => self.shared_revision.store(rev, Ordering::Release),
+            None => tracing::info!("the revision history changed on another instance; adopting it next"),
+        }
     }
 
     pub fn address(&self, ns: &str, name: &str) -> String {
@@ -260,6 +315,8 @@ impl Serving {
         // Each service's status so far, and its traffic as (revision, percent, tag).
         type Traffic = Vec<(String, u32, Option<String>)>;
         let mut plans: Vec<(ServiceStatus, Traffic)> = vec![];
+        self.pull_history().await;
+        let mut publish = None;
         {
             let mut h = self.history.lock().expect("history");
             let mut changed = false;
@@ -376,6 +433,12 @@ impl Serving {
             if changed && let Err(e) = self.save_history(&h) {
                 tracing::error!(error = %e, "cannot persist the revision history");
             }
+            if changed && self.shared.is_some() {
+                publish = Some(serde_json::to_vec(&*h).expect("history serialises"));
+            }
+        }
+        if let Some(bytes) = publish {
+            self.push_history(bytes).await;
         }
 
         // Start what should run, stop what should not.
@@ -466,7 +529,9 @@ impl Serving {
         })
     }
 
-    /// Sends a request to an instance of `rev`, waiting for one if needed.
+    /// Sends a request to an instance of `rev`, waiting for one if needed, and
+    /// reads the whole answer. The instance's slot (`containerConcurrency`) is
+    /// held until the answer's body has arrived, as Knative's queue-proxy counts.
     pub async fn forward(
         &self,
         rev: &Arc<Revision>,
@@ -474,7 +539,7 @@ impl Serving {
         path_and_query: &str,
         mut headers: http::HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, ServingError> {
+    ) -> Result<Forwarded, ServingError> {
         let lease = rev.acquire().await?;
         for h in ["host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"] {
             headers.remove(h);
@@ -490,9 +555,13 @@ impl Serving {
             .send()
             .await
             .map_err(|e| ServingError::Upstream { revision: rev.name.clone(), reason: e.to_string() })?;
-        // The slot is held until the response head arrived; the body is read by the caller.
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ServingError::Upstream { revision: rev.name.clone(), reason: e.to_string() })?;
         drop(lease);
-        Ok(resp)
+        Ok(Forwarded { status, headers, body })
     }
 
     /// The last lines printed by a service's instances.

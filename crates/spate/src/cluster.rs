@@ -24,7 +24,7 @@ pub struct NatsClaims {
     pub claims: NatsConfigStore,
     pub leases: Arc<NatsConfigStore>,
     /// Values every instance sees (webhook registrations), in `<cluster>-records`.
-    pub records: NatsConfigStore,
+    pub records: Arc<NatsConfigStore>,
     /// This instance, as written into the leases it holds.
     pub holder: String,
 }
@@ -97,5 +97,24 @@ async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Se
     }
     if revision.is_some() {
         let _ = store.delete(&key).await;
+    }
+}
+
+/// Serving's revision history, shared in `<cluster>-records` under one key, so
+/// a revision has the same name on every instance.
+pub struct NatsHistory(pub Arc<NatsConfigStore>);
+
+const HISTORY_KEY: &str = "serving/revisions";
+
+impl spate_serving::SharedHistory for NatsHistory {
+    fn load(&self) -> spate_serving::BoxFut<'_, Option<(Vec<u8>, u64)>> {
+        Box::pin(async move {
+            let v = self.0.get(HISTORY_KEY).await.ok()??;
+            Some((v.value.to_vec(), v.revision))
+        })
+    }
+
+    fn save(&self, bytes: Vec<u8>, expected: u64) -> spate_serving::BoxFut<'_, Option<u64>> {
+        Box::pin(async move { self.0.put(HISTORY_KEY, Bytes::from(bytes), expected).await.ok() })
     }
 }

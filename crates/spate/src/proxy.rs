@@ -86,18 +86,12 @@ async fn forward(st: &Proxy, rev: &Arc<Revision>, req: Request, pq: &str) -> Res
         Ok(r) => r,
         Err(e) => return serving_error(e),
     };
-    let status = resp.status();
-    let mut headers = resp.headers().clone();
+    let mut headers = resp.headers;
     for h in ["connection", "keep-alive", "transfer-encoding", "te", "upgrade"] {
         headers.remove(h);
     }
-    match resp.bytes().await {
-        Ok(b) => {
-            let mut r = Response::new(Body::from(b));
-            *r.status_mut() = status;
-            *r.headers_mut() = headers;
-            r
-        }
-        Err(e) => serving_error(ServingError::Upstream { revision: rev.name.clone(), reason: e.to_string() }),
-    }
+    let mut r = Response::new(Body::from(resp.body));
+    *r.status_mut() = resp.status;
+    *r.headers_mut() = headers;
+    r
 }

@@ -222,7 +222,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         ..ServingConfig::default()
     };
     let probe: Arc<dyn BacklogProbe> = Arc::new(EventingBacklog(eventing.clone()));
-    let serving = Arc::new(Serving::new(serving_config, Some(probe)).context("starting serving")?);
+    // The config store first: with NATS it waits (30 s at most) for NATS to answer.
+    let shared = config_store(&args, &nats).await?;
+    let mut serving = Serving::new(serving_config, Some(probe)).context("starting serving")?;
+    // With a shared store: the buckets for once-per-cluster work and shared records.
+    let cluster = match args.config_store.as_str() {
+        "nats" => {
+            let n = nats.nats().await?;
+            let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
+                .await
+                .context("opening the claims bucket")?;
+            let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
+                .await
+                .context("opening the leases bucket")?;
+            let records = Arc::new(NatsConfigStore::open(n, "records").await.context("opening the records bucket")?);
+            serving = serving.with_shared_history(Arc::new(crate::cluster::NatsHistory(records.clone())));
+            Some((claims, leases, records))
+        }
+        _ => None,
+    };
+    let serving = Arc::new(serving);
     let sources_config = SourcesConfig {
         dir: args.data_dir.join("sources"),
         public_url: args.public_url.clone().unwrap_or_else(|| base_url(data_addr)),
@@ -230,18 +249,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
     };
-    let shared = config_store(&args, &nats).await?;
     let mut sources = Sources::new(sources_config, Dispatcher::default()).context("starting sources")?;
-    if args.config_store == "nats" {
-        let n = nats.nats().await?;
-        let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
-            .await
-            .context("opening the claims bucket")?;
-        let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
-            .await
-            .context("opening the leases bucket")?;
+    if let Some((claims, leases, records)) = cluster {
         let holder = format!("{}-{}", std::process::id(), base_url(data_addr));
-        let records = NatsConfigStore::open(n, "records").await.context("opening the records bucket")?;
         let claims = crate::cluster::NatsClaims { claims, leases: Arc::new(leases), records, holder };
         sources = sources.with_claims(Arc::new(claims));
     }

@@ -274,3 +274,31 @@ async fn a_container_source_runs_on_one_instance_and_moves_when_its_holder_dies(
     assert_eq!(others.len(), 1, "exactly one surviving instance took it over");
     c.restart(holder);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_joins_later_names_revisions_as_the_cluster_does() {
+    let Some(mut c) = Cluster::start("revs", 2, &[]) else { return };
+    let service = |v: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: fn\nspec:\n  template:\n    spec:\n      containers:\n        - command: [python3, -c, 'print(1)']\n          env:\n            - name: VERSION\n              value: \"{v}\"\n"
+        )
+    };
+    let path = "/apis/serving.knative.dev/v1/namespaces/default/services/fn";
+    let latest = |want: &'static str| {
+        move |v: &serde_json::Value| v.pointer("/status/latestCreatedRevisionName") == Some(&serde_json::json!(want))
+    };
+    c.servers[0].apply_ok(&service("1")).await;
+    c.servers[0].wait_json(path, "revision 1", latest("fn-00001")).await;
+    c.servers[0].apply_ok(&service("2")).await;
+    for s in &c.servers {
+        s.wait_json(path, "revision 2 everywhere", latest("fn-00002")).await;
+    }
+    // A third instance with an empty data directory: it has seen only the second template,
+    // and still calls it fn-00002 (the shared history), not fn-00001.
+    let dir = tempdir();
+    let late = c.start_in(&dir);
+    late.wait_json(path, "the late instance's revision name", latest("fn-00002")).await;
+    c.servers.push(late);
+    c.dirs.push(dir);
+    c.restart(0);
+}
