@@ -155,17 +155,45 @@ pub const MAX_OPERATORS: usize = 256;
 /// The longest CEL expression admitted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 16 * 1024;
 
+/// CEL macros that iterate over a list or map.
+const COMPREHENSIONS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
+
 /// Checks the size and shape of an expression *before* the `cel` crate sees
 /// it, so that neither its parser nor its evaluator can recurse without bound.
 /// A linear scan that skips string literals; no recursion.
-fn check_bounds(source: &str) -> Result<(), String> {
+/// Returns the names the expression's comprehensions bind (`x` in `.all(x, …)`).
+fn check_bounds(source: &str) -> Result<Vec<String>, String> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(format!("CEL expression is {} bytes long; at most {MAX_SOURCE_BYTES} are allowed", source.len()));
     }
     let b = source.as_bytes();
     let (mut depth, mut max_depth, mut ops) = (0usize, 0usize, 0usize);
+    // Bracket depths at which a comprehension's arguments are open: a second one
+    // inside would cost the product of two list sizes, and lists come from payloads.
+    let mut comprehensions: Vec<usize> = vec![];
+    let mut bound = vec![];
     let mut i = 0;
     while i < b.len() {
+        if b[i] == b'.' {
+            let name_end = b[i + 1..]
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                .map_or(b.len(), |p| i + 1 + p);
+            let name = &source[i + 1..name_end];
+            if COMPREHENSIONS.contains(&name) && b.get(name_end) == Some(&b'(') {
+                if !comprehensions.is_empty() {
+                    return Err(format!(
+                        "CEL comprehension .{name}() inside another comprehension: nested comprehensions are not allowed (their cost multiplies with the payload's list sizes)"
+                    ));
+                }
+                comprehensions.push(depth + 1);
+                let arg = source[name_end + 1..].trim_start();
+                let var: String = arg.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if !var.is_empty() {
+                    bound.push(var);
+                }
+            }
+        }
         match b[i] {
             q @ (b'\'' | b'"') => {
                 // A string literal (triple-quoted or not); escapes skip one byte.
@@ -182,7 +210,12 @@ fn check_bounds(source: &str) -> Result<(), String> {
                 depth += 1;
                 max_depth = max_depth.max(depth);
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b')' | b']' | b'}' => {
+                if comprehensions.last() == Some(&depth) {
+                    comprehensions.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'!' | b'<' | b'>' | b'?' | b',' | b'.' => ops += 1,
             b'&' | b'|' | b'=' if b.get(i + 1) == Some(&b[i]) => {
                 ops += 1;
@@ -198,17 +231,21 @@ fn check_bounds(source: &str) -> Result<(), String> {
     if ops > MAX_OPERATORS {
         return Err(format!("CEL expression has {ops} operators; at most {MAX_OPERATORS} are allowed"));
     }
-    Ok(())
+    Ok(bound)
 }
 
 impl CelExpression {
     /// Compiles an expression; only the variables `event` and `data` exist.
     /// Size and nesting are bounded first ([`MAX_NESTING`], [`MAX_OPERATORS`]).
     pub fn compile(source: &str) -> Result<CelExpression, String> {
-        check_bounds(source)?;
+        let bound = check_bounds(source)?;
         let program = Program::compile(source).map_err(|e| format!("CEL syntax error: {e}"))?;
         let refs = program.references();
-        let unknown: Vec<&str> = refs.variables().into_iter().filter(|v| *v != "event" && *v != "data").collect();
+        let unknown: Vec<&str> = refs
+            .variables()
+            .into_iter()
+            .filter(|v| *v != "event" && *v != "data" && !bound.iter().any(|b| b == v))
+            .collect();
         if !unknown.is_empty() {
             return Err(format!(
                 "CEL: unknown variable(s) {} (the expression sees `event` and `data`)",

@@ -234,3 +234,18 @@ fn random_and_mutated_expressions_never_panic_and_are_deterministic() {
     println!("mutation run: {compiled} of 4000 expressions compiled, {evaluated} evaluations");
     assert!(compiled > 1000, "the generator should produce many valid expressions, got {compiled}");
 }
+
+#[test]
+fn nested_cel_comprehensions_are_refused_and_single_ones_run() {
+    // A 1 MiB payload can hold a list of ~500,000 numbers: one comprehension over it is
+    // linear; one inside another would be quadratic in what a sender controls.
+    let msg = first_message(Filter::cel("data.a.b.all(x, data.a.b.exists(y, x == y))"));
+    assert!(msg.contains("nested comprehensions"), "{msg}");
+    let msg = first_message(Filter::cel("data.a.b.map(x, [x].filter(y, y > 0)).size() > 0"));
+    assert!(msg.contains("nested comprehensions"), "{msg}");
+    let ok =
+        Filter::cel("data.a.b.exists(x, x == 2) && data.a.b.all(y, y > 0)").expect("two comprehensions side by side");
+    assert!(ok.matches(&event()));
+    // A string that merely mentions a macro is not one.
+    assert!(Filter::cel("data.s == '.map(x, x.all(y, y))'").is_ok());
+}
