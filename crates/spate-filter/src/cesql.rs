@@ -64,6 +64,8 @@ pub const MAX_DEPTH: usize = 128;
 pub const MAX_TOKENS: usize = 4096;
 /// The longest expression text admitted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 64 * 1024;
+/// The longest string a function may build (CONCAT of a large attribute, repeated): an error beyond.
+pub const MAX_STRING_BYTES: usize = 1024 * 1024;
 
 /// A parse error with the byte position in the expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -882,17 +884,21 @@ fn call(f: Func, vals: Vec<Value>, errs: &mut Vec<ErrorKind>) -> Value {
         Func::Lower => Value::Str(s(errs).to_lowercase()),
         Func::Upper => Value::Str(s(errs).to_uppercase()),
         Func::Trim => Value::Str(s(errs).trim().to_string()),
-        Func::Concat => {
+        Func::Concat | Func::ConcatWs => {
+            let delim = if f == Func::ConcatWs { s(errs) } else { String::new() };
             let mut out = String::new();
-            for v in vals {
+            for (i, v) in vals.enumerate() {
+                if i > 0 {
+                    out.push_str(&delim);
+                }
                 out.push_str(&as_string(cast(v, Type::Str, false, errs)));
+                // Repeating a large attribute must not allocate without bound.
+                if out.len() > MAX_STRING_BYTES {
+                    errs.push(ErrorKind::FunctionEvaluation);
+                    return Value::Str(String::new());
+                }
             }
             Value::Str(out)
-        }
-        Func::ConcatWs => {
-            let delim = s(errs);
-            let parts: Vec<String> = vals.map(|v| as_string(cast(v, Type::Str, false, errs))).collect();
-            Value::Str(parts.join(&delim))
         }
         Func::Left | Func::Right => {
             let x = s(errs);

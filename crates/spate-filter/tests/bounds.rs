@@ -249,3 +249,17 @@ fn nested_cel_comprehensions_are_refused_and_single_ones_run() {
     // A string that merely mentions a macro is not one.
     assert!(Filter::cel("data.s == '.map(x, x.all(y, y))'").is_ok());
 }
+
+#[test]
+fn cesql_string_functions_cannot_build_unbounded_strings() {
+    // 2,000 copies of a 1,000-character attribute would be 2 MB: an evaluation error, no match.
+    let src = format!("LENGTH(CONCAT({})) > 0", vec!["big"; 2000].join(", "));
+    let f = Filter::cesql(&src).expect("admitted");
+    let mut ev = event();
+    ev.set_extension("big", ExtValue::String("x".repeat(1000)));
+    assert!(!f.matches(&ev));
+    let e = cesql::Expression::parse(&src).unwrap().evaluate(&ev);
+    assert!(e.errors.contains(&cesql::ErrorKind::FunctionEvaluation), "{:?}", e.errors);
+    // Small results are unaffected.
+    assert!(Filter::cesql("CONCAT_WS('-', 'a', 'b') = 'a-b'").unwrap().matches(&ev));
+}
