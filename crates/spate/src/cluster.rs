@@ -8,8 +8,13 @@
 //!   the holder dies its key expires and another instance takes the lease.
 //! - A record is a value in `<cluster>-records` every instance reads (a
 //!   webhook's registration, so it is made once and removed once).
+//! - Leases of one group (the same prefix up to the last `/`, e.g. one
+//!   KafkaSource's consumers) are spread: an instance takes one only while it
+//!   holds fewer than its fair share, ⌈leases in the group / live instances⌉.
+//!   Live instances are those holding a `member/<instance>` lease.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +26,67 @@ use tokio::sync::watch;
 pub const LEASE_TTL: Duration = Duration::from_secs(6);
 
 pub struct NatsClaims {
-    pub claims: NatsConfigStore,
-    pub leases: Arc<NatsConfigStore>,
+    claims: NatsConfigStore,
+    leases: Arc<NatsConfigStore>,
     /// Values every instance sees (webhook registrations), in `<cluster>-records`.
-    pub records: Arc<NatsConfigStore>,
+    records: Arc<NatsConfigStore>,
     /// This instance, as written into the leases it holds.
-    pub holder: String,
+    holder: String,
+    share: Arc<Share>,
+    /// Keeps this instance's membership lease alive.
+    _member: watch::Receiver<bool>,
+}
+
+/// Per lease group on this instance: how many leases it competes for, how many it holds.
+#[derive(Default)]
+struct Share {
+    groups: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+fn group_of(key: &str) -> String {
+    key.rsplit_once('/').map_or(key, |(g, _)| g).to_string()
+}
+
+impl Share {
+    fn adjust(&self, group: &str, candidates: isize, held: isize) {
+        let mut g = self.groups.lock().expect("share");
+        let e = g.entry(group.to_string()).or_default();
+        e.0 = (e.0 as isize + candidates).max(0) as usize;
+        e.1 = (e.1 as isize + held).max(0) as usize;
+    }
+
+    /// Reserves one more lease of `group` if this instance holds fewer than its
+    /// fair share with `members` instances alive (checked and counted at once,
+    /// so concurrent lease tasks cannot overshoot). Give it back if not taken.
+    fn try_reserve(&self, group: &str, members: usize) -> bool {
+        let mut g = self.groups.lock().expect("share");
+        let e = g.entry(group.to_string()).or_default();
+        let ok = e.1 < e.0.div_ceil(members.max(1));
+        if ok {
+            e.1 += 1;
+        }
+        ok
+    }
+}
+
+impl NatsClaims {
+    /// Joins the cluster's membership (a `member/<holder>` lease) and serves claims and leases.
+    pub fn new(
+        claims: NatsConfigStore,
+        leases: NatsConfigStore,
+        records: Arc<NatsConfigStore>,
+        holder: String,
+    ) -> Self {
+        let leases = Arc::new(leases);
+        let share = Arc::new(Share::default());
+        let (tx, member) = watch::channel(false);
+        let me = Bytes::from(holder.clone());
+        // KV keys allow letters, digits and `-/_=.`: the holder's URL is made to fit.
+        let id: String =
+            holder.chars().map(|c| if c.is_ascii_alphanumeric() || "-_=.".contains(c) { c } else { '_' }).collect();
+        tokio::spawn(hold(leases.clone(), format!("member/{id}"), me, tx, None));
+        NatsClaims { claims, leases, records, holder, share, _member: member }
+    }
 }
 
 impl Claims for NatsClaims {
@@ -68,25 +128,61 @@ impl Claims for NatsClaims {
 
     fn lease(&self, key: String) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(hold(self.leases.clone(), key, Bytes::from(self.holder.clone()), tx));
+        let share = Some(self.share.clone());
+        tokio::spawn(hold(self.leases.clone(), key, Bytes::from(self.holder.clone()), tx, share));
         rx
     }
 }
 
+/// Live instances: those holding a membership lease.
+async fn members(store: &NatsConfigStore) -> usize {
+    match store.list().await {
+        Ok(all) => all.iter().filter(|v| v.key.starts_with("member/")).count(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the cluster's members; assuming this one alone");
+            1
+        }
+    }
+}
+
 /// Takes and keeps the lease `key` while anyone listens to `tx`; gives it up
-/// (deletes the key) when the listener goes.
-async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Sender<bool>) {
+/// (deletes the key) when the listener goes. With `share`, takes it only
+/// within this instance's fair share of its group.
+async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Sender<bool>, share: Option<Arc<Share>>) {
     let beat = LEASE_TTL / 3;
+    let group = group_of(&key);
+    if let Some(s) = &share {
+        s.adjust(&group, 1, 0);
+    }
     let mut revision: Option<u64> = None;
     loop {
         let held = match revision {
             // Holding: renew (fails if the key expired and someone else took it).
             Some(rev) => store.put(&key, me.clone(), rev).await.ok(),
-            // Not holding: take it if nobody has.
-            None => store.put(&key, me.clone(), 0).await.ok(),
+            // Not holding: take it if nobody has, within our share (reserved first).
+            None => {
+                let reserved = match &share {
+                    Some(s) => s.try_reserve(&group, members(&store).await),
+                    None => true,
+                };
+                let taken = if reserved { store.put(&key, me.clone(), 0).await.ok() } else { None };
+                if reserved
+                    && taken.is_none()
+                    && let Some(s) = &share
+                {
+                    s.adjust(&group, 0, -1);
+                }
+                taken
+            }
         };
         if held.is_some() != revision.is_some() {
             tracing::info!(lease = %key, held = held.is_some(), "lease changed hands");
+            // Taking was counted when reserved; losing is counted here.
+            if held.is_none()
+                && let Some(s) = &share
+            {
+                s.adjust(&group, 0, -1);
+            }
         }
         revision = held;
         let _ = tx.send(revision.is_some());
@@ -94,6 +190,9 @@ async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Se
             _ = tx.closed() => break,
             _ = tokio::time::sleep(beat) => {}
         }
+    }
+    if let Some(s) = &share {
+        s.adjust(&group, -1, if revision.is_some() { -1 } else { 0 });
     }
     if revision.is_some() {
         let _ = store.delete(&key).await;

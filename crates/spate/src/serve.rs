@@ -252,7 +252,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut sources = Sources::new(sources_config, Dispatcher::default()).context("starting sources")?;
     if let Some((claims, leases, records)) = cluster {
         let holder = format!("{}-{}", std::process::id(), base_url(data_addr));
-        let claims = crate::cluster::NatsClaims { claims, leases: Arc::new(leases), records, holder };
+        let claims = crate::cluster::NatsClaims::new(claims, leases, records, holder);
         sources = sources.with_claims(Arc::new(claims));
     }
     let sources = Arc::new(sources);

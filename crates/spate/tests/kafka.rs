@@ -340,13 +340,19 @@ async fn three_instances_never_consume_a_partition_twice_and_take_over_from_a_de
         let m = s.metrics().await;
         let n: f64 = m
             .lines()
-            .filter(|l| l.starts_with("spate_source_events_total") && l.contains("kafkasources/default/split"))
+            .filter(|l| {
+                l.starts_with("spate_source_events_total")
+                    && l.contains("kafkasources/default/split")
+                    && l.contains("result=\"emitted\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         emitted.push(n);
     }
     let holder = (0..3).max_by(|a, b| emitted[*a].total_cmp(&emitted[*b])).unwrap();
     println!("emitted per instance before the kill: {emitted:?}; killing instance {holder}");
+    // The three consumers (leases of one group) are spread: one per instance.
+    assert_eq!(emitted.iter().filter(|n| **n > 0.0).count(), 3, "consumers spread over the instances: {emitted:?}");
     servers[holder].kill();
     let killed_at = sink.count();
     let deadline = Instant::now() + Duration::from_secs(120);
