@@ -67,6 +67,18 @@ impl Share {
         }
         ok
     }
+
+    /// Gives up one lease of `group` if this instance holds more than its fair
+    /// share (another instance joined, or two took at once): counted at once.
+    fn release_excess(&self, group: &str, members: usize) -> bool {
+        let mut g = self.groups.lock().expect("share");
+        let e = g.entry(group.to_string()).or_default();
+        let over = e.1 > e.0.div_ceil(members.max(1));
+        if over {
+            e.1 -= 1;
+        }
+        over
+    }
 }
 
 impl NatsClaims {
@@ -157,6 +169,24 @@ async fn hold(store: Arc<NatsConfigStore>, key: String, me: Bytes, tx: watch::Se
     let mut revision: Option<u64> = None;
     loop {
         let held = match revision {
+            // Holding more than our share: give this one up for another instance.
+            Some(_)
+                if match &share {
+                    Some(s) => s.release_excess(&group, members(&store).await),
+                    None => false,
+                } =>
+            {
+                let _ = store.delete(&key).await;
+                tracing::info!(lease = %key, "lease given up: this instance held more than its share");
+                revision = None;
+                let _ = tx.send(false);
+                // Let another instance take it before we could again.
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = tokio::time::sleep(LEASE_TTL) => {}
+                }
+                continue;
+            }
             // Holding: renew (fails if the key expired and someone else took it).
             Some(rev) => store.put(&key, me.clone(), rev).await.ok(),
             // Not holding: take it if nobody has, within our share (reserved first).
