@@ -1,10 +1,15 @@
-//! The `EventLog` seam and its backends.
+//! Spate's storage seams and their backends.
 //!
-//! A log is an append-only sequence of opaque records with dense offsets
-//! starting at 0, plus named consumers that each commit "everything below
-//! offset N is done". That shape maps onto NATS JetStream (a stream plus
-//! durable consumers acknowledging with AckAll) and Kafka (a topic plus
-//! consumer groups committing offsets); see ARCHITECTURE.md.
+//! - `EventLog`: the embedded, single-writer log (file or memory). Records have
+//!   dense offsets starting at 0; named consumers commit an offset plus the
+//!   acknowledged ranges above it (`AckState`).
+//! - `MessageStream` (`stream.rs`): a shared engine's stream (NATS JetStream),
+//!   written by many instances. It promises no offsets at all: consumers hand out
+//!   messages, each acknowledged, nacked or kept "in progress".
+//! - `ConfigStore` (`config_store.rs`): where resources live, with compare-and-swap
+//!   writes and a watch.
+//!
+//! See ARCHITECTURE.md for how each maps onto the engines.
 
 pub mod config_store;
 mod crc;
