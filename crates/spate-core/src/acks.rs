@@ -66,6 +66,8 @@ pub struct AckTracker {
     pending: BTreeSet<Offset>,
     /// Final before the last restart, at or above `next` (sorted, disjoint).
     skip: Vec<(Offset, Offset)>,
+    /// Counts changes, so a caller can skip rebuilding an unchanged state.
+    generation: u64,
 }
 
 impl AckTracker {
@@ -74,12 +76,17 @@ impl AckTracker {
     pub fn resume(state: AckState) -> Self {
         let mut skip = state.acked;
         skip.retain(|(s, e)| s < e && *e > state.committed);
-        AckTracker { next: state.committed, pending: BTreeSet::new(), skip }
+        AckTracker { next: state.committed, pending: BTreeSet::new(), skip, generation: 0 }
     }
 
     /// The next offset not yet seen.
     pub fn next(&self) -> Offset {
         self.next
+    }
+
+    /// Changes with every change of the tracker's state.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn in_flight(&self) -> usize {
@@ -99,11 +106,15 @@ impl AckTracker {
         }
         let done = self.skip.first().is_some_and(|(s, _)| *s <= offset);
         self.next = self.next.max(offset + 1);
+        self.generation += 1;
         done
     }
 
     /// Everything below `offset` was seen and needs nothing (filtered out or absent).
     pub fn seen_upto(&mut self, offset: Offset) {
+        if offset > self.next {
+            self.generation += 1;
+        }
         self.next = self.next.max(offset);
         while self.skip.first().is_some_and(|(_, e)| *e <= self.next) {
             self.skip.remove(0);
@@ -112,12 +123,14 @@ impl AckTracker {
 
     /// `offset` is handed out and in flight.
     pub fn start(&mut self, offset: Offset) {
+        self.generation += 1;
         self.pending.insert(offset);
         self.next = self.next.max(offset + 1);
     }
 
     /// `offset` reached a final outcome.
     pub fn finish(&mut self, offset: Offset) {
+        self.generation += 1;
         self.pending.remove(&offset);
     }
 

@@ -198,8 +198,9 @@ struct State {
     label: String,
     /// What was handed out, what is in flight, what was final before a restart.
     acks: AckTracker,
-    /// The position last persisted.
+    /// The position last persisted, and the tracker's generation it reflects.
     committed: AckState,
+    committed_generation: u64,
     /// Delivery tasks and the offset each one carries (to finish it even if it panics).
     tasks: JoinSet<Offset>,
     offsets: HashMap<tokio::task::Id, Offset>,
@@ -234,11 +235,20 @@ impl State {
     /// Persists the position: the lowest unfinished offset plus the finished
     /// ranges above it, so a restart redelivers at most what was in flight.
     fn commit(&mut self, log: &dyn spate_log::EventLog) {
-        let state = self.acks.state();
-        if state != self.committed {
-            match log.commit_state(&self.consumer, &state) {
-                Ok(()) => self.committed = state,
-                Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
+        // Rebuild the position only when the bookkeeping changed since the last write.
+        let generation = self.acks.generation();
+        if generation != self.committed_generation {
+            let state = self.acks.state();
+            if state == self.committed {
+                self.committed_generation = generation;
+            } else {
+                match log.commit_state(&self.consumer, &state) {
+                    Ok(()) => {
+                        self.committed = state;
+                        self.committed_generation = generation;
+                    }
+                    Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
+                }
             }
         }
         self.backlog.set(log.end_offset().saturating_sub(self.committed.committed) as f64);
@@ -287,6 +297,7 @@ impl Run {
             label,
             acks: AckTracker::resume(position.clone()),
             committed: position,
+            committed_generation: 0,
             tasks: JoinSet::new(),
             offsets: HashMap::new(),
             shared,

@@ -62,6 +62,17 @@ fn producer(addr: &str) -> ThreadedProducer<DefaultProducerContext> {
         .expect("producer")
 }
 
+/// A producer that sends one record per batch: a restart resumes mid-topic, and tansu 0.6
+/// cannot fetch from an offset inside a multi-record batch.
+fn single_record_producer(addr: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .expect("producer")
+}
+
 /// Produces `n` records numbered `from..from+n` round-robin over `partitions`, then flushes.
 fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partitions: i32, from: usize, n: usize) {
     for i in from..from + n {
@@ -175,14 +186,7 @@ async fn a_kill_9_mid_stream_loses_nothing() {
     let Some(addr) = broker_addr() else { return };
     let topic = unique("crash");
     create_topic(&addr, &topic, 3).await;
-    // One record per batch: a restart resumes mid-topic, and tansu 0.6 cannot fetch from an
-    // offset inside a multi-record batch.
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
+    let p = single_record_producer(&addr);
     produce(&p, &topic, 3, 0, 6_000);
     let dir = tempdir();
     let mut s = Server::start(dir.path(), &[]);
@@ -316,12 +320,7 @@ async fn three_instances_never_consume_a_partition_twice_and_take_over_from_a_de
     let nats = NatsCluster::new("kafkasplit");
     let topic = unique("split");
     create_topic(&addr, &topic, 3).await;
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
+    let p = single_record_producer(&addr);
     produce(&p, &topic, 3, 0, TOTAL);
     let mut args = nats.args();
     args.extend(["--config-store".to_string(), "nats".to_string()]);
