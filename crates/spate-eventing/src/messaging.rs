@@ -227,8 +227,14 @@ pub(crate) fn channel_log_name(ns: &str, name: &str) -> String {
 type Key = (String, String);
 
 /// Every worker has committed everything its channel holds.
-fn drained(workers: &[TriggerWorker]) -> bool {
-    workers.iter().all(|w| w.feed.log.committed(&w.plan.consumer()).unwrap_or(0) >= w.feed.log.end_offset())
+async fn drained(workers: &[TriggerWorker]) -> bool {
+    for w in workers {
+        let committed = w.feed.log.committed_state(&w.plan.consumer()).await.ok().flatten().map_or(0, |s| s.committed);
+        if committed < w.feed.log.end_offset() {
+            return false;
+        }
+    }
+    true
 }
 
 /// A channel removed from a flow that still had undelivered events: its
@@ -248,7 +254,7 @@ impl Drain {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
             let done = loop {
-                if drained(&workers) {
+                if drained(&workers).await {
                     break true;
                 }
                 tokio::select! {
@@ -261,7 +267,7 @@ impl Drain {
             }
             if done {
                 tracing::info!(log = %log_name, "removed channel drained; deleting its log");
-                if let Err(e) = backend.remove(&log_name) {
+                if let Err(e) = backend.remove(&log_name).await {
                     tracing::error!(log = %log_name, error = %e, "could not delete the drained channel's log");
                 }
             }
@@ -340,7 +346,7 @@ impl Eventing {
             }
             let flow_lives = x.flows.iter().any(|f| f.namespace == ns && name.starts_with(&format!("{}-kn-", f.name)));
             let backend = self.channel_backend(ch.config.storage);
-            if flow_lives && !workers.is_empty() && !drained(&workers) {
+            if flow_lives && !workers.is_empty() && !drained(&workers).await {
                 tracing::info!(channel = %format!("{ns}/{name}"), "channel removed from its flow; draining its undelivered events");
                 draining.insert((ns, name), Drain::start(ch, workers, backend));
                 continue;
@@ -348,7 +354,7 @@ impl Eventing {
             for w in workers {
                 w.stop().await;
             }
-            if let Err(e) = backend.remove(&channel_log_name(&ns, &name)) {
+            if let Err(e) = backend.remove(&channel_log_name(&ns, &name)).await {
                 tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's log");
             }
         }
@@ -374,6 +380,7 @@ impl Eventing {
                 (_, storage) => self
                     .channel_backend(storage)
                     .open(&channel_log_name(&c.namespace, &c.name))
+                    .await
                     .map(|log| ChannelStore::Log(Feed::new(log, label.clone())))
                     .map_err(|e| e.to_string()),
             };

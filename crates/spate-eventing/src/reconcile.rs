@@ -244,7 +244,7 @@ impl Eventing {
             let Some(broker) = self.brokers.write().expect("brokers lock").remove(&key) else { continue };
             let log_name = broker_log_name(&key.0, &key.1);
             let removed = match (&broker.storage, &self.streams) {
-                (Storage::Log { .. }, _) => self.backend.remove(&log_name),
+                (Storage::Log { .. }, _) => self.backend.remove(&log_name).await,
                 (Storage::Stream(_), Some(streams)) => streams.remove(&log_name).await,
                 (Storage::Stream(_), None) => Ok(()),
             };
@@ -295,7 +295,7 @@ impl Eventing {
             DEFAULT_BROKER_CLASS => {
                 let log = match existing.as_ref().and_then(|x| x.feed().map(|f| f.log.clone())) {
                     Some(log) => log,
-                    None => self.backend.open(&log_name).map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                    None => self.backend.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
                 };
                 Broker::new(b.clone(), log, address.to_string())
             }

@@ -64,14 +64,19 @@ pub(crate) struct TriggerWorker {
 
 impl TriggerWorker {
     /// `broker` is where `ReplyPlan::Broker` replies go.
-    pub fn start(plan: WorkerPlan, feed: Arc<Feed>, broker: Option<Arc<Broker>>, dispatcher: Dispatcher) -> Self {
+    pub async fn start(plan: WorkerPlan, feed: Arc<Feed>, broker: Option<Arc<Broker>>, dispatcher: Dispatcher) -> Self {
         // A new trigger sees events that arrive after it is Ready, as in Knative.
         // The start is recorded here, before `apply` returns, not when the task
         // first runs: an event sent right after `apply` must not be skipped.
         let consumer = plan.consumer();
-        if feed.log.committed(&consumer).is_none()
-            && let Err(e) = feed.log.commit(&consumer, feed.log.end_offset())
-        {
+        let known = match feed.log.committed_state(&consumer).await {
+            Ok(state) => state.is_some(),
+            Err(e) => {
+                tracing::error!(consumer = %consumer, error = %e, "cannot read the trigger's position");
+                true
+            }
+        };
+        if !known && let Err(e) = feed.log.commit(&consumer, feed.log.end_offset()).await {
             tracing::error!(consumer = %consumer, error = %e, "cannot record the trigger's starting offset");
         }
         let (stop, stop_rx) = watch::channel(false);
@@ -234,7 +239,7 @@ impl State {
 
     /// Persists the position: the lowest unfinished offset plus the finished
     /// ranges above it, so a restart redelivers at most what was in flight.
-    fn commit(&mut self, log: &dyn spate_log::EventLog) {
+    async fn commit(&mut self, log: &dyn spate_log::EventLog) {
         // Rebuild the position only when the bookkeeping changed since the last write.
         let generation = self.acks.generation();
         if generation != self.committed_generation {
@@ -242,7 +247,7 @@ impl State {
             if state == self.committed {
                 self.committed_generation = generation;
             } else {
-                match log.commit_state(&self.consumer, &state) {
+                match log.commit_state(&self.consumer, state.clone()).await {
                     Ok(()) => {
                         self.committed = state;
                         self.committed_generation = generation;
@@ -286,7 +291,18 @@ impl Run {
         let log = self.feed.log.clone();
         let consumer = self.plan.consumer();
         let label = consumer.clone();
-        let mut position = log.committed_state(&consumer).unwrap_or_else(|| AckState::at(log.end_offset()));
+        let mut position = loop {
+            match log.committed_state(&consumer).await {
+                Ok(p) => break p.unwrap_or_else(|| AckState::at(log.end_offset())),
+                Err(e) => {
+                    tracing::error!(trigger = %consumer, error = %e, "cannot read the trigger's position; retrying in 1s");
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         position.committed = position.committed.max(log.start_offset());
         let shared = Shared::new(self.plan.clone(), self.dispatcher.clone(), self.broker.clone(), self.stats.clone());
         let backlog = metrics::gauge!("spate_trigger_backlog", "trigger" => label.clone());
@@ -327,7 +343,7 @@ impl Run {
         let capacity = (self.plan.max_in_flight * 4).clamp(64, 4096);
         loop {
             st.reap();
-            st.commit(&*log);
+            st.commit(&*log).await;
             if buf.is_empty() {
                 end_rx.borrow_and_update();
                 let end = log.end_offset();
@@ -411,7 +427,7 @@ impl Run {
             if drained {
                 st.acks.seen_upto(upto);
             }
-            st.commit(&*log);
+            st.commit(&*log).await;
             let room = st.tasks.len() < self.plan.max_in_flight;
             tokio::select! {
                 biased;

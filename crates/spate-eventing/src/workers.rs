@@ -52,7 +52,7 @@ impl Workers {
                 if let Some(old) = self.log.remove(&key) {
                     old.stop().await;
                 }
-                self.log.insert(key, TriggerWorker::start(plan, feed.clone(), broker, dispatcher.clone()));
+                self.log.insert(key, TriggerWorker::start(plan, feed.clone(), broker, dispatcher.clone()).await);
             }
             Source::Stream(stream) => {
                 if let Some(old) = self.log.remove(&key) {
@@ -87,7 +87,9 @@ impl Workers {
             if let Some(w) = self.log.remove(&key) {
                 let (feed, consumer) = (w.feed.clone(), w.plan.consumer());
                 w.stop().await;
-                let _ = feed.log.remove_consumer(&consumer);
+                if let Err(e) = feed.log.remove_consumer(&consumer).await {
+                    tracing::warn!(consumer = %consumer, error = %e, "could not delete the consumer's position");
+                }
             }
         }
         let gone: Vec<Key> = self.stream.keys().filter(|k| !keep.contains(*k)).cloned().collect();
@@ -128,7 +130,8 @@ impl Workers {
         let mut total = 0;
         for w in self.log.values().filter(|w| serves(&w.plan.subscriber_url)) {
             let log = &w.feed.log;
-            total += log.end_offset().saturating_sub(log.committed(&w.plan.consumer()).unwrap_or(0));
+            let committed = log.committed_state(&w.plan.consumer()).await.ok().flatten().map_or(0, |s| s.committed);
+            total += log.end_offset().saturating_sub(committed);
         }
         for w in self.stream.values().filter(|w| serves(&w.plan.subscriber_url)) {
             total += w.stream.backlog(&w.plan.consumer()).await.unwrap_or(0);

@@ -14,7 +14,7 @@
 //! under `FsyncPolicy::Always`, one `fdatasync` before acknowledging them all
 //! (group commit). Records become visible to readers only once acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -103,6 +103,10 @@ struct Shared {
     cache: VecDeque<Record>,
     cache_bytes: usize,
     consumers: HashMap<String, Consumer>,
+    /// Consumers whose position in memory is not yet written.
+    pending: BTreeSet<String>,
+    /// A `Committer::flush` is scheduled or running.
+    flushing: bool,
     closed: bool,
 }
 
@@ -119,6 +123,7 @@ pub struct FileLog {
     tx: Mutex<Option<SyncSender<AppendReq>>>,
     end_rx: watch::Receiver<Offset>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    committer: Committer,
 }
 
 fn seg_path(dir: &Path, base: Offset, ext: &str) -> PathBuf {
@@ -246,7 +251,90 @@ fn consumer_file_name(consumer: &str) -> String {
 /// One consumer's position as kept in memory, with its open file.
 struct Consumer {
     state: AckState,
-    file: File,
+    /// `None` until the first write creates the file.
+    file: Option<Arc<File>>,
+    /// Why the last write of this position failed (reported by the next commit).
+    error: Option<String>,
+}
+
+/// Writes consumer positions on the blocking pool, never on a runtime worker.
+/// Coalescing: while a write runs, further commits replace a consumer's
+/// pending position, so a burst costs one write per consumer.
+#[derive(Clone)]
+struct Committer {
+    dir: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    /// Held while writing or deleting consumer files, so a deleted consumer's
+    /// file is never written again by a write that started before.
+    io: Arc<Mutex<()>>,
+}
+
+impl Committer {
+    /// Writes every pending position until none is left.
+    fn flush(&self) {
+        let _io = self.io.lock().expect("committer io lock");
+        loop {
+            let work: Vec<(String, AckState, Option<Arc<File>>)> = {
+                let mut g = self.shared.lock().expect("log lock");
+                let names = std::mem::take(&mut g.pending);
+                if names.is_empty() {
+                    g.flushing = false;
+                    return;
+                }
+                names
+                    .into_iter()
+                    .filter_map(|n| {
+                        let c = g.consumers.get(&n)?;
+                        Some((n, c.state.clone(), c.file.clone()))
+                    })
+                    .collect()
+            };
+            for (name, state, file) in work {
+                let written = self.write(&name, &state, file);
+                let mut g = self.shared.lock().expect("log lock");
+                if let Some(c) = g.consumers.get_mut(&name) {
+                    match written {
+                        Ok(f) => c.file = Some(f),
+                        Err(e) => c.error = Some(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One positioned write: it survives a process crash without an fsync; a
+    /// machine crash may roll the position back, which only redelivers. A new
+    /// consumer's file (and its directory entry) is synced once.
+    fn write(&self, consumer: &str, state: &AckState, file: Option<Arc<File>>) -> Result<Arc<File>, LogError> {
+        if let Some(f) = file {
+            f.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&self.dir, e))?;
+            return Ok(f);
+        }
+        let cdir = self.dir.join("consumers");
+        let path = cdir.join(consumer_file_name(consumer));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        f.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&path, e))?;
+        f.sync_all().map_err(|e| LogError::io(&path, e))?;
+        fsync_dir(&cdir);
+        Ok(Arc::new(f))
+    }
+
+    /// Deletes a consumer's file (already forgotten in memory).
+    fn delete(&self, consumer: &str) -> Result<(), LogError> {
+        let _io = self.io.lock().expect("committer io lock");
+        let path = self.dir.join("consumers").join(consumer_file_name(consumer));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LogError::io(&path, e)),
+        }
+    }
 }
 
 /// The consumer file: the committed offset and its CRC (12 bytes; the format
@@ -374,7 +462,7 @@ impl FileLog {
                 tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
                 AckState::at(segments[0].base)
             });
-            consumers.insert(name, Consumer { state, file });
+            consumers.insert(name, Consumer { state, file: Some(Arc::new(file)), error: None });
         }
         let end = segments.last().expect("at least one segment").end;
         for (name, c) in consumers.iter_mut() {
@@ -382,14 +470,24 @@ impl FileLog {
                 // The tail this consumer had passed was lost (torn write): it resumes at the new end.
                 tracing::warn!(log = name, consumer = %name, committed = c.state.committed, end, "committed offset past the recovered end; clamped");
                 c.state = AckState::at(end);
-                let _ = c.file.write_all_at(&consumer_record(&c.state), 0);
+                if let Some(f) = &c.file {
+                    let _ = f.write_all_at(&consumer_record(&c.state), 0);
+                }
             } else {
                 c.state = std::mem::take(&mut c.state).normalized(end);
             }
         }
         let (end_tx, end_rx) = watch::channel(end);
-        let shared =
-            Arc::new(Mutex::new(Shared { segments, cache: VecDeque::new(), cache_bytes: 0, consumers, closed: false }));
+        let shared = Arc::new(Mutex::new(Shared {
+            segments,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            consumers,
+            pending: BTreeSet::new(),
+            flushing: false,
+            closed: false,
+        }));
+        let committer = Committer { dir: dir.to_path_buf(), shared: shared.clone(), io: Arc::new(Mutex::new(())) };
         let (tx, rx) = sync_channel(config.queue_depth);
         let writer = Writer {
             name: name.to_string(),
@@ -416,16 +514,19 @@ impl FileLog {
             tx: Mutex::new(Some(tx)),
             end_rx,
             writer: Mutex::new(Some(handle)),
+            committer,
         }))
     }
 
-    /// Stops the writer after it has finished queued appends.
+    /// Stops the writer after it has finished queued appends, and writes
+    /// every pending consumer position. Blocks: call it off the runtime.
     pub fn close(&self) {
         self.tx.lock().expect("log tx lock").take();
         if let Some(h) = self.writer.lock().expect("writer lock").take() {
             let _ = h.join();
         }
         self.shared.lock().expect("log lock").closed = true;
+        self.committer.flush();
     }
 
     pub fn dir(&self) -> &Path {
@@ -601,52 +702,55 @@ impl EventLog for FileLog {
         self.end_rx.clone()
     }
 
-    fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError> {
-        self.commit_state(consumer, &AckState::at(next))
-    }
-
-    fn commit_state(&self, consumer: &str, state: &AckState) -> Result<(), LogError> {
+    fn commit_state(&self, consumer: &str, state: AckState) -> BoxFuture<'_, Result<(), LogError>> {
         let mut g = self.shared.lock().expect("log lock");
-        if let Some(c) = g.consumers.get_mut(consumer) {
-            if c.state == *state {
-                return Ok(());
-            }
-            // A positioned write survives a process crash without an fsync; a
-            // machine crash may roll the position back, which only redelivers.
-            c.file.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&self.dir, e))?;
-            c.state = state.clone();
-            return Ok(());
+        if g.closed {
+            return Box::pin(std::future::ready(Err(LogError::Closed(self.name.clone()))));
         }
-        let path = self.dir.join("consumers").join(consumer_file_name(consumer));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| LogError::io(&path, e))?;
-        file.write_all_at(&consumer_record(state), 0).map_err(|e| LogError::io(&path, e))?;
-        file.sync_all().map_err(|e| LogError::io(&path, e))?;
-        fsync_dir(&self.dir.join("consumers"));
-        g.consumers.insert(consumer.to_string(), Consumer { state: state.clone(), file });
-        Ok(())
+        let c = g.consumers.entry(consumer.to_string()).or_insert_with(|| Consumer {
+            state: AckState::at(Offset::MAX),
+            file: None,
+            error: None,
+        });
+        if c.state == state && c.error.is_none() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        c.state = state;
+        let failed = c.error.take();
+        g.pending.insert(consumer.to_string());
+        let start = !std::mem::replace(&mut g.flushing, true);
+        drop(g);
+        if start {
+            let committer = self.committer.clone();
+            let flush = crate::blocking(self.dir.display().to_string(), move || {
+                committer.flush();
+                Ok(())
+            });
+            drop(flush);
+        }
+        let result = match failed {
+            Some(e) => Err(LogError::Io { path: self.dir.display().to_string(), source: std::io::Error::other(e) }),
+            None => Ok(()),
+        };
+        Box::pin(std::future::ready(result))
     }
 
-    fn committed(&self, consumer: &str) -> Option<Offset> {
-        self.shared.lock().expect("log lock").consumers.get(consumer).map(|c| c.state.committed)
+    fn committed_state(&self, consumer: &str) -> BoxFuture<'_, Result<Option<AckState>, LogError>> {
+        let state = self.shared.lock().expect("log lock").consumers.get(consumer).map(|c| c.state.clone());
+        Box::pin(std::future::ready(Ok(state)))
     }
 
-    fn committed_state(&self, consumer: &str) -> Option<AckState> {
-        self.shared.lock().expect("log lock").consumers.get(consumer).map(|c| c.state.clone())
-    }
-
-    fn remove_consumer(&self, consumer: &str) -> Result<(), LogError> {
+    fn remove_consumer(&self, consumer: &str) -> BoxFuture<'_, Result<(), LogError>> {
         let mut g = self.shared.lock().expect("log lock");
-        if g.consumers.remove(consumer).is_some() {
-            let path = self.dir.join("consumers").join(consumer_file_name(consumer));
-            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+        g.pending.remove(consumer);
+        let known = g.consumers.remove(consumer).is_some();
+        drop(g);
+        if !known {
+            return Box::pin(std::future::ready(Ok(())));
         }
-        Ok(())
+        let committer = self.committer.clone();
+        let consumer = consumer.to_string();
+        crate::blocking(self.dir.display().to_string(), move || committer.delete(&consumer))
     }
 }
 
@@ -862,11 +966,18 @@ pub struct FileBackend {
     root: PathBuf,
     config: FileLogConfig,
     open: Mutex<HashMap<String, Arc<FileLog>>>,
+    /// Serialises opening and removing, so one directory never has two writers.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl FileBackend {
     pub fn new(root: impl Into<PathBuf>, config: FileLogConfig) -> Self {
-        FileBackend { root: root.into(), config, open: Mutex::new(HashMap::new()) }
+        FileBackend {
+            root: root.into(),
+            config,
+            open: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn dir_for(&self, name: &str) -> Result<PathBuf, LogError> {
@@ -879,34 +990,48 @@ impl FileBackend {
         Ok(self.root.join(name))
     }
 
-    /// Closes every open log (used at shutdown).
+    /// Closes every open log (at shutdown). Blocks: call it off the runtime.
     pub fn close_all(&self) {
-        for (_, l) in self.open.lock().expect("backend lock").drain() {
+        let logs: Vec<Arc<FileLog>> = self.open.lock().expect("backend lock").drain().map(|(_, l)| l).collect();
+        for l in logs {
             l.close();
         }
     }
 }
 
 impl LogBackend for FileBackend {
-    fn open(&self, name: &str) -> Result<Arc<dyn EventLog>, LogError> {
-        let mut g = self.open.lock().expect("backend lock");
-        if let Some(l) = g.get(name) {
-            return Ok(l.clone());
-        }
-        let log = FileLog::open(name, &self.dir_for(name)?, self.config.clone())?;
-        g.insert(name.to_string(), log.clone());
-        Ok(log)
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn EventLog>, LogError>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let dir = self.dir_for(&name)?;
+            let _one = self.opening.lock().await;
+            if let Some(l) = self.open.lock().expect("backend lock").get(&name) {
+                return Ok(l.clone() as Arc<dyn EventLog>);
+            }
+            let (n, config) = (name.clone(), self.config.clone());
+            let log = crate::blocking(dir.display().to_string(), move || FileLog::open(&n, &dir, config)).await?;
+            self.open.lock().expect("backend lock").insert(name, log.clone());
+            Ok(log as Arc<dyn EventLog>)
+        })
     }
 
-    fn remove(&self, name: &str) -> Result<(), LogError> {
-        let dir = self.dir_for(name)?;
-        if let Some(l) = self.open.lock().expect("backend lock").remove(name) {
-            l.close();
-        }
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LogError::io(&dir, e)),
-        }
+    fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let dir = self.dir_for(&name)?;
+            let _one = self.opening.lock().await;
+            let log = self.open.lock().expect("backend lock").remove(&name);
+            crate::blocking(dir.display().to_string(), move || {
+                if let Some(l) = log {
+                    l.close();
+                }
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(LogError::io(&dir, e)),
+                }
+            })
+            .await
+        })
     }
 }

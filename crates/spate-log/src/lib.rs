@@ -64,28 +64,52 @@ pub trait EventLog: Send + Sync + 'static {
     fn start_offset(&self) -> Offset;
     /// Changes whenever `end_offset` grows; readers await it to tail the log.
     fn watch_end(&self) -> tokio::sync::watch::Receiver<Offset>;
-    /// Records that `consumer` is done with every offset below `next`.
-    fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError>;
-    /// The consumer's committed offset, `None` if it never committed.
-    fn committed(&self, consumer: &str) -> Option<Offset>;
     /// Records the consumer's committed offset *and* the acknowledged ranges
-    /// above it, so a restart skips them. Backends without ranges keep the offset.
-    fn commit_state(&self, consumer: &str, state: &AckState) -> Result<(), LogError> {
-        self.commit(consumer, state.committed)
+    /// above it, so a restart skips them. The position is visible to
+    /// `committed_state` at once; the future resolves once it is handed to
+    /// storage (the file log writes it off the runtime, coalescing a burst of
+    /// commits into one write; a crash before that write only redelivers).
+    /// An error reports a failed earlier write of this consumer's position:
+    /// committing again retries it.
+    fn commit_state(&self, consumer: &str, state: AckState) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Records that `consumer` is done with every offset below `next`.
+    fn commit(&self, consumer: &str, next: Offset) -> BoxFuture<'_, Result<(), LogError>> {
+        self.commit_state(consumer, AckState::at(next))
     }
     /// The consumer's full position; `None` if it never committed.
-    fn committed_state(&self, consumer: &str) -> Option<AckState> {
-        self.committed(consumer).map(AckState::at)
-    }
+    fn committed_state(&self, consumer: &str) -> BoxFuture<'_, Result<Option<AckState>, LogError>>;
     /// Forgets a consumer (its trigger was deleted); retention no longer waits for it.
-    fn remove_consumer(&self, consumer: &str) -> Result<(), LogError>;
+    fn remove_consumer(&self, consumer: &str) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
-/// Opens logs by name. One per storage backend.
+/// Opens logs by name. One per storage backend. Opening and removing touch
+/// storage (the file log scans its tail, deletes directories): both run off
+/// the async runtime's worker threads.
 pub trait LogBackend: Send + Sync + 'static {
-    fn open(&self, name: &str) -> Result<Arc<dyn EventLog>, LogError>;
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn EventLog>, LogError>>;
     /// Deletes a log and its consumers' offsets.
-    fn remove(&self, name: &str) -> Result<(), LogError>;
+    fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+}
+
+/// Runs blocking storage work on the blocking pool (inline when no runtime
+/// runs, as in synchronous tools and tests).
+pub(crate) fn blocking<T: Send + 'static>(
+    what: String,
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, LogError>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = rt.spawn_blocking(f);
+            Box::pin(async move {
+                task.await
+                    .unwrap_or_else(|e| Err(LogError::Io { path: what, source: std::io::Error::other(e.to_string()) }))
+            })
+        }
+        Err(_) => {
+            let r = f();
+            Box::pin(std::future::ready(r))
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::{BoxFuture, EventLog, LogBackend, LogError, Offset, Record, now_ms};
+use crate::{AckState, BoxFuture, EventLog, LogBackend, LogError, Offset, Record, now_ms};
 
 pub struct MemoryLog {
     inner: Mutex<Inner>,
@@ -19,7 +19,7 @@ struct Inner {
     /// Records from `start` on.
     records: VecDeque<Record>,
     start: Offset,
-    consumers: HashMap<String, Offset>,
+    consumers: HashMap<String, AckState>,
 }
 
 impl Inner {
@@ -29,7 +29,7 @@ impl Inner {
 
     /// Frees the records below the lowest committed offset.
     fn free(&mut self) {
-        let Some(low) = self.consumers.values().copied().min() else { return };
+        let Some(low) = self.consumers.values().map(|c| c.committed).min() else { return };
         while self.start < low && self.records.pop_front().is_some() {
             self.start += 1;
         }
@@ -74,20 +74,21 @@ impl EventLog for MemoryLog {
     fn watch_end(&self) -> watch::Receiver<Offset> {
         self.end_tx.subscribe()
     }
-    fn commit(&self, consumer: &str, next: Offset) -> Result<(), LogError> {
+    fn commit_state(&self, consumer: &str, state: AckState) -> BoxFuture<'_, Result<(), LogError>> {
         let mut g = self.inner.lock().expect("memory log lock");
-        g.consumers.insert(consumer.to_string(), next);
+        g.consumers.insert(consumer.to_string(), state);
         g.free();
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
-    fn committed(&self, consumer: &str) -> Option<Offset> {
-        self.inner.lock().expect("memory log lock").consumers.get(consumer).copied()
+    fn committed_state(&self, consumer: &str) -> BoxFuture<'_, Result<Option<AckState>, LogError>> {
+        let state = self.inner.lock().expect("memory log lock").consumers.get(consumer).cloned();
+        Box::pin(std::future::ready(Ok(state)))
     }
-    fn remove_consumer(&self, consumer: &str) -> Result<(), LogError> {
+    fn remove_consumer(&self, consumer: &str) -> BoxFuture<'_, Result<(), LogError>> {
         let mut g = self.inner.lock().expect("memory log lock");
         g.consumers.remove(consumer);
         g.free();
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -100,13 +101,13 @@ mod tests {
         let log = MemoryLog::default();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(log.append((0..10).map(|i| Bytes::from(vec![i])).collect())).unwrap();
-        log.commit("a", 4).unwrap();
-        log.commit("b", 6).unwrap();
+        rt.block_on(log.commit("a", 4)).unwrap();
+        rt.block_on(log.commit("b", 6)).unwrap();
         assert_eq!(log.start_offset(), 4, "the slower consumer holds the rest");
         assert_eq!(log.inner.lock().unwrap().records.len(), 6);
         let r = rt.block_on(log.read(0, 3)).unwrap();
         assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), [4, 5, 6], "freed offsets read from the start");
-        log.remove_consumer("a").unwrap();
+        rt.block_on(log.remove_consumer("a")).unwrap();
         assert_eq!(log.start_offset(), 6);
         assert_eq!(log.end_offset(), 10);
     }
@@ -119,12 +120,13 @@ pub struct MemoryBackend {
 }
 
 impl LogBackend for MemoryBackend {
-    fn open(&self, name: &str) -> Result<Arc<dyn EventLog>, LogError> {
-        let mut g = self.logs.lock().expect("memory backend lock");
-        Ok(g.entry(name.to_string()).or_default().clone())
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn EventLog>, LogError>> {
+        let log: Arc<dyn EventLog> =
+            self.logs.lock().expect("memory backend lock").entry(name.to_string()).or_default().clone();
+        Box::pin(std::future::ready(Ok(log)))
     }
-    fn remove(&self, name: &str) -> Result<(), LogError> {
+    fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
         self.logs.lock().expect("memory backend lock").remove(name);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -81,7 +81,8 @@ fn check(rt: &tokio::runtime::Runtime, log: &FileLog, model: &[Vec<u8>], committ
         assert_eq!(&r.payload[..], &m[..]);
     }
     for (c, want) in committed.iter().enumerate() {
-        assert_eq!(log.committed(&format!("ns/trigger-{c}")), *want, "consumer {c}");
+        let got = rt.block_on(log.committed_state(&format!("ns/trigger-{c}"))).unwrap().map(|s| s.committed);
+        assert_eq!(got, *want, "consumer {c}");
     }
 }
 
@@ -106,7 +107,7 @@ proptest! {
                 }
                 Op::Commit { consumer, frac } => {
                     let off = (model.len() as f64 * frac) as Offset;
-                    log.commit(&format!("ns/trigger-{consumer}"), off).unwrap();
+                    rt.block_on(log.commit(&format!("ns/trigger-{consumer}"), off)).unwrap();
                     committed[consumer as usize] = Some(off);
                 }
                 Op::Reopen => {
@@ -205,7 +206,7 @@ fn retention_removes_only_consumed_segments() {
         ..FileLogConfig::default()
     };
     let log = FileLog::open("r", &dir, cfg).unwrap();
-    log.commit("c", 0).unwrap();
+    rt.block_on(log.commit("c", 0)).unwrap();
     for _ in 0..20 {
         rt.block_on(log.append(vec![Bytes::from(vec![7u8; 200])])).unwrap();
     }
@@ -215,7 +216,7 @@ fn retention_removes_only_consumed_segments() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     rt.block_on(log.append(vec![Bytes::from_static(b"tick")])).unwrap();
     assert_eq!(log.start_offset(), 0);
-    log.commit("c", 12).unwrap();
+    rt.block_on(log.commit("c", 12)).unwrap();
     let mut rx = log.watch_end();
     // Retention runs on the writer's housekeeping tick; wait for it to move the start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

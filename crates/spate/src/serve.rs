@@ -311,6 +311,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     })
     .await;
     control.shutdown().await;
-    backend.close_all();
+    // Closing joins the writer threads and writes consumer positions: off the runtime.
+    let closing = backend.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close_all()).await;
     Ok(std::process::ExitCode::SUCCESS)
 }
