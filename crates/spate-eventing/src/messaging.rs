@@ -12,14 +12,14 @@ use bytes::Bytes;
 use spate_api::{ChannelConfig, ChannelStorage, DeliverySpec, Kind, SubscriptionConfig};
 use spate_core::{CloudEvent, Destination, KRef, storage};
 use spate_filter::Filter;
-use spate_log::{LogBackend, MessageStream};
+use spate_log::{LogBackend, MessageStream, StreamBackend};
 use tokio::sync::watch;
 
 use crate::broker::PublishError;
 use crate::feed::Feed;
 use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
-use crate::trigger::{ReplyPlan, TriggerWorker, WorkerPlan};
-use crate::workers::Source;
+use crate::trigger::{ReplyPlan, WorkerPlan};
+use crate::workers::{Source, Worker};
 
 /// Name of step `i`'s channel and subscription in a Sequence.
 pub fn sequence_channel(sequence: &str, i: usize) -> String {
@@ -226,20 +226,36 @@ pub(crate) fn channel_log_name(ns: &str, name: &str) -> String {
 
 type Key = (String, String);
 
-/// Every worker has committed everything its channel holds.
-async fn drained(workers: &[TriggerWorker]) -> bool {
+/// Every worker has settled everything its channel holds.
+async fn drained(workers: &[Worker]) -> bool {
     for w in workers {
-        let committed = w.feed.log.committed_state(&w.plan.consumer()).await.ok().flatten().map_or(0, |s| s.committed);
-        if committed < w.feed.log.end_offset() {
+        if !w.caught_up().await {
             return false;
         }
     }
     true
 }
 
+/// Where a channel's events are kept, to delete them once drained.
+#[derive(Clone)]
+enum ChannelStorageBackend {
+    Log(Arc<dyn LogBackend>),
+    Stream(Arc<dyn StreamBackend>),
+}
+
+impl ChannelStorageBackend {
+    async fn remove(&self, name: &str) -> Result<(), spate_log::LogError> {
+        match self {
+            ChannelStorageBackend::Log(b) => b.remove(name).await,
+            ChannelStorageBackend::Stream(b) => b.remove(name).await,
+        }
+    }
+}
+
 /// A channel removed from a flow that still had undelivered events: its
 /// subscriptions keep delivering (with their last plan) until everything
-/// accepted has been committed, then its log is deleted. Nothing new can
+/// accepted has been settled (committed on the embedded log; acknowledged on
+/// a NATS stream, by whichever instance took it), then its storage is deleted. Nothing new can
 /// arrive: the channel is no longer addressable.
 pub(crate) struct Drain {
     channel: Arc<Channel>,
@@ -248,7 +264,7 @@ pub(crate) struct Drain {
 }
 
 impl Drain {
-    fn start(channel: Arc<Channel>, workers: Vec<TriggerWorker>, backend: Arc<dyn LogBackend>) -> Drain {
+    fn start(channel: Arc<Channel>, workers: Vec<Worker>, backend: ChannelStorageBackend) -> Drain {
         let (cancel, mut cancelled) = watch::channel(false);
         let log_name = channel_log_name(&channel.config.namespace, &channel.config.name);
         let task = tokio::spawn(async move {
@@ -266,7 +282,7 @@ impl Drain {
                 w.stop().await;
             }
             if done {
-                tracing::info!(log = %log_name, "removed channel drained; deleting its log");
+                tracing::info!(log = %log_name, "removed channel drained; deleting its storage");
                 if let Err(e) = backend.remove(&log_name).await {
                     tracing::error!(log = %log_name, error = %e, "could not delete the drained channel's log");
                 }
@@ -333,19 +349,13 @@ impl Eventing {
             .collect();
         for ch in gone {
             let (ns, name) = (ch.config.namespace.clone(), ch.config.name.clone());
-            let workers: Vec<TriggerWorker> = subs.take_source(&ns, &name).await;
+            let workers: Vec<Worker> = subs.take_source(&ns, &name);
             self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
-            if let ChannelStore::Stream(_) = &ch.store {
-                // A NATS channel: its subscriptions stopped and its stream goes (no drain).
-                if let Some(streams) = &self.streams
-                    && let Err(e) = streams.remove(&channel_log_name(&ns, &name)).await
-                {
-                    tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's stream");
-                }
-                continue;
-            }
+            let backend = match (&ch.store, &self.streams) {
+                (ChannelStore::Stream(_), Some(streams)) => ChannelStorageBackend::Stream(streams.clone()),
+                _ => ChannelStorageBackend::Log(self.channel_backend(ch.config.storage)),
+            };
             let flow_lives = x.flows.iter().any(|f| f.namespace == ns && name.starts_with(&format!("{}-kn-", f.name)));
-            let backend = self.channel_backend(ch.config.storage);
             if flow_lives && !workers.is_empty() && !drained(&workers).await {
                 tracing::info!(channel = %format!("{ns}/{name}"), "channel removed from its flow; draining its undelivered events");
                 draining.insert((ns, name), Drain::start(ch, workers, backend));
@@ -355,7 +365,7 @@ impl Eventing {
                 w.stop().await;
             }
             if let Err(e) = backend.remove(&channel_log_name(&ns, &name)).await {
-                tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's log");
+                tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's storage");
             }
         }
         drop(draining);

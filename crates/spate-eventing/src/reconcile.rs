@@ -324,7 +324,8 @@ impl Eventing {
 
     /// Stops every trigger reading broker `key` (it is gone).
     async fn stop_triggers_of(&self, key: &Key) {
-        for w in self.triggers.lock().await.take_source(&key.0, &key.1).await {
+        let workers = self.triggers.lock().await.take_source(&key.0, &key.1);
+        for w in workers {
             w.stop().await;
         }
     }

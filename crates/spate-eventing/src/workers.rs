@@ -104,18 +104,15 @@ impl Workers {
         }
     }
 
-    /// Takes every worker reading `namespace/source` out: stream workers are
-    /// stopped, log workers returned (the caller stops or drains them).
-    pub async fn take_source(&mut self, namespace: &str, source: &str) -> Vec<TriggerWorker> {
+    /// Takes every worker reading `namespace/source` out, still running (the
+    /// caller stops them, or lets them drain first).
+    pub fn take_source(&mut self, namespace: &str, source: &str) -> Vec<Worker> {
         let reads = |p: &WorkerPlan| p.namespace == namespace && p.source == source;
         let keys: Vec<Key> = self.stream.iter().filter(|(_, w)| reads(&w.plan)).map(|(k, _)| k.clone()).collect();
-        for k in keys {
-            if let Some(w) = self.stream.remove(&k) {
-                w.stop().await;
-            }
-        }
+        let mut out: Vec<Worker> = keys.iter().filter_map(|k| self.stream.remove(k)).map(Worker::Stream).collect();
         let keys: Vec<Key> = self.log.iter().filter(|(_, w)| reads(&w.plan)).map(|(k, _)| k.clone()).collect();
-        keys.iter().filter_map(|k| self.log.remove(k)).collect()
+        out.extend(keys.iter().filter_map(|k| self.log.remove(k)).map(Worker::Log));
+        out
     }
 
     pub fn stats(&self, key: &Key) -> Option<Arc<TriggerStats>> {
@@ -145,6 +142,33 @@ impl Workers {
         }
         for (_, w) in self.stream.drain() {
             w.stop().await;
+        }
+    }
+}
+
+/// One running worker, whatever its source's storage.
+pub(crate) enum Worker {
+    Log(TriggerWorker),
+    Stream(StreamWorker),
+}
+
+impl Worker {
+    pub async fn stop(self) {
+        match self {
+            Worker::Log(w) => w.stop().await,
+            Worker::Stream(w) => w.stop().await,
+        }
+    }
+
+    /// Everything its source holds has been settled (committed, or acknowledged
+    /// by whichever instance took it). An engine that cannot answer: not yet.
+    pub async fn caught_up(&self) -> bool {
+        match self {
+            Worker::Log(w) => {
+                let state = w.feed.log.committed_state(&w.plan.consumer()).await.ok().flatten();
+                state.map_or(0, |s| s.committed) >= w.feed.log.end_offset()
+            }
+            Worker::Stream(w) => w.stream.backlog(&w.plan.consumer()).await.is_ok_and(|n| n == 0),
         }
     }
 }

@@ -256,6 +256,24 @@ async fn kafka_channel_is_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_a_sequence_loses_no_accepted_event() {
+    editing_a_sequence_drains(Class::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_sequence_on_nats_channels_loses_no_accepted_event() {
+    editing_a_sequence_drains(Class::Nats).await
+}
+
+/// A step removed while its channel holds undelivered events: they finish the
+/// old path, then the channel's storage (a log, or a NATS stream) is deleted.
+async fn editing_a_sequence_drains(class: Class) {
+    let Some((args, nats)) = class_args(class, "editing_seq") else { return };
+    let template = match class {
+        Class::Embedded => "",
+        Class::Nats => {
+            "  channelTemplate:\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: NatsJetStreamChannel\n"
+        }
+    };
     let t1 = transformer("-1").await;
     let t2 = transformer("-2").await;
     // Step 2 answers 503 until the gate opens, so events pile up in its channel.
@@ -277,7 +295,7 @@ async fn editing_a_sequence_loses_no_accepted_event() {
     let end = Sink::start().await;
     let seq = |steps: &[String]| {
         format!(
-            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n  steps:\n{}  reply:\n    uri: {}\n",
+            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata:\n  name: seq\nspec:\n{template}  steps:\n{}  reply:\n    uri: {}\n",
             steps.concat(),
             end.url
         )
@@ -288,7 +306,8 @@ async fn editing_a_sequence_loses_no_accepted_event() {
         )
     };
     let dir = tempdir();
-    let s = Server::start(dir.path(), &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(dir.path(), &args);
     s.apply_ok(&seq(&[step(&t1.url), step(&gate.url)])).await;
     let url = address(&s, "flows.knative.dev/v1", "sequences/seq").await;
     for i in 0..20 {
@@ -320,11 +339,18 @@ async fn editing_a_sequence_loses_no_accepted_event() {
     for i in 0..5 {
         assert_eq!(data(&format!("n{i}")), "x-1", "accepted after the edit: the new path");
     }
-    // Once drained, the removed step's log is deleted.
+    // Once drained, the removed step's storage is deleted.
     let log_dir = dir.path().join("logs").join("channel.default.seq-kn-sequence-1");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while log_dir.exists() {
-        assert!(std::time::Instant::now() < deadline, "the drained channel's log was not deleted");
+    loop {
+        let exists = match &nats {
+            None => log_dir.exists(),
+            Some(n) => n.streams().await.iter().any(|s| s.contains("seq-kn-sequence-1")),
+        };
+        if !exists {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the drained channel's storage was not deleted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -346,6 +346,25 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    /// The names of this cluster's JetStream streams.
+    pub async fn streams(&self) -> Vec<String> {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(nats_url()).await.expect("NATS");
+        let js = async_nats::jetstream::new(client);
+        let prefix = format!("{}_", self.name);
+        let mut names = js.stream_names();
+        let mut out = vec![];
+        while let Some(n) = names.next().await {
+            let n = n.expect("listing streams");
+            if n.starts_with(&prefix) {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         let prefix = format!("{}_", self.name);
