@@ -48,7 +48,7 @@ spec:
   sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}}}
 """
 t0 = time.time()
-urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:18181/apply", data=y.encode(), method="POST")).read()
+urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:18181/apply", data=y.encode(), method="POST", headers={"Content-Type": "application/yaml"})).read()
 def emitted():
     s = json.load(urllib.request.urlopen("http://127.0.0.1:18181/apis/sources.knative.dev/v1/namespaces/default/kafkasources/k"))
     return s["status"]["spate"]["emitted"]

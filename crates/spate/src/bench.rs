@@ -263,7 +263,12 @@ async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
 }
 
 pub(crate) async fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
-    let r = reqwest::Client::new().post(format!("{admin}/apply")).body(yaml.to_string()).send().await?;
+    let r = reqwest::Client::new()
+        .post(format!("{admin}/apply"))
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .await?;
     if !r.status().is_success() {
         bail!("apply failed: {}", r.text().await.unwrap_or_default());
     }

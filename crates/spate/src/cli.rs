@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Bearer token for the admin API (one of the server's --admin-token-file lines).
+    #[arg(long, env = "SPATE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +119,14 @@ pub struct ServeArgs {
     /// instance gets it (how soon a crashed instance's in-flight events move on).
     #[arg(long, default_value_t = 30)]
     pub ack_wait_seconds: u64,
+    /// File of admin API bearer tokens, one a line (`#` comments allowed). Required when the
+    /// admin API listens on a non-loopback address.
+    #[arg(long, env = "SPATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Another name by which clients reach the admin API (`Host` header), besides its
+    /// address, localhost and 127.0.0.1 (repeatable; checked when no token file is given).
+    #[arg(long)]
+    pub admin_host: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]

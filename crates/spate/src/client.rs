@@ -18,12 +18,34 @@ use crate::serve::read_manifests;
 
 type Exit = anyhow::Result<std::process::ExitCode>;
 
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The admin API token (`--token`, `SPATE_TOKEN`) every admin request carries.
+pub fn set_token(token: Option<String>) {
+    if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+        let _ = TOKEN.set(t.trim().to_string());
+    }
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().http1_only().tcp_nodelay(true)
+}
+
+/// A client for the data plane (no admin credentials).
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .http1_only()
-        .tcp_nodelay(true)
-        .build()
-        .expect("HTTP client builds with static configuration")
+    builder().build().expect("HTTP client builds with static configuration")
+}
+
+/// A client for the admin API: the token, and a body type a browser could not send unasked.
+fn admin() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = TOKEN.get()
+        && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+    {
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    builder().default_headers(headers).build().expect("HTTP client builds with static configuration")
 }
 
 fn unreachable(server: &str, e: reqwest::Error) -> anyhow::Error {
@@ -54,7 +76,13 @@ fn report_failure(body: &str) -> std::process::ExitCode {
 pub async fn apply(a: ApplyArgs) -> Exit {
     let text = read_manifests(&a.files)?;
     let url = format!("{}/apply", a.server.server.trim_end_matches('/'));
-    let resp = http().post(&url).body(text).send().await.map_err(|e| unreachable(&a.server.server, e))?;
+    let resp = admin()
+        .post(&url)
+        .header("content-type", "application/yaml")
+        .body(text)
+        .send()
+        .await
+        .map_err(|e| unreachable(&a.server.server, e))?;
     let ok = resp.status().is_success();
     let body = resp.text().await?;
     if !ok {
@@ -120,7 +148,7 @@ pub async fn delete(a: DeleteArgs) -> Exit {
         let (Some(k), Some(n)) = (&a.kind, &a.name) else { bail!("give KIND NAME, or -f FILE") };
         targets.push((kind_arg(k)?, a.namespace.clone(), n.clone()));
     }
-    let client = http();
+    let client = admin();
     let mut code = std::process::ExitCode::SUCCESS;
     for (k, ns, name) in targets {
         let resp = client
@@ -143,7 +171,7 @@ pub async fn get_objects(
     ns: Option<&str>,
     name: Option<&str>,
 ) -> anyhow::Result<Result<Vec<Value>, String>> {
-    let resp = http().get(resource_url(server, kind, ns, name)).send().await.map_err(|e| unreachable(server, e))?;
+    let resp = admin().get(resource_url(server, kind, ns, name)).send().await.map_err(|e| unreachable(server, e))?;
     let ok = resp.status().is_success();
     let body = resp.text().await?;
     if !ok {
@@ -158,7 +186,7 @@ pub async fn logs(a: LogsArgs) -> Exit {
         bail!("'{}': use service/NAME or containersource/NAME", a.target);
     };
     let server = a.server.server.trim_end_matches('/');
-    let resp = http()
+    let resp = admin()
         .get(format!("{server}/logs/{kind}/{}/{name}", a.namespace))
         .send()
         .await
@@ -183,7 +211,7 @@ async fn get_derived(a: &GetArgs, d: Derived) -> Exit {
     if let Some(n) = &a.name {
         url.push_str(&format!("/{n}"));
     }
-    let resp = http().get(url).send().await.map_err(|e| unreachable(server, e))?;
+    let resp = admin().get(url).send().await.map_err(|e| unreachable(server, e))?;
     let ok = resp.status().is_success();
     let body = resp.text().await?;
     if !ok {
@@ -230,7 +258,7 @@ async fn get_derived(a: &GetArgs, d: Derived) -> Exit {
 /// GET an admin API path as JSON.
 pub async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
     let server = server.trim_end_matches('/');
-    let resp = http().get(format!("{server}{path}")).send().await.map_err(|e| unreachable(server, e))?;
+    let resp = admin().get(format!("{server}{path}")).send().await.map_err(|e| unreachable(server, e))?;
     let body = resp.text().await?;
     serde_json::from_str(&body).with_context(|| format!("reading {path}: {body}"))
 }

@@ -2,6 +2,7 @@
 //! line and hands over; each subcommand lives in its own module.
 
 mod admin;
+mod admin_auth;
 mod bench;
 mod bench_nats;
 mod bench_serving;
@@ -30,6 +31,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    client::set_token(args.token.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -183,6 +183,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
     let data_addr = data_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let admin_tokens = match &args.admin_token_file {
+        Some(path) => crate::admin_auth::read_tokens(path)?,
+        None => vec![],
+    };
+    crate::admin_auth::check_binding(admin_addr, !admin_tokens.is_empty())?;
+    let admin_guard = crate::admin_auth::AdminGuard::new(admin_addr, &args.admin_host, admin_tokens);
 
     let log_config = FileLogConfig {
         fsync,
@@ -286,7 +292,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     .fallback(crate::ingress::no_route)
     .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
     let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics })
-        .fallback(crate::ingress::no_route);
+        .fallback(crate::ingress::no_route)
+        .layer(axum::middleware::from_fn_with_state(admin_guard, crate::admin_auth::guard));
     // Tests and scripts read these two lines to find the servers.
     println!("spate: data plane listening on {}", base_url(data_addr));
     println!("spate: admin API listening on {}", base_url(admin_addr));

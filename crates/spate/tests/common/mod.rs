@@ -71,6 +71,7 @@ impl Server {
     pub async fn apply(&self, yaml: &str) -> (u16, serde_json::Value) {
         let r = client()
             .post(format!("{}/apply", self.admin))
+            .header("content-type", "application/yaml")
             .body(yaml.to_string())
             .send()
             .await
