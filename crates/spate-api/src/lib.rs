@@ -137,7 +137,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
         },
         _ => None,
     };
-    let (namespace, name, metadata) = meta::validate(&mut w, top.get("metadata"));
+    let (namespace, name, metadata) = meta::validate(&mut w, top.get("metadata"), kind);
     w.set_identity(kind_name.unwrap_or("?"), &namespace, &name);
     let empty = Value::Object(Default::default());
     // An absent or empty (`spec:`) spec is an empty map.

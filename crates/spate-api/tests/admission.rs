@@ -315,3 +315,43 @@ fn mutated_manifests_are_admitted_or_refused_never_a_panic() {
     println!("admission mutation run: {ok} admitted, {refused} refused");
     assert!(ok > 0 && refused > 0, "the mutations should both keep and break manifests");
 }
+
+#[test]
+fn names_follow_kubernetes_rules_per_kind() {
+    let doc = |kind: &str, api: &str, name: &str, ns: &str, spec: &str| {
+        format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: '{name}'\n  namespace: '{ns}'\n{spec}")
+    };
+    let trigger_spec = "spec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:9/\n";
+    let svc_spec =
+        "spec:\n  template:\n    spec:\n      containers:\n        - image: x\n          command: [/bin/true]\n";
+    // Dotted names are DNS-1123 subdomains, as Kubernetes accepts them.
+    admit_text(&doc("Trigger", "eventing.knative.dev/v1", "orders.v1", "default", trigger_spec))
+        .expect("dotted Trigger");
+    admit_text(&doc("Broker", "eventing.knative.dev/v1", "team.events", "default", "")).expect("dotted Broker");
+    let refused = |text: &str, path: &str, what: &str| {
+        let Err(AdmissionError::Invalid(errs)) = admit_text(text) else { panic!("{text} must be refused") };
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(all.iter().any(|e| e.contains(path) && e.contains(what)), "want {path} … {what} in {all:?}");
+    };
+    refused(
+        &doc("Trigger", "eventing.knative.dev/v1", "Bad_Name", "default", trigger_spec),
+        "metadata.name",
+        "DNS-1123 subdomain",
+    );
+    refused(
+        &doc("Trigger", "eventing.knative.dev/v1", "a..b", "default", trigger_spec),
+        "metadata.name",
+        "not a valid name",
+    );
+    refused(
+        &doc("Trigger", "eventing.knative.dev/v1", "t", "../etc", trigger_spec),
+        "metadata.namespace",
+        "not a valid name",
+    );
+    refused(&doc("Broker", "eventing.knative.dev/v1", "b", "team.a", ""), "metadata.namespace", "not a valid name");
+    refused(&doc("Broker", "eventing.knative.dev/v1", &"a".repeat(254), "default", ""), "metadata.name", "253");
+    // Services are DNS-1035 labels: a letter first, no dots.
+    refused(&doc("Service", "serving.knative.dev/v1", "1abc", "default", svc_spec), "metadata.name", "DNS-1035");
+    refused(&doc("Service", "serving.knative.dev/v1", "a.b", "default", svc_spec), "metadata.name", "DNS-1035");
+    admit_text(&doc("Service", "serving.knative.dev/v1", "abc1", "default", svc_spec)).expect("a valid Service name");
+}

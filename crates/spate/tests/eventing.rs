@@ -48,7 +48,35 @@ for_each_class!(
     replies_reach_other_triggers_and_a_reply_loop_stops_at_the_ttl,
     a_slow_subscriber_does_not_delay_another_trigger,
     each_filter_dialect_receives_exactly_its_events,
+    dotted_broker_and_trigger_names_deliver,
 );
+
+/// Kubernetes object names are DNS-1123 subdomains: dots are allowed, and
+/// storage names (log directories, streams, consumers) keep them apart.
+async fn dotted_broker_and_trigger_names_deliver(class: Class) {
+    let a = Sink::start().await;
+    let b = Sink::start().await;
+    let yaml = broker("team.events", "")
+        + "---\n"
+        + &broker("team", "")
+        + "---\n"
+        + &trigger("orders.v1", "team.events", &type_filter("order"), &a.url, "")
+        + "---\n"
+        + &trigger("orders", "team", &type_filter("order"), &b.url, "");
+    let Some((_d, s, _nats)) = server_on(class, "dotted_names", &yaml, &[]).await else { return };
+    assert_eq!(send(&s.broker_url("default", "team.events"), "e1", "order", "x").await, 202);
+    assert_eq!(send(&s.broker_url("default", "team"), "e2", "order", "y").await, 202);
+    let got = a.wait_for(1).await;
+    assert_eq!(got[0].event.id, "e1");
+    let got = b.wait_for(1).await;
+    assert_eq!(got[0].event.id, "e2");
+    let t = s.get("triggers", "default", "orders.v1").await;
+    assert_eq!(
+        t["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"],
+        "True",
+        "{t}"
+    );
+}
 
 async fn binary_structured_and_batched_events_reach_the_subscriber_intact(class: Class) {
     let sink = Sink::start().await;

@@ -108,3 +108,26 @@ fn serve_refuses_an_open_admin_api_on_the_network() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--admin-token-file") && err.contains("loopback"), "{err}");
 }
+
+#[test]
+fn validate_applies_kubernetes_name_rules_with_field_paths() {
+    let dir = tempdir();
+    let file = dir.path().join("names.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: Bad_Name}\n---\n\
+         apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, namespace: ../etc}\n---\n\
+         apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: orders.v1}\n\
+         spec: {broker: default, subscriber: {uri: 'http://127.0.0.1:9/'}}\n---\n\
+         apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: 1abc}\n\
+         spec: {template: {spec: {containers: [{image: x, command: [/bin/true]}]}}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN).args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("metadata.name: 'Bad_Name'"), "{text}");
+    assert!(text.contains("metadata.namespace: '../etc'"), "{text}");
+    assert!(text.contains("metadata.name: '1abc'") && text.contains("DNS-1035"), "{text}");
+    assert!(!text.contains("orders.v1"), "the dotted Trigger is valid: {text}");
+}
