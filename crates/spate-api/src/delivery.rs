@@ -88,6 +88,11 @@ pub fn parse(w: &mut Walker, v: &Value, path: &str, namespace: &str) -> Option<D
 pub fn destination(w: &mut Walker, v: &Value, path: &str, namespace: &str) -> Option<Destination> {
     let m = w.object(v, path, &["ref", "uri", "CACerts", "audience"])?;
     let uri = w.opt_str(m, "uri", path).map(str::to_string);
+    if let Some(pem) = w.opt_str(m, "CACerts", path)
+        && let Err(e) = check_pem_certificates(pem)
+    {
+        w.error(&join(path, "CACerts"), e);
+    }
     let kref = match m.get("ref") {
         None | Some(Value::Null) => None,
         Some(r) => {
@@ -126,4 +131,67 @@ pub fn destination(w: &mut Walker, v: &Value, path: &str, namespace: &str) -> Op
         }
         _ => Some(Destination { kref, uri }),
     }
+}
+
+/// Largest `CACerts` bundle accepted.
+const MAX_CA_BYTES: usize = 1024 * 1024;
+
+/// `CACerts` (Knative: PEM-encoded CA certificates trusted for this destination,
+/// besides the system's roots): one or more well-formed CERTIFICATE blocks.
+pub fn check_pem_certificates(pem: &str) -> Result<(), String> {
+    use base64::Engine;
+    if pem.len() > MAX_CA_BYTES {
+        return Err(format!("is {} bytes; at most {MAX_CA_BYTES}", pem.len()));
+    }
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = pem;
+    let mut n = 0;
+    while let Some(start) = rest.find(BEGIN) {
+        let body_start = start + BEGIN.len();
+        let Some(len) = rest[body_start..].find(END) else {
+            return Err(format!("certificate {} has no '{END}' line", n + 1));
+        };
+        let body: String = rest[body_start..body_start + len].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        if body.is_empty() || base64::engine::general_purpose::STANDARD.decode(&body).is_err() {
+            return Err(format!("certificate {} is not valid base64 PEM", n + 1));
+        }
+        n += 1;
+        rest = &rest[body_start + len + END.len()..];
+    }
+    if n == 0 {
+        return Err(format!("holds no PEM certificate (expected '{BEGIN}' blocks)"));
+    }
+    Ok(())
+}
+
+/// Every `https://` destination of a manifest that names `CACerts`, as
+/// (`host:port`, PEM): what the dispatcher trusts for that authority besides
+/// the system roots. Found wherever a destination appears (subscriber, reply,
+/// dead-letter sink, sink, Sequence steps, Parallel branches).
+pub fn trusted_cas(manifest: &Value) -> Vec<(String, String)> {
+    fn walk(v: &Value, depth: usize, out: &mut Vec<(String, String)>) {
+        if depth > 64 {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                if let (Some(Value::String(uri)), Some(Value::String(pem))) = (m.get("uri"), m.get("CACerts"))
+                    && let Some(authority) = spate_core::destination::https_authority(uri)
+                {
+                    out.push((authority, pem.clone()));
+                }
+                for x in m.values() {
+                    walk(x, depth + 1, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|x| walk(x, depth + 1, out)),
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    if let Some(spec) = manifest.get("spec") {
+        walk(spec, 0, &mut out);
+    }
+    out
 }

@@ -20,7 +20,7 @@ mod walk;
 use serde_json::Value;
 
 pub use broker::BrokerConfig;
-pub use delivery::DeliverySpec;
+pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
 pub use kind::Kind;
 pub use messaging::{

@@ -33,3 +33,35 @@ impl Destination {
         if relative.starts_with('/') { format!("{base}{relative}") } else { format!("{base}/{relative}") }
     }
 }
+
+/// The `host:port` an `https://` URL connects to, lower case, with the
+/// default port made explicit (`https://Example.com/x` → `example.com:443`).
+/// `None` for other schemes. Per-destination TLS trust is keyed by it.
+pub fn https_authority(url: &str) -> Option<String> {
+    let rest = url.get(..8).filter(|s| s.eq_ignore_ascii_case("https://")).map(|_| &url[8..])?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = rest[..end].rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    };
+    Some(if has_port { authority } else { format!("{authority}:443") })
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::https_authority;
+
+    #[test]
+    fn authorities_are_normalised() {
+        assert_eq!(https_authority("https://Example.com/x?y").as_deref(), Some("example.com:443"));
+        assert_eq!(https_authority("https://a.b:8443").as_deref(), Some("a.b:8443"));
+        assert_eq!(https_authority("https://u:p@[::1]/").as_deref(), Some("[::1]:443"));
+        assert_eq!(https_authority("https://[::1]:9/").as_deref(), Some("[::1]:9"));
+        assert_eq!(https_authority("http://a.b/"), None);
+        assert_eq!(https_authority("https:///x"), None);
+    }
+}

@@ -13,6 +13,10 @@ use http::{HeaderMap, HeaderValue};
 use spate_core::delivery::{DeliveryFormat, RetryPolicy, is_retryable_status, parse_retry_after};
 use spate_core::{CloudEvent, ExtValue, ext, http_codec};
 
+mod tls;
+
+pub use tls::TrustError;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a reply event goes. A failure to accept it fails the delivery
@@ -92,6 +96,8 @@ pub enum Outcome {
 pub struct Dispatcher {
     client: reqwest::Client,
     default_timeout: Duration,
+    /// Extra CAs per `https://` authority (`CACerts`), shared by every clone.
+    trust: std::sync::Arc<tls::Trust>,
 }
 
 static TRACE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -119,15 +125,14 @@ impl Default for Dispatcher {
 impl Dispatcher {
     /// `default_timeout` applies to attempts whose policy sets no timeout.
     pub fn new(default_timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .http1_only()
-            .build()
-            .expect("HTTP client builds with static configuration");
-        Dispatcher { client, default_timeout }
+        Dispatcher { client: tls::default_client(), default_timeout, trust: Default::default() }
+    }
+
+    /// Trusts, for each `https://` authority, the CA certificates the
+    /// manifests name for it (`CACerts`) besides the system roots; replaces
+    /// what was trusted before. Returns the bundles that could not be used.
+    pub fn set_trust(&self, cas: Vec<(String, String)>) -> Vec<TrustError> {
+        self.trust.set(cas)
     }
 
     /// One POST of `ev` to `url`.
@@ -155,7 +160,9 @@ impl Dispatcher {
         if let Ok(v) = HeaderValue::from_str(&tp) {
             headers.insert("traceparent", v);
         }
-        let req = self.client.post(url).headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
+        let trusted = self.trust.client_for(url);
+        let client = trusted.as_ref().unwrap_or(&self.client);
+        let req = client.post(url).headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the data plane, the admin API and every applied resource.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply Knative manifests (all or nothing) to a running server.
     Apply(ApplyArgs),
     /// Delete a resource, or every resource in a manifest file.
@@ -127,6 +127,19 @@ pub struct ServeArgs {
     /// address, localhost and 127.0.0.1 (repeatable; checked when no token file is given).
     #[arg(long)]
     pub admin_host: Vec<String>,
+    /// Serve the data plane over HTTPS with this PEM certificate chain (leaf first; include the
+    /// issuing CA so Spate's deliveries to its own addresses can verify it). Reloaded on change.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The data plane certificate's PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain. Reloaded on change.
+    #[arg(long, requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The admin API certificate's PEM private key.
+    #[arg(long, requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]

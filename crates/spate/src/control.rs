@@ -74,6 +74,11 @@ pub struct ControlPlane {
     ready: AtomicBool,
     /// Where resources live: the data-dir file, or a NATS KV bucket shared by a cluster.
     config: Arc<dyn ConfigStore>,
+    /// The dispatcher every delivery goes through: told which CAs each https destination trusts.
+    dispatcher: spate_delivery::Dispatcher,
+    /// The data plane's own `host:port` and certificate when it serves HTTPS:
+    /// deliveries to Spate's own addresses trust its chain.
+    own_tls: Option<(String, Arc<crate::tls::Reloading>)>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -282,14 +287,23 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
+    /// Deliveries to `authority` (the data plane's own, served over HTTPS) trust `tls`'s chain.
+    pub fn with_own_tls(mut self, authority: String, tls: Arc<crate::tls::Reloading>) -> Self {
+        self.own_tls = Some((authority, tls));
+        self
+    }
+
     /// A control plane over `config`; call [`ControlPlane::sync`] before the first reconcile.
     pub fn new(
         config: Arc<dyn ConfigStore>,
         eventing: Arc<Eventing>,
         serving: Arc<Serving>,
         sources: Arc<Sources>,
+        dispatcher: spate_delivery::Dispatcher,
     ) -> Self {
         ControlPlane {
+            dispatcher,
+            own_tls: None,
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -549,6 +563,14 @@ impl ControlPlane {
                     services.push(s.clone());
                 }
             }
+        }
+        let mut cas: Vec<(String, String)> =
+            store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
+        if let Some((authority, tls)) = &self.own_tls {
+            cas.push((authority.clone(), tls.chain_pem()));
+        }
+        for e in self.dispatcher.set_trust(cas) {
+            tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
         }
         let resolve = self.eventing.resolver(&desired);
         let binding_statuses = crate::bindings::apply(&bindings, &mut services, &labels, &resolve);

@@ -23,6 +23,7 @@ use spate_log::Throttle;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// Limits of one listener (flags `--header-read-timeout`, `--idle-timeout`, `--max-connections`).
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +39,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// A stream that records when it last moved a byte, and gives hyper's own
 /// bare error answers (an unparsable request: 400; headers over the limit:
 /// 431; both with an empty body) a body that says what was wrong.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     epoch: Instant,
     last: Arc<AtomicU64>,
     /// A replacement being written: its bytes, how many are out, and the length hyper asked to write.
@@ -73,13 +74,13 @@ fn explained(buf: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
-impl Watched {
+impl<S> Watched<S> {
     fn touch(&self) {
         self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -90,7 +91,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.replacing.is_none()
             && let Some(answer) = explained(buf)
@@ -128,9 +129,16 @@ impl AsyncWrite for Watched {
 
 static ACCEPT_ERRORS: Throttle = Throttle::new(Duration::from_secs(10));
 
-/// Serves `app` on `listener` until `stop` changes, then lets open
-/// connections finish their requests (the caller bounds how long).
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop`
+/// changes, then lets open connections finish their requests (the caller
+/// bounds how long). A TLS handshake must finish within the header-read timeout.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let refused = metrics::counter!("spate_connections_refused_total", "listener" => listener_name(&listener));
     loop {
@@ -154,9 +162,17 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut stop:
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (app, stop) = (app.clone(), stop.clone());
+        let (app, stop, tls) = (app.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
-            connection(stream, app, limits, stop).await;
+            match tls {
+                None => connection(stream, app, limits, stop).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(tls)) => connection(tls, app, limits, stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake not finished within --header-read-timeout; closed"),
+                },
+            }
             drop(slot);
         });
     }
@@ -184,7 +200,10 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     .await;
 }
 
-async fn connection(stream: TcpStream, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+async fn connection<S>(stream: S, app: Router, limits: Limits, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Watched { inner: stream, epoch, last: last.clone(), replacing: None });

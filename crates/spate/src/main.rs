@@ -20,6 +20,7 @@ mod output;
 mod proxy;
 mod serve;
 mod store;
+mod tls;
 mod webhooks;
 
 use clap::Parser;
@@ -41,7 +42,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            cli::Command::Serve(a) => serve::run(a).await,
+            cli::Command::Serve(a) => serve::run(*a).await,
             cli::Command::Apply(a) => client::apply(a).await,
             cli::Command::Delete(a) => client::delete(a).await,
             cli::Command::Get(a) => client::get(a).await,

@@ -21,6 +21,7 @@ use spate_sources::{Sources, SourcesConfig};
 
 use crate::cli::ServeArgs;
 use crate::control::ControlPlane;
+use crate::tls::{Reloading, TlsFiles};
 
 pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
     Ok(match s {
@@ -86,9 +87,21 @@ impl BacklogProbe for EventingBacklog {
     }
 }
 
-fn base_url(addr: SocketAddr) -> String {
+/// A listener's certificate from its two flags (both or neither).
+async fn tls_for(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    names: (&'static str, &'static str),
+) -> anyhow::Result<Option<Arc<Reloading>>> {
+    match TlsFiles::from_flags(cert, key, names)? {
+        Some(files) => Ok(Some(Reloading::load(files).await?)),
+        None => Ok(None),
+    }
+}
+
+fn base_url(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("literal") } else { addr.ip() };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    format!("{}://{}", if tls { "https" } else { "http" }, SocketAddr::new(ip, addr.port()))
 }
 
 /// The two listeners' limits. Their connection caps together stay within the
@@ -189,6 +202,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     crate::admin_auth::check_binding(admin_addr, !admin_tokens.is_empty())?;
     let admin_guard = crate::admin_auth::AdminGuard::new(admin_addr, &args.admin_host, admin_tokens);
+    let data_tls = tls_for(args.tls_cert.as_ref(), args.tls_key.as_ref(), ("--tls-cert", "--tls-key")).await?;
+    let admin_tls =
+        tls_for(args.admin_tls_cert.as_ref(), args.admin_tls_key.as_ref(), ("--admin-tls-cert", "--admin-tls-key"))
+            .await?;
 
     let log_config = FileLogConfig {
         fsync,
@@ -200,7 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let backend = Arc::new(FileBackend::new(args.data_dir.join("logs"), log_config));
     let mut eventing_config = EventingConfig {
-        base_url: base_url(data_addr),
+        base_url: base_url(data_addr, data_tls.is_some()),
         max_in_flight: args.max_in_flight.max(1),
         default_broker_class: args.default_broker_class.clone(),
         ack_wait: Duration::from_secs(args.ack_wait_seconds.max(1)),
@@ -209,18 +226,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     eventing_config.default_delivery.retry = Some(args.default_retry);
     eventing_config.default_delivery.backoff_policy = Some(BackoffPolicy::Exponential);
     eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
+    // One dispatcher (one connection pool, one set of trusted CAs) for every delivery.
+    let dispatcher = Dispatcher::default();
     let nats = Arc::new(NatsBackend::new(NatsConfig {
         url: args.nats_url.clone(),
         cluster: args.cluster_name.clone(),
         ..NatsConfig::default()
     }));
     let eventing = Arc::new(
-        Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, Dispatcher::default())
+        Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, dispatcher.clone())
             .with_streams(nats.clone()),
     );
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),
-        base_url: base_url(data_addr),
+        base_url: base_url(data_addr, data_tls.is_some()),
         domain: args.domain.clone(),
         cap: args.max_instances.max(1),
         queue_limit: args.activator_queue.max(1),
@@ -250,19 +269,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let serving = Arc::new(serving);
     let sources_config = SourcesConfig {
         dir: args.data_dir.join("sources"),
-        public_url: args.public_url.clone().unwrap_or_else(|| base_url(data_addr)),
+        public_url: args.public_url.clone().unwrap_or_else(|| base_url(data_addr, data_tls.is_some())),
         grace: Duration::from_secs(args.grace_seconds),
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
     };
-    let mut sources = Sources::new(sources_config, Dispatcher::default()).context("starting sources")?;
+    let mut sources = Sources::new(sources_config, dispatcher.clone()).context("starting sources")?;
     if let Some((claims, leases, records)) = cluster {
-        let holder = format!("{}-{}", std::process::id(), base_url(data_addr));
+        let holder = format!("{}-{}", std::process::id(), base_url(data_addr, data_tls.is_some()));
         let claims = crate::cluster::NatsClaims::new(claims, leases, records, holder);
         sources = sources.with_claims(Arc::new(claims));
     }
     let sources = Arc::new(sources);
-    let control = Arc::new(ControlPlane::new(shared, eventing.clone(), serving.clone(), sources.clone()));
+    let mut control = ControlPlane::new(shared, eventing.clone(), serving.clone(), sources.clone(), dispatcher);
+    if let Some(t) = &data_tls
+        && let Some(authority) = spate_core::destination::https_authority(&base_url(data_addr, true))
+    {
+        control = control.with_own_tls(authority, t.clone());
+    }
+    let control = Arc::new(control);
     // The config store's current state first, then our manifests, then every later change.
     let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
     if let Some(text) = &manifests {
@@ -295,14 +320,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .fallback(crate::ingress::no_route)
         .layer(axum::middleware::from_fn_with_state(admin_guard, crate::admin_auth::guard));
     // Tests and scripts read these two lines to find the servers.
-    println!("spate: data plane listening on {}", base_url(data_addr));
-    println!("spate: admin API listening on {}", base_url(admin_addr));
+    println!("spate: data plane listening on {}", base_url(data_addr, data_tls.is_some()));
+    println!("spate: admin API listening on {}", base_url(admin_addr, admin_tls.is_some()));
     tracing::info!(data_dir = %args.data_dir.display(), fsync = %args.fsync, "spate is ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (data_limits, admin_limits) = listener_limits(&args);
-    let data = tokio::spawn(crate::listener::serve(data_listener, ingress, data_limits, stop_rx.clone()));
-    let adm = tokio::spawn(crate::listener::serve(admin_listener, admin, admin_limits, stop_rx));
+    let acceptor = |t: &Option<Arc<Reloading>>| t.as_ref().map(|t| t.acceptor()).transpose();
+    let (data_acceptor, admin_acceptor) = (acceptor(&data_tls)?, acceptor(&admin_tls)?);
+    for t in data_tls.iter().chain(admin_tls.iter()) {
+        t.clone().watch();
+    }
+    let data =
+        tokio::spawn(crate::listener::serve(data_listener, ingress, data_limits, stop_rx.clone(), data_acceptor));
+    let adm = tokio::spawn(crate::listener::serve(admin_listener, admin, admin_limits, stop_rx, admin_acceptor));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -131,3 +131,136 @@ fn validate_applies_kubernetes_name_rules_with_field_paths() {
     assert!(text.contains("metadata.name: '1abc'") && text.contains("DNS-1035"), "{text}");
     assert!(!text.contains("orders.v1"), "the dotted Trigger is valid: {text}");
 }
+
+/// `CACerts` as a YAML block scalar under `indent` spaces.
+fn cacerts_yaml(pem: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let body: String = pem.lines().map(|l| format!("{pad}  {l}\n")).collect();
+    format!("{pad}CACerts: |\n{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_ingress_and_https_subscribers_trusted_through_cacerts() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "ours");
+    let other = TestCa::new(dir.path(), "theirs");
+    let (spate_cert, spate_key) = ca.leaf("spate");
+    let (good_cert, good_key) = ca.leaf("good");
+    let (bad_cert, bad_key) = other.leaf("bad");
+    let good = Sink::start_tls(&good_cert, &good_key).await;
+    let bad = Sink::start_tls(&bad_cert, &bad_key).await;
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--tls-cert", spate_cert.to_str().unwrap(), "--tls-key", spate_key.to_str().unwrap()],
+    );
+    assert!(s.data.starts_with("https://"), "published addresses are https: {}", s.data);
+    let sub = |uri: &str| format!("  subscriber:\n    uri: {uri}\n{}", cacerts_yaml(&ca.pem(), 4));
+    let yaml = [
+        broker("default", ""),
+        broker("second", ""),
+        // Trusted only through CACerts (the system roots do not know this CA).
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: trusted}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: direct}}}}\n{}",
+            sub(&good.url)
+        ),
+        // The wrong CA for that subscriber: every attempt fails, then the event is dropped.
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: untrusted}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: direct}}}}\n  delivery: {{retry: 0}}\n{}",
+            sub(&bad.url)
+        ),
+        // Spate's own https address: a Trigger to another Broker, then to the subscriber.
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: hop}\nspec:\n  broker: default\n  filter: {attributes: {type: hop}}\n  subscriber:\n    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: second}\n".to_string(),
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: after-hop}}\nspec:\n  broker: second\n{}",
+            sub(&good.url)
+        ),
+    ]
+    .join("---\n");
+    s.apply_ok(&yaml).await;
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    for (id, ty) in [("e1", "direct"), ("e2", "hop")] {
+        let r = https
+            .post(s.broker_url("default", "default"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/tls")
+            .header("ce-type", ty)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let got = good
+        .wait_until("e1 directly and e2 through the second broker", |g| {
+            g.iter().any(|r| r.event.id == "e1") && g.iter().any(|r| r.event.id == "e2")
+        })
+        .await;
+    assert_eq!(got.iter().filter(|r| r.event.id == "e1").count(), 1);
+    // The untrusted subscriber never saw the event; the log says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = s.log.lock().unwrap().join("\n");
+        if log.contains("untrusted") && log.contains("event dropped") {
+            assert!(log.to_lowercase().contains("certificate"), "the reason names the certificate: {log}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dropped-event line in the log:\n{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(bad.count(), 0);
+}
+
+#[test]
+fn admission_refuses_unusable_destinations() {
+    let dir = tempdir();
+    let file = dir.path().join("d.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: default\n  subscriber:\n    uri: ftp://example.com/x\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: u}\nspec:\n  broker: default\n  subscriber:\n    uri: https://example.com/x\n    CACerts: not a certificate\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN).args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("spec.subscriber.uri: 'ftp://example.com/x'"), "{text}");
+    assert!(text.contains("spec.subscriber.CACerts: holds no PEM certificate"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_certificate_is_reloaded_when_its_files_change() {
+    let dir = tempdir();
+    let (first, second) = (TestCa::new(dir.path(), "first"), TestCa::new(dir.path(), "second"));
+    let (cert, key) = first.leaf("admin");
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--admin-tls-cert", cert.to_str().unwrap(), "--admin-tls-key", key.to_str().unwrap()],
+    );
+    assert!(s.admin.starts_with("https://"), "{}", s.admin);
+    // No pooled connections: every request makes a new handshake.
+    let trusting = |ca: &TestCa| {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let (by_first, by_second) = (trusting(&first), trusting(&second));
+    let health = format!("{}/healthz", s.admin);
+    assert_eq!(by_first.get(&health).send().await.unwrap().status(), 200);
+    assert!(by_second.get(&health).send().await.is_err(), "the second CA is not trusted yet");
+    // Replace the pair in place (a renewal), key first.
+    let (new_cert, new_key) = second.leaf("renewed");
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while by_second.get(&health).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was never served");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A new client (no TLS session to resume) no longer accepts what is served.
+    assert!(trusting(&first).get(&health).send().await.is_err(), "the old certificate is no longer served");
+}

@@ -20,6 +20,8 @@ pub struct Server {
     pub data: String,
     pub admin: String,
     pub dir: PathBuf,
+    /// What the server printed on stderr so far (also echoed to the test's stderr).
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -36,9 +38,17 @@ impl Server {
             .args(extra)
             .env("SPATE_LOG", std::env::var("SPATE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn spate serve");
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (stderr, lines) = (child.stderr.take().expect("stderr"), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -61,7 +71,7 @@ impl Server {
                 }
             }
         }
-        Server { child, data: data.unwrap(), admin: admin.unwrap(), dir: dir.to_path_buf() }
+        Server { child, data: data.unwrap(), admin: admin.unwrap(), dir: dir.to_path_buf(), log }
     }
 
     pub fn broker_url(&self, ns: &str, name: &str) -> String {
@@ -176,7 +186,21 @@ impl Sink {
         Self::start_inner(accept_all(), Duration::ZERO, Some(stuck_id.to_string())).await
     }
 
+    /// An HTTPS subscriber serving `cert` (a PEM chain) with `key`; accepts every event.
+    pub async fn start_tls(cert: &Path, key: &Path) -> Sink {
+        Self::serve(accept_all(), Duration::ZERO, None, Some(tls_acceptor(cert, key))).await
+    }
+
     async fn start_inner(behaviour: Behaviour, delay: Duration, stuck: Option<String>) -> Sink {
+        Self::serve(behaviour, delay, stuck, None).await
+    }
+
+    async fn serve(
+        behaviour: Behaviour,
+        delay: Duration,
+        stuck: Option<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Sink {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let notify = Arc::new(Notify::new());
         let in_progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -212,8 +236,29 @@ impl Sink {
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/", listener.local_addr().unwrap());
+        match tls {
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else { continue };
+                        let (acceptor, app) = (acceptor.clone(), app.clone());
+                        tokio::spawn(async move {
+                            // A client that does not trust this certificate ends here.
+                            let Ok(tls) = acceptor.accept(tcp).await else { return };
+                            let service = hyper_util::service::TowerToHyperService::new(app);
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await;
+                        });
+                    }
+                });
+            }
+        }
         Sink { url, got, notify, in_progress }
     }
 
@@ -404,5 +449,118 @@ pub fn class_args(class: Class, test: &str) -> Option<(Vec<String>, Option<NatsC
             let c = NatsCluster::new(test);
             Some((c.args(), Some(c)))
         }
+    }
+}
+
+/// A TLS acceptor for a test server from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A throwaway certificate authority made with the `openssl` command.
+pub struct TestCa {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM file).
+    pub cert: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command (apt-get install openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        TestCa { cert: dir.join("ca.pem"), dir }
+    }
+
+    pub fn pem(&self) -> String {
+        std::fs::read_to_string(&self.cert).unwrap()
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost: (chain file = leaf + CA, key file).
+    pub fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
+        let d = &self.dir;
+        std::fs::write(d.join(format!("{name}.ext")), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n").unwrap();
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.leaf.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+        let chain = std::fs::read_to_string(d.join(format!("{name}.leaf.pem"))).unwrap() + &self.pem();
+        std::fs::write(d.join(format!("{name}.pem")), chain).unwrap();
+        (d.join(format!("{name}.pem")), d.join(format!("{name}.key")))
     }
 }
