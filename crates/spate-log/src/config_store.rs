@@ -25,6 +25,9 @@ pub enum ConfigError {
     Conflict { key: String },
     #[error("the configuration store is unavailable: {0}")]
     Unavailable(String),
+    /// The store will not keep this value as given (a Secret without its sealing key).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A value and the revision it was written at.
@@ -55,7 +58,8 @@ pub trait ConfigStore: Send + Sync + 'static {
     fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>>;
 }
 
-/// KV keys allow `[-/_=.a-zA-Z0-9]`; resource keys are `<Kind>.<namespace>.<name>` of DNS labels.
+/// KV keys allow `[-/_=.a-zA-Z0-9]`; resource keys are `<Kind>.<namespace>.<name>`: the kind and
+/// the namespace (a DNS label) hold no dot, so the first two dots delimit them even in a dotted name.
 pub fn resource_key(kind: &str, namespace: &str, name: &str) -> String {
     format!("{kind}.{namespace}.{name}")
 }

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// address, localhost and 127.0.0.1 (repeatable; checked when no token file is given).
     #[arg(long)]
     pub admin_host: Vec<String>,
+    /// Key that seals Secret values in the shared NATS store (`--config-store nats`): 32 random
+    /// bytes as 64 hex digits (`openssl rand -hex 32`), the same on every instance.
+    #[arg(long, env = "SPATE_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Serve the data plane over HTTPS with this PEM certificate chain (leaf first; include the
     /// issuing CA so Spate's deliveries to its own addresses can verify it). Reloaded on change.
     #[arg(long, requires = "tls_key")]

@@ -43,6 +43,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) | ApiError::UnknownResource(_) => StatusCode::NOT_FOUND,
             ApiError::Shared(ConfigError::Conflict { .. }) => StatusCode::CONFLICT,
             ApiError::Shared(ConfigError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Shared(ConfigError::Refused(_)) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let errors: Vec<String> = match &self {
             ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => {

@@ -18,6 +18,7 @@ mod ingress;
 mod listener;
 mod output;
 mod proxy;
+mod sealed;
 mod serve;
 mod store;
 mod tls;

@@ -142,7 +142,13 @@ async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Ar
                     NatsConfigStore::open(n, "resources").await.map_err(|e| e.to_string())
                 };
                 match attempt.await {
-                    Ok(store) => return Ok(Arc::new(store)),
+                    Ok(store) => {
+                        let key = match &args.secret_key_file {
+                            Some(p) => Some(crate::sealed::SecretKey::from_file(p)?),
+                            None => None,
+                        };
+                        return Ok(Arc::new(crate::sealed::SealedSecrets::new(Arc::new(store), key)));
+                    }
                     Err(e) if std::time::Instant::now() > deadline => {
                         bail!("--config-store nats: cannot open the resources bucket at {}: {e}", args.nats_url)
                     }

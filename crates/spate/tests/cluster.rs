@@ -302,3 +302,48 @@ async fn an_instance_that_joins_later_names_revisions_as_the_cluster_does() {
     c.dirs.push(dir);
     c.restart(0);
 }
+
+/// The raw value of `key` in this cluster's resources bucket, as NATS holds it.
+async fn raw_resource(cluster: &str, key: &str) -> Vec<u8> {
+    let client = async_nats::connect(nats_url()).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(format!("KV_{cluster}-resources")).await.expect("the resources bucket");
+    let msg = stream.get_last_raw_message_by_subject(&format!("$KV.{cluster}-resources.{key}")).await.expect(key);
+    msg.payload.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_in_the_shared_store_and_open_on_every_instance() {
+    let keys = tempdir();
+    let key_file = keys.path().join("secret.key");
+    std::fs::write(&key_file, "0123456789abcdef".repeat(4)).unwrap();
+    let Some(c) = Cluster::start("sealed", 2, &["--secret-key-file", key_file.to_str().unwrap()]) else { return };
+    // "hunter2-hunter2" in base64, as a Secret's data holds it.
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: gh}\ndata: {token: aHVudGVyMi1odW50ZXIy}\n";
+    c.servers[0].apply_ok(secret).await;
+    let raw = raw_resource(&c._nats.name, "Secret.default.gh").await;
+    assert!(raw.starts_with(b"SPSEAL1"), "sealed: {}", String::from_utf8_lossy(&raw));
+    for needle in [&b"aHVudGVyMi1odW50ZXIy"[..], b"hunter2"] {
+        assert!(!raw.windows(needle.len()).any(|w| w == needle), "no value in the clear");
+    }
+    // The other instance opens it: the Secret exists there, and a source could read it.
+    c.servers[1]
+        .wait_json("/apis/core/v1/namespaces/default/secrets/gh", "the Secret on instance 1", |v| {
+            v["metadata"]["name"] == "gh"
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_file_a_secret_is_not_stored_in_the_shared_store() {
+    let Some(c) = Cluster::start("unsealed", 1, &[]) else { return };
+    let (status, body) =
+        c.servers[0].apply("apiVersion: v1\nkind: Secret\nmetadata: {name: gh}\nstringData: {token: hunter2}\n").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("--secret-key-file"), "{body}");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(format!("KV_{}-resources", c._nats.name)).await.unwrap();
+    let key = format!("$KV.{}-resources.Secret.default.gh", c._nats.name);
+    assert!(stream.get_last_raw_message_by_subject(&key).await.is_err(), "nothing was written");
+}

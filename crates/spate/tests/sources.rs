@@ -473,6 +473,11 @@ async fn a_webhook_is_registered_once_per_cluster_and_its_id_survives_its_regist
     // One public address for the cluster, as a load balancer in front of it would be.
     let mut args = nats.args();
     args.extend(["--config-store", "nats", "--public-url", "http://hooks.example"].map(String::from));
+    // The GitHub token Secret is shared through NATS: sealed with one key on every instance.
+    let key_dir = tempdir();
+    let key_file = key_dir.path().join("secret.key");
+    std::fs::write(&key_file, "5a".repeat(32)).unwrap();
+    args.extend(["--secret-key-file".to_string(), key_file.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dirs: Vec<_> = (0..3).map(|_| tempdir()).collect();
     let mut servers: Vec<Server> = dirs.iter().map(|d| Server::start(d.path(), &args)).collect();
