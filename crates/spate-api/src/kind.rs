@@ -20,10 +20,14 @@ pub enum Kind {
     GitHubSource,
     GitLabSource,
     KafkaSource,
+    /// Knative's Kafka sink (`eventing.knative.dev/v1alpha1`): an addressable writing to a topic.
+    KafkaSink,
+    /// Kubernetes' ConfigMap (`v1`): data only, read by the control plane (brokers' `spec.config`).
+    ConfigMap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -41,6 +45,8 @@ impl Kind {
         Kind::GitHubSource,
         Kind::GitLabSource,
         Kind::KafkaSource,
+        Kind::KafkaSink,
+        Kind::ConfigMap,
     ];
 
     /// The event sources (`spate get sources`).
@@ -76,18 +82,20 @@ impl Kind {
             Kind::GitHubSource => "GitHubSource",
             Kind::GitLabSource => "GitLabSource",
             Kind::KafkaSource => "KafkaSource",
+            Kind::KafkaSink => "KafkaSink",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Broker | Kind::Trigger => "eventing.knative.dev",
+            Kind::Broker | Kind::Trigger | Kind::KafkaSink => "eventing.knative.dev",
             Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::Subscription => {
                 "messaging.knative.dev"
             }
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
             Kind::Service => "serving.knative.dev",
             // The core group of Kubernetes: `apiVersion: v1`.
-            Kind::Secret => "",
+            Kind::Secret | Kind::ConfigMap => "",
             Kind::CronJobSource => "sources.eventing.knative.dev",
             Kind::PingSource
             | Kind::ContainerSource
@@ -99,7 +107,11 @@ impl Kind {
     }
     pub fn version(self) -> &'static str {
         match self {
-            Kind::CronJobSource | Kind::GitHubSource | Kind::GitLabSource | Kind::NatsJetStreamChannel => "v1alpha1",
+            Kind::CronJobSource
+            | Kind::GitHubSource
+            | Kind::GitLabSource
+            | Kind::NatsJetStreamChannel
+            | Kind::KafkaSink => "v1alpha1",
             _ => "v1",
         }
     }
@@ -138,6 +150,8 @@ impl Kind {
             Kind::GitHubSource => "githubsources",
             Kind::GitLabSource => "gitlabsources",
             Kind::KafkaSource => "kafkasources",
+            Kind::KafkaSink => "kafkasinks",
+            Kind::ConfigMap => "configmaps",
         }
     }
 
@@ -152,6 +166,7 @@ impl Kind {
                 | Kind::Sequence
                 | Kind::Parallel
                 | Kind::Service
+                | Kind::KafkaSink
         )
     }
 

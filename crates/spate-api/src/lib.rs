@@ -8,6 +8,7 @@
 mod broker;
 mod delivery;
 mod errors;
+pub mod kafka_sink;
 mod kind;
 mod messaging;
 mod meta;
@@ -22,6 +23,7 @@ use serde_json::Value;
 pub use broker::BrokerConfig;
 pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
+pub use kafka_sink::{ConfigMapConfig, KafkaContentMode, KafkaSinkConfig};
 pub use kind::Kind;
 pub use messaging::{
     ChannelConfig, ChannelStorage, ParallelBranch, ParallelConfig, SequenceConfig, SequenceStep, SubscriptionConfig,
@@ -105,6 +107,8 @@ pub enum Compiled {
     /// PingSource, CronJobSource, ContainerSource, GitHubSource, GitLabSource, KafkaSource.
     Source(Box<SourceConfig>),
     SinkBinding(SinkBindingConfig),
+    KafkaSink(KafkaSinkConfig),
+    ConfigMap(ConfigMapConfig),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -116,9 +120,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, AdmissionError> {
 /// Validates and compiles one document. `index` (0-based) names it in errors.
 pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled), Vec<FieldError>> {
     let mut w = walk::Walker::new(index);
-    let is_secret = doc.get("kind").and_then(Value::as_str) == Some("Secret");
-    let fields: &[&str] = if is_secret {
+    let doc_kind = doc.get("kind").and_then(Value::as_str);
+    let fields: &[&str] = if doc_kind == Some("Secret") {
         &["apiVersion", "kind", "metadata", "data", "stringData", "type", "immutable"]
+    } else if doc_kind == Some("ConfigMap") {
+        &["apiVersion", "kind", "metadata", "data", "immutable"]
     } else {
         &["apiVersion", "kind", "metadata", "spec", "status"]
     };
@@ -174,6 +180,11 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
         Some(Kind::SinkBinding) => {
             sources::compile_sink_binding(&mut w, spec, &namespace, &name).map(Compiled::SinkBinding)
         }
+        Some(Kind::KafkaSink) => kafka_sink::compile(&mut w, spec, &namespace, &name).map(Compiled::KafkaSink),
+        Some(Kind::ConfigMap) => kafka_sink::compile_config_map(&mut w, top, &namespace, &name).map(|(c, fields)| {
+            secret_fields = Some(fields);
+            Compiled::ConfigMap(c)
+        }),
         None => None,
     };
     match (kind, compiled) {
@@ -243,12 +254,20 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         | Kind::SinkBinding
         | Kind::GitHubSource
         | Kind::GitLabSource
-        | Kind::KafkaSource => {
+        | Kind::KafkaSource
+        | Kind::ConfigMap => {
             if new.kind == Kind::Subscription {
                 let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));
                 if a != b {
                     errs.push(FieldError::new(None, who.clone(), "spec.channel", "is immutable"));
                 }
+            }
+        }
+        Kind::KafkaSink => {
+            // Knative: a KafkaSink's topic cannot change (events already written stay where they are).
+            let (a, b) = (old.manifest.pointer("/spec/topic"), new.manifest.pointer("/spec/topic"));
+            if a != b {
+                errs.push(FieldError::new(None, who.clone(), "spec.topic", "is immutable"));
             }
         }
         Kind::Trigger => {

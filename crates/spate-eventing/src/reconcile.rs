@@ -27,6 +27,8 @@ pub struct Desired {
     pub parallels: Vec<ParallelConfig>,
     /// Addressables other rooms run (Knative Services), by namespace and name, with their address.
     pub services: HashMap<Key, String>,
+    /// KafkaSinks (run by the sources room), by namespace and name, with their address.
+    pub kafka_sinks: HashMap<Key, String>,
 }
 
 /// Names of the addressables that exist (desired), by kind, for resolving `ref`s.
@@ -37,6 +39,8 @@ pub(crate) struct Addressables {
     pub sequences: HashSet<Key>,
     pub parallels: HashSet<Key>,
     pub services: HashMap<Key, String>,
+    /// KafkaSinks (run by the sources room), by namespace and name, with their address.
+    pub kafka_sinks: HashMap<Key, String>,
 }
 
 pub use spate_api::Condition;
@@ -174,11 +178,12 @@ impl Eventing {
                         self.channel_address(&r.namespace, &crate::messaging::parallel_ingress(&r.name))
                     }
                     Some(Kind::Service) if names.services.contains_key(&key) => names.services[&key].clone(),
+                    Some(Kind::KafkaSink) if names.kafka_sinks.contains_key(&key) => names.kafka_sinks[&key].clone(),
                     // Addressable, but no such object is defined.
                     Some(k) if k.addressable() => return missing(),
                     Some(_) | None => {
                         return Err(format!(
-                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service); use a uri",
+                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service, KafkaSink); use a uri",
                             r.kind, r.namespace, r.name, r.api_version
                         ));
                     }
@@ -204,6 +209,7 @@ impl Eventing {
             sequences: desired.sequences.iter().map(|s| key(&s.namespace, &s.name)).collect(),
             parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
             services: desired.services.clone(),
+            kafka_sinks: desired.kafka_sinks.clone(),
         };
         move |dest| self.resolve(dest, &names)
     }
@@ -221,6 +227,7 @@ impl Eventing {
             sequences: desired.sequences.iter().map(|s| key(&s.namespace, &s.name)).collect(),
             parallels: desired.parallels.iter().map(|p| key(&p.namespace, &p.name)).collect(),
             services: desired.services.clone(),
+            kafka_sinks: desired.kafka_sinks.clone(),
         };
         self.reconcile_brokers(desired, &wanted, &names, &mut statuses).await;
         self.reconcile_triggers(desired, &names, &mut statuses).await;

@@ -14,6 +14,7 @@
 pub mod container;
 pub mod emit;
 pub mod kafka;
+pub mod kafka_sink;
 pub mod ping;
 pub mod webhook;
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind, SecretConfig, SecretKeyRef};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
 use spate_serving::{ServiceStatus, Serving};
+use spate_sources::kafka_sink::{KafkaSinks, SinkStatus, WantedSink};
 use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -80,6 +81,8 @@ pub struct ControlPlane {
     /// The data plane's own `host:port` and certificate when it serves HTTPS:
     /// deliveries to Spate's own addresses trust its chain.
     own_tls: Option<(String, Arc<crate::tls::Reloading>)>,
+    /// KafkaSinks: their producers, shared with the data plane.
+    kafka_sinks: Arc<KafkaSinks>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -274,7 +277,9 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
         | Kind::SinkBinding
         | Kind::GitHubSource
         | Kind::GitLabSource
-        | Kind::KafkaSource => {}
+        | Kind::KafkaSource
+        | Kind::KafkaSink
+        | Kind::ConfigMap => {}
         Kind::Broker | Kind::Trigger => {
             if let Some(u) = &st.subscriber_uri {
                 s["subscriberUri"] = json!(u);
@@ -288,6 +293,11 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
+    /// The running KafkaSinks (the data plane routes `/kafkasinks/<ns>/<name>` to them).
+    pub fn kafka_sinks(&self) -> Arc<KafkaSinks> {
+        self.kafka_sinks.clone()
+    }
+
     /// Deliveries to `authority` (the data plane's own, served over HTTPS) trust `tls`'s chain.
     pub fn with_own_tls(mut self, authority: String, tls: Arc<crate::tls::Reloading>) -> Self {
         self.own_tls = Some((authority, tls));
@@ -305,6 +315,7 @@ impl ControlPlane {
         ControlPlane {
             dispatcher,
             own_tls: None,
+            kafka_sinks: Arc::default(),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -540,6 +551,7 @@ impl ControlPlane {
         let mut bindings = vec![];
         let mut secrets: HashMap<(String, String), &SecretConfig> = HashMap::new();
         let mut labels: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
+        let mut kafka_sinks = vec![];
         for e in store.entries.values() {
             match &e.compiled {
                 Compiled::Secret(s) => {
@@ -553,6 +565,11 @@ impl ControlPlane {
                 Compiled::Subscription(s) => desired.subscriptions.push(s.clone()),
                 Compiled::Sequence(s) => desired.sequences.push(s.clone()),
                 Compiled::Parallel(p) => desired.parallels.push(p.clone()),
+                Compiled::KafkaSink(k) => {
+                    desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
+                    kafka_sinks.push(k.clone());
+                }
+                Compiled::ConfigMap(_) => {}
                 Compiled::Service(s) => {
                     desired
                         .services
@@ -573,6 +590,20 @@ impl ControlPlane {
         for e in self.dispatcher.set_trust(cas) {
             tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
         }
+        let wanted_sinks: Vec<WantedSink> = kafka_sinks
+            .into_iter()
+            .map(|config| {
+                let auth = match &config.auth_secret {
+                    None => Ok(Default::default()),
+                    Some(name) => {
+                        secrets.get(&(config.namespace.clone(), name.clone())).map(|s| s.data.clone()).ok_or_else(
+                            || format!("Secret {}/{name} (spec.auth.secret.ref) does not exist", config.namespace),
+                        )
+                    }
+                };
+                WantedSink { config, auth }
+            })
+            .collect();
         let resolve = self.eventing.resolver(&desired);
         let binding_statuses = crate::bindings::apply(&bindings, &mut services, &labels, &resolve);
         let resolved: Vec<ResolvedSource> = sources
@@ -632,6 +663,15 @@ impl ControlPlane {
                 }
             }
         }
+        for st in self.kafka_sinks.reconcile(wanted_sinks).await {
+            let key = (Kind::KafkaSink, st.namespace.clone(), st.name.clone());
+            if let Some(e) = store.entries.get_mut(&key) {
+                let new = kafka_sink_status_json(&st, e.generation, &desired.kafka_sinks[&(key.1, key.2)]);
+                if strip_times(&e.status) != strip_times(&new) {
+                    e.status = new;
+                }
+            }
+        }
         for st in self.sources.reconcile(&resolved).await {
             if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
                 e.status = source_status_json(&st, e.generation, &e.status);
@@ -639,11 +679,29 @@ impl ControlPlane {
         }
     }
 
+    fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
+        format!("{}/kafkasinks/{}/{}", self.eventing.config().base_url.trim_end_matches('/'), k.namespace, k.name)
+    }
+
     pub async fn shutdown(&self) {
         self.sources.shutdown().await;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
     }
+}
+
+/// A KafkaSink's status: `TopicReady` (the topic exists or was created) and its address.
+fn kafka_sink_status_json(st: &SinkStatus, generation: u64, address: &str) -> Value {
+    let conditions = match &st.ready {
+        Ok(()) => vec![Condition::ok("TopicReady"), Condition::ok("Addressable")],
+        Err((reason, message)) => vec![Condition::fail("TopicReady", reason, message.clone())],
+    };
+    let conditions = Condition::ready_first(conditions);
+    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(&conditions, &now_rfc3339())});
+    if st.ready.is_ok() {
+        s["address"] = json!({"url": address});
+    }
+    s
 }
 
 /// A Secret's value for a `secretKeyRef` in `namespace`, or what is missing.

@@ -15,6 +15,8 @@ use spate_eventing::{Eventing, PublishError};
 pub struct Ingress {
     pub eventing: Arc<Eventing>,
     pub max_event_size: usize,
+    /// KafkaSinks: addressables that write into Kafka topics.
+    pub kafka_sinks: Arc<spate_sources::kafka_sink::KafkaSinks>,
 }
 
 /// Why a request to an addressable was refused, and its HTTP status: the one
@@ -24,6 +26,9 @@ pub enum IngressError {
     MethodNotAllowed,
     NoSuchBroker(String),
     NoSuchChannel(String),
+    NoSuchKafkaSink(String),
+    /// Kafka did not acknowledge the record.
+    Kafka(String),
     TooLarge(usize),
     Malformed(String),
     Publish(PublishError),
@@ -38,6 +43,13 @@ impl IntoResponse for IngressError {
             }
             IngressError::NoSuchBroker(b) => (StatusCode::NOT_FOUND, format!("no broker {b}\n")).into_response(),
             IngressError::NoSuchChannel(c) => (StatusCode::NOT_FOUND, format!("no channel {c}\n")).into_response(),
+            IngressError::NoSuchKafkaSink(k) => (StatusCode::NOT_FOUND, format!("no KafkaSink {k}\n")).into_response(),
+            IngressError::Kafka(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
+                format!("Kafka did not acknowledge the event: {e}\n"),
+            )
+                .into_response(),
             IngressError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the {max}-byte limit (--max-event-size)\n"),
@@ -69,6 +81,7 @@ pub fn router(state: Ingress) -> Router {
         .nest("/_spate/fn", crate::functions::router(state.max_event_size))
         .route("/{namespace}/{broker}", any(broker_ingress))
         .route("/channels/{namespace}/{channel}", any(channel_ingress))
+        .route("/kafkasinks/{namespace}/{name}", any(kafka_sink_ingress))
         .with_state(state)
 }
 
@@ -103,7 +116,7 @@ pub async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "nothing is served at {method} {}: brokers are at /<namespace>/<broker>, channels at \
-             /channels/<namespace>/<name>, the admin API at /apis/...; `spate get KIND NAME -o json` shows an \
+             /channels/<namespace>/<name>, KafkaSinks at /kafkasinks/<namespace>/<name>, the admin API at /apis/...; `spate get KIND NAME -o json` shows an \
              addressable's status.address.url\n",
             uri.path()
         ),
@@ -141,6 +154,32 @@ async fn channel_ingress(
             .ok_or_else(|| IngressError::NoSuchChannel(format!("{namespace}/{channel}")))?;
         let events = read_events(&st, &headers, body, &format!("channel {namespace}/{channel}")).await?;
         ch.publish(events).await.map_err(IngressError::Publish)?;
+        Ok(StatusCode::ACCEPTED.into_response())
+    };
+    r.await.unwrap_or_else(IngressError::into_response)
+}
+
+/// A KafkaSink: 202 once Kafka acknowledged every event of the request
+/// (`acks=all`), in order; 503 with Retry-After when it did not.
+async fn kafka_sink_ingress(
+    State(st): State<Ingress>,
+    method: Method,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        if let Some(r) = preflight(&method)? {
+            return Ok(r);
+        }
+        let sink = st
+            .kafka_sinks
+            .get(&namespace, &name)
+            .ok_or_else(|| IngressError::NoSuchKafkaSink(format!("{namespace}/{name}")))?;
+        let events = read_events(&st, &headers, body, &format!("KafkaSink {namespace}/{name}")).await?;
+        for ev in &events {
+            sink.produce(ev).await.map_err(IngressError::Kafka)?;
+        }
         Ok(StatusCode::ACCEPTED.into_response())
     };
     r.await.unwrap_or_else(IngressError::into_response)
@@ -227,7 +266,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/default/b", listener.local_addr().unwrap());
         tokio::spawn(async move {
-            axum::serve(listener, router(Ingress { eventing, max_event_size: 1 << 20 })).await.unwrap()
+            axum::serve(
+                listener,
+                router(Ingress { eventing, max_event_size: 1 << 20, kafka_sinks: Default::default() }),
+            )
+            .await
+            .unwrap()
         });
         let send = || {
             reqwest::Client::new()

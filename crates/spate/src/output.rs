@@ -57,6 +57,8 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 }
                 Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
                 Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
+                Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
+                Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
                 Kind::PingSource
                 | Kind::CronJobSource
                 | Kind::ContainerSource
@@ -117,6 +119,17 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                             .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
                             .unwrap_or_default(),
                     ],
+                    Kind::ConfigMap => vec![
+                        ns,
+                        name,
+                        it.get("data")
+                            .and_then(serde_json::Value::as_object)
+                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                            .unwrap_or_default(),
+                    ],
+                    Kind::KafkaSink => {
+                        vec![ns, name, s(it, "/spec/topic").into(), s(it, "/status/address/url").into(), r, reason]
+                    }
                     Kind::PingSource
                     | Kind::CronJobSource
                     | Kind::ContainerSource

@@ -315,6 +315,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let proxy = crate::proxy::Proxy { serving: serving.clone(), max_body: args.max_event_size };
     let ingress = crate::ingress::router(crate::ingress::Ingress {
+        kafka_sinks: control.kafka_sinks(),
         eventing: eventing.clone(),
         max_event_size: args.max_event_size,
     })

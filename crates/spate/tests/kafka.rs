@@ -382,3 +382,139 @@ async fn emitted_by(s: &Server) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A record as read back: key, headers, value.
+type ReadRecord = (Option<String>, BTreeMap<String, String>, Vec<u8>);
+
+/// Every record of `topic` (from the start) until `n` arrived.
+fn read_records(addr: &str, topic: &str, n: usize) -> Vec<ReadRecord> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = vec![];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} records in {topic}", out.len());
+        let Some(Ok(m)) = c.poll(Duration::from_millis(200)) else { continue };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        out.push((key, headers, m.payload().unwrap_or_default().to_vec()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_sink_writes_what_a_trigger_sends_in_both_content_modes() {
+    let Some(addr) = broker_addr() else { return };
+    let (binary_topic, structured_topic) = (unique("sink-bin"), unique("sink-json"));
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    let sink = |name: &str, topic: &str, mode: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1alpha1\nkind: KafkaSink\nmetadata: {{name: {name}}}\nspec:\n  topic: {topic}\n  bootstrapServers: [\"{addr}\"]\n  contentMode: {mode}\n  numPartitions: 2\n"
+        )
+    };
+    let to_sink = |name: &str, target: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: {name}}}\nspec:\n  broker: default\n  subscriber:\n    ref: {{apiVersion: eventing.knative.dev/v1alpha1, kind: KafkaSink, name: {target}}}\n"
+        )
+    };
+    let yaml = [
+        broker("default", ""),
+        sink("overlay-bin", &binary_topic, "binary"),
+        sink("overlay-json", &structured_topic, "structured"),
+        to_sink("to-bin", "overlay-bin"),
+        to_sink("to-json", "overlay-json"),
+    ]
+    .join("---\n");
+    s.apply_ok(&yaml).await;
+    let status = s.admin_json("/apis/eventing.knative.dev/v1alpha1/namespaces/default/kafkasinks/overlay-bin").await;
+    let url = status["status"]["address"]["url"].as_str().unwrap_or_default().to_string();
+    assert!(url.ends_with("/kafkasinks/default/overlay-bin"), "{status}");
+    let r = client()
+        .post(s.broker_url("default", "default"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "c1")
+        .header("ce-source", "/stream/42")
+        .header("ce-type", "comment.scored")
+        .header("ce-partitionkey", "stream-42")
+        .header("content-type", "application/json")
+        .body(r#"{"score":0.9}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let bin = read_records(&addr, &binary_topic, 1);
+    let (key, headers, value) = &bin[0];
+    assert_eq!(key.as_deref(), Some("stream-42"), "keyed by partitionkey");
+    assert_eq!(headers.get("ce_id").map(String::as_str), Some("c1"), "{headers:?}");
+    assert_eq!(headers.get("ce_type").map(String::as_str), Some("comment.scored"));
+    assert_eq!(headers.get("ce_source").map(String::as_str), Some("/stream/42"), "plain UTF-8, not percent-encoded");
+    assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+    assert_eq!(value, br#"{"score":0.9}"#);
+
+    let json = read_records(&addr, &structured_topic, 1);
+    let (key, headers, value) = &json[0];
+    assert_eq!(key.as_deref(), Some("stream-42"));
+    assert_eq!(headers.get("content-type").map(String::as_str), Some("application/cloudevents+json"));
+    let v: Value = serde_json::from_slice(value).unwrap();
+    assert_eq!((v["id"].as_str(), v["type"].as_str()), (Some("c1"), Some("comment.scored")), "{v}");
+    assert_eq!(v["data"]["score"], 0.9);
+
+    // Direct requests: 202 only after Kafka acknowledged; unknown sinks are 404.
+    let direct = client()
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "d1")
+        .header("ce-source", "/direct")
+        .header("ce-type", "t")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 202);
+    assert!(
+        read_records(&addr, &binary_topic, 2).iter().any(|(_, h, _)| h.get("ce_id").map(String::as_str) == Some("d1"))
+    );
+    let missing = client().post(url.replace("overlay-bin", "nope")).body("x").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[test]
+fn kafka_sink_admission_names_each_bad_field() {
+    let dir = tempdir();
+    let file = dir.path().join("k.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: KafkaSink\nmetadata: {name: k}\nspec:\n  topic: 'bad topic'\n  bootstrapServers: [nohost]\n  contentMode: avro\n  numPartitions: 0\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: kafka-broker-config}\ndata:\n  bootstrap.servers: 127.0.0.1:19092\n  default.topic.partitions: \"10\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN).args(["validate", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "spec.topic: 'bad topic' is not a Kafka topic name",
+        "spec.bootstrapServers[0]: 'nohost' is not host:port",
+        "spec.contentMode: 'avro' is not one of structured, binary",
+        "spec.numPartitions: must be a whole number",
+    ] {
+        assert!(text.contains(want), "missing '{want}' in:\n{text}");
+    }
+    assert!(!text.contains("ConfigMap"), "the ConfigMap is valid: {text}");
+}
