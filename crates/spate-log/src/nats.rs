@@ -2,8 +2,9 @@
 //! (`<cluster>_<kind>_<namespace>_<name>`, subject `<cluster>.<kind>.<namespace>.<name>`, file
 //! storage, interest retention bounded by age and size), one durable pull
 //! consumer per Trigger or Subscription with explicit acks, shared by every
-//! Spate instance. Names use `_` between parts: namespaces and names are
-//! DNS labels and never contain it, so two resources never share a stream.
+//! Spate instance. Names use `_` between parts and for a name's dots:
+//! namespaces (DNS labels) hold neither, names (DNS subdomains) never hold
+//! `_`, so two resources never share a stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,12 @@ use futures_util::StreamExt;
 use crate::stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
 use crate::{BoxFuture, LogError};
 
-/// Settings of the NATS backend (`--nats-url`, `--cluster-name`).
+/// Settings of the NATS backend (`--nats-url`, `--cluster-name`, `--nats-ca-file`).
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
     pub url: String,
+    /// PEM CA certificates to verify the server with; TLS is then required.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefixes streams, consumers and buckets; letters, digits and `-`.
     pub cluster: String,
     /// Stream replicas (honoured when the NATS server is clustered).
@@ -35,6 +38,7 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
+            ca_file: None,
             cluster: "spate".into(),
             replicas: 1,
             max_age: Duration::from_secs(86_400),
@@ -70,7 +74,11 @@ impl Nats {
     /// background (operations fail with `Unavailable` meanwhile).
     pub async fn connect(config: NatsConfig) -> Result<Nats, LogError> {
         check_cluster_name(&config.cluster).map_err(LogError::Unavailable)?;
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(ca) = &config.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = options
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)

@@ -236,6 +236,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let dispatcher = Dispatcher::default();
     let nats = Arc::new(NatsBackend::new(NatsConfig {
         url: args.nats_url.clone(),
+        ca_file: args.nats_ca_file.clone(),
         cluster: args.cluster_name.clone(),
         ..NatsConfig::default()
     }));

@@ -264,3 +264,79 @@ async fn the_admin_certificate_is_reloaded_when_its_files_change() {
     // A new client (no TLS session to resume) no longer accepts what is served.
     assert!(trusting(&first).get(&health).send().await.is_err(), "the old certificate is no longer served");
 }
+
+/// A nats-server with JetStream that speaks only TLS, on a free port; killed on drop.
+struct TlsNats {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_nats(dir: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> Option<TlsNats> {
+    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        assert!(std::env::var_os("CI").is_none(), "CI needs nats-server for the TLS test");
+        eprintln!("skipping: no nats-server binary");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ntls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            dir.join("js").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the TLS nats-server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(TlsNats { child, url: format!("tls://127.0.0.1:{port}") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_broker_over_tls_verified_by_the_nats_ca_file() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "nats");
+    let (cert, key) = ca.leaf("nats-server");
+    let Some(nats) = tls_nats(dir.path(), &cert, &key) else { return };
+    let sink = Sink::start().await;
+    let args = [
+        "--default-broker-class",
+        "NatsJetStreamBroker",
+        "--nats-url",
+        &nats.url,
+        "--nats-ca-file",
+        ca.cert.to_str().unwrap(),
+        "--cluster-name",
+        "tls",
+    ];
+    let s = Server::start(&dir.path().join("data"), &args);
+    s.apply_ok(&(broker("default", "") + "---\n" + &trigger("all", "default", "", &sink.url, ""))).await;
+    assert_eq!(send(&s.broker_url("default", "default"), "over-tls", "t", "x").await, 202);
+    assert_eq!(sink.wait_for(1).await[0].event.id, "over-tls");
+    drop(s);
+
+    // Without the CA the server's certificate is not trusted: no connection, so ingress says 503.
+    let without_ca = [&args[..4], &args[6..]].concat();
+    let s = Server::start(&dir.path().join("data2"), &without_ca);
+    s.apply_ok(&broker("b", "")).await;
+    assert_eq!(send(&s.broker_url("default", "b"), "untrusted", "t", "x").await, 503);
+}
