@@ -24,10 +24,12 @@ pub enum Kind {
     KafkaSink,
     /// Kubernetes' ConfigMap (`v1`): data only, read by the control plane (brokers' `spec.config`).
     ConfigMap,
+    /// Knative's EventPolicy (`eventing.knative.dev/v1alpha1`): who may send to what.
+    EventPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -47,6 +49,7 @@ impl Kind {
         Kind::KafkaSource,
         Kind::KafkaSink,
         Kind::ConfigMap,
+        Kind::EventPolicy,
     ];
 
     /// The event sources (`spate get sources`).
@@ -84,11 +87,12 @@ impl Kind {
             Kind::KafkaSource => "KafkaSource",
             Kind::KafkaSink => "KafkaSink",
             Kind::ConfigMap => "ConfigMap",
+            Kind::EventPolicy => "EventPolicy",
         }
     }
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Broker | Kind::Trigger | Kind::KafkaSink => "eventing.knative.dev",
+            Kind::Broker | Kind::Trigger | Kind::KafkaSink | Kind::EventPolicy => "eventing.knative.dev",
             Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::Subscription => {
                 "messaging.knative.dev"
             }
@@ -111,7 +115,8 @@ impl Kind {
             | Kind::GitHubSource
             | Kind::GitLabSource
             | Kind::NatsJetStreamChannel
-            | Kind::KafkaSink => "v1alpha1",
+            | Kind::KafkaSink
+            | Kind::EventPolicy => "v1alpha1",
             _ => "v1",
         }
     }
@@ -152,6 +157,7 @@ impl Kind {
             Kind::KafkaSource => "kafkasources",
             Kind::KafkaSink => "kafkasinks",
             Kind::ConfigMap => "configmaps",
+            Kind::EventPolicy => "eventpolicies",
         }
     }
 

@@ -8,6 +8,7 @@
 mod broker;
 mod delivery;
 mod errors;
+pub mod event_policy;
 pub mod kafka_sink;
 mod kind;
 mod messaging;
@@ -109,6 +110,7 @@ pub enum Compiled {
     SinkBinding(SinkBindingConfig),
     KafkaSink(KafkaSinkConfig),
     ConfigMap(ConfigMapConfig),
+    EventPolicy(Box<event_policy::EventPolicyConfig>),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -179,6 +181,9 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
         ) => sources::compile_source(&mut w, k, spec, &namespace, &name).map(|s| Compiled::Source(Box::new(s))),
         Some(Kind::SinkBinding) => {
             sources::compile_sink_binding(&mut w, spec, &namespace, &name).map(Compiled::SinkBinding)
+        }
+        Some(Kind::EventPolicy) => {
+            event_policy::compile(&mut w, spec, &namespace, &name).map(|p| Compiled::EventPolicy(Box::new(p)))
         }
         Some(Kind::KafkaSink) => kafka_sink::compile(&mut w, spec, &namespace, &name).map(Compiled::KafkaSink),
         Some(Kind::ConfigMap) => kafka_sink::compile_config_map(&mut w, top, &namespace, &name).map(|(c, fields)| {
@@ -255,7 +260,8 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         | Kind::GitHubSource
         | Kind::GitLabSource
         | Kind::KafkaSource
-        | Kind::ConfigMap => {
+        | Kind::ConfigMap
+        | Kind::EventPolicy => {
             if new.kind == Kind::Subscription {
                 let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));
                 if a != b {

@@ -29,7 +29,7 @@ fn filter_errors(w: &mut Walker, base: &str, errs: Vec<FilterError>) {
 
 const DIALECTS: &[&str] = &["exact", "prefix", "suffix", "all", "any", "not", "cesql", "cel"];
 
-fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
+pub(crate) fn compile_filter(w: &mut Walker, v: &Value, path: &str) -> Option<Filter> {
     let m = w.object(v, path, DIALECTS)?;
     if m.len() != 1 {
         w.error(path, format!("exactly one dialect per filter (one of {}), found {}", DIALECTS.join(", "), m.len()));

@@ -17,6 +17,13 @@ mod tls;
 
 pub use tls::TrustError;
 
+/// Bearer tokens for Spate's own deliveries (sender identity, Knative's OIDC):
+/// given the sender's label (`trigger/<ns>/<name>`) and the target URL, the
+/// token to send, if the target needs one.
+pub trait TokenSource: Send + Sync {
+    fn token(&self, sender: &str, url: &str) -> Option<String>;
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a reply event goes. A failure to accept it fails the delivery
@@ -98,6 +105,8 @@ pub struct Dispatcher {
     default_timeout: Duration,
     /// Extra CAs per `https://` authority (`CACerts`), shared by every clone.
     trust: std::sync::Arc<tls::Trust>,
+    /// Set once at start when sender identity (OIDC) is on; shared by every clone.
+    tokens: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn TokenSource>>>,
 }
 
 static TRACE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -125,7 +134,17 @@ impl Default for Dispatcher {
 impl Dispatcher {
     /// `default_timeout` applies to attempts whose policy sets no timeout.
     pub fn new(default_timeout: Duration) -> Self {
-        Dispatcher { client: tls::default_client(), default_timeout, trust: Default::default() }
+        Dispatcher {
+            client: tls::default_client(),
+            default_timeout,
+            trust: Default::default(),
+            tokens: Default::default(),
+        }
+    }
+
+    /// Every later delivery asks `tokens` for a bearer token (once; later calls are ignored).
+    pub fn set_token_source(&self, tokens: std::sync::Arc<dyn TokenSource>) {
+        let _ = self.tokens.set(tokens);
     }
 
     /// Trusts, for each `https://` authority, the CA certificates the
@@ -139,6 +158,7 @@ impl Dispatcher {
     pub async fn send_once(
         &self,
         ev: &CloudEvent,
+        sender: &str,
         url: &str,
         format: DeliveryFormat,
         namespace: &str,
@@ -159,6 +179,12 @@ impl Dispatcher {
         };
         if let Ok(v) = HeaderValue::from_str(&tp) {
             headers.insert("traceparent", v);
+        }
+        if let Some(token) = self.tokens.get().and_then(|t| t.token(sender, url))
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            v.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, v);
         }
         let trusted = self.trust.client_for(url);
         let client = trusted.as_ref().unwrap_or(&self.client);
@@ -236,7 +262,7 @@ impl Dispatcher {
         let mut attempt_no = 0u32;
         loop {
             attempt_no += 1;
-            let a = self.send_once(ev, url, req.format, req.namespace, policy.timeout).await;
+            let a = self.send_once(ev, req.label, url, req.format, req.namespace, policy.timeout).await;
             let (retryable, a) = match a {
                 Attempt::Response { status, headers, body } if (200..300).contains(&status) => {
                     let Some(replies) = replies else {

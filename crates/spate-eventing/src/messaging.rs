@@ -29,7 +29,8 @@ pub fn sequence_channel(sequence: &str, i: usize) -> String {
 pub fn parallel_ingress(parallel: &str) -> String {
     format!("{parallel}-kn-parallel")
 }
-fn parallel_branch(parallel: &str, i: usize) -> String {
+/// A Parallel's branch channel.
+pub fn parallel_branch(parallel: &str, i: usize) -> String {
     format!("{parallel}-kn-parallel-{i}")
 }
 fn parallel_filter(parallel: &str, i: usize) -> String {

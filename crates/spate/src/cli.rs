@@ -134,6 +134,16 @@ pub struct ServeArgs {
     /// bytes as 64 hex digits (`openssl rand -hex 32`), the same on every instance.
     #[arg(long, env = "SPATE_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// Sender identity (Knative's OIDC): every addressable requires a bearer JWT from this issuer.
+    #[arg(long, env = "SPATE_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The issuer's signing keys: a JWKS file, or an http(s) URL serving one.
+    #[arg(long, env = "SPATE_OIDC_JWKS")]
+    pub oidc_jwks: Option<String>,
+    /// Where no EventPolicy names an addressable (with --oidc-issuer): allow-all,
+    /// allow-same-namespace (Knative's default) or deny-all.
+    #[arg(long, default_value = "allow-same-namespace")]
+    pub authorization_mode: String,
     /// Serve the data plane over HTTPS with this PEM certificate chain (leaf first; include the
     /// issuing CA so Spate's deliveries to its own addresses can verify it). Reloaded on change.
     #[arg(long, requires = "tls_key")]

@@ -83,6 +83,8 @@ pub struct ControlPlane {
     own_tls: Option<(String, Arc<crate::tls::Reloading>)>,
     /// KafkaSinks: their producers, shared with the data plane.
     kafka_sinks: Arc<KafkaSinks>,
+    /// Sender identity and EventPolicies on the data plane, when `--oidc-issuer` is set.
+    data_auth: Option<Arc<crate::data_auth::DataAuth>>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -279,7 +281,8 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
         | Kind::GitLabSource
         | Kind::KafkaSource
         | Kind::KafkaSink
-        | Kind::ConfigMap => {}
+        | Kind::ConfigMap
+        | Kind::EventPolicy => {}
         Kind::Broker | Kind::Trigger => {
             if let Some(u) = &st.subscriber_uri {
                 s["subscriberUri"] = json!(u);
@@ -293,6 +296,17 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
 }
 
 impl ControlPlane {
+    /// Rebuilds `auth`'s audiences and policies at each reconcile, and publishes audiences.
+    pub fn with_data_auth(mut self, auth: Arc<crate::data_auth::DataAuth>) -> Self {
+        self.data_auth = Some(auth);
+        self
+    }
+
+    /// The dispatcher every delivery goes through.
+    pub fn dispatcher(&self) -> &spate_delivery::Dispatcher {
+        &self.dispatcher
+    }
+
     /// The running KafkaSinks (the data plane routes `/kafkasinks/<ns>/<name>` to them).
     pub fn kafka_sinks(&self) -> Arc<KafkaSinks> {
         self.kafka_sinks.clone()
@@ -316,6 +330,7 @@ impl ControlPlane {
             dispatcher,
             own_tls: None,
             kafka_sinks: Arc::default(),
+            data_auth: None,
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -569,7 +584,7 @@ impl ControlPlane {
                     desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
                     kafka_sinks.push(k.clone());
                 }
-                Compiled::ConfigMap(_) => {}
+                Compiled::ConfigMap(_) | Compiled::EventPolicy(_) => {}
                 Compiled::Service(s) => {
                     desired
                         .services
@@ -677,6 +692,11 @@ impl ControlPlane {
                 e.status = source_status_json(&st, e.generation, &e.status);
             }
         }
+        if let Some(auth) = &self.data_auth {
+            let mode = auth.snapshot().auth.mode;
+            auth.set(crate::data_auth::build_snapshot(store.entries.values(), mode));
+            publish_auth_status(store, &auth.snapshot());
+        }
     }
 
     fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
@@ -687,6 +707,37 @@ impl ControlPlane {
         self.sources.shutdown().await;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
+    }
+}
+
+/// With sender identity on: each addressable's `status.address.audience`, and each
+/// EventPolicy's `status.from` (its resolved subjects) and Ready condition.
+fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
+    use crate::data_auth::Target;
+    for e in store.entries.values_mut() {
+        let (ns, name) = (e.resource.namespace.clone(), e.resource.name.clone());
+        if e.resource.kind == Kind::EventPolicy {
+            let from =
+                snap.auth.policies.get(&ns).into_iter().flatten().find(|p| p.name == name).map(|p| p.subjects.clone());
+            let conditions = Condition::ready_first(vec![Condition::ok("SubjectsResolved")]);
+            let new = json!({"observedGeneration": e.generation, "from": from.unwrap_or_default(),
+                "conditions": conditions_json(&conditions, &now_rfc3339())});
+            if strip_times(&e.status) != strip_times(&new) {
+                e.status = new;
+            }
+            continue;
+        }
+        let key = match &e.compiled {
+            Compiled::Broker(_) => (Target::Broker, ns, name),
+            Compiled::KafkaSink(_) => (Target::KafkaSink, ns, name),
+            Compiled::Channel(_) => (Target::Channel, ns, name),
+            Compiled::Sequence(_) => (Target::Channel, ns, spate_eventing::sequence_channel(&name, 0)),
+            Compiled::Parallel(_) => (Target::Channel, ns, spate_eventing::parallel_ingress(&name)),
+            _ => continue,
+        };
+        if let (Some(a), Some(address)) = (snap.addressables.get(&key), e.status.get_mut("address")) {
+            address["audience"] = json!(a.audience);
+        }
     }
 }
 

@@ -11,12 +11,16 @@ use axum::routing::any;
 use spate_core::CloudEvent;
 use spate_eventing::{Eventing, PublishError};
 
+use crate::data_auth::{Refusal, Target};
+
 #[derive(Clone)]
 pub struct Ingress {
     pub eventing: Arc<Eventing>,
     pub max_event_size: usize,
     /// KafkaSinks: addressables that write into Kafka topics.
     pub kafka_sinks: Arc<spate_sources::kafka_sink::KafkaSinks>,
+    /// Sender identity and EventPolicies (`--oidc-issuer`), when on.
+    pub auth: Option<Arc<crate::data_auth::DataAuth>>,
 }
 
 /// Why a request to an addressable was refused, and its HTTP status: the one
@@ -29,6 +33,10 @@ pub enum IngressError {
     NoSuchKafkaSink(String),
     /// Kafka did not acknowledge the record.
     Kafka(String),
+    /// No valid token for this addressable's audience (401).
+    Unauthenticated(String),
+    /// The sender is valid but no EventPolicy lets it send this here (403).
+    Forbidden(String),
     TooLarge(usize),
     Malformed(String),
     Publish(PublishError),
@@ -44,6 +52,13 @@ impl IntoResponse for IngressError {
             IngressError::NoSuchBroker(b) => (StatusCode::NOT_FOUND, format!("no broker {b}\n")).into_response(),
             IngressError::NoSuchChannel(c) => (StatusCode::NOT_FOUND, format!("no channel {c}\n")).into_response(),
             IngressError::NoSuchKafkaSink(k) => (StatusCode::NOT_FOUND, format!("no KafkaSink {k}\n")).into_response(),
+            IngressError::Unauthenticated(e) => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+                format!("{e}\n"),
+            )
+                .into_response(),
+            IngressError::Forbidden(e) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
             IngressError::Kafka(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, HeaderValue::from_static("5"))],
@@ -153,6 +168,7 @@ async fn channel_ingress(
             .channel(&namespace, &channel)
             .ok_or_else(|| IngressError::NoSuchChannel(format!("{namespace}/{channel}")))?;
         let events = read_events(&st, &headers, body, &format!("channel {namespace}/{channel}")).await?;
+        authorize(&st, Target::Channel, &namespace, &channel, &headers, &events)?;
         ch.publish(events).await.map_err(IngressError::Publish)?;
         Ok(StatusCode::ACCEPTED.into_response())
     };
@@ -177,12 +193,31 @@ async fn kafka_sink_ingress(
             .get(&namespace, &name)
             .ok_or_else(|| IngressError::NoSuchKafkaSink(format!("{namespace}/{name}")))?;
         let events = read_events(&st, &headers, body, &format!("KafkaSink {namespace}/{name}")).await?;
+        authorize(&st, Target::KafkaSink, &namespace, &name, &headers, &events)?;
         for ev in &events {
             sink.produce(ev).await.map_err(IngressError::Kafka)?;
         }
         Ok(StatusCode::ACCEPTED.into_response())
     };
     r.await.unwrap_or_else(IngressError::into_response)
+}
+
+/// With sender identity on: a valid token for the addressable (401), from a
+/// subject some EventPolicy (or the default mode) allows (403).
+fn authorize(
+    st: &Ingress,
+    target: Target,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    events: &[CloudEvent],
+) -> Result<(), IngressError> {
+    let Some(auth) = &st.auth else { return Ok(()) };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    auth.check(target, namespace, name, authorization, events).map_err(|r| match r {
+        Refusal::Unauthenticated(e) => IngressError::Unauthenticated(e),
+        Refusal::Forbidden(e) => IngressError::Forbidden(e),
+    })
 }
 
 /// OPTIONS answers with `Allow`; anything but POST is 405.
@@ -214,6 +249,7 @@ async fn accept(
         .broker(namespace, broker)
         .ok_or_else(|| IngressError::NoSuchBroker(format!("{namespace}/{broker}")))?;
     let events = read_events(st, &headers, body, &format!("broker {namespace}/{broker}")).await?;
+    authorize(st, Target::Broker, namespace, broker, &headers, &events)?;
     b.publish(events).await.map_err(IngressError::Publish)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -268,7 +304,7 @@ mod tests {
         tokio::spawn(async move {
             axum::serve(
                 listener,
-                router(Ingress { eventing, max_event_size: 1 << 20, kafka_sinks: Default::default() }),
+                router(Ingress { eventing, max_event_size: 1 << 20, kafka_sinks: Default::default(), auth: None }),
             )
             .await
             .unwrap()

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_auth;
+mod authz;
 mod bench;
 mod bench_nats;
 mod bench_serving;
@@ -11,11 +12,13 @@ mod cli;
 mod client;
 mod cluster;
 mod control;
+mod data_auth;
 mod display;
 mod file_store;
 mod functions;
 mod ingress;
 mod listener;
+mod oidc;
 mod output;
 mod proxy;
 mod sealed;

@@ -58,6 +58,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
                 Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
                 Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
+                Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
                 Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
                 Kind::PingSource
                 | Kind::CronJobSource
@@ -127,6 +128,14 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                             .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
                             .unwrap_or_default(),
                     ],
+                    Kind::EventPolicy => {
+                        let from = it
+                            .pointer("/status/from")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default();
+                        vec![ns, name, from, r, reason]
+                    }
                     Kind::KafkaSink => {
                         vec![ns, name, s(it, "/spec/topic").into(), s(it, "/status/address/url").into(), r, reason]
                     }

@@ -294,6 +294,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     {
         control = control.with_own_tls(authority, t.clone());
     }
+    let data_auth = match crate::oidc::Oidc::from_flags(
+        args.oidc_issuer.as_deref(),
+        args.oidc_jwks.as_deref(),
+        format!("spate:{}", base_url(data_addr, data_tls.is_some())),
+    )
+    .await?
+    {
+        Some(oidc) => {
+            let mode = crate::authz::Mode::parse(&args.authorization_mode).map_err(anyhow::Error::msg)?;
+            let auth = Arc::new(crate::data_auth::DataAuth::new(
+                oidc,
+                base_url(data_addr, data_tls.is_some()),
+                crate::authz::AuthState::new(mode),
+            ));
+            control.dispatcher().set_token_source(auth.clone());
+            control = control.with_data_auth(auth.clone());
+            Some(auth)
+        }
+        None => None,
+    };
     let control = Arc::new(control);
     // The config store's current state first, then our manifests, then every later change.
     let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
@@ -317,6 +337,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let proxy = crate::proxy::Proxy { serving: serving.clone(), max_body: args.max_event_size };
     let ingress = crate::ingress::router(crate::ingress::Ingress {
         kafka_sinks: control.kafka_sinks(),
+        auth: data_auth,
         eventing: eventing.clone(),
         max_event_size: args.max_event_size,
     })

@@ -340,3 +340,124 @@ async fn a_nats_broker_over_tls_verified_by_the_nats_ca_file() {
     s.apply_ok(&broker("b", "")).await;
     assert_eq!(send(&s.broker_url("default", "b"), "untrusted", "t", "x").await, 503);
 }
+
+/// An OIDC issuer for tests: a P-256 key, its JWKS file, and tokens signed with it.
+struct Issuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: std::path::PathBuf,
+}
+
+const ISSUER: &str = "https://issuer.example";
+
+impl Issuer {
+    fn new(dir: &std::path::Path, name: &str) -> Issuer {
+        use base64::Engine;
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let point = pair.public_key().as_ref();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": name, "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+        let path = dir.join(format!("{name}.jwks.json"));
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        Issuer { key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwks: path }
+    }
+
+    fn token(&self, sub: &str, aud: &str, expires_in: i64) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims = serde_json::json!({"iss": ISSUER, "sub": sub, "aud": aud, "iat": now, "exp": now + expires_in});
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &self.key).unwrap()
+    }
+}
+
+async fn post_as(url: &str, token: Option<&str>, id: &str, ty: &str) -> u16 {
+    let mut r = client()
+        .post(url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", id)
+        .header("ce-source", "/oidc")
+        .header("ce-type", ty)
+        .body("x");
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_tokens_and_event_policies_guard_every_addressable() {
+    let dir = tempdir();
+    let issuer = Issuer::new(dir.path(), "idp");
+    let stranger = Issuer::new(dir.path(), "stranger");
+    let sink = Sink::start().await;
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--oidc-issuer", ISSUER, "--oidc-jwks", issuer.jwks.to_str().unwrap()],
+    );
+    let appender = |m: &str| format!("{}/_spate/fn/appender?message={m}", s.data);
+    let yaml = [
+        broker("default", ""),
+        broker("second", ""),
+        trigger("direct", "default", &type_filter("direct"), &sink.url, ""),
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: hop}\nspec:\n  broker: default\n  filter: {attributes: {type: hop}}\n  subscriber:\n    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: second}\n".to_string(),
+        trigger("after-hop", "second", "", &sink.url, ""),
+        format!(
+            "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  steps:\n    - uri: \"{}\"\n    - uri: \"{}\"\n  reply:\n    uri: {}\n",
+            appender("-1"),
+            appender("-2"),
+            sink.url
+        ),
+    ]
+    .join("---\n");
+    s.apply_ok(&yaml).await;
+    let b = s.get("brokers", "default", "default").await;
+    let aud = b["status"]["address"]["audience"].as_str().unwrap_or_default().to_string();
+    assert_eq!(aud, "eventing.knative.dev/broker/default/default", "{b}");
+    let url = s.broker_url("default", "default");
+    let me = "system:serviceaccount:default:app";
+
+    // 401: missing, badly signed, expired, wrong audience.
+    assert_eq!(post_as(&url, None, "n1", "direct").await, 401);
+    assert_eq!(post_as(&url, Some(&stranger.token(me, &aud, 300)), "n2", "direct").await, 401);
+    assert_eq!(post_as(&url, Some(&issuer.token(me, &aud, -600)), "n3", "direct").await, 401);
+    let other_aud = "eventing.knative.dev/broker/default/second";
+    assert_eq!(post_as(&url, Some(&issuer.token(me, other_aud, 300)), "n4", "direct").await, 401);
+    // 202 for a sender of this namespace (allow-same-namespace); 403 for another namespace's.
+    assert_eq!(post_as(&url, Some(&issuer.token(me, &aud, 300)), "ok1", "direct").await, 202);
+    let outsider = "system:serviceaccount:partners:feed";
+    assert_eq!(post_as(&url, Some(&issuer.token(outsider, &aud, 300)), "no1", "direct").await, 403);
+    // Spate's own deliveries carry their identity: a Trigger to another Broker.
+    assert_eq!(post_as(&url, Some(&issuer.token(me, &aud, 300)), "hop1", "hop").await, 202);
+    sink.wait_until("ok1 directly and hop1 through the second broker", |g| {
+        g.iter().any(|r| r.event.id == "ok1") && g.iter().any(|r| r.event.id == "hop1")
+    })
+    .await;
+    // A Sequence: its address has its own audience; its inner channels take its steps' replies.
+    let seq = s.admin_json("/apis/flows.knative.dev/v1/namespaces/default/sequences/seq").await;
+    let (seq_url, seq_aud) =
+        (seq["status"]["address"]["url"].as_str().unwrap(), seq["status"]["address"]["audience"].as_str().unwrap());
+    assert_eq!(seq_aud, "messaging.knative.dev/inmemorychannel/default/seq-kn-sequence-0");
+    assert_eq!(post_as(seq_url, Some(&issuer.token(me, seq_aud, 300)), "seq1", "t").await, 202);
+    let got = sink.wait_for_id("seq1").await;
+    let data = got.iter().find(|r| r.event.id == "seq1").unwrap().event.data.clone().unwrap();
+    assert_eq!(&data[..], b"x-1-2", "both steps ran");
+
+    // An EventPolicy on the broker: only the partners' feed, and only orders.
+    s.apply_ok(
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata: {name: partners}\nspec:\n  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}\n  from:\n    - sub: 'system:serviceaccount:partners:*'\n  filters:\n    - exact: {type: direct}\n",
+    )
+    .await;
+    let p = s.admin_json("/apis/eventing.knative.dev/v1alpha1/namespaces/default/eventpolicies/partners").await;
+    assert_eq!(p["status"]["from"], serde_json::json!(["system:serviceaccount:partners:*"]), "{p}");
+    assert_eq!(post_as(&url, Some(&issuer.token(outsider, &aud, 300)), "ok2", "direct").await, 202);
+    assert_eq!(post_as(&url, Some(&issuer.token(outsider, &aud, 300)), "no2", "hop").await, 403, "filtered out");
+    assert_eq!(
+        post_as(&url, Some(&issuer.token(me, &aud, 300)), "no3", "direct").await,
+        403,
+        "not named by the policy"
+    );
+    sink.wait_for_id("ok2").await;
+    assert!(sink.events().iter().all(|r| !r.event.id.starts_with("no") && !r.event.id.starts_with('n')));
+}
