@@ -403,6 +403,9 @@ async fn oidc_tokens_and_event_policies_guard_every_addressable() {
         trigger("direct", "default", &type_filter("direct"), &sink.url, ""),
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: hop}\nspec:\n  broker: default\n  filter: {attributes: {type: hop}}\n  subscriber:\n    ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: second}\n".to_string(),
         trigger("after-hop", "second", "", &sink.url, ""),
+        // A reply loop: `ask` is answered by a function whose reply re-enters the broker as `answer`.
+        trigger("ask", "default", &type_filter("ask"), &format!("{}&type=answer", appender("-a")), ""),
+        trigger("answers", "default", &type_filter("answer"), &sink.url, ""),
         format!(
             "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  steps:\n    - uri: \"{}\"\n    - uri: \"{}\"\n  reply:\n    uri: {}\n",
             appender("-1"),
@@ -430,8 +433,11 @@ async fn oidc_tokens_and_event_policies_guard_every_addressable() {
     assert_eq!(post_as(&url, Some(&issuer.token(outsider, &aud, 300)), "no1", "direct").await, 403);
     // Spate's own deliveries carry their identity: a Trigger to another Broker.
     assert_eq!(post_as(&url, Some(&issuer.token(me, &aud, 300)), "hop1", "hop").await, 202);
-    sink.wait_until("ok1 directly and hop1 through the second broker", |g| {
-        g.iter().any(|r| r.event.id == "ok1") && g.iter().any(|r| r.event.id == "hop1")
+    assert_eq!(post_as(&url, Some(&issuer.token(me, &aud, 300)), "ask1", "ask").await, 202);
+    sink.wait_until("ok1 directly, hop1 through the second broker, ask1's reply", |g| {
+        g.iter().any(|r| r.event.id == "ok1")
+            && g.iter().any(|r| r.event.id == "hop1")
+            && g.iter().any(|r| r.event.id == "ask1" && r.event.ty == "answer")
     })
     .await;
     // A Sequence: its address has its own audience; its inner channels take its steps' replies.
