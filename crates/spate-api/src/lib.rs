@@ -44,6 +44,8 @@ pub use trigger::TriggerConfig;
 pub const ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Spate annotation bounding a trigger's in-flight events.
 pub const MAX_IN_FLIGHT_ANNOTATION: &str = "spate.dev/max-in-flight";
+/// Knative RabbitMQ broker's per-trigger in-flight bound (1 delivers in order).
+pub const RABBITMQ_PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
 /// Spate annotation choosing a channel's storage: `log` (default, durable) or `memory`.
 pub const CHANNEL_STORAGE_ANNOTATION: &str = "spate.dev/channel-storage";
 /// Knative's broker class annotation (immutable).
@@ -52,9 +54,11 @@ pub const BROKER_CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 pub const DEFAULT_BROKER_CLASS: &str = "MTChannelBasedBroker";
 /// The broker class on NATS JetStream (the name Knative's NATS project uses).
 pub const NATS_BROKER_CLASS: &str = "NatsJetStreamBroker";
+/// Knative's RabbitMQ broker class: an exchange per Broker, a queue per Trigger.
+pub const RABBITMQ_BROKER_CLASS: &str = "RabbitMQBroker";
 /// Broker classes admission accepts (Knative's names). `Kafka` and `RabbitMQBroker` are admitted
 /// and reported not Ready until their backends exist.
-pub const BROKER_CLASSES: &[&str] = &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, "Kafka", "RabbitMQBroker"];
+pub const BROKER_CLASSES: &[&str] = &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, "Kafka", RABBITMQ_BROKER_CLASS];
 
 /// One admitted resource: its identity and the normalized manifest.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@ use spate_filter::{Filter, FilterError};
 
 use crate::delivery::{self, DeliverySpec};
 use crate::walk::{Walker, join};
-use crate::{MAX_IN_FLIGHT_ANNOTATION, ORDER_ANNOTATION, meta};
+use crate::{MAX_IN_FLIGHT_ANNOTATION, ORDER_ANNOTATION, RABBITMQ_PARALLELISM_ANNOTATION, meta};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TriggerConfig {
@@ -152,19 +152,18 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
             false
         }
     };
-    let max_in_flight = match meta::annotation(metadata, MAX_IN_FLIGHT_ANNOTATION) {
+    // Knative's RabbitMQ broker names the in-flight bound `parallelism` (1 keeps order).
+    let bound = |w: &mut Walker, key: &str| match meta::annotation(metadata, key) {
         None => None,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => Some(n),
             _ => {
-                w.error(
-                    &format!("metadata.annotations[{MAX_IN_FLIGHT_ANNOTATION}]"),
-                    format!("'{v}' must be a whole number ≥ 1"),
-                );
+                w.error(&format!("metadata.annotations[{key}]"), format!("'{v}' must be a whole number ≥ 1"));
                 None
             }
         },
     };
+    let max_in_flight = bound(w, MAX_IN_FLIGHT_ANNOTATION).or(bound(w, RABBITMQ_PARALLELISM_ANNOTATION));
     Some(TriggerConfig {
         namespace: namespace.to_string(),
         name: name.to_string(),

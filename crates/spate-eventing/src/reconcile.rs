@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock};
 use spate_api::{
     BrokerConfig, ChannelConfig, DeliverySpec, Kind, ParallelConfig, SequenceConfig, SubscriptionConfig, TriggerConfig,
 };
-use spate_api::{DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS};
+use spate_api::{DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, RABBITMQ_BROKER_CLASS};
 use spate_core::Destination;
 use spate_delivery::Dispatcher;
 use spate_log::{LogBackend, MemoryBackend, StreamBackend};
@@ -93,6 +93,8 @@ pub struct Eventing {
     triggers: Mutex<Workers>,
     /// The shared engine (NATS JetStream), when the server has one.
     pub(crate) streams: Option<Arc<dyn StreamBackend>>,
+    /// RabbitMQ (`RabbitMQBroker`), when configured.
+    pub(crate) rabbit: Option<Arc<dyn StreamBackend>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
     pub(crate) subscriptions: Mutex<Workers>,
     /// Channels removed from a flow, delivering what they still hold.
@@ -109,6 +111,7 @@ impl Eventing {
             brokers: RwLock::new(HashMap::new()),
             triggers: Mutex::new(Workers::default()),
             streams: None,
+            rabbit: None,
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Workers::default()),
             draining: Mutex::new(HashMap::new()),
@@ -116,6 +119,21 @@ impl Eventing {
     }
 
     /// Adds the shared engine that `NatsJetStreamBroker` brokers live on.
+    /// The backend of `RabbitMQBroker` brokers.
+    pub fn with_rabbit(mut self, rabbit: Arc<dyn StreamBackend>) -> Self {
+        self.rabbit = Some(rabbit);
+        self
+    }
+
+    /// The shared engine a stream-backed broker class runs on.
+    fn class_backend(&self, class: &str) -> Option<&Arc<dyn StreamBackend>> {
+        match class {
+            NATS_BROKER_CLASS => self.streams.as_ref(),
+            RABBITMQ_BROKER_CLASS => self.rabbit.as_ref(),
+            _ => None,
+        }
+    }
+
     pub fn with_streams(mut self, streams: Arc<dyn StreamBackend>) -> Self {
         self.streams = Some(streams);
         self
@@ -250,7 +268,7 @@ impl Eventing {
             self.stop_triggers_of(&key).await;
             let Some(broker) = self.brokers.write().expect("brokers lock").remove(&key) else { continue };
             let log_name = broker_log_name(&key.0, &key.1);
-            let removed = match (&broker.storage, &self.streams) {
+            let removed = match (&broker.storage, self.class_backend(self.broker_class(&broker.config))) {
                 (Storage::Log { .. }, _) => self.backend.remove(&log_name).await,
                 (Storage::Stream(_), Some(streams)) => streams.remove(&log_name).await,
                 (Storage::Stream(_), None) => Ok(()),
@@ -306,9 +324,9 @@ impl Eventing {
                 };
                 Broker::new(b.clone(), log, address.to_string())
             }
-            NATS_BROKER_CLASS => {
-                let Some(streams) = &self.streams else {
-                    return Err(("NatsNotConfigured", "this server has no NATS backend (--nats-url)".into()));
+            class @ (NATS_BROKER_CLASS | RABBITMQ_BROKER_CLASS) => {
+                let Some(streams) = self.class_backend(class) else {
+                    return Err(("BackendNotConfigured", format!("this server has no backend for {class}")));
                 };
                 let stream = match existing.as_ref().and_then(|x| x.stream().cloned()) {
                     Some(s) => s,
@@ -320,7 +338,7 @@ impl Eventing {
                 return Err((
                     "ClassNotSupported",
                     format!(
-                        "broker class {other} is not implemented yet (MTChannelBasedBroker and NatsJetStreamBroker are)"
+                        "broker class {other} is not implemented yet (MTChannelBasedBroker, NatsJetStreamBroker and RabbitMQBroker are)"
                     ),
                 ));
             }

@@ -17,6 +17,7 @@ mod error;
 pub mod file;
 pub mod memory;
 pub mod nats;
+pub mod rabbit;
 pub mod stream;
 pub mod throttle;
 
@@ -31,6 +32,7 @@ pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
 pub use memory::{MemoryBackend, MemoryLog};
 pub use nats::{Nats, NatsBackend, NatsConfig};
+pub use rabbit::{RabbitBackend, RabbitConfig};
 pub use spate_core::acks::{self, AckState, AckTracker};
 pub use stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
 pub use throttle::Throttle;

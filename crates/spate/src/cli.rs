@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// NATS server for NatsJetStreamBroker brokers and `--config-store nats` (dialled on first use).
     #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SPATE_NATS_URL")]
     pub nats_url: String,
+    /// RabbitMQ for `RabbitMQBroker` brokers (dialled on first use).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", env = "SPATE_RABBITMQ_URL")]
+    pub rabbitmq_url: String,
     /// PEM CA certificates that verify the NATS server (TLS is then required; use a `tls://` URL).
     #[arg(long, env = "SPATE_NATS_CA_FILE")]
     pub nats_ca_file: Option<PathBuf>,

@@ -242,7 +242,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     }));
     let eventing = Arc::new(
         Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, dispatcher.clone())
-            .with_streams(nats.clone()),
+            .with_streams(nats.clone())
+            .with_rabbit(Arc::new(Arc::new(spate_log::RabbitBackend::new(spate_log::RabbitConfig {
+                url: args.rabbitmq_url.clone(),
+                cluster: args.cluster_name.clone(),
+            })))),
     );
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),

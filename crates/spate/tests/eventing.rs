@@ -37,6 +37,10 @@ macro_rules! for_each_class {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Class::Nats).await })*
         }
+        mod rabbit {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Class::Rabbit).await })*
+        }
     };
 }
 

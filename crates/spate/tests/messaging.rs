@@ -269,7 +269,7 @@ async fn editing_a_sequence_on_nats_channels_loses_no_accepted_event() {
 async fn editing_a_sequence_drains(class: Class) {
     let Some((args, nats)) = class_args(class, "editing_seq") else { return };
     let template = match class {
-        Class::Embedded => "",
+        Class::Embedded | Class::Rabbit => "",
         Class::Nats => {
             "  channelTemplate:\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: NatsJetStreamChannel\n"
         }

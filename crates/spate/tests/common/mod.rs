@@ -347,6 +347,18 @@ pub enum Class {
     Embedded,
     /// `NatsJetStreamBroker`: NATS JetStream on 127.0.0.1:4222 (or `SPATE_NATS_URL`).
     Nats,
+    /// `RabbitMQBroker`: RabbitMQ on 127.0.0.1:5672 (guest/guest).
+    Rabbit,
+}
+
+/// True if RabbitMQ answers on 127.0.0.1:5672; otherwise says why and (outside CI) the caller skips.
+pub fn rabbit_available() -> bool {
+    if std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_secs(1)).is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "RabbitMQ is not answering at 127.0.0.1:5672 (CI needs it)");
+    eprintln!("skipping: RabbitMQ is not answering at 127.0.0.1:5672");
+    false
 }
 
 pub fn nats_url() -> String {
@@ -448,6 +460,14 @@ pub fn class_args(class: Class, test: &str) -> Option<(Vec<String>, Option<NatsC
             }
             let c = NatsCluster::new(test);
             Some((c.args(), Some(c)))
+        }
+        Class::Rabbit => {
+            if !rabbit_available() {
+                return None;
+            }
+            // Exchanges and queues are prefixed by the cluster name, unique per test.
+            let name = NatsCluster::new(test).name.clone();
+            Some((vec!["--default-broker-class".into(), "RabbitMQBroker".into(), "--cluster-name".into(), name], None))
         }
     }
 }

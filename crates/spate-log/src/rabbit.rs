@@ -1,0 +1,279 @@
+//! RabbitMQ behind [`MessageStream`] (lapin), for the `RabbitMQBroker`
+//! class, as Knative's RabbitMQ broker lays it out: one durable fanout
+//! exchange per Broker (`<cluster>.<log name>`), one durable quorum queue per
+//! Trigger bound to it (`<cluster>.<log name>.<consumer>`), with the
+//! consumer's prefetch as the in-flight bound (1 keeps order). Publishes wait
+//! for the broker's confirm (persistent messages); deliveries are acked after
+//! their final outcome. Filters run in Spate.
+//!
+//! RabbitMQ has no delayed redelivery and no "in progress": a nack holds the
+//! message for its delay and then requeues it; "in progress" is a no-op (a
+//! delivery stays with its consumer until acked or the channel closes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
+use crate::{BoxFuture, LogError};
+
+/// Settings of the RabbitMQ backend (`--rabbitmq-url`, `--cluster-name`).
+#[derive(Debug, Clone)]
+pub struct RabbitConfig {
+    pub url: String,
+    pub cluster: String,
+}
+
+/// AMQP short strings (names, message ids) hold at most 255 bytes: a longer
+/// name keeps its first 200 bytes and gains a hash of the whole, so it stays
+/// unique; never a panic on a long resource name or event id.
+fn short(s: &str) -> ShortString {
+    let s = if s.len() <= 255 {
+        s.to_string()
+    } else {
+        let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let mut cut = 200;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}-{hash:016x}", &s[..cut])
+    };
+    ShortString::try_new(s).expect("at most 255 bytes")
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("RabbitMQ {what}: {e}"))
+}
+
+/// One connection, made on first use and remade when it drops.
+pub struct RabbitBackend {
+    config: RabbitConfig,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+impl RabbitBackend {
+    pub fn new(config: RabbitConfig) -> Self {
+        RabbitBackend { config, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, LogError> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = g.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            Duration::from_secs(5),
+            Connection::connect(&self.config.url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| unavailable("connect", "timed out"))?
+        .map_err(|e| unavailable("connect", e))?;
+        let c = Arc::new(c);
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn channel(&self) -> Result<Channel, LogError> {
+        self.connection().await?.create_channel().await.map_err(|e| unavailable("channel", e))
+    }
+
+    fn exchange(&self, name: &str) -> ShortString {
+        short(&format!("{}.{name}", self.config.cluster))
+    }
+}
+
+impl StreamBackend for Arc<RabbitBackend> {
+    fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn MessageStream>, LogError>> {
+        let exchange = self.exchange(name);
+        Box::pin(async move {
+            let ch = self.channel().await?;
+            let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            ch.exchange_declare(exchange.clone(), ExchangeKind::Fanout, durable, FieldTable::default())
+                .await
+                .map_err(|e| unavailable("exchange", e))?;
+            let _ = ch.close(200, "done".into()).await;
+            Ok(Arc::new(RabbitStream { backend: self.clone(), exchange, publisher: tokio::sync::Mutex::new(None) })
+                as Arc<dyn MessageStream>)
+        })
+    }
+
+    fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
+        let exchange = self.exchange(name);
+        Box::pin(async move {
+            let ch = self.channel().await?;
+            ch.exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .await
+                .map_err(|e| unavailable("delete exchange", e))
+        })
+    }
+}
+
+struct RabbitStream {
+    backend: Arc<RabbitBackend>,
+    exchange: ShortString,
+    /// A channel in confirm mode, reopened when it closes.
+    publisher: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl RabbitStream {
+    fn queue(&self, consumer: &str) -> ShortString {
+        short(&format!("{}.{}", self.exchange, consumer.replace('/', ".")))
+    }
+
+    async fn publisher(&self) -> Result<Channel, LogError> {
+        let mut g = self.publisher.lock().await;
+        if let Some(ch) = g.as_ref().filter(|c| c.status().connected()) {
+            return Ok(ch.clone());
+        }
+        let ch = self.backend.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| unavailable("confirm", e))?;
+        *g = Some(ch.clone());
+        Ok(ch)
+    }
+}
+
+impl MessageStream for RabbitStream {
+    fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            let ch = self.publisher().await?;
+            let mut confirms = Vec::with_capacity(messages.len());
+            for (payload, id) in messages {
+                // Persistent (delivery mode 2): it survives a broker restart once confirmed.
+                let props = BasicProperties::default().with_delivery_mode(2).with_message_id(short(&id));
+                let c = ch
+                    .basic_publish(self.exchange.clone(), "".into(), BasicPublishOptions::default(), &payload, props)
+                    .await
+                    .map_err(|e| unavailable("publish", e))?;
+                confirms.push(c);
+            }
+            for c in confirms {
+                match c.await.map_err(|e| unavailable("publish confirm", e))? {
+                    Confirmation::Ack(_) => {}
+                    other => return Err(unavailable("publish", format!("not confirmed ({other:?})"))),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn consumer(
+        &self,
+        name: &str,
+        options: ConsumerOptions,
+        create: bool,
+    ) -> BoxFuture<'_, Result<Box<dyn StreamConsumer>, LogError>> {
+        let queue = self.queue(name);
+        Box::pin(async move {
+            let ch = self.backend.channel().await?;
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            // A reconnecting worker does not bring back a queue deleted with its trigger.
+            let declare = QueueDeclareOptions { durable: true, passive: !create, ..Default::default() };
+            ch.queue_declare(queue.clone(), declare, args).await.map_err(|e| unavailable("queue", e))?;
+            ch.queue_bind(
+                queue.clone(),
+                self.exchange.clone(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable("bind", e))?;
+            let prefetch = options.max_in_flight.clamp(1, u16::MAX as usize) as u16;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| unavailable("qos", e))?;
+            let consumer = ch
+                .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(|e| unavailable("consume", e))?;
+            Ok(Box::new(RabbitConsumer { consumer, _channel: ch }) as Box<dyn StreamConsumer>)
+        })
+    }
+
+    fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>> {
+        let queue = self.queue(name);
+        Box::pin(async move {
+            let ch = self.backend.channel().await?;
+            let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+            let q =
+                ch.queue_declare(queue, passive, FieldTable::default()).await.map_err(|e| unavailable("queue", e))?;
+            let _ = ch.close(200, "done".into()).await;
+            Ok(u64::from(q.message_count()))
+        })
+    }
+
+    fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
+        let queue = self.queue(name);
+        Box::pin(async move {
+            let ch = self.backend.channel().await?;
+            ch.queue_delete(queue, QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("delete queue", e))
+        })
+    }
+
+    fn problem(&self) -> Option<String> {
+        None
+    }
+}
+
+struct RabbitConsumer {
+    consumer: lapin::Consumer,
+    /// Keeps the consumer's channel (and its prefetch) open.
+    _channel: Channel,
+}
+
+impl StreamConsumer for RabbitConsumer {
+    fn next(&mut self) -> BoxFuture<'_, Result<Message, LogError>> {
+        Box::pin(async move {
+            match self.consumer.next().await {
+                Some(Ok(d)) => Ok(Message { payload: Bytes::from(d.data), acker: Arc::new(RabbitAcker(d.acker)) }),
+                Some(Err(e)) => Err(unavailable("consume", e)),
+                None => Err(LogError::Unavailable("RabbitMQ: the consumer was cancelled".into())),
+            }
+        })
+    }
+}
+
+struct RabbitAcker(lapin::Acker);
+
+impl Acker for RabbitAcker {
+    fn ack(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(
+            async move { self.0.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| unavailable("ack", e)) },
+        )
+    }
+    fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+            self.0.nack(requeue).await.map(|_| ()).map_err(|e| unavailable("nack", e))
+        })
+    }
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn long_names_are_shortened_uniquely_and_never_panic() {
+        assert_eq!(short("spate.broker.ns.b").as_str(), "spate.broker.ns.b");
+        let (a, b) = ("x".repeat(300), format!("{}y", "x".repeat(299)));
+        let (sa, sb) = (short(&a), short(&b));
+        assert!(sa.as_str().len() <= 255 && sb.as_str().len() <= 255);
+        assert_ne!(sa, sb, "a hash of the whole name keeps them apart");
+        assert!(short(&"é".repeat(200)).as_str().len() <= 255, "cut on a character boundary");
+    }
+}
