@@ -78,8 +78,12 @@ pub struct ServingConfig {
     pub dir: PathBuf,
     /// Data-plane base URL (`http://127.0.0.1:8080`): addresses are `<base>/services/<ns>/<name>`.
     pub base_url: String,
-    /// Domain of host-based URLs: `http://<name>.<ns>.<domain>:<port>`.
+    /// Domain of host-based routing: `<name>.<ns>.<domain>` (any port).
     pub domain: String,
+    /// Publish host-based URLs (`http://<name>.<ns>.<domain>:<port>`) instead of
+    /// path-based ones that need no DNS (`<base>/services/<ns>/<name>`,
+    /// tags at `<base>/tags/<ns>/<name>/<tag>`). Set when the user names a `--domain`.
+    pub host_urls: bool,
     /// Largest instance count of a revision whose max-scale is unset.
     pub cap: u32,
     /// Requests that may wait per revision before 503.
@@ -96,6 +100,7 @@ impl Default for ServingConfig {
             dir: PathBuf::from("./spate-data/serving"),
             base_url: "http://127.0.0.1:8080".into(),
             domain: "localhost".into(),
+            host_urls: false,
             cap: 20,
             queue_limit: 1000,
             grace: Duration::from_secs(10),
@@ -293,9 +298,14 @@ impl Serving {
         }
     }
 
-    /// `http://<host>.<ns>.<domain>[:port]`.
-    fn host_url(&self, host: &str, ns: &str) -> String {
-        format!("http://{host}.{ns}.{}{}", self.cfg.domain, self.port_suffix())
+    /// A Service's (or one of its tags') published URL: path-based unless host URLs were asked for.
+    fn service_url(&self, ns: &str, name: &str, tag: Option<&str>) -> String {
+        match (self.cfg.host_urls, tag) {
+            (true, None) => format!("http://{name}.{ns}.{}{}", self.cfg.domain, self.port_suffix()),
+            (true, Some(t)) => format!("http://{t}-{name}.{ns}.{}{}", self.cfg.domain, self.port_suffix()),
+            (false, None) => self.address(ns, name),
+            (false, Some(t)) => format!("{}/tags/{ns}/{name}/{t}", self.cfg.base_url.trim_end_matches('/')),
+        }
     }
 
     fn save_history(&self, h: &History) -> Result<(), ServingError> {
@@ -420,7 +430,7 @@ impl Serving {
                 let st = ServiceStatus {
                     namespace: s.namespace.clone(),
                     name: s.name.clone(),
-                    url: self.host_url(&s.name, &s.namespace),
+                    url: self.service_url(&s.namespace, &s.name, None),
                     address: self.address(&s.namespace, &s.name),
                     conditions: conds,
                     traffic: vec![],
@@ -481,7 +491,7 @@ impl Serving {
                     percent: *percent,
                     latest: st.latest_created.as_ref() == Some(rev),
                     tag: tag.clone(),
-                    url: tag.as_ref().map(|t| self.host_url(&format!("{t}-{}", st.name), &st.namespace)),
+                    url: tag.as_ref().map(|t| self.service_url(&st.namespace, &st.name, Some(t))),
                 });
             }
             for info in &mut st.revisions {
@@ -512,6 +522,11 @@ impl Serving {
     /// The revision a request for service `ns/name` goes to (traffic split).
     pub fn route(&self, ns: &str, name: &str) -> Option<Arc<Revision>> {
         self.routes.read().expect("routes").get(&(ns.to_string(), name.to_string()))?.pick()
+    }
+
+    /// The revision a tag of service `ns/name` names.
+    pub fn route_tag(&self, ns: &str, name: &str, tag: &str) -> Option<Arc<Revision>> {
+        self.routes.read().expect("routes").get(&(ns.to_string(), name.to_string()))?.tags.get(tag).cloned()
     }
 
     /// Host-based routing: `<name>.<ns>.<domain>` or `<tag>-<name>.<ns>.<domain>` (any port).

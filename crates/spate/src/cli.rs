@@ -71,9 +71,12 @@ pub struct ServeArgs {
     /// Default backoff delay in milliseconds (Knative's default is 200, exponential).
     #[arg(long, default_value_t = 200)]
     pub default_backoff_ms: u64,
-    /// Domain of Services' host-based URLs: `http://<name>.<namespace>.<domain>:<port>`.
-    #[arg(long, default_value = "localhost")]
-    pub domain: String,
+    /// Publish Services' URLs host-based under this domain you control
+    /// (`http://<name>.<namespace>.<domain>:<port>`). Default: path-based URLs
+    /// (`http://<listen>/services/<namespace>/<name>`) that any HTTP client reaches
+    /// without DNS; `<name>.<namespace>.localhost` still routes by Host.
+    #[arg(long)]
+    pub domain: Option<String>,
     /// Most instances of one revision when its max-scale is unset.
     #[arg(long, default_value_t = 20)]
     pub max_instances: u32,

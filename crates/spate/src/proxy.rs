@@ -27,6 +27,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(st: Proxy) -> Router<S> {
         .route("/services/{namespace}/{name}", any(by_path))
         .route("/services/{namespace}/{name}/", any(by_path))
         .route("/services/{namespace}/{name}/{*rest}", any(by_path))
+        .route("/tags/{namespace}/{name}/{tag}", any(by_path))
+        .route("/tags/{namespace}/{name}/{tag}/", any(by_path))
+        .route("/tags/{namespace}/{name}/{tag}/{*rest}", any(by_path))
         .with_state(st)
 }
 
@@ -65,8 +68,13 @@ async fn by_path(
     req: Request,
 ) -> Response {
     let (ns, name) = (&params["namespace"], &params["name"]);
-    let Some(rev) = st.serving.route(ns, name) else {
-        return (StatusCode::NOT_FOUND, format!("no service {ns}/{name}\n")).into_response();
+    let rev = match params.get("tag") {
+        Some(tag) => st.serving.route_tag(ns, name, tag),
+        None => st.serving.route(ns, name),
+    };
+    let Some(rev) = rev else {
+        let what = params.get("tag").map_or(String::new(), |t| format!(" with tag {t}"));
+        return (StatusCode::NOT_FOUND, format!("no service {ns}/{name}{what}\n")).into_response();
     };
     let mut pq = format!("/{}", params.get("rest").map_or("", String::as_str));
     if let Some(q) = req.uri().query() {

@@ -251,7 +251,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),
         base_url: base_url(data_addr, data_tls.is_some()),
-        domain: args.domain.clone(),
+        domain: args.domain.clone().unwrap_or_else(|| "localhost".into()),
+        host_urls: args.domain.is_some(),
         cap: args.max_instances.max(1),
         queue_limit: args.activator_queue.max(1),
         grace: Duration::from_secs(args.grace_seconds),
