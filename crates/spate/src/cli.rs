@@ -14,7 +14,41 @@ pub struct Cli {
     /// Bearer token for the admin API (one of the server's --admin-token-file lines).
     #[arg(long, env = "SPATE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Admin API of the server to talk to (default http://127.0.0.1:8081; for `bench`, use
+    /// this running server instead of starting one in-process).
+    #[arg(long, env = "SPATE_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Namespace (default `default`).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Output format of `get`: table, json or yaml.
+    #[arg(short = 'o', long, value_enum, global = true)]
+    pub output: Option<OutputFormat>,
 }
+
+impl Cli {
+    /// Hands the global options (accepted by every subcommand) to the subcommand.
+    pub fn resolve(mut self) -> Command {
+        let server = ServerArg { server: self.server.clone().unwrap_or_else(|| DEFAULT_SERVER.to_string()) };
+        let ns = self.namespace.clone().unwrap_or_else(|| "default".to_string());
+        match &mut self.command {
+            Command::Apply(a) => a.server = server,
+            Command::Delete(a) => (a.server, a.namespace) = (server, ns),
+            Command::Get(a) => {
+                (a.server, a.namespace) = (server, ns);
+                a.output = self.output.unwrap_or(OutputFormat::Table);
+            }
+            Command::Send(a) => (a.server, a.namespace) = (server, ns),
+            Command::Logs(a) => (a.server, a.namespace) = (server, ns),
+            Command::Bench(a) => a.server = self.server.clone(),
+            Command::Serve(_) | Command::Validate(_) => {}
+        }
+        self.command
+    }
+}
+
+/// Where the CLI finds the admin API without `--server` or `SPATE_SERVER`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8081";
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -165,10 +199,9 @@ pub struct ServeArgs {
     pub admin_tls_key: Option<PathBuf>,
 }
 
-#[derive(Args, Clone, Debug)]
+/// The admin API a client command talks to (the global `--server`).
+#[derive(Clone, Debug, Default)]
 pub struct ServerArg {
-    /// Admin API of the server to talk to.
-    #[arg(long, default_value = "http://127.0.0.1:8081", env = "SPATE_SERVER", global = true)]
     pub server: String,
 }
 
@@ -177,7 +210,7 @@ pub struct ApplyArgs {
     /// Manifest files or directories; `-` reads standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    #[command(flatten)]
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -186,12 +219,12 @@ pub struct DeleteArgs {
     /// Kind (broker, trigger) when deleting by name.
     pub kind: Option<String>,
     pub name: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
+    #[arg(skip)]
     pub namespace: String,
     /// Delete every resource named in these manifests.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
-    #[command(flatten)]
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -206,9 +239,9 @@ pub enum OutputFormat {
 pub struct LogsArgs {
     /// `service/NAME` (or `ksvc/NAME`).
     pub target: String,
-    #[arg(short = 'n', long, default_value = "default")]
+    #[arg(skip)]
     pub namespace: String,
-    #[command(flatten)]
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -218,14 +251,14 @@ pub struct GetArgs {
     /// and (read-only) revisions, configurations, routes.
     pub kind: String,
     pub name: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
+    #[arg(skip)]
     pub namespace: String,
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(skip = OutputFormat::Table)]
     pub output: OutputFormat,
-    #[command(flatten)]
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -243,7 +276,7 @@ pub struct SendArgs {
     /// Broker name; its address is looked up through the admin API.
     #[arg(long)]
     pub broker: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
+    #[arg(skip)]
     pub namespace: String,
     #[arg(long = "type", default_value = "dev.spate.example")]
     pub ty: String,
@@ -271,7 +304,7 @@ pub struct SendArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    #[command(flatten)]
+    #[arg(skip)]
     pub server: ServerArg,
 }
 
@@ -302,8 +335,8 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
-    /// Use an already running server (its admin API) instead of starting one in-process.
-    #[arg(long)]
+    /// The global `--server`: use that running server instead of starting one in-process.
+    #[arg(skip)]
     pub server: Option<String>,
     /// Data directory for the in-process server (default: a fresh temporary directory).
     #[arg(long)]

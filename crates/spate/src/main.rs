@@ -37,6 +37,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     client::set_token(args.token.clone());
+    let command = args.resolve();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -45,7 +46,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match args.command {
+        match command {
             cli::Command::Serve(a) => serve::run(*a).await,
             cli::Command::Apply(a) => client::apply(a).await,
             cli::Command::Delete(a) => client::delete(a).await,

@@ -1,0 +1,35 @@
+//! The CLI's global options (`--server`, `--token`, `-n`, `-o`) are accepted by
+//! every subcommand, before or after it.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_options_are_accepted_by_every_subcommand() {
+    let dir = tempdir();
+    let file = dir.path().join("b.yaml");
+    std::fs::write(&file, "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, namespace: team}\n")
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).env_remove("SPATE_SERVER").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    // Offline commands accept them too (they are simply unused there).
+    let f = file.to_str().unwrap();
+    let (ok, text) =
+        run(&["validate", "-f", f, "--server", "http://127.0.0.1:1", "-n", "x", "-o", "json", "--token", "t"]);
+    assert!(ok, "{text}");
+
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let (ok, text) = run(&["--server", &s.admin, "apply", "-f", f]);
+    assert!(ok, "global option before the subcommand: {text}");
+    let (ok, text) = run(&["get", "brokers", "-n", "team", "-o", "json", "--server", &s.admin]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["items"][0]["metadata"]["namespace"], "team", "{v}");
+    let (ok, text) = run(&["-n", "team", "delete", "broker", "b", "--server", &s.admin]);
+    assert!(ok, "{text}");
+    let (_, text) = run(&["get", "brokers", "-n", "team", "--server", &s.admin, "-o", "json"]);
+    assert!(text.contains("\"items\":[]") || text.contains("\"items\": []"), "deleted: {text}");
+}
