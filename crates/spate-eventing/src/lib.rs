@@ -19,7 +19,7 @@ use spate_core::delivery::{BackoffPolicy, RetryPolicy};
 
 pub use broker::{Broker, PublishError};
 pub use feed::Feed;
-pub use messaging::{Channel, parallel_branch, parallel_ingress, sequence_channel};
+pub use messaging::{Channel, FlowChild, flow_children, parallel_branch, parallel_ingress, sequence_channel};
 pub use reconcile::{Condition, Desired, Eventing, ResourceStatus};
 pub use trigger::TriggerStats;
 

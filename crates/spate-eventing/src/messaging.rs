@@ -553,3 +553,49 @@ impl Eventing {
         (Some(plan), st)
     }
 }
+
+/// A channel or subscription a Sequence or Parallel owns, as `get` lists it
+/// (read-only, with its owner).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowChild {
+    /// `InMemoryChannel`, `NatsJetStreamChannel` or `Subscription`.
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// `Sequence` or `Parallel`, and its name.
+    pub owner_kind: Kind,
+    pub owner: String,
+    /// A subscription's channel (kind, name).
+    pub channel: Option<(String, String)>,
+}
+
+/// Every channel and subscription the flows of `desired` expand into.
+pub fn flow_children(desired: &Desired) -> Vec<FlowChild> {
+    let x = expand(desired);
+    let mut out = vec![];
+    for f in &x.flows {
+        for c in x.channels.iter().filter(|c| c.namespace == f.namespace && f.channels.contains(&c.name)) {
+            let kind =
+                if c.storage == ChannelStorage::Nats { Kind::NatsJetStreamChannel } else { Kind::InMemoryChannel };
+            out.push(FlowChild {
+                kind,
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                owner_kind: f.kind,
+                owner: f.name.clone(),
+                channel: None,
+            });
+        }
+        for s in x.subscriptions.iter().filter(|s| s.namespace == f.namespace && f.subscriptions.contains(&s.name)) {
+            out.push(FlowChild {
+                kind: Kind::Subscription,
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                owner_kind: f.kind,
+                owner: f.name.clone(),
+                channel: Some((s.channel_kind.clone(), s.channel.clone())),
+            });
+        }
+    }
+    out
+}

@@ -85,6 +85,8 @@ pub struct ControlPlane {
     kafka_sinks: Arc<KafkaSinks>,
     /// Sender identity and EventPolicies on the data plane, when `--oidc-issuer` is set.
     data_auth: Option<Arc<crate::data_auth::DataAuth>>,
+    /// The channels and subscriptions flows own, as `get` lists them (read-only).
+    flow_children: std::sync::Mutex<Vec<(Kind, String, String, Value)>>,
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -331,6 +333,7 @@ impl ControlPlane {
             own_tls: None,
             kafka_sinks: Arc::default(),
             data_auth: None,
+            flow_children: std::sync::Mutex::new(vec![]),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -491,13 +494,21 @@ impl ControlPlane {
     /// Objects of `kind` in `namespace` (all namespaces if `None`), optionally one by name.
     pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
         let store = self.store.lock().await;
+        // Channels and subscriptions a flow owns are listed too, read-only, with their owner.
+        let children: Vec<Value> = self
+            .flow_children
+            .lock()
+            .expect("flow children")
+            .iter()
+            .filter(|(k, ns, n, _)| *k == kind && namespace.is_none_or(|w| w == ns) && name.is_none_or(|w| w == n))
+            .map(|(_, _, _, o)| o.clone())
+            .collect();
         let entries: Vec<&Entry> = if let (Some(ns), Some(n)) = (namespace, name) {
-            vec![
-                store
-                    .entries
-                    .get(&(kind, ns.to_string(), n.to_string()))
-                    .ok_or_else(|| ApiError::NotFound(format!("{} {ns}/{n}", kind.name())))?,
-            ]
+            match store.entries.get(&(kind, ns.to_string(), n.to_string())) {
+                Some(e) => vec![e],
+                None if !children.is_empty() => return Ok(children),
+                None => return Err(ApiError::NotFound(format!("{} {ns}/{n}", kind.name()))),
+            }
         } else {
             store
                 .entries
@@ -520,6 +531,9 @@ impl ControlPlane {
                 mark_unavailable(&mut o["status"], &problem);
             }
             out.push(o);
+        }
+        if name.is_none() {
+            out.extend(children);
         }
         Ok(out)
     }
@@ -659,7 +673,10 @@ impl ControlPlane {
             }
         }
         *self.services.lock().expect("services") = service_statuses;
-        for st in self.eventing.reconcile(&desired).await {
+        let eventing_statuses = self.eventing.reconcile(&desired).await;
+        *self.flow_children.lock().expect("flow children") =
+            flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses);
+        for st in eventing_statuses {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
             let kinds: &[Kind] = if st.kind == Kind::Channel {
                 &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel]
@@ -739,6 +756,48 @@ fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
             address["audience"] = json!(a.audience);
         }
     }
+}
+
+/// The objects of the channels and subscriptions flows own: Knative's shape,
+/// `metadata.ownerReferences` naming the flow, the status the flow reported.
+fn flow_children_json(
+    children: &[spate_eventing::FlowChild],
+    statuses: &[ResourceStatus],
+) -> Vec<(Kind, String, String, Value)> {
+    let now = now_rfc3339();
+    children
+        .iter()
+        .map(|c| {
+            let is_sub = c.kind == Kind::Subscription;
+            let status = statuses
+                .iter()
+                .filter(|s| s.namespace == c.namespace && s.name == c.owner)
+                .flat_map(|s| s.children.iter())
+                .find(|ch| ch.name == c.name && (ch.kind == Kind::Subscription) == is_sub);
+            let mut o = json!({
+                "apiVersion": c.kind.api_version(),
+                "kind": c.kind.name(),
+                "metadata": {"name": c.name, "namespace": c.namespace, "ownerReferences": [{
+                    "apiVersion": c.owner_kind.api_version(), "kind": c.owner_kind.name(), "name": c.owner,
+                    "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {},
+            });
+            if let Some((kind, name)) = &c.channel {
+                o["spec"]["channel"] = json!({"apiVersion": "messaging.knative.dev/v1", "kind": kind, "name": name});
+            }
+            if let Some(st) = status {
+                let mut s = json!({"conditions": conditions_json(&st.conditions, &now)});
+                if let Some(a) = &st.address {
+                    s["address"] = json!({"url": a});
+                }
+                if let Some(u) = &st.subscriber_uri {
+                    s["physicalSubscription"] = json!({"subscriberUri": u});
+                }
+                o["status"] = s;
+            }
+            (c.kind, c.namespace.clone(), c.name.clone(), o)
+        })
+        .collect()
 }
 
 /// A KafkaSink's status: `TopicReady` (the topic exists or was created) and its address.

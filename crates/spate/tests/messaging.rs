@@ -508,3 +508,42 @@ async fn a_nats_jetstream_channel_feeds_its_subscriptions_and_a_sequence_runs_on
     }
     assert!(!dir.path().join("logs/channel.default.nc").exists(), "no embedded log for a NATS channel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flows_channels_and_subscriptions_are_listed_with_their_owner() {
+    let sink = Sink::start().await;
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&format!(
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  steps:\n    - uri: {0}\n    - uri: {0}\n",
+        sink.url
+    ))
+    .await;
+    let channels = s.admin_json("/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels").await;
+    let names: Vec<&str> =
+        channels["items"].as_array().unwrap().iter().filter_map(|c| c["metadata"]["name"].as_str()).collect();
+    assert_eq!(names.len(), 2, "{channels}");
+    assert!(names.contains(&"seq-kn-sequence-0") && names.contains(&"seq-kn-sequence-1"), "{names:?}");
+    let one =
+        s.admin_json("/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels/seq-kn-sequence-0").await;
+    assert_eq!(one["metadata"]["ownerReferences"][0]["kind"], "Sequence", "{one}");
+    assert_eq!(one["metadata"]["ownerReferences"][0]["name"], "seq");
+    assert!(
+        one["status"]["address"]["url"].as_str().unwrap_or_default().ends_with("/channels/default/seq-kn-sequence-0"),
+        "{one}"
+    );
+    let subs = s.admin_json("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions").await;
+    let items = subs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{subs}");
+    assert!(
+        items.iter().all(|x| x["spec"]["channel"]["name"].as_str().is_some_and(|n| n.starts_with("seq-kn-sequence-")))
+    );
+    assert!(items.iter().all(|x| x["metadata"]["ownerReferences"][0]["kind"] == "Sequence"));
+    // The CLI lists them too.
+    let out = std::process::Command::new(BIN).args(["get", "subscriptions", "--server", &s.admin]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("seq-kn-sequence-1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
