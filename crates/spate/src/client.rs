@@ -271,6 +271,9 @@ pub async fn get(a: GetArgs) -> Exit {
     if matches!(a.kind.to_ascii_lowercase().as_str(), "sources" | "source") {
         return get_sources(&a, ns).await;
     }
+    if a.kind.eq_ignore_ascii_case("all") {
+        return get_all(&a, ns).await;
+    }
     let k = kind_arg(&a.kind)?;
     match get_objects(&a.server.server, k, ns, a.name.as_deref()).await? {
         Ok(items) => {
@@ -279,6 +282,34 @@ pub async fn get(a: GetArgs) -> Exit {
         }
         Err(body) => Ok(report_failure(&body)),
     }
+}
+
+/// `spate get all`: every kind but Secrets and ConfigMaps (as `kubectl get all`),
+/// one table per kind that has objects; with `-o json|yaml`, one list.
+async fn get_all(a: &GetArgs, ns: Option<&str>) -> Exit {
+    if a.name.is_some() {
+        bail!("`get all` lists everything; name one object with its kind (get broker NAME)");
+    }
+    let mut tables = vec![];
+    let mut items = vec![];
+    for k in Kind::ALL.into_iter().filter(|k| !matches!(k, Kind::Secret | Kind::ConfigMap)) {
+        match get_objects(&a.server.server, k, ns, None).await? {
+            Ok(found) if found.is_empty() => {}
+            Ok(found) => {
+                if a.output == crate::cli::OutputFormat::Table {
+                    tables.push(format!("# {}\n{}", k.plural(), crate::output::render(k, &found, a.output, false)));
+                }
+                items.extend(found);
+            }
+            Err(body) => return Ok(report_failure(&body)),
+        }
+    }
+    match a.output {
+        crate::cli::OutputFormat::Table if tables.is_empty() => println!("No resources found."),
+        crate::cli::OutputFormat::Table => print!("{}", tables.join("\n")),
+        other => print!("{}", crate::output::render(Kind::Broker, &items, other, false)),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `spate get sources`: every source kind, with sink and state.

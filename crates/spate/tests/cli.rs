@@ -33,3 +33,36 @@ async fn global_options_are_accepted_by_every_subcommand() {
     let (_, text) = run(&["get", "brokers", "-n", "team", "--server", &s.admin, "-o", "json"]);
     assert!(text.contains("\"items\":[]") || text.contains("\"items\": []"), "deleted: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_all_lists_every_kind_with_objects() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "{}---\n{}---\napiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: seq}}\nspec:\n  steps:\n    - uri: {}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: hidden}}\nstringData: {{k: v}}\n",
+        broker("default", ""),
+        trigger("t", "default", "", &sink.url, ""),
+        sink.url
+    ))
+    .await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let table = run(&["get", "all", "--server", &s.admin]);
+    for section in ["# brokers", "# triggers", "# sequences", "# inmemorychannels", "# subscriptions"] {
+        assert!(table.contains(section), "missing {section} in:\n{table}");
+    }
+    assert!(!table.contains("hidden") && !table.contains("# secrets"), "Secrets are not part of `all`:\n{table}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["get", "all", "-A", "-o", "json", "--server", &s.admin])).unwrap();
+    let kinds: std::collections::BTreeSet<&str> =
+        v["items"].as_array().unwrap().iter().filter_map(|i| i["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["Broker", "InMemoryChannel", "Sequence", "Subscription", "Trigger"].into_iter().collect(),
+        "{v}"
+    );
+}
