@@ -40,6 +40,7 @@ impl Cli {
             }
             Command::Send(a) => (a.server, a.namespace) = (server, ns),
             Command::Logs(a) => (a.server, a.namespace) = (server, ns),
+            Command::Describe(a) => (a.server, a.namespace) = (server, ns),
             Command::Bench(a) => a.server = self.server.clone(),
             Command::Serve(_) | Command::Validate(_) => {}
         }
@@ -64,6 +65,8 @@ pub enum Command {
     Send(SendArgs),
     /// Show what a Service's instances printed (`spate logs service/NAME`).
     Logs(LogsArgs),
+    /// One resource in detail: conditions with reasons, addresses, delivery, owner, status.
+    Describe(DescribeArgs),
     /// Validate manifests offline; prints every problem with its field path.
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
@@ -233,6 +236,17 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    /// Kind (broker, trigger, ksvc, imc, …), or `KIND/NAME`.
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(skip)]
+    pub namespace: String,
+    #[arg(skip)]
+    pub server: ServerArg,
 }
 
 #[derive(Args)]

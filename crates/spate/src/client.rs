@@ -312,6 +312,23 @@ async fn get_all(a: &GetArgs, ns: Option<&str>) -> Exit {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `spate describe KIND NAME` (or `KIND/NAME`).
+pub async fn describe(a: crate::cli::DescribeArgs) -> Exit {
+    let (kind, name) = match (a.kind.split_once('/'), &a.name) {
+        (Some((k, n)), None) => (k.to_string(), n.to_string()),
+        (None, Some(n)) => (a.kind.clone(), n.clone()),
+        _ => bail!("give KIND NAME or KIND/NAME"),
+    };
+    let k = kind_arg(&kind)?;
+    match get_objects(&a.server.server, k, Some(&a.namespace), Some(&name)).await? {
+        Ok(items) => {
+            print!("{}", crate::output::describe(&items[0]));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(body) => Ok(report_failure(&body)),
+    }
+}
+
 /// `spate get sources`: every source kind, with sink and state.
 async fn get_sources(a: &GetArgs, ns: Option<&str>) -> Exit {
     let mut all = vec![];

@@ -193,3 +193,70 @@ pub fn table(rows: Vec<Vec<String>>, plural: &str) -> String {
     }
     out
 }
+
+/// `spate describe`: one object for a reader, not a parser.
+pub fn describe(o: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| {
+        if !v.is_empty() {
+            out.push_str(&format!("{:<18}{v}\n", format!("{k}:")));
+        }
+    };
+    line("Name", s(o, "/metadata/name"));
+    line("Namespace", s(o, "/metadata/namespace"));
+    line("Kind", &format!("{} ({})", s(o, "/kind"), s(o, "/apiVersion")));
+    if let Some(owner) = o.pointer("/metadata/ownerReferences/0") {
+        line("Owned by", &format!("{}/{} (read-only)", s(owner, "/kind"), s(owner, "/name")));
+    }
+    if let Some(a) = o.pointer("/metadata/annotations").and_then(Value::as_object) {
+        for (k, v) in a {
+            line("Annotation", &format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    line("Address", s(o, "/status/address/url"));
+    line("Audience", s(o, "/status/address/audience"));
+    line("URL", s(o, "/status/url"));
+    line("Broker", s(o, "/spec/broker"));
+    line("Subscriber", s(o, "/status/subscriberUri"));
+    line("Subscriber", s(o, "/status/physicalSubscription/subscriberUri"));
+    line("Reply", s(o, "/status/physicalSubscription/replyUri"));
+    line("Dead letter sink", s(o, "/status/deadLetterSinkUri"));
+    line("Sink", s(o, "/status/sinkUri"));
+    if let Some(d) = o.pointer("/spec/delivery").and_then(Value::as_object) {
+        let parts: Vec<String> = d.iter().map(|(k, v)| format!("{k}={}", compact(v))).collect();
+        line("Delivery", &parts.join(", "));
+    }
+    if let Some(f) = o.pointer("/spec/filters").filter(|f| !f.is_null()).or(o.pointer("/spec/filter")) {
+        line("Filter", &compact(f));
+    }
+    if let Some(from) = o.pointer("/status/from").and_then(Value::as_array) {
+        line("Allowed senders", &from.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(spate) = o.pointer("/status/spate").and_then(Value::as_object) {
+        for (k, v) in spate {
+            line(&format!("Live {k}"), &compact(v));
+        }
+    }
+    out.push_str("Conditions:\n");
+    let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    if conds.is_empty() {
+        out.push_str("  (none yet)\n");
+    }
+    let mut rows = vec![vec!["TYPE".to_string(), "STATUS".into(), "REASON".into(), "MESSAGE".into()]];
+    for c in &conds {
+        rows.push(["/type", "/status", "/reason", "/message"].iter().map(|p| s(c, p).to_string()).collect());
+    }
+    if !conds.is_empty() {
+        for l in table(rows, "conditions").lines() {
+            out.push_str(&format!("  {l}\n"));
+        }
+    }
+    out
+}
+
+fn compact(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

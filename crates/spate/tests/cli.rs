@@ -66,3 +66,33 @@ async fn get_all_lists_every_kind_with_objects() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_conditions_with_reasons_addresses_and_delivery() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&format!(
+        "{}---\n{}",
+        broker("default", ""),
+        trigger(
+            "lost",
+            "default",
+            "",
+            "http://127.0.0.1:9/",
+            "  delivery:\n    retry: 3\n    deadLetterSink:\n      ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: nowhere}\n"
+        )
+    ))
+    .await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let t = run(&["describe", "trigger", "lost", "--server", &s.admin]);
+    assert!(t.contains("Kind:") && t.contains("Trigger (eventing.knative.dev/v1)"), "{t}");
+    assert!(t.contains("Delivery:") && t.contains("retry=3"), "{t}");
+    assert!(t.contains("DeadLetterSinkResolved") && t.contains("nowhere"), "the failing condition and why:\n{t}");
+    let b = run(&["describe", "broker/default", "--server", &s.admin]);
+    assert!(b.contains("Address:") && b.contains("/default/default"), "{b}");
+    assert!(b.contains("Ready") && b.contains("True"), "{b}");
+}
