@@ -54,6 +54,8 @@ pub struct Broker {
     pub address: String,
     events_in: metrics::Counter,
     pub storage: Storage,
+    /// `spate tail`'s listeners.
+    tap: crate::tap::Tap,
 }
 
 fn now_rfc3339() -> String {
@@ -67,14 +69,20 @@ impl Broker {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
         let feed = Feed::new(log.clone(), label);
-        Broker { config, address, events_in, storage: Storage::Log { log, feed } }
+        Broker { config, address, events_in, storage: Storage::Log { log, feed }, tap: Default::default() }
     }
 
     /// Creates the broker on a shared engine's stream.
     pub fn on_stream(config: BrokerConfig, stream: Arc<dyn MessageStream>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label);
-        Broker { config, address, events_in, storage: Storage::Stream(stream) }
+        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: Default::default() }
+    }
+
+    /// Offers every stored event to `tap`'s listeners.
+    pub fn with_tap(mut self, tap: crate::tap::Tap) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// The embedded log's feed, if the broker is on the embedded log.
@@ -125,6 +133,7 @@ impl Broker {
             ev.set_extension(ext::ARRIVAL_TIME, ExtValue::String(now.clone()));
             ev
         };
+        let tapped = self.tap.active().then(|| events.iter().cloned().map(stamp).collect::<Vec<_>>());
         match &self.storage {
             Storage::Log { log, .. } => {
                 let payloads = events.into_iter().map(|ev| Bytes::from(storage::encode(&stamp(ev)))).collect();
@@ -144,6 +153,9 @@ impl Broker {
             }
         }
         self.events_in.increment(n);
+        if let Some(events) = tapped {
+            self.tap.offer(&format!("broker/{}/{}", self.config.namespace, self.config.name), events);
+        }
         Ok(())
     }
 }

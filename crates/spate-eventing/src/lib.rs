@@ -9,6 +9,7 @@ mod messaging;
 mod reconcile;
 mod router;
 mod stream_worker;
+pub mod tap;
 mod trigger;
 mod workers;
 

@@ -189,6 +189,7 @@ pub struct Channel {
     pub store: ChannelStore,
     pub address: String,
     events_in: metrics::Counter,
+    tap: crate::tap::Tap,
 }
 
 impl Channel {
@@ -209,6 +210,9 @@ impl Channel {
             }
         }
         self.events_in.increment(n);
+        if self.tap.active() {
+            self.tap.offer(&format!("channel/{}/{}", self.config.namespace, self.config.name), events);
+        }
         Ok(())
     }
 
@@ -403,6 +407,7 @@ impl Eventing {
                             store,
                             address: address.clone(),
                             events_in: metrics::counter!("spate_events_in_total", "channel" => label),
+                            tap: self.tap.clone(),
                         });
                         self.channels.write().expect("channels lock").insert(key.clone(), ch);
                     }

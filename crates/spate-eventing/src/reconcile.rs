@@ -89,6 +89,8 @@ pub struct Eventing {
     /// Channels that asked for memory storage (`spate.dev/channel-storage: memory`).
     pub(crate) memory: Arc<MemoryBackend>,
     pub(crate) dispatcher: Dispatcher,
+    /// `spate tail`'s listeners, shared by every broker and channel.
+    pub(crate) tap: crate::tap::Tap,
     brokers: RwLock<HashMap<Key, Arc<Broker>>>,
     triggers: Mutex<Workers>,
     /// The shared engine (NATS JetStream), when the server has one.
@@ -112,6 +114,7 @@ impl Eventing {
             triggers: Mutex::new(Workers::default()),
             streams: None,
             rabbit: None,
+            tap: Default::default(),
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Workers::default()),
             draining: Mutex::new(HashMap::new()),
@@ -119,6 +122,11 @@ impl Eventing {
     }
 
     /// Adds the shared engine that `NatsJetStreamBroker` brokers live on.
+    /// Listens to every event brokers and channels store from now on.
+    pub fn tap(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<crate::tap::Tapped>> {
+        self.tap.subscribe()
+    }
+
     /// The backend of `RabbitMQBroker` brokers.
     pub fn with_rabbit(mut self, rabbit: Arc<dyn StreamBackend>) -> Self {
         self.rabbit = Some(rabbit);
@@ -322,7 +330,7 @@ impl Eventing {
                     Some(log) => log,
                     None => self.backend.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
                 };
-                Broker::new(b.clone(), log, address.to_string())
+                Broker::new(b.clone(), log, address.to_string()).with_tap(self.tap.clone())
             }
             class @ (NATS_BROKER_CLASS | RABBITMQ_BROKER_CLASS) => {
                 let Some(streams) = self.class_backend(class) else {
@@ -332,7 +340,7 @@ impl Eventing {
                     Some(s) => s,
                     None => streams.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
                 };
-                Broker::on_stream(b.clone(), stream, address.to_string())
+                Broker::on_stream(b.clone(), stream, address.to_string()).with_tap(self.tap.clone())
             }
             other => {
                 return Err((

@@ -28,6 +28,7 @@ pub fn router(state: Admin) -> Router {
         .route("/metrics", get(metrics))
         .route("/apply", post(apply))
         .route("/logs/{kind}/{ns}/{name}", get(logs))
+        .route("/tail", get(tail))
         .route("/apis/{group}/{version}/{plural}", get(list_all))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
@@ -55,6 +56,56 @@ struct ApplyQuery {
 async fn apply(State(st): State<Admin>, Query(q): Query<ApplyQuery>, body: String) -> Result<Response, ApiError> {
     let applied = st.control.apply(&body, q.dry_run).await?;
     Ok(axum::Json(json!({"applied": applied, "dryRun": q.dry_run})).into_response())
+}
+
+#[derive(Deserialize)]
+struct TailQuery {
+    /// `broker/<ns>/<name>`, `channel/<ns>/<name>`, a prefix of one (`broker/<ns>`), or all.
+    target: Option<String>,
+    /// Only events this CESQL expression matches.
+    cesql: Option<String>,
+}
+
+/// Server-sent events: every event stored from now on (that matches), as
+/// `{"target": …, "event": <structured CloudEvent>}`. A listener that falls
+/// behind gets a `dropped` event saying how many it missed.
+async fn tail(State(st): State<Admin>, Query(q): Query<TailQuery>) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let filter = match &q.cesql {
+        Some(e) => Some(spate_filter::Filter::cesql(e).map_err(|errs| {
+            ApiError::BadRequest(format!(
+                "cesql: {}",
+                errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            ))
+        })?),
+        None => None,
+    };
+    let target = q.target.unwrap_or_default().trim_matches('/').to_string();
+    let wanted = move |t: &str| target.is_empty() || t == target || t.starts_with(&format!("{target}/"));
+    let rx = st.control.tap();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let (wanted, filter) = (wanted.clone(), filter.clone());
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(t) if wanted(&t.target) && filter.as_ref().is_none_or(|f| f.matches_guarded(&t.event)) => {
+                        let mut headers = axum::http::HeaderMap::new();
+                        let body = spate_core::http_codec::encode_structured(&t.event, &mut headers);
+                        let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let data = json!({"target": t.target, "event": event}).to_string();
+                        return Some((Ok::<_, std::convert::Infallible>(Event::default().data(data)), rx));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        return Some((Ok(Event::default().event("dropped").data(n.to_string())), rx));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {

@@ -41,6 +41,10 @@ impl Cli {
             Command::Send(a) => (a.server, a.namespace) = (server, ns),
             Command::Logs(a) => (a.server, a.namespace) = (server, ns),
             Command::Describe(a) => (a.server, a.namespace) = (server, ns),
+            Command::Tail(a) => {
+                (a.server, a.namespace) = (server, ns);
+                a.output = self.output.unwrap_or(OutputFormat::Table);
+            }
             Command::Bench(a) => a.server = self.server.clone(),
             Command::Serve(_) | Command::Validate(_) => {}
         }
@@ -67,6 +71,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// One resource in detail: conditions with reasons, addresses, delivery, owner, status.
     Describe(DescribeArgs),
+    /// Stream events as brokers and channels store them (`broker/NAME`, `channel/NAME`, or all).
+    Tail(TailArgs),
     /// Validate manifests offline; prints every problem with its field path.
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
@@ -236,6 +242,21 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+}
+
+#[derive(Args)]
+pub struct TailArgs {
+    /// `broker/NAME` or `channel/NAME` (in `-n`'s namespace); nothing: every broker and channel.
+    pub target: Option<String>,
+    /// Only events this CESQL expression matches (evaluated by the server).
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(skip)]
+    pub namespace: String,
+    #[arg(skip = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[arg(skip)]
+    pub server: ServerArg,
 }
 
 #[derive(Args)]

@@ -312,6 +312,67 @@ async fn get_all(a: &GetArgs, ns: Option<&str>) -> Exit {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `spate tail`: the admin API's server-sent events, one line per event.
+pub async fn tail(a: crate::cli::TailArgs) -> Exit {
+    let server = a.server.server.trim_end_matches('/');
+    let target = match a.target.as_deref() {
+        None => String::new(),
+        Some(t) => match t.split_once('/') {
+            Some((kind @ ("broker" | "channel"), name)) => format!("{kind}/{}/{name}", a.namespace),
+            _ => bail!("'{t}': use broker/NAME or channel/NAME"),
+        },
+    };
+    let mut query = vec![("target", target.clone())];
+    if let Some(f) = &a.filter {
+        query.push(("cesql", f.clone()));
+    }
+    let mut resp =
+        admin().get(format!("{server}/tail")).query(&query).send().await.map_err(|e| unreachable(server, e))?;
+    if !resp.status().is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Ok(report_failure(&body));
+    }
+    eprintln!("tailing {}; Ctrl-C to stop", if target.is_empty() { "every broker and channel" } else { &target });
+    let mut buf = String::new();
+    let mut event_name = String::new();
+    while let Some(chunk) = resp.chunk().await.context("reading the event stream")? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            let line = line.trim_end();
+            if let Some(name) = line.strip_prefix("event: ") {
+                event_name = name.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                print_tailed(&event_name, data, a.output);
+                event_name.clear();
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_tailed(event_name: &str, data: &str, output: crate::cli::OutputFormat) {
+    if event_name == "dropped" {
+        eprintln!("(fell behind: {data} event(s) not shown)");
+        return;
+    }
+    if output != crate::cli::OutputFormat::Table {
+        println!("{data}");
+        return;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+    let e = &v["event"];
+    let field = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    println!(
+        "{}  {}  {}  {}  {}",
+        field("knativearrivaltime"),
+        v["target"].as_str().unwrap_or(""),
+        field("type"),
+        field("source"),
+        field("id")
+    );
+}
+
 /// `spate describe KIND NAME` (or `KIND/NAME`).
 pub async fn describe(a: crate::cli::DescribeArgs) -> Exit {
     let (kind, name) = match (a.kind.split_once('/'), &a.name) {

@@ -304,6 +304,11 @@ impl ControlPlane {
         self
     }
 
+    /// Listens to every event brokers and channels store from now on (`spate tail`).
+    pub fn tap(&self) -> tokio::sync::broadcast::Receiver<Arc<spate_eventing::tap::Tapped>> {
+        self.eventing.tap()
+    }
+
     /// The dispatcher every delivery goes through.
     pub fn dispatcher(&self) -> &spate_delivery::Dispatcher {
         &self.dispatcher

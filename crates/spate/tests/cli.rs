@@ -96,3 +96,49 @@ async fn describe_shows_conditions_with_reasons_addresses_and_delivery() {
     assert!(b.contains("Address:") && b.contains("/default/default"), "{b}");
     assert!(b.contains("Ready") && b.contains("True"), "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_streams_a_brokers_events_through_a_cesql_filter() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok(&(broker("default", "") + "---\n" + &broker("other", ""))).await;
+    let mut child = std::process::Command::new(BIN)
+        .args(["tail", "broker/default", "--filter", "type = 'order'", "-o", "json", "--server", &s.admin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Connected once it says so.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains("tailing broker/default/default"), "{first}");
+    assert_eq!(send(&s.broker_url("default", "default"), "o1", "order", "x").await, 202);
+    assert_eq!(send(&s.broker_url("default", "default"), "r1", "refund", "x").await, 202);
+    assert_eq!(send(&s.broker_url("default", "other"), "o2", "order", "x").await, 202);
+    assert_eq!(send(&s.broker_url("default", "default"), "o3", "order", "x").await, 202);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = vec![];
+        for _ in 0..2 {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(l);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(v["target"], "broker/default/default");
+            v["event"]["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["o1", "o3"], "only the filtered broker's matching events, in order");
+}

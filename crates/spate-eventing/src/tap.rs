@@ -1,0 +1,47 @@
+//! Watching events flow (`spate tail`): every event a Broker or Channel stores
+//! is offered, after it is stored, to whoever listens. Nothing is cloned or
+//! sent when nobody listens; a slow listener misses events (told how many),
+//! never slows the data plane.
+
+use std::sync::Arc;
+
+use spate_core::CloudEvent;
+use tokio::sync::broadcast;
+
+/// Events a listener may fall behind by before it misses some.
+const BUFFER: usize = 4096;
+
+/// One stored event and where: `broker/<ns>/<name>` or `channel/<ns>/<name>`.
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    pub target: String,
+    pub event: CloudEvent,
+}
+
+#[derive(Clone)]
+pub struct Tap {
+    tx: broadcast::Sender<Arc<Tapped>>,
+}
+
+impl Default for Tap {
+    fn default() -> Self {
+        Tap { tx: broadcast::channel(BUFFER).0 }
+    }
+}
+
+impl Tap {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Tapped>> {
+        self.tx.subscribe()
+    }
+
+    /// True when someone listens (callers skip the copy otherwise).
+    pub fn active(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    pub fn offer(&self, target: &str, events: impl IntoIterator<Item = CloudEvent>) {
+        for event in events {
+            let _ = self.tx.send(Arc::new(Tapped { target: target.to_string(), event }));
+        }
+    }
+}
