@@ -167,8 +167,7 @@ async fn channel_ingress(
             .eventing
             .channel(&namespace, &channel)
             .ok_or_else(|| IngressError::NoSuchChannel(format!("{namespace}/{channel}")))?;
-        let events = read_events(&st, &headers, body, &format!("channel {namespace}/{channel}")).await?;
-        authorize(&st, Target::Channel, &namespace, &channel, &headers, &events)?;
+        let events = admitted_events(&st, Target::Channel, &namespace, &channel, &headers, body).await?;
         ch.publish(events).await.map_err(IngressError::Publish)?;
         Ok(StatusCode::ACCEPTED.into_response())
     };
@@ -192,14 +191,33 @@ async fn kafka_sink_ingress(
             .kafka_sinks
             .get(&namespace, &name)
             .ok_or_else(|| IngressError::NoSuchKafkaSink(format!("{namespace}/{name}")))?;
-        let events = read_events(&st, &headers, body, &format!("KafkaSink {namespace}/{name}")).await?;
-        authorize(&st, Target::KafkaSink, &namespace, &name, &headers, &events)?;
+        let events = admitted_events(&st, Target::KafkaSink, &namespace, &name, &headers, body).await?;
         for ev in &events {
             sink.produce(ev).await.map_err(IngressError::Kafka)?;
         }
         Ok(StatusCode::ACCEPTED.into_response())
     };
     r.await.unwrap_or_else(IngressError::into_response)
+}
+
+/// The request's events, read within the size limit and decoded strictly, once
+/// the sender may send them to this addressable.
+async fn admitted_events(
+    st: &Ingress,
+    target: Target,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<CloudEvent>, IngressError> {
+    let label = match target {
+        Target::Broker => "broker",
+        Target::Channel => "channel",
+        Target::KafkaSink => "KafkaSink",
+    };
+    let events = read_events(st, headers, body, &format!("{label} {namespace}/{name}")).await?;
+    authorize(st, target, namespace, name, headers, &events)?;
+    Ok(events)
 }
 
 /// With sender identity on: a valid token for the addressable (401), from a
@@ -248,8 +266,7 @@ async fn accept(
         .eventing
         .broker(namespace, broker)
         .ok_or_else(|| IngressError::NoSuchBroker(format!("{namespace}/{broker}")))?;
-    let events = read_events(st, &headers, body, &format!("broker {namespace}/{broker}")).await?;
-    authorize(st, Target::Broker, namespace, broker, &headers, &events)?;
+    let events = admitted_events(st, Target::Broker, namespace, broker, &headers, body).await?;
     b.publish(events).await.map_err(IngressError::Publish)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
