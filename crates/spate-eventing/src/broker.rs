@@ -55,7 +55,7 @@ pub struct Broker {
     events_in: metrics::Counter,
     pub storage: Storage,
     /// `spate tail`'s listeners.
-    tap: crate::tap::Tap,
+    tap: Option<crate::tap::Tap>,
 }
 
 fn now_rfc3339() -> String {
@@ -69,19 +69,19 @@ impl Broker {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
         let feed = Feed::new(log.clone(), label);
-        Broker { config, address, events_in, storage: Storage::Log { log, feed }, tap: Default::default() }
+        Broker { config, address, events_in, storage: Storage::Log { log, feed }, tap: None }
     }
 
     /// Creates the broker on a shared engine's stream.
     pub fn on_stream(config: BrokerConfig, stream: Arc<dyn MessageStream>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label);
-        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: Default::default() }
+        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: None }
     }
 
     /// Offers every stored event to `tap`'s listeners.
     pub fn with_tap(mut self, tap: crate::tap::Tap) -> Self {
-        self.tap = tap;
+        self.tap = Some(tap);
         self
     }
 
@@ -133,7 +133,8 @@ impl Broker {
             ev.set_extension(ext::ARRIVAL_TIME, ExtValue::String(now.clone()));
             ev
         };
-        let tapped = self.tap.active().then(|| events.iter().cloned().map(stamp).collect::<Vec<_>>());
+        let tapped =
+            self.tap.as_ref().filter(|t| t.active()).map(|_| events.iter().cloned().map(stamp).collect::<Vec<_>>());
         match &self.storage {
             Storage::Log { log, .. } => {
                 let payloads = events.into_iter().map(|ev| Bytes::from(storage::encode(&stamp(ev)))).collect();
@@ -153,8 +154,8 @@ impl Broker {
             }
         }
         self.events_in.increment(n);
-        if let Some(events) = tapped {
-            self.tap.offer(&format!("broker/{}/{}", self.config.namespace, self.config.name), events);
+        if let (Some(tap), Some(events)) = (&self.tap, tapped) {
+            tap.offer(&format!("broker/{}/{}", self.config.namespace, self.config.name), events);
         }
         Ok(())
     }
