@@ -33,8 +33,12 @@ pub struct KafkaSinkConfig {
 }
 
 /// Kafka topic names: at most 249 of `[a-zA-Z0-9._-]`.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 249 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn check_topic(w: &mut Walker, path: &str, t: &str) {
-    if t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !valid_topic(t) {
         w.error(path, format!("'{t}' is not a Kafka topic name (1 to 249 of letters, digits, '.', '_', '-')"));
     }
 }

@@ -8,6 +8,8 @@ pub enum Kind {
     InMemoryChannel,
     /// Knative's NATS channel (`messaging.knative.dev/v1alpha1`): a JetStream stream.
     NatsJetStreamChannel,
+    /// Knative's Kafka channel (`messaging.knative.dev/v1beta1`): a Kafka topic.
+    KafkaChannel,
     Subscription,
     Sequence,
     Parallel,
@@ -29,12 +31,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
         Kind::InMemoryChannel,
         Kind::NatsJetStreamChannel,
+        Kind::KafkaChannel,
         Kind::Subscription,
         Kind::Sequence,
         Kind::Parallel,
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Channel => "Channel",
             Kind::InMemoryChannel => "InMemoryChannel",
             Kind::NatsJetStreamChannel => "NatsJetStreamChannel",
+            Kind::KafkaChannel => "KafkaChannel",
             Kind::Subscription => "Subscription",
             Kind::Sequence => "Sequence",
             Kind::Parallel => "Parallel",
@@ -93,9 +97,11 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::Broker | Kind::Trigger | Kind::KafkaSink | Kind::EventPolicy => "eventing.knative.dev",
-            Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::Subscription => {
-                "messaging.knative.dev"
-            }
+            Kind::Channel
+            | Kind::InMemoryChannel
+            | Kind::NatsJetStreamChannel
+            | Kind::KafkaChannel
+            | Kind::Subscription => "messaging.knative.dev",
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
             Kind::Service => "serving.knative.dev",
             // The core group of Kubernetes: `apiVersion: v1`.
@@ -117,6 +123,7 @@ impl Kind {
             | Kind::NatsJetStreamChannel
             | Kind::KafkaSink
             | Kind::EventPolicy => "v1alpha1",
+            Kind::KafkaChannel => "v1beta1",
             _ => "v1",
         }
     }
@@ -143,6 +150,7 @@ impl Kind {
             Kind::Channel => "channels",
             Kind::InMemoryChannel => "inmemorychannels",
             Kind::NatsJetStreamChannel => "natsjetstreamchannels",
+            Kind::KafkaChannel => "kafkachannels",
             Kind::Subscription => "subscriptions",
             Kind::Sequence => "sequences",
             Kind::Parallel => "parallels",
@@ -169,11 +177,17 @@ impl Kind {
                 | Kind::Channel
                 | Kind::InMemoryChannel
                 | Kind::NatsJetStreamChannel
+                | Kind::KafkaChannel
                 | Kind::Sequence
                 | Kind::Parallel
                 | Kind::Service
                 | Kind::KafkaSink
         )
+    }
+
+    /// A channel kind (served at `/channels/<ns>/<name>`, subscribable).
+    pub fn is_channel(self) -> bool {
+        matches!(self, Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel)
     }
 
     /// Accepts the names a CLI user types: `broker`, `brokers`, `Broker`, `imc`.
@@ -199,11 +213,6 @@ impl Kind {
     }
 
     pub fn from_manifest(kind: &str, api_version: &str) -> Result<Kind, String> {
-        if kind == "KafkaChannel" {
-            return Err("KafkaChannel needs the Kafka backend, which this Spate does not have yet; use InMemoryChannel \
-                        (durable on Spate's embedded log) or Channel instead. Spate never substitutes a different storage silently"
-                .to_string());
-        }
         let k = Kind::ALL.into_iter().find(|k| k.name() == kind).ok_or_else(|| {
             format!("unsupported kind '{kind}' (supported: {})", Kind::ALL.map(Kind::name).join(", "))
         })?;

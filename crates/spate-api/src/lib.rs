@@ -21,7 +21,7 @@ mod walk;
 
 use serde_json::Value;
 
-pub use broker::BrokerConfig;
+pub use broker::{BrokerConfig, ConfigRef};
 pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
 pub use kafka_sink::{ConfigMapConfig, KafkaContentMode, KafkaSinkConfig};
@@ -58,7 +58,12 @@ pub const NATS_BROKER_CLASS: &str = "NatsJetStreamBroker";
 pub const RABBITMQ_BROKER_CLASS: &str = "RabbitMQBroker";
 /// Broker classes admission accepts (Knative's names). `Kafka` and `RabbitMQBroker` are admitted
 /// and reported not Ready until their backends exist.
-pub const BROKER_CLASSES: &[&str] = &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, "Kafka", RABBITMQ_BROKER_CLASS];
+pub const BROKER_CLASSES: &[&str] =
+    &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, KAFKA_BROKER_CLASS, RABBITMQ_BROKER_CLASS];
+/// Knative's Kafka broker class: a topic per broker, a consumer group per trigger.
+pub const KAFKA_BROKER_CLASS: &str = "Kafka";
+/// A `Kafka`-class broker on an existing topic (neither created nor deleted).
+pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
 
 /// One admitted resource: its identity and the normalized manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +163,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
         Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
-        Some(k @ (Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel)) => {
+        Some(k @ (Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel)) => {
             messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k).map(Compiled::Channel)
         }
         Some(Kind::Subscription) => {
@@ -249,6 +254,15 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
     let mut errs = vec![];
     let who = format!("{} {}/{}", new.kind.name(), new.namespace, new.name);
     match new.kind {
+        Kind::KafkaChannel => {
+            // Knative: a KafkaChannel's topic layout cannot change once created.
+            for field in ["numPartitions", "replicationFactor"] {
+                let p = format!("/spec/{field}");
+                if old.manifest.pointer(&p) != new.manifest.pointer(&p) {
+                    errs.push(FieldError::new(None, who.clone(), &format!("spec.{field}"), "is immutable"));
+                }
+            }
+        }
         Kind::Channel
         | Kind::InMemoryChannel
         | Kind::NatsJetStreamChannel

@@ -17,13 +17,20 @@ pub enum ChannelStorage {
     Memory,
     /// A NATS JetStream stream (NatsJetStreamChannel, or it as `channelTemplate`).
     Nats,
+    /// A Kafka topic (KafkaChannel, or it as `channelTemplate`).
+    Kafka,
 }
+
+/// Engine settings of a channel (KafkaChannel: its topic's partitions,
+/// replication and retention, under the Kafka broker ConfigMap's keys).
+pub type ChannelSettings = std::collections::BTreeMap<String, String>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelConfig {
     pub namespace: String,
     pub name: String,
     pub storage: ChannelStorage,
+    pub settings: ChannelSettings,
     pub delivery: Option<DeliverySpec>,
 }
 
@@ -51,6 +58,7 @@ pub struct SequenceConfig {
     pub name: String,
     pub steps: Vec<SequenceStep>,
     pub storage: ChannelStorage,
+    pub settings: ChannelSettings,
     pub reply: Option<Destination>,
 }
 
@@ -68,6 +76,7 @@ pub struct ParallelConfig {
     pub name: String,
     pub branches: Vec<ParallelBranch>,
     pub storage: ChannelStorage,
+    pub settings: ChannelSettings,
     pub reply: Option<Destination>,
 }
 
@@ -85,35 +94,62 @@ fn storage(w: &mut Walker, metadata: &Value) -> ChannelStorage {
     }
 }
 
-/// `channelTemplate`: InMemoryChannel (the default) or NatsJetStreamChannel
-/// (its storage is returned); KafkaChannel is refused until the Kafka backend
-/// exists, never silently replaced.
-fn channel_template(w: &mut Walker, v: Option<&Value>, path: &str) -> Option<ChannelStorage> {
+/// The fields of a KafkaChannel's spec (Knative's `messaging.knative.dev/v1beta1`):
+/// `numPartitions` (default 1), `replicationFactor` (default 1), `retentionDuration`
+/// (ISO 8601; default: the Kafka server's), as topic settings.
+fn kafka_channel_settings(w: &mut Walker, m: &serde_json::Map<String, Value>, path: &str) -> ChannelSettings {
+    let mut out = ChannelSettings::new();
+    let partitions = w.opt_u32(m, "numPartitions", path).unwrap_or(1);
+    if partitions == 0 {
+        w.error(&join(path, "numPartitions"), "must be at least 1");
+    }
+    out.insert("default.topic.partitions".into(), partitions.max(1).to_string());
+    let replication = w.opt_u32(m, "replicationFactor", path).unwrap_or(1);
+    if replication == 0 {
+        w.error(&join(path, "replicationFactor"), "must be at least 1");
+    }
+    out.insert("default.topic.replication.factor".into(), replication.max(1).to_string());
+    if let Some(d) = w.opt_duration(m, "retentionDuration", path) {
+        out.insert("retention.ms".into(), d.as_millis().to_string());
+    }
+    out
+}
+
+const KAFKA_CHANNEL_FIELDS: &[&str] =
+    &["delivery", "subscribers", "numPartitions", "replicationFactor", "retentionDuration"];
+
+/// `channelTemplate`: InMemoryChannel (the default), NatsJetStreamChannel or
+/// KafkaChannel (its storage and settings are returned).
+fn channel_template(w: &mut Walker, v: Option<&Value>, path: &str) -> Option<(ChannelStorage, ChannelSettings)> {
     let v = v.filter(|v| !v.is_null())?;
     let m = w.object(v, path, &["apiVersion", "kind", "spec"])?;
+    let spec_path = join(path, "spec");
+    let empty = serde_json::Map::new();
     let storage = match w.opt_str(m, "kind", path) {
         None | Some("InMemoryChannel") => None,
         Some("NatsJetStreamChannel") => Some(ChannelStorage::Nats),
-        Some("KafkaChannel") => {
-            w.error(
-                &join(path, "kind"),
-                "KafkaChannel needs the Kafka backend, which this Spate does not have yet; use InMemoryChannel (durable on the embedded log) or NatsJetStreamChannel",
-            );
-            None
-        }
+        Some("KafkaChannel") => Some(ChannelStorage::Kafka),
         Some(other) => {
             w.error(
                 &join(path, "kind"),
-                format!("'{other}' is not a channel kind Spate can create (InMemoryChannel, NatsJetStreamChannel)"),
+                format!(
+                    "'{other}' is not a channel kind Spate can create (InMemoryChannel, NatsJetStreamChannel, KafkaChannel)"
+                ),
             );
             None
         }
     };
-    if let Some(spec) = m.get("spec") {
+    let spec = match m.get("spec") {
+        Some(spec) if storage == Some(ChannelStorage::Kafka) => w.object(spec, &spec_path, KAFKA_CHANNEL_FIELDS),
         // Channel specs may carry delivery; NATS ones also their stream and consumer settings (accepted, not used).
-        w.object(spec, &join(path, "spec"), &["delivery", "stream", "consumerConfigTemplate"]);
-    }
-    storage
+        Some(spec) => w.object(spec, &spec_path, &["delivery", "stream", "consumerConfigTemplate"]),
+        None => None,
+    };
+    let settings = match storage {
+        Some(ChannelStorage::Kafka) => kafka_channel_settings(w, spec.unwrap_or(&empty), &spec_path),
+        _ => ChannelSettings::new(),
+    };
+    storage.map(|s| (s, settings))
 }
 
 pub fn compile_channel(
@@ -127,17 +163,20 @@ pub fn compile_channel(
     let allowed: &[&str] = match kind {
         crate::Kind::Channel => &["channelTemplate", "delivery", "subscribers"],
         crate::Kind::NatsJetStreamChannel => &["delivery", "subscribers", "stream", "consumerConfigTemplate"],
+        crate::Kind::KafkaChannel => KAFKA_CHANNEL_FIELDS,
         _ => &["delivery", "subscribers"],
     };
     let m = w.object(spec, "spec", allowed)?;
     let template = match kind {
         crate::Kind::Channel => channel_template(w, m.get("channelTemplate"), "spec.channelTemplate"),
-        crate::Kind::NatsJetStreamChannel => Some(ChannelStorage::Nats),
+        crate::Kind::NatsJetStreamChannel => Some((ChannelStorage::Nats, ChannelSettings::new())),
+        crate::Kind::KafkaChannel => Some((ChannelStorage::Kafka, kafka_channel_settings(w, m, "spec"))),
         _ => None,
     };
     let delivery = m.get("delivery").and_then(|d| delivery::parse(w, d, "spec.delivery", ns));
     let annotated = storage(w, metadata);
-    Some(ChannelConfig { namespace: ns.into(), name: name.into(), storage: template.unwrap_or(annotated), delivery })
+    let (storage, settings) = template.unwrap_or((annotated, ChannelSettings::new()));
+    Some(ChannelConfig { namespace: ns.into(), name: name.into(), storage, settings, delivery })
 }
 
 pub fn compile_subscription(w: &mut Walker, spec: &Value, ns: &str, name: &str) -> Option<SubscriptionConfig> {
@@ -151,14 +190,12 @@ pub fn compile_subscription(w: &mut Walker, spec: &Value, ns: &str, name: &str) 
                 channel = w.req_str(cm, "name", "spec.channel").map(str::to_string);
                 w.req_str(cm, "apiVersion", "spec.channel");
                 match channel_kind.as_deref() {
-                    Some("Channel" | "InMemoryChannel" | "NatsJetStreamChannel") | None => {}
-                    Some("KafkaChannel") => w.error(
-                        "spec.channel.kind",
-                        "KafkaChannel needs the Kafka backend, which this Spate does not have yet",
-                    ),
+                    Some("Channel" | "InMemoryChannel" | "NatsJetStreamChannel" | "KafkaChannel") | None => {}
                     Some(other) => w.error(
                         "spec.channel.kind",
-                        format!("'{other}' is not a channel kind (Channel, InMemoryChannel)"),
+                        format!(
+                            "'{other}' is not a channel kind (Channel, InMemoryChannel, NatsJetStreamChannel, KafkaChannel)"
+                        ),
                     ),
                 }
                 if let Some(other_ns) = w.opt_str(cm, "namespace", "spec.channel")
@@ -211,8 +248,8 @@ pub fn compile_sequence(
         _ => w.error("spec.steps", "must be a non-empty list of destinations"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    let storage = template.unwrap_or_else(|| storage(w, metadata));
-    Some(SequenceConfig { namespace: ns.into(), name: name.into(), steps, storage, reply })
+    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::new()));
+    Some(SequenceConfig { namespace: ns.into(), name: name.into(), steps, storage, settings, reply })
 }
 
 pub fn compile_parallel(
@@ -248,6 +285,6 @@ pub fn compile_parallel(
         _ => w.error("spec.branches", "must be a non-empty list of branches"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    let storage = template.unwrap_or_else(|| storage(w, metadata));
-    Some(ParallelConfig { namespace: ns.into(), name: name.into(), branches, storage, reply })
+    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::new()));
+    Some(ParallelConfig { namespace: ns.into(), name: name.into(), branches, storage, settings, reply })
 }

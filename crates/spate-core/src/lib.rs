@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod http_codec;
 pub mod json;
+pub mod kafka_binding;
 pub mod percent;
 pub mod rules;
 pub mod storage;

@@ -56,6 +56,8 @@ pub struct Broker {
     pub storage: Storage,
     /// `spate tail`'s listeners.
     tap: Option<crate::tap::Tap>,
+    /// What its engine was opened with (a Kafka broker's ConfigMap data and topic).
+    pub settings: spate_log::StreamSettings,
 }
 
 fn now_rfc3339() -> String {
@@ -69,14 +71,27 @@ impl Broker {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label.clone());
         let feed = Feed::new(log.clone(), label);
-        Broker { config, address, events_in, storage: Storage::Log { log, feed }, tap: None }
+        Broker {
+            config,
+            address,
+            events_in,
+            storage: Storage::Log { log, feed },
+            tap: None,
+            settings: Default::default(),
+        }
     }
 
     /// Creates the broker on a shared engine's stream.
     pub fn on_stream(config: BrokerConfig, stream: Arc<dyn MessageStream>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label);
-        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: None }
+        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: None, settings: Default::default() }
+    }
+
+    /// Records the settings its engine was opened with.
+    pub fn with_settings(mut self, settings: spate_log::StreamSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// Offers every stored event to `tap`'s listeners.

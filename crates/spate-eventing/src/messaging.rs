@@ -100,6 +100,7 @@ pub(crate) fn expand(desired: &Desired) -> Expanded {
                 namespace: ns.clone(),
                 name: ch.clone(),
                 storage: s.storage,
+                settings: s.settings.clone(),
                 delivery: None,
             });
             // Step k's reply feeds step k+1; the last step's goes to the Sequence's reply.
@@ -135,6 +136,7 @@ pub(crate) fn expand(desired: &Desired) -> Expanded {
             namespace: ns.clone(),
             name: ingress.clone(),
             storage: p.storage,
+            settings: p.settings.clone(),
             delivery: None,
         });
         for (i, b) in p.branches.iter().enumerate() {
@@ -144,6 +146,7 @@ pub(crate) fn expand(desired: &Desired) -> Expanded {
                 namespace: ns.clone(),
                 name: branch.clone(),
                 storage: p.storage,
+                settings: p.settings.clone(),
                 delivery: None,
             });
             // The filter returns the event to let it through (its reply goes on to
@@ -257,6 +260,16 @@ impl ChannelStorageBackend {
     }
 }
 
+/// The engine settings a channel opens with: a KafkaChannel's topic is
+/// `knative-messaging-kafka.<namespace>.<name>`, as Knative names it.
+fn channel_settings(c: &ChannelConfig) -> spate_log::StreamSettings {
+    let mut s = c.settings.clone();
+    if c.storage == ChannelStorage::Kafka {
+        s.insert(spate_log::kafka::keys::TOPIC.into(), format!("knative-messaging-kafka.{}.{}", c.namespace, c.name));
+    }
+    s
+}
+
 /// A channel removed from a flow that still had undelivered events: its
 /// subscriptions keep delivering (with their last plan) until everything
 /// accepted has been settled (committed on the embedded log; acknowledged on
@@ -311,8 +324,17 @@ impl Eventing {
     fn channel_backend(&self, storage: ChannelStorage) -> Arc<dyn LogBackend> {
         match storage {
             ChannelStorage::Memory => self.memory.clone(),
-            // NATS channels are opened on the stream backend; this is only the log fallback.
-            ChannelStorage::Log | ChannelStorage::Nats => self.backend.clone(),
+            // NATS and Kafka channels are opened on their engine; this is only the log fallback.
+            ChannelStorage::Log | ChannelStorage::Nats | ChannelStorage::Kafka => self.backend.clone(),
+        }
+    }
+
+    /// The engine a NATS or Kafka channel lives on.
+    fn channel_engine(&self, storage: ChannelStorage) -> Option<&Arc<dyn StreamBackend>> {
+        match storage {
+            ChannelStorage::Nats => self.streams.as_ref(),
+            ChannelStorage::Kafka => self.kafka.as_ref(),
+            ChannelStorage::Log | ChannelStorage::Memory => None,
         }
     }
 
@@ -356,8 +378,8 @@ impl Eventing {
             let (ns, name) = (ch.config.namespace.clone(), ch.config.name.clone());
             let workers: Vec<Worker> = subs.take_source(&ns, &name);
             self.channels.write().expect("channels lock").remove(&(ns.clone(), name.clone()));
-            let backend = match (&ch.store, &self.streams) {
-                (ChannelStore::Stream(_), Some(streams)) => ChannelStorageBackend::Stream(streams.clone()),
+            let backend = match (&ch.store, self.channel_engine(ch.config.storage)) {
+                (ChannelStore::Stream(_), Some(engine)) => ChannelStorageBackend::Stream(engine.clone()),
                 _ => ChannelStorageBackend::Log(self.channel_backend(ch.config.storage)),
             };
             let flow_lives = x.flows.iter().any(|f| f.namespace == ns && name.starts_with(&format!("{}-kn-", f.name)));
@@ -384,13 +406,13 @@ impl Eventing {
             let label = format!("channel/{}/{}", c.namespace, c.name);
             let store: Result<ChannelStore, String> = match (&existing, c.storage) {
                 (Some(ch), storage) if ch.config.storage == storage => Ok(ch.store.clone()),
-                (_, ChannelStorage::Nats) => match &self.streams {
+                (_, engine @ (ChannelStorage::Nats | ChannelStorage::Kafka)) => match self.channel_engine(engine) {
                     Some(streams) => streams
-                        .open(&channel_log_name(&c.namespace, &c.name))
+                        .open_with(&channel_log_name(&c.namespace, &c.name), &channel_settings(c))
                         .await
                         .map(ChannelStore::Stream)
                         .map_err(|e| e.to_string()),
-                    None => Err("this server has no NATS backend (--nats-url)".to_string()),
+                    None => Err(format!("this server has no backend for {engine:?} channels")),
                 },
                 (_, storage) => self
                     .channel_backend(storage)
@@ -563,7 +585,7 @@ impl Eventing {
 /// (read-only, with its owner).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowChild {
-    /// `InMemoryChannel`, `NatsJetStreamChannel` or `Subscription`.
+    /// `InMemoryChannel`, `NatsJetStreamChannel`, `KafkaChannel` or `Subscription`.
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
@@ -580,8 +602,11 @@ pub fn flow_children(desired: &Desired) -> Vec<FlowChild> {
     let mut out = vec![];
     for f in &x.flows {
         for c in x.channels.iter().filter(|c| c.namespace == f.namespace && f.channels.contains(&c.name)) {
-            let kind =
-                if c.storage == ChannelStorage::Nats { Kind::NatsJetStreamChannel } else { Kind::InMemoryChannel };
+            let kind = match c.storage {
+                ChannelStorage::Nats => Kind::NatsJetStreamChannel,
+                ChannelStorage::Kafka => Kind::KafkaChannel,
+                ChannelStorage::Log | ChannelStorage::Memory => Kind::InMemoryChannel,
+            };
             out.push(FlowChild {
                 kind,
                 namespace: c.namespace.clone(),

@@ -1,13 +1,13 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use spate_api::{
     BrokerConfig, ChannelConfig, DeliverySpec, Kind, ParallelConfig, SequenceConfig, SubscriptionConfig, TriggerConfig,
 };
-use spate_api::{DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, RABBITMQ_BROKER_CLASS};
+use spate_api::{DEFAULT_BROKER_CLASS, KAFKA_BROKER_CLASS, NATS_BROKER_CLASS, RABBITMQ_BROKER_CLASS};
 use spate_core::Destination;
 use spate_delivery::Dispatcher;
-use spate_log::{LogBackend, MemoryBackend, StreamBackend};
+use spate_log::{LogBackend, MemoryBackend, StreamBackend, StreamSettings};
 use tokio::sync::Mutex;
 
 use crate::broker::{Broker, Storage};
@@ -29,6 +29,8 @@ pub struct Desired {
     pub services: HashMap<Key, String>,
     /// KafkaSinks (run by the sources room), by namespace and name, with their address.
     pub kafka_sinks: HashMap<Key, String>,
+    /// ConfigMaps' data by namespace and name (brokers' `spec.config`).
+    pub config_maps: HashMap<Key, std::collections::BTreeMap<String, String>>,
 }
 
 /// Names of the addressables that exist (desired), by kind, for resolving `ref`s.
@@ -97,6 +99,8 @@ pub struct Eventing {
     pub(crate) streams: Option<Arc<dyn StreamBackend>>,
     /// RabbitMQ (`RabbitMQBroker`), when configured.
     pub(crate) rabbit: Option<Arc<dyn StreamBackend>>,
+    /// Kafka (`Kafka` brokers, KafkaChannels), when configured.
+    pub(crate) kafka: Option<Arc<dyn StreamBackend>>,
     pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
     pub(crate) subscriptions: Mutex<Workers>,
     /// Channels removed from a flow, delivering what they still hold.
@@ -114,6 +118,7 @@ impl Eventing {
             triggers: Mutex::new(Workers::default()),
             streams: None,
             rabbit: None,
+            kafka: None,
             tap: Default::default(),
             channels: RwLock::new(HashMap::new()),
             subscriptions: Mutex::new(Workers::default()),
@@ -133,11 +138,18 @@ impl Eventing {
         self
     }
 
+    /// The backend of `Kafka` brokers and KafkaChannels.
+    pub fn with_kafka(mut self, kafka: Arc<dyn StreamBackend>) -> Self {
+        self.kafka = Some(kafka);
+        self
+    }
+
     /// The shared engine a stream-backed broker class runs on.
     fn class_backend(&self, class: &str) -> Option<&Arc<dyn StreamBackend>> {
         match class {
             NATS_BROKER_CLASS => self.streams.as_ref(),
             RABBITMQ_BROKER_CLASS => self.rabbit.as_ref(),
+            KAFKA_BROKER_CLASS => self.kafka.as_ref(),
             _ => None,
         }
     }
@@ -161,12 +173,10 @@ impl Eventing {
     pub fn storage_problem(&self, kind: Kind, namespace: &str, name: &str) -> Option<String> {
         match kind {
             Kind::Broker => self.broker(namespace, name)?.stream()?.problem(),
-            Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel => {
-                match &self.channel(namespace, name)?.store {
-                    crate::messaging::ChannelStore::Stream(s) => s.problem(),
-                    crate::messaging::ChannelStore::Log(_) => None,
-                }
-            }
+            k if k.is_channel() => match &self.channel(namespace, name)?.store {
+                crate::messaging::ChannelStore::Stream(s) => s.problem(),
+                crate::messaging::ChannelStore::Log(_) => None,
+            },
             _ => None,
         }
     }
@@ -192,9 +202,7 @@ impl Eventing {
                 let missing = || Err(format!("{} {}/{} does not exist", r.kind, r.namespace, r.name));
                 let base = match Kind::from_ref(&r.kind, &r.api_version) {
                     Some(Kind::Broker) if names.brokers.contains(&key) => self.broker_address(&r.namespace, &r.name),
-                    Some(Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel)
-                        if names.channels.contains(&key) =>
-                    {
+                    Some(k) if k.is_channel() && names.channels.contains(&key) => {
                         self.channel_address(&r.namespace, &r.name)
                     }
                     Some(Kind::Sequence) if names.sequences.contains(&key) => {
@@ -209,7 +217,7 @@ impl Eventing {
                     Some(k) if k.addressable() => return missing(),
                     Some(_) | None => {
                         return Err(format!(
-                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, Sequence, Parallel, Service, KafkaSink); use a uri",
+                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, NatsJetStreamChannel, KafkaChannel, Sequence, Parallel, Service, KafkaSink); use a uri",
                             r.kind, r.namespace, r.name, r.api_version
                         ));
                     }
@@ -288,7 +296,7 @@ impl Eventing {
         for b in &desired.brokers {
             let address = self.broker_address(&b.namespace, &b.name);
             let mut conds = vec![];
-            match self.open_broker(b, &address).await {
+            match self.open_broker(b, &address, &desired.config_maps).await {
                 Ok(()) => {
                     conds.push(Condition::ok("IngressReady"));
                     conds.push(Condition::ok("Addressable"));
@@ -318,9 +326,15 @@ impl Eventing {
     }
 
     /// Runs `b` on its class's storage unless an equal broker already runs.
-    async fn open_broker(&self, b: &BrokerConfig, address: &str) -> Result<(), (&'static str, String)> {
+    async fn open_broker(
+        &self,
+        b: &BrokerConfig,
+        address: &str,
+        config_maps: &HashMap<Key, BTreeMap<String, String>>,
+    ) -> Result<(), (&'static str, String)> {
         let existing = self.broker(&b.namespace, &b.name);
-        if existing.as_ref().is_some_and(|x| x.config == *b) {
+        let settings = self.broker_settings(b, config_maps)?;
+        if existing.as_ref().is_some_and(|x| x.config == *b && x.settings == settings) {
             return Ok(());
         }
         let log_name = broker_log_name(&b.namespace, &b.name);
@@ -332,27 +346,76 @@ impl Eventing {
                 };
                 Broker::new(b.clone(), log, address.to_string()).with_tap(self.tap.clone())
             }
-            class @ (NATS_BROKER_CLASS | RABBITMQ_BROKER_CLASS) => {
+            class @ (NATS_BROKER_CLASS | RABBITMQ_BROKER_CLASS | KAFKA_BROKER_CLASS) => {
                 let Some(streams) = self.class_backend(class) else {
                     return Err(("BackendNotConfigured", format!("this server has no backend for {class}")));
                 };
-                let stream = match existing.as_ref().and_then(|x| x.stream().cloned()) {
-                    Some(s) => s,
-                    None => streams.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                let stream = match existing.as_ref().filter(|x| x.settings == settings).and_then(|x| x.stream()) {
+                    Some(s) => s.clone(),
+                    None => streams
+                        .open_with(&log_name, &settings)
+                        .await
+                        .map_err(|e| ("StorageUnavailable", e.to_string()))?,
                 };
-                Broker::on_stream(b.clone(), stream, address.to_string()).with_tap(self.tap.clone())
+                Broker::on_stream(b.clone(), stream, address.to_string())
+                    .with_settings(settings)
+                    .with_tap(self.tap.clone())
             }
             other => {
                 return Err((
                     "ClassNotSupported",
                     format!(
-                        "broker class {other} is not implemented yet (MTChannelBasedBroker, NatsJetStreamBroker and RabbitMQBroker are)"
+                        "broker class {other} is not implemented (MTChannelBasedBroker, NatsJetStreamBroker, Kafka and RabbitMQBroker are)"
                     ),
                 ));
             }
         };
         self.brokers.write().expect("brokers lock").insert((b.namespace.clone(), b.name.clone()), Arc::new(broker));
         Ok(())
+    }
+
+    /// What a `Kafka` broker's engine reads: its ConfigMap's data (`spec.config`:
+    /// `bootstrap.servers`, `default.topic.partitions`, `default.topic.replication.factor`,
+    /// `default.topic.config.retention.ms`) and its topic, `knative-broker-<namespace>-<name>`
+    /// or the `kafka.eventing.knative.dev/external.topic`. Other classes: none.
+    fn broker_settings(
+        &self,
+        b: &BrokerConfig,
+        config_maps: &HashMap<Key, BTreeMap<String, String>>,
+    ) -> Result<StreamSettings, (&'static str, String)> {
+        use spate_log::kafka::keys;
+        let mut s = StreamSettings::new();
+        if self.broker_class(b) != KAFKA_BROKER_CLASS {
+            return Ok(s);
+        }
+        if let Some(r) = &b.config {
+            if r.kind != "ConfigMap" {
+                return Err((
+                    "ConfigNotSupported",
+                    format!("spec.config: a Kafka broker reads a ConfigMap, not a {}", r.kind),
+                ));
+            }
+            let Some(data) = config_maps.get(&(r.namespace.clone(), r.name.clone())) else {
+                return Err((
+                    "ConfigMapNotFound",
+                    format!("ConfigMap {}/{} (spec.config) does not exist", r.namespace, r.name),
+                ));
+            };
+            for (k, v) in data {
+                let k = if k == "default.topic.config.retention.ms" { keys::RETENTION_MS } else { k.as_str() };
+                s.insert(k.to_string(), v.clone());
+            }
+        }
+        match &b.external_topic {
+            Some(t) => {
+                s.insert(keys::TOPIC.into(), t.clone());
+                s.insert(keys::EXTERNAL.into(), "true".into());
+            }
+            None => {
+                s.insert(keys::TOPIC.into(), format!("knative-broker-{}-{}", b.namespace, b.name));
+            }
+        }
+        Ok(s)
     }
 
     /// Stops every trigger reading broker `key` (it is gone).

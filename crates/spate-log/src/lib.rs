@@ -6,6 +6,7 @@
 //! - `MessageStream` (`stream.rs`): a shared engine's stream (NATS JetStream),
 //!   written by many instances. It promises no offsets at all: consumers hand out
 //!   messages, each acknowledged, nacked or kept "in progress".
+//!   Kafka (`kafka.rs`) and RabbitMQ (`rabbit.rs`) implement it too.
 //! - `ConfigStore` (`config_store.rs`): where resources live, with compare-and-swap
 //!   writes and a watch.
 //!
@@ -15,6 +16,7 @@ pub mod config_store;
 mod crc;
 mod error;
 pub mod file;
+pub mod kafka;
 pub mod memory;
 pub mod nats;
 pub mod rabbit;
@@ -30,11 +32,12 @@ use bytes::Bytes;
 pub use config_store::{Change, ConfigError, ConfigStore, NatsConfigStore, Versioned};
 pub use error::LogError;
 pub use file::{FileBackend, FileLogConfig, FsyncPolicy, Retention};
+pub use kafka::{KafkaBackend, KafkaConfig};
 pub use memory::{MemoryBackend, MemoryLog};
 pub use nats::{Nats, NatsBackend, NatsConfig};
 pub use rabbit::{RabbitBackend, RabbitConfig};
 pub use spate_core::acks::{self, AckState, AckTracker};
-pub use stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer};
+pub use stream::{Acker, ConsumerOptions, Message, MessageStream, StreamBackend, StreamConsumer, StreamSettings};
 pub use throttle::Throttle;
 
 /// Position of a record in a log. Dense: the record after offset `n` is `n + 1`.

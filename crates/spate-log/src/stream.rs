@@ -71,8 +71,22 @@ pub trait MessageStream: Send + Sync + 'static {
     }
 }
 
+/// Per-stream settings an engine reads (Kafka: the topic, its brokers,
+/// partitions and replication, from a Broker's ConfigMap). Engines ignore
+/// keys they do not know.
+pub type StreamSettings = std::collections::BTreeMap<String, String>;
+
 /// Opens streams by name. One per engine.
 pub trait StreamBackend: Send + Sync + 'static {
     fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn MessageStream>, LogError>>;
+    /// Opens with per-stream settings; engines without any use `open`.
+    fn open_with<'a>(
+        &'a self,
+        name: &str,
+        settings: &StreamSettings,
+    ) -> BoxFuture<'a, Result<Arc<dyn MessageStream>, LogError>> {
+        let _ = settings;
+        self.open(name)
+    }
     fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
 }

@@ -22,14 +22,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use spate_api::{InitialOffset, KafkaSpec};
 use spate_core::acks::{AckState, AckTracker};
-use spate_core::{CloudEvent, ExtValue, http_codec, json};
+use spate_core::{CloudEvent, ExtValue, kafka_binding};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -192,35 +191,11 @@ pub fn record_event(source: &str, r: &Record<'_>) -> CloudEvent {
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         .and_then(|(_, v)| std::str::from_utf8(v).ok());
     let body = Bytes::copy_from_slice(payload.unwrap_or_default());
-    if headers.iter().any(|(k, _)| k == "ce_specversion") {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            let Ok(v) = std::str::from_utf8(v) else { continue };
-            let name = if let Some(attr) = k.strip_prefix("ce_") {
-                format!("ce-{attr}")
-            } else if k.eq_ignore_ascii_case("content-type") {
-                "content-type".to_string()
-            } else {
-                continue;
-            };
-            // Kafka header values are plain UTF-8; the HTTP decoder expects percent-encoding.
-            let value = if name == "content-type" { v.to_string() } else { spate_core::percent::encode(v) };
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
-                h.insert(n, v);
-            }
-        }
-        match http_codec::decode_binary(&h, body.clone()) {
-            Ok(ev) => return ev,
-            Err(e) => {
-                tracing::warn!(topic, partition, offset, error = %e, "record has ce_ headers but is not a valid CloudEvent; wrapping it")
-            }
-        }
-    } else if content_type.is_some_and(|ct| ct.starts_with("application/cloudevents+json")) {
-        match json::decode_event(&body) {
-            Ok(ev) => return ev,
-            Err(e) => {
-                tracing::warn!(topic, partition, offset, error = %e, "structured record is not a valid CloudEvent; wrapping it")
-            }
+    match kafka_binding::decode(headers, body.clone()) {
+        Ok(Some(ev)) => return ev,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(topic, partition, offset, error = %e, "record claims to be a CloudEvent but is not a valid one; wrapping it")
         }
     }
     let mut ev = CloudEvent::new(

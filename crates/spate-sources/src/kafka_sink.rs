@@ -20,7 +20,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_api::{KafkaContentMode, KafkaSinkConfig};
-use spate_core::{CloudEvent, http_codec};
+use spate_core::{CloudEvent, kafka_binding};
 
 /// How long a record may wait for Kafka's acknowledgement before the request fails.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,31 +143,13 @@ async fn start(
 
 /// The record's headers and value for `ev`.
 pub fn encode(ev: &CloudEvent, mode: KafkaContentMode) -> (OwnedHeaders, Vec<u8>) {
-    let mut http_headers = http::HeaderMap::new();
-    let mut headers = OwnedHeaders::new();
-    match mode {
-        KafkaContentMode::Structured => {
-            let body = http_codec::encode_structured(ev, &mut http_headers);
-            headers = headers.insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
-            (headers, body.to_vec())
-        }
-        KafkaContentMode::Binary => {
-            let body = http_codec::encode_binary(ev, &mut http_headers);
-            for (name, value) in &http_headers {
-                let n = name.as_str();
-                let key = match n.strip_prefix("ce-") {
-                    Some(attr) => format!("ce_{attr}"),
-                    None if n == "content-type" => n.to_string(),
-                    None => continue,
-                };
-                // HTTP header values are percent-encoded; Kafka header values are plain UTF-8.
-                let v = spate_core::percent::decode(value.as_bytes())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(value.as_bytes()).into_owned());
-                headers = headers.insert(Header { key: &key, value: Some(v.as_bytes()) });
-            }
-            (headers, body.to_vec())
-        }
-    }
+    let (headers, body) = match mode {
+        KafkaContentMode::Structured => kafka_binding::encode_structured(ev),
+        KafkaContentMode::Binary => kafka_binding::encode_binary(ev),
+    };
+    let owned =
+        headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_slice()) }));
+    (owned, body.to_vec())
 }
 
 impl SinkRuntime {

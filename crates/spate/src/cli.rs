@@ -157,10 +157,15 @@ pub struct ServeArgs {
     /// RabbitMQ for `RabbitMQBroker` brokers (dialled on first use).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", env = "SPATE_RABBITMQ_URL")]
     pub rabbitmq_url: String,
+    /// Kafka brokers (`host:port,...`) for `Kafka` brokers and KafkaChannels whose
+    /// configuration names none (a Broker's ConfigMap `bootstrap.servers` wins).
+    #[arg(long, env = "SPATE_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
     /// PEM CA certificates that verify the NATS server (TLS is then required; use a `tls://` URL).
     #[arg(long, env = "SPATE_NATS_CA_FILE")]
     pub nats_ca_file: Option<PathBuf>,
-    /// Prefixes NATS streams, consumers and KV buckets, so several Spate clusters share one NATS.
+    /// Prefixes NATS streams, consumers and KV buckets, RabbitMQ exchanges and queues, and (unless it
+    /// is the default) Kafka topics and consumer groups, so several Spate clusters share one engine.
     #[arg(long, default_value = "spate", env = "SPATE_CLUSTER_NAME")]
     pub cluster_name: String,
     /// Where resources live: `file` (resources.json in the data dir) or `nats` (a KV bucket shared

@@ -235,7 +235,7 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
             }
             s["physicalSubscription"] = p;
         }
-        Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel => {
+        Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel => {
             let subs: Vec<Value> = st
                 .children
                 .iter()
@@ -603,7 +603,10 @@ impl ControlPlane {
                     desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
                     kafka_sinks.push(k.clone());
                 }
-                Compiled::ConfigMap(_) | Compiled::EventPolicy(_) => {}
+                Compiled::ConfigMap(c) => {
+                    desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
+                }
+                Compiled::EventPolicy(_) => {}
                 Compiled::Service(s) => {
                     desired
                         .services
@@ -684,7 +687,7 @@ impl ControlPlane {
         for st in eventing_statuses {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
             let kinds: &[Kind] = if st.kind == Kind::Channel {
-                &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel]
+                &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
             } else {
                 &[st.kind]
             };

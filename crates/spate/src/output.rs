@@ -48,6 +48,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::Channel
                 | Kind::InMemoryChannel
                 | Kind::NatsJetStreamChannel
+                | Kind::KafkaChannel
                 | Kind::Sequence
                 | Kind::Parallel => {
                     vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
@@ -86,6 +87,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                     Kind::Channel
                     | Kind::InMemoryChannel
                     | Kind::NatsJetStreamChannel
+                    | Kind::KafkaChannel
                     | Kind::Sequence
                     | Kind::Parallel => {
                         vec![ns, name, s(it, "/status/address/url").into(), r, reason]

@@ -246,6 +246,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             .with_rabbit(Arc::new(Arc::new(spate_log::RabbitBackend::new(spate_log::RabbitConfig {
                 url: args.rabbitmq_url.clone(),
                 cluster: args.cluster_name.clone(),
+            }))))
+            .with_kafka(Arc::new(Arc::new(spate_log::KafkaBackend::new(spate_log::KafkaConfig {
+                bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+                // The default cluster keeps Knative's topic and group names unchanged.
+                prefix: (args.cluster_name != "spate").then(|| args.cluster_name.clone()),
+                instance: Some(instance_name(&args.data_dir)),
             })))),
     );
     let serving_config = ServingConfig {
@@ -387,4 +393,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let closing = backend.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_all()).await;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A stable name for this instance: its host and data directory (the same after a restart).
+fn instance_name(data_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{}-{hash:012x}", host.trim())
 }

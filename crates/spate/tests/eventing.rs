@@ -41,6 +41,10 @@ macro_rules! for_each_class {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Class::Rabbit).await })*
         }
+        mod kafka {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Class::Kafka).await })*
+        }
     };
 }
 
@@ -535,6 +539,15 @@ async fn each_filter_dialect_receives_exactly_its_events(class: Class) {
     ];
     assert_eq!(want.len(), sinks.len());
     for (sink, want) in sinks.iter().zip(want) {
+        if class == Class::Kafka {
+            // Kafka orders per partition only (Knative's semantics); unkeyed events
+            // spread over the topic's partitions.
+            let got = sink.wait_until("every matching event", |g| g.len() >= want.len()).await;
+            let mut ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, want);
+            continue;
+        }
         // Ordered triggers deliver in log order: once the fence arrives, nothing else is pending.
         let got = sink.wait_for_id("fence").await;
         let ids: Vec<&str> = got.iter().map(|r| r.event.id.as_str()).collect();

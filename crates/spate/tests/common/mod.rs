@@ -349,6 +349,25 @@ pub enum Class {
     Nats,
     /// `RabbitMQBroker`: RabbitMQ on 127.0.0.1:5672 (guest/guest).
     Rabbit,
+    /// `Kafka`: a Kafka-protocol broker (tansu) on 127.0.0.1:19092 (or `SPATE_KAFKA`).
+    Kafka,
+}
+
+/// The Kafka-protocol broker's address if one answers; otherwise says why and
+/// (outside CI) the caller skips.
+pub fn kafka_addr() -> Option<String> {
+    let addr = std::env::var("SPATE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    match std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)) {
+        Ok(_) => Some(addr),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but no Kafka-protocol broker answers at {addr}: {e} (.ci/run starts tansu)"
+            );
+            eprintln!("skipping: no Kafka-protocol broker at {addr} ({e}); start tansu as .ci/run does");
+            None
+        }
+    }
 }
 
 /// True if RabbitMQ answers on 127.0.0.1:5672; otherwise says why and (outside CI) the caller skips.
@@ -469,6 +488,26 @@ pub fn class_args(class: Class, test: &str) -> Option<(Vec<String>, Option<NatsC
             let name = NatsCluster::new(test).name.clone();
             Some((vec!["--default-broker-class".into(), "RabbitMQBroker".into(), "--cluster-name".into(), name], None))
         }
+        Class::Kafka => {
+            let addr = kafka_addr()?;
+            // Topics and consumer groups are prefixed by the cluster name, unique per test.
+            let name = NatsCluster::new(test).name.clone();
+            let args = ["--default-broker-class", "Kafka", "--kafka-bootstrap-servers", &addr, "--cluster-name", &name];
+            Some((args.iter().map(|a| a.to_string()).collect(), None))
+        }
+    }
+}
+
+/// The topics of the Kafka-protocol broker (empty if none answers).
+pub fn kafka_topics() -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(addr) = std::env::var("SPATE_KAFKA").ok().or_else(|| Some("127.0.0.1:19092".into())) else {
+        return vec![];
+    };
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &addr).create().expect("client");
+    match c.fetch_metadata(None, Duration::from_secs(10)) {
+        Ok(md) => md.topics().iter().map(|t| t.name().to_string()).collect(),
+        Err(_) => vec![],
     }
 }
 
