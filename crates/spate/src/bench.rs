@@ -141,6 +141,10 @@ fn start_server(a: &BenchArgs) -> anyhow::Result<Child_> {
             &a.broker_class,
             "--nats-url",
             &a.nats_url,
+            "--kafka-bootstrap-servers",
+            &a.kafka_bootstrap_servers,
+            "--rabbitmq-url",
+            &a.rabbitmq_url,
             "--cluster-name",
             &bench_cluster(),
         ])
@@ -336,33 +340,52 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.stopped_subscriber {
         return backlog(&a, &sink, &broker_url, pid).await;
     }
-    let nats = a.broker_class == spate_api::NATS_BROKER_CLASS;
-    let raw = if nats {
-        let r = crate::bench_nats::raw_jetstream(&a, &a.nats_url, &format!("{}-raw", bench_cluster())).await?;
-        println!(
-            "
-raw JetStream baseline (async-nats publish with ack + pull consume, same payloads)
-  throughput: {r:.0} events/s"
-        );
-        Some(r)
-    } else {
-        None
-    };
-    let title = if nats {
-        "broker (ingress → JetStream → trigger → sink)"
-    } else {
-        "broker (ingress → durable log → trigger → sink)"
+    let raw = raw_baseline(&a).await?;
+    let title = match a.broker_class.as_str() {
+        spate_api::NATS_BROKER_CLASS => "broker (ingress → JetStream → trigger → sink)",
+        spate_api::KAFKA_BROKER_CLASS => "broker (ingress → Kafka → trigger → sink)",
+        spate_api::RABBITMQ_BROKER_CLASS => "broker (ingress → RabbitMQ → trigger → sink)",
+        _ => "broker (ingress → durable log → trigger → sink)",
     };
     let (code, e2e) = measure(&a, &sink, &broker_url, pid, 1, title).await?;
-    if let Some(raw) = raw {
-        println!("  end-to-end / raw JetStream throughput: {:.2}", e2e / raw);
+    if let Some((raw, engine)) = raw {
+        println!("  end-to-end / raw {engine} throughput: {:.2}", e2e / raw);
     }
-    if nats {
+    if a.broker_class != spate_api::DEFAULT_BROKER_CLASS {
         // The bench broker's stream and consumers go with it.
         let url = format!("{admin}/apis/eventing.knative.dev/v1/namespaces/default/brokers/bench");
         let _ = reqwest::Client::new().delete(url).send().await;
     }
     Ok(code)
+}
+
+/// The raw engine under a shared-engine class, measured in this run: events/s and its name.
+async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<(f64, &'static str)>> {
+    let cluster = bench_cluster();
+    let (r, engine, how) = match a.broker_class.as_str() {
+        spate_api::NATS_BROKER_CLASS => (
+            crate::bench_nats::raw_jetstream(a, &a.nats_url, &format!("{cluster}-raw")).await?,
+            "JetStream",
+            "async-nats publish with ack + pull consume",
+        ),
+        spate_api::KAFKA_BROKER_CLASS => (
+            crate::bench_raw::raw_kafka(a, &a.kafka_bootstrap_servers, &format!("{cluster}.raw")).await?,
+            "Kafka",
+            "rdkafka acks=all produce + group consume, 10 partitions",
+        ),
+        spate_api::RABBITMQ_BROKER_CLASS => (
+            crate::bench_raw::raw_rabbit(a, &a.rabbitmq_url, &format!("{cluster}.raw")).await?,
+            "RabbitMQ",
+            "lapin confirmed persistent publish + consume with ack, quorum queue",
+        ),
+        _ => return Ok(None),
+    };
+    println!(
+        "
+raw {engine} baseline ({how}, same payloads)
+  throughput: {r:.0} events/s"
+    );
+    Ok(Some((r, engine)))
 }
 
 async fn report_idle(pid: Option<u32>) {

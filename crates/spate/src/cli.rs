@@ -359,13 +359,20 @@ pub struct BenchArgs {
     /// Total events per phase.
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
-    /// The bench broker's class; with NatsJetStreamBroker the run also measures raw
-    /// JetStream (publish with ack and pull-consume of the same payloads) as the baseline.
+    /// The bench broker's class; with NatsJetStreamBroker, Kafka or RabbitMQBroker the run also
+    /// measures the raw engine (a plain client producing with acks and consuming the same
+    /// payloads) as the baseline.
     #[arg(long, default_value = "MTChannelBasedBroker")]
     pub broker_class: String,
     /// NATS for `--broker-class NatsJetStreamBroker`.
     #[arg(long, default_value = "nats://127.0.0.1:4222", env = "SPATE_NATS_URL")]
     pub nats_url: String,
+    /// Kafka for `--broker-class Kafka`.
+    #[arg(long, default_value = "127.0.0.1:19092", env = "SPATE_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+    /// RabbitMQ for `--broker-class RabbitMQBroker`.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", env = "SPATE_RABBITMQ_URL")]
+    pub rabbitmq_url: String,
     /// Concurrent senders.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
