@@ -689,3 +689,25 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
     println!("Kafka broker, two instances, one killed: {TOTAL} events, {dups} duplicate(s), bound {bound}");
     assert!(dups <= bound, "{dups} duplicates exceed {bound}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_on_an_external_topic_writes_there_and_creates_none() {
+    let Some(addr) = broker_addr() else { return };
+    let topic = unique("external");
+    create_topic(&addr, &topic, 1).await;
+    let cluster = unique("kext");
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &["--kafka-bootstrap-servers", &addr, "--cluster-name", &cluster]);
+    let sink = Sink::start().await;
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ext\n  annotations:\n    eventing.knative.dev/broker.class: Kafka\n    kafka.eventing.knative.dev/external.topic: {topic}\n---\n{}",
+        trigger("t", "ext", "", &sink.url, "")
+    );
+    s.apply_ok(&yaml).await;
+    assert_eq!(send(&s.broker_url("default", "ext"), "x1", "t", "{}").await, 202);
+    assert_eq!(sink.wait_for(1).await[0].event.id, "x1");
+    let records = read_records(&addr, &topic, 1);
+    assert_eq!(records[0].1.get("ce_id").map(String::as_str), Some("x1"), "written to the external topic");
+    let topics = kafka_topics();
+    assert!(!topics.iter().any(|t| t.starts_with(&cluster) && t.contains("knative-broker")), "{topics:?}");
+}
