@@ -143,17 +143,41 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, LogError>
     ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| unavailable("admin client", e))
 }
 
-fn number<T: std::str::FromStr>(settings: &StreamSettings, key: &str, default: T) -> Result<T, LogError> {
-    match settings.get(key) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| LogError::Unavailable(format!("{key}: '{v}' is not a number"))),
+/// Partitions or replicas a ConfigMap may ask for: beyond this a typo would make the
+/// Kafka server allocate without bound.
+pub const MAX_TOPIC_SETTING: i32 = 10_000;
+
+/// A topic setting from a ConfigMap: a whole number from 1 to [`MAX_TOPIC_SETTING`].
+fn number(settings: &StreamSettings, key: &str, default: i32) -> Result<i32, LogError> {
+    let Some(v) = settings.get(key) else { return Ok(default) };
+    match v.trim().parse::<i32>() {
+        Ok(n) if (1..=MAX_TOPIC_SETTING).contains(&n) => Ok(n),
+        _ => Err(LogError::Unavailable(format!("{key}: '{v}' is not a whole number from 1 to {MAX_TOPIC_SETTING}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_settings_are_bounded_and_named_when_wrong() {
+        let mut s = StreamSettings::new();
+        assert_eq!(number(&s, keys::PARTITIONS, 10).unwrap(), 10);
+        for bad in ["0", "-3", "99999999", "ten"] {
+            s.insert(keys::PARTITIONS.into(), bad.into());
+            let e = number(&s, keys::PARTITIONS, 10).unwrap_err().to_string();
+            assert!(e.contains(keys::PARTITIONS) && e.contains(bad), "{e}");
+        }
+        s.insert(keys::PARTITIONS.into(), " 12 ".into());
+        assert_eq!(number(&s, keys::PARTITIONS, 10).unwrap(), 12);
     }
 }
 
 /// Creates `topic` unless it exists.
 async fn ensure_topic(bootstrap: &str, topic: &str, settings: &StreamSettings) -> Result<(), LogError> {
     let partitions = number(settings, keys::PARTITIONS, DEFAULT_PARTITIONS)?;
-    let replication = number(settings, keys::REPLICATION_FACTOR, 1i32)?;
+    let replication = number(settings, keys::REPLICATION_FACTOR, 1)?;
     let retention = settings.get(keys::RETENTION_MS).cloned();
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     if let Some(r) = &retention {
