@@ -74,6 +74,9 @@ pub(crate) fn client_config(spec: &KafkaSpec, secrets: &KafkaSecrets) -> ClientC
         // A topic created after the source (or not yet visible when it subscribed) is found
         // within seconds, not librdkafka's default five minutes.
         .set("topic.metadata.refresh.interval.ms", "3000")
+        // An idle fetch returns after 20 ms, not librdkafka's 500: brokers that answer a fetch
+        // only when its wait expires (tansu) would otherwise add up to half a second per record.
+        .set("fetch.wait.max.ms", "20")
         .set("client.id", "spate");
     let protocol = match (spec.net.tls, spec.net.sasl) {
         (false, false) => "plaintext",
