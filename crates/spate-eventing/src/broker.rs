@@ -94,6 +94,11 @@ impl Broker {
         self
     }
 
+    /// The tap this broker offers its events to, if any (its triggers offer their outcomes).
+    pub fn tap(&self) -> Option<&crate::tap::Tap> {
+        self.tap.as_ref()
+    }
+
     /// Offers every stored event to `tap`'s listeners.
     pub fn with_tap(mut self, tap: crate::tap::Tap) -> Self {
         self.tap = Some(tap);

@@ -22,7 +22,7 @@ pub use broker::{Broker, PublishError};
 pub use feed::Feed;
 pub use messaging::{Channel, FlowChild, flow_children, parallel_branch, parallel_ingress, sequence_channel};
 pub use reconcile::{Condition, Desired, Eventing, ResourceStatus};
-pub use trigger::TriggerStats;
+pub use trigger::{Failure, RECENT_FAILURES, TriggerStats};
 
 /// Server-wide eventing settings.
 #[derive(Debug, Clone)]

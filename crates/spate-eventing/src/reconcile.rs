@@ -190,6 +190,11 @@ impl Eventing {
         self.triggers.lock().await.stats(&(namespace.to_string(), name.to_string()))
     }
 
+    /// A trigger's backlog: events stored in its broker that it has not finished with.
+    pub async fn trigger_backlog(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.triggers.lock().await.backlog_of(&(namespace.to_string(), name.to_string())).await
+    }
+
     pub fn channel_address(&self, namespace: &str, name: &str) -> String {
         format!("{}/channels/{namespace}/{name}", self.config.base_url.trim_end_matches('/'))
     }

@@ -1,5 +1,6 @@
 //! Watching events flow (`spate tail`): every event a Broker or Channel stores
-//! is offered, after it is stored, to whoever listens. Nothing is cloned or
+//! is offered, after it is stored, to whoever listens, and so is what became of
+//! each event a Trigger took (delivered, dead-lettered, dropped). Nothing is cloned or
 //! sent when nobody listens; a slow listener misses events (told how many),
 //! never slows the data plane.
 
@@ -11,11 +12,14 @@ use tokio::sync::broadcast;
 /// Events a listener may fall behind by before it misses some.
 const BUFFER: usize = 4096;
 
-/// One stored event and where: `broker/<ns>/<name>` or `channel/<ns>/<name>`.
+/// One stored event and where: `broker/<ns>/<name>` or `channel/<ns>/<name>`;
+/// or one event a trigger finished with (`trigger/<ns>/<name>`) and its outcome.
 #[derive(Debug, Clone)]
 pub struct Tapped {
     pub target: String,
     pub event: CloudEvent,
+    /// Triggers: what became of the event.
+    pub outcome: Option<String>,
 }
 
 #[derive(Clone)]
@@ -41,7 +45,12 @@ impl Tap {
 
     pub fn offer(&self, target: &str, events: impl IntoIterator<Item = CloudEvent>) {
         for event in events {
-            let _ = self.tx.send(Arc::new(Tapped { target: target.to_string(), event }));
+            let _ = self.tx.send(Arc::new(Tapped { target: target.to_string(), event, outcome: None }));
         }
+    }
+
+    /// A trigger finished with `event`: `outcome` says how.
+    pub fn offer_outcome(&self, target: &str, event: CloudEvent, outcome: String) {
+        let _ = self.tx.send(Arc::new(Tapped { target: target.to_string(), event, outcome: Some(outcome) }));
     }
 }

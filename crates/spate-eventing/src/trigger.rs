@@ -44,13 +44,55 @@ pub struct WorkerPlan {
     pub max_in_flight: usize,
 }
 
-/// Live counters of one trigger worker.
+/// How many recent failures a trigger keeps (shown by `spate describe`).
+pub const RECENT_FAILURES: usize = 10;
+
+/// An event that did not reach the subscriber: dead-lettered, or dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub at: std::time::SystemTime,
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    /// True: the dead-letter sink took it; false: it was dropped.
+    pub dead_lettered: bool,
+    pub reason: String,
+}
+
+/// Live counters of one trigger worker, and its last few failures.
 #[derive(Debug, Default)]
 pub struct TriggerStats {
     pub delivered: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub dropped: AtomicU64,
     pub in_flight: AtomicU64,
+    recent: std::sync::Mutex<std::collections::VecDeque<Failure>>,
+}
+
+impl TriggerStats {
+    /// Counts a failure and keeps it among the last [`RECENT_FAILURES`].
+    pub fn record_failure(&self, ev: &CloudEvent, dead_lettered: bool, reason: &str) {
+        let counter = if dead_lettered { &self.dead_lettered } else { &self.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let f = Failure {
+            at: std::time::SystemTime::now(),
+            id: ev.id.clone(),
+            source: ev.source.clone(),
+            event_type: ev.ty.clone(),
+            dead_lettered,
+            reason: reason.to_string(),
+        };
+        let mut recent = self.recent.lock().expect("recent failures");
+        if recent.len() == RECENT_FAILURES {
+            recent.pop_front();
+        }
+        recent.push_back(f);
+    }
+
+    /// The last failures, oldest first.
+    pub fn recent_failures(&self) -> Vec<Failure> {
+        self.recent.lock().expect("recent failures").iter().cloned().collect()
+    }
 }
 
 pub(crate) struct TriggerWorker {
@@ -471,18 +513,25 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
     let started = std::time::Instant::now();
     let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
-    match outcome {
-        Outcome::Delivered { .. } => {
+    let said = match outcome {
+        Outcome::Delivered { attempts } => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
             s.delivered.increment(1);
+            format!("delivered after {attempts} attempt(s)")
         }
         Outcome::DeadLettered { last_error, .. } => {
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            stats.record_failure(ev, true, &last_error);
             tracing::warn!(trigger = %label, id = %ev.id, error = %last_error, "event dead-lettered");
+            format!("dead-lettered: {last_error}")
         }
         Outcome::Dropped { reason, .. } => {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            stats.record_failure(ev, false, &reason);
             tracing::warn!(trigger = %label, id = %ev.id, %reason, "event dropped");
+            format!("dropped: {reason}")
         }
+    };
+    // `spate tail trigger/NAME`: what happened to each event this trigger took.
+    if let Some(tap) = s.broker.as_ref().and_then(|b| b.tap()).filter(|t| t.active()) {
+        tap.offer_outcome(label, ev.clone(), said);
     }
 }

@@ -119,6 +119,17 @@ impl Workers {
         self.log.get(key).map(|w| w.stats.clone()).or_else(|| self.stream.get(key).map(|w| w.stats.clone()))
     }
 
+    /// Events the worker `key` has not yet finished with (its backlog), if it runs.
+    pub async fn backlog_of(&self, key: &Key) -> Option<u64> {
+        if let Some(w) = self.log.get(key) {
+            let log = &w.feed.log;
+            let committed = log.committed_state(&w.plan.consumer()).await.ok().flatten().map_or(0, |s| s.committed);
+            return Some(log.end_offset().saturating_sub(committed));
+        }
+        let w = self.stream.get(key)?;
+        w.stream.backlog(&w.plan.consumer()).await.ok()
+    }
+
     /// Events not yet delivered by the workers whose subscriber URL starts with `address`.
     pub async fn backlog_for(&self, address: &str) -> u64 {
         let serves = |url: &str| {

@@ -60,7 +60,8 @@ async fn apply(State(st): State<Admin>, Query(q): Query<ApplyQuery>, body: Strin
 
 #[derive(Deserialize)]
 struct TailQuery {
-    /// `broker/<ns>/<name>`, `channel/<ns>/<name>`, a prefix of one (`broker/<ns>`), or all.
+    /// `broker/<ns>/<name>`, `channel/<ns>/<name>`, `trigger/<ns>/<name>` (what became of
+    /// each event the trigger took), a prefix of one (`broker/<ns>`), or all brokers and channels.
     target: Option<String>,
     /// Only events this CESQL expression matches.
     cesql: Option<String>,
@@ -82,7 +83,10 @@ async fn tail(State(st): State<Admin>, Query(q): Query<TailQuery>) -> Result<Res
         None => None,
     };
     let target = q.target.unwrap_or_default().trim_matches('/').to_string();
-    let wanted = move |t: &str| target.is_empty() || t == target || t.starts_with(&format!("{target}/"));
+    // Trigger outcomes only when asked for by name: "everything" means every stored event.
+    let wanted = move |t: &str| {
+        (target.is_empty() && !t.starts_with("trigger/")) || t == target || t.starts_with(&format!("{target}/"))
+    };
     let rx = st.control.tap();
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let (wanted, filter) = (wanted.clone(), filter.clone());
@@ -93,7 +97,11 @@ async fn tail(State(st): State<Admin>, Query(q): Query<TailQuery>) -> Result<Res
                         let mut headers = axum::http::HeaderMap::new();
                         let body = spate_core::http_codec::encode_structured(&t.event, &mut headers);
                         let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let data = json!({"target": t.target, "event": event}).to_string();
+                        let mut data = json!({"target": t.target, "event": event});
+                        if let Some(o) = &t.outcome {
+                            data["outcome"] = json!(o);
+                        }
+                        let data = data.to_string();
                         return Some((Ok::<_, std::convert::Infallible>(Event::default().data(data)), rx));
                     }
                     Ok(_) => continue,

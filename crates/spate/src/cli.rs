@@ -251,7 +251,8 @@ pub enum OutputFormat {
 
 #[derive(Args)]
 pub struct TailArgs {
-    /// `broker/NAME` or `channel/NAME` (in `-n`'s namespace); nothing: every broker and channel.
+    /// `broker/NAME` or `channel/NAME` (events as stored), `trigger/NAME` (each event the
+    /// trigger took and what became of it), in `-n`'s namespace; nothing: every broker and channel.
     pub target: Option<String>,
     /// Only events this CESQL expression matches (evaluated by the server).
     #[arg(long)]

@@ -318,8 +318,8 @@ pub async fn tail(a: crate::cli::TailArgs) -> Exit {
     let target = match a.target.as_deref() {
         None => String::new(),
         Some(t) => match t.split_once('/') {
-            Some((kind @ ("broker" | "channel"), name)) => format!("{kind}/{}/{name}", a.namespace),
-            _ => bail!("'{t}': use broker/NAME or channel/NAME"),
+            Some((kind @ ("broker" | "channel" | "trigger"), name)) => format!("{kind}/{}/{name}", a.namespace),
+            _ => bail!("'{t}': use broker/NAME, channel/NAME or trigger/NAME"),
         },
     };
     let mut query = vec![("target", target.clone())];
@@ -363,8 +363,9 @@ fn print_tailed(event_name: &str, data: &str, output: crate::cli::OutputFormat) 
     let Ok(v) = serde_json::from_str::<Value>(data) else { return };
     let e = &v["event"];
     let field = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    let outcome = v["outcome"].as_str().map(|o| format!("  {o}")).unwrap_or_default();
     println!(
-        "{}  {}  {}  {}  {}",
+        "{}  {}  {}  {}  {}{outcome}",
         field("knativearrivaltime"),
         v["target"].as_str().unwrap_or(""),
         field("type"),

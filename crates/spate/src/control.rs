@@ -531,6 +531,13 @@ impl ControlPlane {
             {
                 o["status"] = source_status_json(&st, e.generation, &e.status);
             }
+            // Triggers report their live counters, backlog and last failures.
+            if kind == Kind::Trigger
+                && let Some(stats) = self.eventing.trigger_stats(&e.resource.namespace, &e.resource.name).await
+            {
+                let backlog = self.eventing.trigger_backlog(&e.resource.namespace, &e.resource.name).await;
+                o["status"]["spate"] = json!(crate::live::TriggerLive::new(&stats, backlog));
+            }
             // Brokers and channels on a shared engine say when it is down, now.
             if let Some(problem) = self.eventing.storage_problem(kind, &e.resource.namespace, &e.resource.name) {
                 mark_unavailable(&mut o["status"], &problem);

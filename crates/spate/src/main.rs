@@ -19,6 +19,7 @@ mod file_store;
 mod functions;
 mod ingress;
 mod listener;
+mod live;
 mod oidc;
 mod output;
 mod proxy;

@@ -196,6 +196,22 @@ pub fn table(rows: Vec<Vec<String>>, plural: &str) -> String {
     out
 }
 
+/// A Trigger's last dead-lettered or dropped events, as a table (empty when none).
+fn recent_failures(o: &Value) -> String {
+    let Some(fs) = o.pointer("/status/spate/recentFailures").and_then(Value::as_array).filter(|f| !f.is_empty()) else {
+        return String::new();
+    };
+    let mut rows = vec![["TIME", "OUTCOME", "ID", "TYPE", "REASON"].map(String::from).to_vec()];
+    for f in fs {
+        rows.push(["/time", "/outcome", "/id", "/type", "/reason"].iter().map(|p| s(f, p).to_string()).collect());
+    }
+    let mut out = "Recent failures:\n".to_string();
+    for l in table(rows, "failures").lines() {
+        out.push_str(&format!("  {l}\n"));
+    }
+    out
+}
+
 /// `spate describe`: one object for a reader, not a parser.
 pub fn describe(o: &Value) -> String {
     let mut out = String::new();
@@ -235,10 +251,11 @@ pub fn describe(o: &Value) -> String {
         line("Allowed senders", &from.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
     }
     if let Some(spate) = o.pointer("/status/spate").and_then(Value::as_object) {
-        for (k, v) in spate {
+        for (k, v) in spate.iter().filter(|(k, _)| *k != "recentFailures") {
             line(&format!("Live {k}"), &compact(v));
         }
     }
+    out.push_str(&recent_failures(o));
     out.push_str("Conditions:\n");
     let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     if conds.is_empty() {

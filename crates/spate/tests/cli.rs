@@ -142,3 +142,71 @@ async fn tail_streams_a_brokers_events_through_a_cesql_filter() {
         .collect();
     assert_eq!(ids, ["o1", "o3"], "only the filtered broker's matching events, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggers_outcomes_show_in_tail_and_its_failures_in_describe() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    // The subscriber refuses "bad" events (500, no retry): they go to the dead-letter sink.
+    use axum::response::IntoResponse;
+    let subscriber = Sink::with(
+        std::sync::Arc::new(|r: &Received, _| {
+            let status = if r.event.ty == "bad" { 500 } else { 202 };
+            axum::http::StatusCode::from_u16(status).unwrap().into_response()
+        }),
+        std::time::Duration::ZERO,
+    )
+    .await;
+    let dls = Sink::start().await;
+    let delivery = format!("  delivery:\n    retry: 0\n    deadLetterSink:\n      uri: {}\n", dls.url);
+    s.apply_ok(&format!("{}---\n{}", broker("default", ""), trigger("t", "default", "", &subscriber.url, &delivery)))
+        .await;
+    let mut child = std::process::Command::new(BIN)
+        .args(["tail", "trigger/t", "-o", "json", "--server", &s.admin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains("tailing trigger/default/t"), "{first}");
+    assert_eq!(send(&s.broker_url("default", "default"), "g1", "good", "x").await, 202);
+    assert_eq!(send(&s.broker_url("default", "default"), "b1", "bad", "x").await, 202);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = vec![];
+        for _ in 0..2 {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(serde_json::from_str::<serde_json::Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}")));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines
+    })
+    .await
+    .unwrap();
+    let outcome = |id: &str| {
+        let l = lines.iter().find(|l| l["event"]["id"] == id).unwrap_or_else(|| panic!("{id} tailed: {lines:?}"));
+        assert_eq!(l["target"], "trigger/default/t");
+        l["outcome"].as_str().unwrap().to_string()
+    };
+    assert!(outcome("g1").starts_with("delivered"), "{lines:?}");
+    let bad = outcome("b1");
+    assert!(bad.starts_with("dead-lettered") && bad.contains("HTTP 500"), "{bad}");
+
+    // The status and `describe` keep the failure with its reason.
+    dls.wait_for_id("b1").await;
+    let t = s.get("triggers", "default", "t").await;
+    let live = &t["status"]["spate"];
+    assert_eq!((live["delivered"].as_u64(), live["deadLettered"].as_u64()), (Some(1), Some(1)), "{t:#}");
+    assert_eq!(live["recentFailures"][0]["id"], "b1", "{t:#}");
+    assert_eq!(live["recentFailures"][0]["outcome"], "DeadLettered", "{t:#}");
+    assert!(live["backlog"].is_u64(), "{t:#}");
+    let out = std::process::Command::new(BIN).args(["describe", "trigger/t", "--server", &s.admin]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Recent failures:") && text.contains("b1") && text.contains("HTTP 500"), "{text}");
+    assert!(text.contains("Live deadLettered:") && text.contains("Live backlog:"), "{text}");
+}
