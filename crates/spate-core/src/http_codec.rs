@@ -142,23 +142,28 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, Cod
     Ok(ev)
 }
 
-fn put(headers: &mut HeaderMap, name: &str, value: &str) {
-    let v = HeaderValue::from_str(&percent::encode(value)).expect("percent-encoded values are visible ASCII");
-    let n = HeaderName::from_bytes(format!("ce-{name}").as_bytes()).expect("attribute names are valid header names");
-    headers.insert(n, v);
+fn value(v: &str) -> HeaderValue {
+    HeaderValue::from_str(&percent::encode(v)).expect("percent-encoded values are visible ASCII")
 }
 
-/// Encodes binary mode into `headers` and returns the body.
+/// An extension's header (`ce-<name>`; the name was validated when the event was made).
+fn put(headers: &mut HeaderMap, name: &str, v: &str) {
+    let n = HeaderName::from_bytes(format!("ce-{name}").as_bytes()).expect("attribute names are valid header names");
+    headers.insert(n, value(v));
+}
+
+/// Encodes binary mode into `headers` and returns the body. The context
+/// attributes' header names are static (no allocation per event).
 pub fn encode_binary(ev: &CloudEvent, headers: &mut HeaderMap) -> Bytes {
-    put(headers, "specversion", ev.specversion.as_str());
-    put(headers, "id", &ev.id);
-    put(headers, "source", &ev.source);
-    put(headers, "type", &ev.ty);
+    headers.insert(HeaderName::from_static("ce-specversion"), HeaderValue::from_static(ev.specversion.as_str()));
+    headers.insert(HeaderName::from_static("ce-id"), value(&ev.id));
+    headers.insert(HeaderName::from_static("ce-source"), value(&ev.source));
+    headers.insert(HeaderName::from_static("ce-type"), value(&ev.ty));
     if let Some(s) = &ev.subject {
-        put(headers, "subject", s);
+        headers.insert(HeaderName::from_static("ce-subject"), value(s));
     }
     if let Some(t) = &ev.time {
-        put(headers, "time", t);
+        headers.insert(HeaderName::from_static("ce-time"), value(t));
     }
     if let Some(s) = &ev.dataschema {
         put(headers, ev.specversion.schema_attr(), s);

@@ -61,7 +61,7 @@ pub fn decode(headers: &[(String, Vec<u8>)], value: Bytes) -> Result<Option<Clou
                 let Ok(v) = std::str::from_utf8(v) else { continue };
                 let (name, value) = if let Some(attr) = k.strip_prefix("ce_") {
                     // The HTTP decoder expects percent-encoded values.
-                    (format!("ce-{attr}"), crate::percent::encode(v))
+                    (format!("ce-{attr}"), crate::percent::encode(v).into_owned())
                 } else if k.eq_ignore_ascii_case("content-type") {
                     ("content-type".to_string(), v.to_string())
                 } else {

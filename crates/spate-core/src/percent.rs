@@ -2,11 +2,12 @@
 //! (v1.0.2 §3.1.3.2) specifies.
 
 /// Encodes a string for a header value: space, `"`, `%` and every byte outside
-/// printable ASCII (0x21–0x7E) become `%XX` of their UTF-8 bytes.
-pub fn encode(v: &str) -> String {
+/// printable ASCII (0x21–0x7E) become `%XX` of their UTF-8 bytes. Borrows when
+/// nothing needs encoding (the common case: no allocation).
+pub fn encode(v: &str) -> std::borrow::Cow<'_, str> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if v.bytes().all(|b| (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%') {
-        return v.to_string();
+        return std::borrow::Cow::Borrowed(v);
     }
     let mut out = String::with_capacity(v.len() + 8);
     for b in v.bytes() {
@@ -18,7 +19,7 @@ pub fn encode(v: &str) -> String {
             out.push(HEX[(b & 15) as usize] as char);
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Why a header value could not be decoded.

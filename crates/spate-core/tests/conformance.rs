@@ -101,7 +101,7 @@ fn to_request(c: &Case) -> (HeaderMap, Bytes) {
     } else {
         for (k, v) in c.attrs.iter().chain(&c.extensions) {
             let name = if k == "datacontenttype" { "content-type".to_string() } else { format!("ce-{k}") };
-            let v = if k == "datacontenttype" { v.clone() } else { spate_core::percent::encode(v) };
+            let v = if k == "datacontenttype" { v.clone() } else { spate_core::percent::encode(v).into_owned() };
             h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(&v).unwrap());
         }
         (h, Bytes::from(c.data.clone().unwrap_or_default()))

@@ -46,12 +46,58 @@ impl ReplySink for DiscardReplies {
 pub const DEAD_LETTER_MIN_RETRIES: u32 = 3;
 
 /// What to deliver and how.
+/// A destination URL parsed once, when the trigger, subscription or source is
+/// set up, rather than on every attempt (parsing runs IDNA and allocates).
+/// Reads as the text it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    text: String,
+    /// `None` when the text is not a URL: every attempt then fails with the reason.
+    url: Option<reqwest::Url>,
+}
+
+impl ParsedUrl {
+    pub fn new(text: impl Into<String>) -> ParsedUrl {
+        let text = text.into();
+        let url = reqwest::Url::parse(&text).ok();
+        ParsedUrl { text, url }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<String> for ParsedUrl {
+    fn from(s: String) -> ParsedUrl {
+        ParsedUrl::new(s)
+    }
+}
+
+impl From<&str> for ParsedUrl {
+    fn from(s: &str) -> ParsedUrl {
+        ParsedUrl::new(s)
+    }
+}
+
+impl std::ops::Deref for ParsedUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for ParsedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 pub struct DeliveryRequest<'a> {
-    pub subscriber: &'a str,
+    pub subscriber: &'a ParsedUrl,
     pub policy: &'a RetryPolicy,
     pub format: DeliveryFormat,
     pub namespace: &'a str,
-    pub dead_letter_sink: Option<&'a str>,
+    pub dead_letter_sink: Option<&'a ParsedUrl>,
     /// Metric label naming the sender (e.g. `trigger/default/t1`).
     pub label: &'a str,
 }
@@ -159,7 +205,7 @@ impl Dispatcher {
         &self,
         ev: &CloudEvent,
         sender: &str,
-        url: &str,
+        url: &ParsedUrl,
         format: DeliveryFormat,
         namespace: &str,
         timeout: Option<Duration>,
@@ -180,19 +226,24 @@ impl Dispatcher {
         if let Ok(v) = HeaderValue::from_str(&tp) {
             headers.insert("traceparent", v);
         }
-        if let Some(token) = self.tokens.get().and_then(|t| t.token(sender, url))
+        if let Some(token) = self.tokens.get().and_then(|t| t.token(sender, url.as_str()))
             && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}"))
         {
             v.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, v);
         }
-        let trusted = self.trust.client_for(url);
+        let trusted = self.trust.client_for(url.as_str());
         let client = trusted.as_ref().unwrap_or(&self.client);
-        let req = client.post(url).headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
+        let req = match &url.url {
+            Some(u) => client.post(u.clone()),
+            None => client.post(url.as_str()),
+        };
+        let req = req.headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
+                // 202 and 204 carry no reply and need no retry advice: skip the copy.
+                let headers = if matches!(status, 202 | 204) { HeaderMap::new() } else { resp.headers().clone() };
                 match resp.bytes().await {
                     Ok(body) => Attempt::Response { status, headers, body },
                     Err(e) => Attempt::Failed { timeout: e.is_timeout(), message: format!("reading response: {e}") },
@@ -219,7 +270,7 @@ impl Dispatcher {
             };
         };
         let mut dead = ev.clone();
-        dead.set_extension(ext::ERROR_DEST, ExtValue::String(req.subscriber.to_string()));
+        dead.set_extension(ext::ERROR_DEST, ExtValue::String(req.subscriber.as_str().to_string()));
         if let Attempt::Response { status, body, .. } = &last {
             dead.set_extension(ext::ERROR_CODE, ExtValue::String(status.to_string()));
             if !body.is_empty() {
@@ -254,7 +305,7 @@ impl Dispatcher {
     async fn attempts(
         &self,
         ev: &CloudEvent,
-        url: &str,
+        url: &ParsedUrl,
         req: &DeliveryRequest<'_>,
         replies: Option<&dyn ReplySink>,
     ) -> Result<u32, (u32, Attempt)> {
@@ -300,7 +351,7 @@ impl Dispatcher {
                 Attempt::Failed { .. } => None,
             };
             let wait = policy.wait_before_retry(attempt_no, a.status(), retry_after);
-            tracing::debug!(sender = req.label, target = url, attempt = attempt_no, outcome = %a.describe(), wait_ms = wait.as_millis() as u64, "retrying");
+            tracing::debug!(sender = req.label, target = url.as_str(), attempt = attempt_no, outcome = %a.describe(), wait_ms = wait.as_millis() as u64, "retrying");
             tokio::time::sleep(wait).await;
         }
     }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use spate_core::delivery::{BackoffPolicy, DeliveryFormat, RetryPolicy};
 use spate_core::{CloudEvent, ExtValue};
-use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ReplySink};
+use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ParsedUrl, ReplySink};
 
 #[derive(Clone, Default)]
 struct Seen {
@@ -67,12 +67,13 @@ fn policy(retry: u32, p: BackoffPolicy, delay_ms: u64) -> RetryPolicy {
 
 async fn deliver(url: &str, policy: &RetryPolicy, dls: Option<&str>, replies: &dyn ReplySink) -> Outcome {
     let d = Dispatcher::default();
+    let (url, dls) = (ParsedUrl::new(url), dls.map(ParsedUrl::new));
     let req = DeliveryRequest {
-        subscriber: url,
+        subscriber: &url,
         policy,
         format: DeliveryFormat::Binary,
         namespace: "ns1",
-        dead_letter_sink: dls,
+        dead_letter_sink: dls.as_ref(),
         label: "test",
     };
     d.deliver(&event(), &req, replies).await
@@ -178,7 +179,7 @@ async fn exhausted_events_reach_the_dead_letter_sink_with_error_extensions() {
     assert_eq!(hits.len(), 1);
     let h = &hits[0].1;
     assert_eq!(h["ce-id"], "id-1");
-    assert_eq!(h["ce-knativeerrordest"], spate_core::percent::encode(&url).as_str());
+    assert_eq!(h["ce-knativeerrordest"], spate_core::percent::encode(&url).as_ref());
     assert_eq!(h["ce-knativeerrorcode"], "500");
     use base64::Engine as _;
     let data = base64::engine::general_purpose::STANDARD
@@ -218,6 +219,7 @@ async fn a_dead_letter_sink_that_keeps_failing_is_bounded_then_dropped() {
 #[tokio::test]
 async fn subscriber_headers_and_formats() {
     let (url, seen) = server(status(200)).await;
+    let url = ParsedUrl::new(url);
     let d = Dispatcher::default();
     let p = policy(0, BackoffPolicy::Linear, 1);
     for format in [DeliveryFormat::Binary, DeliveryFormat::Json] {

@@ -559,7 +559,7 @@ impl Eventing {
         }
         // No subscriber: events go straight to the reply destination.
         let (subscriber_url, reply) = match (st.subscriber_uri.clone(), st.reply_uri.clone()) {
-            (Some(s), Some(r)) => (s, ReplyPlan::Url(r)),
+            (Some(s), Some(r)) => (s, ReplyPlan::Url(r.into())),
             (Some(s), None) => (s, ReplyPlan::Discard),
             (None, Some(r)) => (r, ReplyPlan::Discard),
             (None, None) => return (None, st),
@@ -571,8 +571,8 @@ impl Eventing {
             source: s.channel.clone(),
             filter: Filter::match_all(),
             reply,
-            subscriber_url,
-            dead_letter_url: st.dead_letter_sink_uri.clone(),
+            subscriber_url: subscriber_url.into(),
+            dead_letter_url: st.dead_letter_sink_uri.clone().map(Into::into),
             policy: spec.retry_policy(self.config.default_delay()),
             format: spec.format.unwrap_or_default(),
             max_in_flight: self.config.max_in_flight,

@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use spate_core::storage;
-use spate_delivery::Dispatcher;
-use spate_log::{ConsumerOptions, Message, MessageStream, Throttle};
+use spate_delivery::{BoxFuture, Dispatcher};
+use spate_log::{Acker, ConsumerOptions, Message, MessageStream, Throttle};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::trigger::{Shared, TriggerStats, WorkerPlan, deliver};
@@ -69,18 +72,35 @@ struct Run {
     options: ConsumerOptions,
 }
 
+/// A message being delivered: since when, and its acknowledgement handle
+/// (kept so that one timer per worker, not one per message, keeps claims alive).
+struct Held {
+    since: Instant,
+    acker: Arc<dyn Acker>,
+}
+
+/// Deliveries in progress, polled by the worker's own task: no task spawned
+/// and no timer armed per message. Each resolves to its id in `held`.
+type Running = FuturesUnordered<BoxFuture<'static, u64>>;
+
 impl Run {
     async fn run(self, mut consumer: Option<Box<dyn spate_log::StreamConsumer>>, mut stop: watch::Receiver<bool>) {
         let errors = Throttle::default();
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut running: Running = FuturesUnordered::new();
+        let mut held: HashMap<u64, Held> = HashMap::new();
+        let mut next_id = 0u64;
         let max = self.options.max_in_flight;
         let label = self.shared.label.clone();
+        // "In progress" for every message held longer than a third of the ack wait.
+        let every = (self.options.ack_wait / 3).max(Duration::from_millis(10));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Since when the consumer has been missing: it is re-created only if it
         // stays missing this long (long enough for a deletion elsewhere to stop this worker).
-        let mut missing_since: Option<std::time::Instant> = None;
+        let mut missing_since: Option<Instant> = None;
         loop {
             let Some(c) = consumer.as_mut() else {
-                let since = *missing_since.get_or_insert_with(std::time::Instant::now);
+                let since = *missing_since.get_or_insert_with(Instant::now);
                 let create = since.elapsed() >= RECREATE_AFTER;
                 match self.stream.consumer(&label, self.options.clone(), create).await {
                     Ok(c) => {
@@ -93,19 +113,26 @@ impl Run {
                         }
                         tokio::select! {
                             _ = stop.changed() => break,
+                            Some(id) = running.next(), if !running.is_empty() => { held.remove(&id); }
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                     }
                 }
                 continue;
             };
-            let room = tasks.len() < max;
+            let room = running.len() < max;
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(id) = running.next(), if !running.is_empty() => { held.remove(&id); }
+                _ = beat.tick() => keep_claims(&held, every).await,
                 m = c.next(), if room => match m {
-                    Ok(m) => self.take(m, &mut tasks).await,
+                    Ok(m) => {
+                        if let Some(acker) = self.take(m, &mut running, next_id).await {
+                            held.insert(next_id, Held { since: Instant::now(), acker });
+                            next_id += 1;
+                        }
+                    }
                     Err(e) => {
                         if let Some(suppressed) = errors.allow() {
                             tracing::warn!(trigger = %label, error = %e, suppressed, "consuming failed; reconnecting the consumer");
@@ -114,54 +141,50 @@ impl Run {
                     }
                 },
             }
-            self.shared.stats.in_flight.store(tasks.len() as u64, Ordering::Relaxed);
+            self.shared.stats.in_flight.store(running.len() as u64, Ordering::Relaxed);
         }
         // Unacknowledged messages return to the engine (another instance takes them).
-        tasks.abort_all();
+        drop(running);
     }
 
-    /// Filters one message; a match is delivered in its own task.
-    async fn take(&self, m: Message, tasks: &mut JoinSet<()>) {
+    /// Filters one message; a match joins `running` as delivery `id`, and its
+    /// acker is returned to be held.
+    async fn take(&self, m: Message, running: &mut Running, id: u64) -> Option<Arc<dyn Acker>> {
         let ev = match storage::decode(&m.payload) {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::error!(trigger = %self.shared.label, error = %e, "dropping an unreadable message");
                 metrics::counter!("spate_events_dropped_total", "sender" => self.shared.label.clone(), "reason" => "unreadable").increment(1);
                 let _ = m.acker.ack().await;
-                return;
+                return None;
             }
         };
-        if !self.shared_plan_matches(&ev) {
+        if !self.shared.plan().filter.matches_guarded(&ev) {
             let _ = m.acker.ack().await;
-            return;
+            return None;
         }
         let shared = self.shared.clone();
-        let beat = self.options.ack_wait / 3;
-        tasks.spawn(async move {
-            let acker = m.acker;
-            let label = shared.label.clone();
-            // Deliver while keeping the claim alive; a panic (a bug) still ends the event.
-            let delivery = std::panic::AssertUnwindSafe(deliver(&shared, &ev)).catch_unwind();
-            tokio::pin!(delivery);
-            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut delivery => break r,
-                    _ = beat.tick() => { let _ = acker.in_progress().await; }
-                }
-            };
+        let acker = m.acker.clone();
+        running.push(Box::pin(async move {
+            // A panic (a bug) still ends the event.
+            let outcome = std::panic::AssertUnwindSafe(deliver(&shared, &ev)).catch_unwind().await;
             if outcome.is_err() {
-                metrics::counter!("spate_events_dropped_total", "sender" => label.clone(), "reason" => "delivery_panicked").increment(1);
-                tracing::error!(trigger = %label, "a delivery panicked; the event is dropped and counted");
+                metrics::counter!("spate_events_dropped_total", "sender" => shared.label.clone(), "reason" => "delivery_panicked").increment(1);
+                tracing::error!(trigger = %shared.label, "a delivery panicked; the event is dropped and counted");
             }
-            if let Err(e) = acker.ack().await {
+            if let Err(e) = m.acker.ack().await {
                 // The engine will hand it out again after the ack wait: at least once.
-                tracing::warn!(trigger = %label, error = %e, "ack failed; the event may be delivered again");
+                tracing::warn!(trigger = %shared.label, error = %e, "ack failed; the event may be delivered again");
             }
-        });
+            id
+        }));
+        Some(acker)
     }
+}
 
-    fn shared_plan_matches(&self, ev: &spate_core::CloudEvent) -> bool {
-        self.shared.plan().filter.matches_guarded(ev)
+/// Tells the engine "still working" for every message held longer than `after`.
+async fn keep_claims(held: &HashMap<u64, Held>, after: Duration) {
+    for h in held.values().filter(|h| h.since.elapsed() >= after) {
+        let _ = h.acker.in_progress().await;
     }
 }

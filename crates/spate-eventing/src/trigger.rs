@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use spate_core::delivery::{DeliveryFormat, RetryPolicy};
 use spate_core::{CloudEvent, ExtValue, ext, storage};
-use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ReplySink};
+use spate_delivery::{BoxFuture, DeliveryRequest, DiscardReplies, Dispatcher, Outcome, ParsedUrl, ReplySink};
 use spate_filter::Filter;
 use spate_log::{AckState, AckTracker, Offset};
 use tokio::sync::{mpsc, watch};
@@ -20,7 +20,7 @@ pub enum ReplyPlan {
     /// Back into the worker's broker with TTL − 1 (a Trigger).
     Broker,
     /// To this URL through the dispatcher (a Subscription's `reply`).
-    Url(String),
+    Url(ParsedUrl),
     /// Dropped (a Subscription without `reply`).
     Discard,
 }
@@ -37,8 +37,8 @@ pub struct WorkerPlan {
     pub source: String,
     pub filter: Filter,
     pub reply: ReplyPlan,
-    pub subscriber_url: String,
-    pub dead_letter_url: Option<String>,
+    pub subscriber_url: ParsedUrl,
+    pub dead_letter_url: Option<ParsedUrl>,
     pub policy: RetryPolicy,
     pub format: DeliveryFormat,
     pub max_in_flight: usize,
@@ -141,7 +141,7 @@ impl TriggerWorker {
 /// and is retried, so a reply is never silently lost.
 struct UrlReply<'a> {
     dispatcher: &'a Dispatcher,
-    url: &'a str,
+    url: &'a ParsedUrl,
     plan: &'a WorkerPlan,
 }
 
@@ -507,7 +507,7 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
         policy: &plan.policy,
         format: plan.format,
         namespace: &plan.namespace,
-        dead_letter_sink: plan.dead_letter_url.as_deref(),
+        dead_letter_sink: plan.dead_letter_url.as_ref(),
         label,
     };
     let started = std::time::Instant::now();

@@ -47,8 +47,8 @@ pub struct StatsSnapshot {
 /// Where and how a source delivers.
 pub struct Emitter {
     pub dispatcher: Dispatcher,
-    pub sink: String,
-    pub dead_letter_sink: Option<String>,
+    pub sink: spate_delivery::ParsedUrl,
+    pub dead_letter_sink: Option<spate_delivery::ParsedUrl>,
     pub policy: RetryPolicy,
     pub format: DeliveryFormat,
     pub overrides: Vec<(String, String)>,
@@ -70,7 +70,7 @@ impl Emitter {
             policy: &self.policy,
             format: self.format,
             namespace: &self.namespace,
-            dead_letter_sink: self.dead_letter_sink.as_deref(),
+            dead_letter_sink: self.dead_letter_sink.as_ref(),
             label: &self.label,
         };
         let outcome = self.dispatcher.deliver(&ev, &req, &DiscardReplies).await;

@@ -429,8 +429,8 @@ impl Sources {
         let delivery = d.config.delivery.clone().unwrap_or_else(|| self.cfg.default_delivery.clone());
         let emitter = Arc::new(emit::Emitter {
             dispatcher: self.dispatcher.clone(),
-            sink: sink.clone(),
-            dead_letter_sink: dls,
+            sink: sink.clone().into(),
+            dead_letter_sink: dls.map(Into::into),
             policy: delivery.retry_policy(self.cfg.default_backoff),
             format: delivery.format.unwrap_or_default(),
             overrides: d.config.ce_overrides.clone(),
