@@ -28,10 +28,12 @@ pub enum Kind {
     ConfigMap,
     /// Knative's EventPolicy (`eventing.knative.dev/v1alpha1`): who may send to what.
     EventPolicy,
+    /// Knative's EventType (`eventing.knative.dev/v1beta3`): a kind of event an addressable carries.
+    EventType,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -53,6 +55,7 @@ impl Kind {
         Kind::KafkaSink,
         Kind::ConfigMap,
         Kind::EventPolicy,
+        Kind::EventType,
     ];
 
     /// The event sources (`spate get sources`).
@@ -92,11 +95,14 @@ impl Kind {
             Kind::KafkaSink => "KafkaSink",
             Kind::ConfigMap => "ConfigMap",
             Kind::EventPolicy => "EventPolicy",
+            Kind::EventType => "EventType",
         }
     }
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Broker | Kind::Trigger | Kind::KafkaSink | Kind::EventPolicy => "eventing.knative.dev",
+            Kind::Broker | Kind::Trigger | Kind::KafkaSink | Kind::EventPolicy | Kind::EventType => {
+                "eventing.knative.dev"
+            }
             Kind::Channel
             | Kind::InMemoryChannel
             | Kind::NatsJetStreamChannel
@@ -124,6 +130,7 @@ impl Kind {
             | Kind::KafkaSink
             | Kind::EventPolicy => "v1alpha1",
             Kind::KafkaChannel => "v1beta1",
+            Kind::EventType => "v1beta3",
             _ => "v1",
         }
     }
@@ -166,6 +173,7 @@ impl Kind {
             Kind::KafkaSink => "kafkasinks",
             Kind::ConfigMap => "configmaps",
             Kind::EventPolicy => "eventpolicies",
+            Kind::EventType => "eventtypes",
         }
     }
 

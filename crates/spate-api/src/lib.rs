@@ -9,6 +9,7 @@ mod broker;
 mod delivery;
 mod errors;
 pub mod event_policy;
+pub mod event_type;
 pub mod kafka_sink;
 mod kind;
 mod messaging;
@@ -120,6 +121,7 @@ pub enum Compiled {
     KafkaSink(KafkaSinkConfig),
     ConfigMap(ConfigMapConfig),
     EventPolicy(Box<event_policy::EventPolicyConfig>),
+    EventType(event_type::EventTypeConfig),
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -195,6 +197,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
             event_policy::compile(&mut w, spec, &namespace, &name).map(|p| Compiled::EventPolicy(Box::new(p)))
         }
         Some(Kind::KafkaSink) => kafka_sink::compile(&mut w, spec, &namespace, &name).map(Compiled::KafkaSink),
+        Some(Kind::EventType) => event_type::compile(&mut w, spec, &namespace, &name).map(Compiled::EventType),
         Some(Kind::ConfigMap) => kafka_sink::compile_config_map(&mut w, top, &namespace, &name).map(|(c, fields)| {
             secret_fields = Some(fields);
             Compiled::ConfigMap(c)
@@ -285,6 +288,17 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
                 if a != b {
                     errs.push(FieldError::new(None, who.clone(), "spec.channel", "is immutable"));
                 }
+            }
+        }
+        Kind::EventType => {
+            // Knative: every field of an EventType is immutable.
+            if old.manifest.pointer("/spec") != new.manifest.pointer("/spec") {
+                errs.push(FieldError::new(
+                    None,
+                    who.clone(),
+                    "spec",
+                    "is immutable (delete and re-create the EventType)",
+                ));
             }
         }
         Kind::KafkaSink => {

@@ -155,6 +155,8 @@ impl Broker {
         };
         let tapped =
             self.tap.as_ref().filter(|t| t.active()).map(|_| events.iter().cloned().map(stamp).collect::<Vec<_>>());
+        let (ns, name) = (&self.config.namespace, &self.config.name);
+        let new_types = self.tap.as_ref().map(|t| t.types.pending("Broker", ns, name, &events));
         match &self.storage {
             Storage::Log { log, .. } => {
                 let payloads = events.into_iter().map(|ev| Bytes::from(storage::encode(&stamp(ev)))).collect();
@@ -174,6 +176,9 @@ impl Broker {
             }
         }
         self.events_in.increment(n);
+        if let (Some(tap), Some(new_types)) = (&self.tap, new_types) {
+            tap.types.record(new_types);
+        }
         if let (Some(tap), Some(events)) = (&self.tap, tapped) {
             tap.offer(&format!("broker/{}/{}", self.config.namespace, self.config.name), events);
         }

@@ -4,6 +4,7 @@
 //! IO is limited to the log and the dispatcher handed in by the binary.
 
 mod broker;
+pub mod event_types;
 mod feed;
 mod messaging;
 mod reconcile;

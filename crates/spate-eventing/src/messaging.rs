@@ -199,6 +199,7 @@ impl Channel {
     /// Stores events as they are (channels have no TTL). Resolves once durable.
     pub async fn publish(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
         let n = events.len() as u64;
+        let new_types = self.tap.types.pending("Channel", &self.config.namespace, &self.config.name, &events);
         match &self.store {
             ChannelStore::Log(feed) => {
                 let payloads: Vec<Bytes> = events.iter().map(|ev| Bytes::from(storage::encode(ev))).collect();
@@ -213,6 +214,7 @@ impl Channel {
             }
         }
         self.events_in.increment(n);
+        self.tap.types.record(new_types);
         if self.tap.active() {
             self.tap.offer(&format!("channel/{}/{}", self.config.namespace, self.config.name), events);
         }

@@ -190,6 +190,12 @@ impl Eventing {
         self.triggers.lock().await.stats(&(namespace.to_string(), name.to_string()))
     }
 
+    /// The event types seen flowing through each Broker and Channel (kind
+    /// `Broker` or `Channel`; the caller knows which channel kind a name is).
+    pub fn event_types(&self) -> Vec<crate::event_types::SeenType> {
+        self.tap.types.list()
+    }
+
     /// A trigger's backlog: events stored in its broker that it has not finished with.
     pub async fn trigger_backlog(&self, namespace: &str, name: &str) -> Option<u64> {
         self.triggers.lock().await.backlog_of(&(namespace.to_string(), name.to_string())).await

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use spate_core::CloudEvent;
 use tokio::sync::broadcast;
 
+use crate::event_types::EventTypes;
+
 /// Events a listener may fall behind by before it misses some.
 const BUFFER: usize = 4096;
 
@@ -22,14 +24,17 @@ pub struct Tapped {
     pub outcome: Option<String>,
 }
 
+/// Also carries the [`EventTypes`] registry: every Broker and Channel holds a
+/// tap, and each reports the types it stores there.
 #[derive(Clone)]
 pub struct Tap {
     tx: broadcast::Sender<Arc<Tapped>>,
+    pub types: Arc<EventTypes>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
-        Tap { tx: broadcast::channel(BUFFER).0 }
+        Tap { tx: broadcast::channel(BUFFER).0, types: Arc::default() }
     }
 }
 

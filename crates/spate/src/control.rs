@@ -284,7 +284,8 @@ fn status_json(st: &ResourceStatus, generation: u64) -> Value {
         | Kind::KafkaSource
         | Kind::KafkaSink
         | Kind::ConfigMap
-        | Kind::EventPolicy => {}
+        | Kind::EventPolicy
+        | Kind::EventType => {}
         Kind::Broker | Kind::Trigger => {
             if let Some(u) = &st.subscriber_uri {
                 s["subscriberUri"] = json!(u);
@@ -547,6 +548,31 @@ impl ControlPlane {
         if name.is_none() {
             out.extend(children);
         }
+        // EventTypes also list what flows through each Broker and Channel (read-only).
+        if kind == Kind::EventType {
+            let owner = |k: &str, ns: &str, n: &str| -> Option<Kind> {
+                let candidates: &[Kind] = if k == "Broker" {
+                    &[Kind::Broker]
+                } else {
+                    &[Kind::InMemoryChannel, Kind::Channel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
+                };
+                let stored = candidates
+                    .iter()
+                    .copied()
+                    .find(|c| store.entries.contains_key(&(*c, ns.to_string(), n.to_string())));
+                // A flow's channels are not stored entries: they are InMemoryChannels it owns.
+                stored.or((k != "Broker").then_some(Kind::InMemoryChannel))
+            };
+            let seen = self.eventing.event_types();
+            let mut auto = crate::live::seen_event_types(&seen, owner, |ns, n| {
+                store.entries.contains_key(&(Kind::EventType, ns.to_string(), n.to_string()))
+            });
+            auto.retain(|o| {
+                namespace.is_none_or(|w| o["metadata"]["namespace"] == w)
+                    && name.is_none_or(|w| o["metadata"]["name"] == w)
+            });
+            out.extend(auto);
+        }
         Ok(out)
     }
 
@@ -613,7 +639,7 @@ impl ControlPlane {
                 Compiled::ConfigMap(c) => {
                     desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
                 }
-                Compiled::EventPolicy(_) => {}
+                Compiled::EventPolicy(_) | Compiled::EventType(_) => {}
                 Compiled::Service(s) => {
                     desired
                         .services
@@ -729,6 +755,7 @@ impl ControlPlane {
             auth.set(crate::data_auth::build_snapshot(store.entries.values(), mode));
             publish_auth_status(store, &auth.snapshot());
         }
+        publish_event_type_status(store);
     }
 
     fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
@@ -743,6 +770,34 @@ impl ControlPlane {
 }
 
 /// With sender identity on: each addressable's `status.address.audience`, and each
+/// An EventType is Ready when the addressable it references exists
+/// (Knative's `ReferenceExists`); it has no other runtime.
+fn publish_event_type_status(store: &mut Store) {
+    let exists: std::collections::HashSet<(String, String, String)> = store
+        .entries
+        .values()
+        .map(|e| (e.resource.kind.name().to_string(), e.resource.namespace.clone(), e.resource.name.clone()))
+        .collect();
+    for e in store.entries.values_mut() {
+        let Compiled::EventType(t) = &e.compiled else { continue };
+        let cond = match &t.reference {
+            Some((_, kind, name)) if !exists.contains(&(kind.clone(), t.namespace.clone(), name.clone())) => {
+                Condition::fail(
+                    "ReferenceExists",
+                    "ReferenceNotFound",
+                    format!("{kind} {}/{name} does not exist", t.namespace),
+                )
+            }
+            _ => Condition::ok("ReferenceExists"),
+        };
+        let new = json!({"observedGeneration": e.generation,
+            "conditions": conditions_json(&Condition::ready_first(vec![cond]), &now_rfc3339())});
+        if strip_times(&e.status) != strip_times(&new) {
+            e.status = new;
+        }
+    }
+}
+
 /// EventPolicy's `status.from` (its resolved subjects) and Ready condition.
 fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
     use crate::data_auth::Target;

@@ -3,6 +3,9 @@
 //! `spate describe` and the admin API. Typed here, serialised once.
 
 use serde::Serialize;
+use serde_json::{Value, json};
+use spate_api::Kind;
+use spate_eventing::event_types::SeenType;
 use spate_eventing::{Failure, TriggerStats};
 
 /// `status.spate` of a Trigger.
@@ -60,6 +63,48 @@ impl From<&Failure> for FailureJson {
             reason: f.reason.clone(),
         }
     }
+}
+
+/// The EventTypes seen flowing, as Knative's auto-created EventType objects
+/// (`eventing.knative.dev/v1beta3`, owned by their Broker or Channel). `owner`
+/// gives the addressable's kind, or `None` when it no longer exists (its types
+/// are then not listed); `stored` says a hand-applied EventType has the name.
+pub fn seen_event_types(
+    seen: &[SeenType],
+    owner: impl Fn(&str, &str, &str) -> Option<Kind>,
+    stored: impl Fn(&str, &str) -> bool,
+) -> Vec<Value> {
+    let mut out = vec![];
+    for t in seen {
+        let Some(kind) = owner(t.kind, &t.namespace, &t.name) else { continue };
+        let name = t.object_name();
+        if stored(&t.namespace, &name) {
+            continue;
+        }
+        let reference =
+            json!({"apiVersion": kind.api_version(), "kind": kind.name(), "name": t.name, "namespace": t.namespace});
+        let mut attributes = vec![
+            json!({"name": "type", "value": t.ty, "required": true}),
+            json!({"name": "source", "value": t.source, "required": true}),
+            json!({"name": "specversion", "value": "1.0", "required": true}),
+            json!({"name": "id", "required": true}),
+        ];
+        if let Some(schema) = &t.schema {
+            attributes.push(json!({"name": "dataschema", "value": schema, "required": true}));
+        }
+        out.push(json!({
+            "apiVersion": Kind::EventType.api_version(),
+            "kind": "EventType",
+            "metadata": {
+                "name": name,
+                "namespace": t.namespace,
+                "ownerReferences": [{"apiVersion": kind.api_version(), "kind": kind.name(), "name": t.name, "controller": true}],
+            },
+            "spec": {"reference": reference, "description": "Event type seen by Spate", "attributes": attributes},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
                 Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
                 Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
+                Kind::EventType => vec!["NAMESPACE", "NAME", "TYPE", "SOURCE", "REFERENCE", "READY"],
                 Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
                 Kind::PingSource
                 | Kind::CronJobSource
@@ -141,6 +142,10 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                     Kind::KafkaSink => {
                         vec![ns, name, s(it, "/spec/topic").into(), s(it, "/status/address/url").into(), r, reason]
                     }
+                    Kind::EventType => {
+                        let reference = format!("{}/{}", s(it, "/spec/reference/kind"), s(it, "/spec/reference/name"));
+                        vec![ns, name, attribute(it, "type"), attribute(it, "source"), reference, r]
+                    }
                     Kind::PingSource
                     | Kind::CronJobSource
                     | Kind::ContainerSource
@@ -153,6 +158,16 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
             table(rows, kind.plural())
         }
     }
+}
+
+/// An EventType attribute's value (`spec.attributes[name=…].value`).
+fn attribute(it: &Value, name: &str) -> String {
+    it.pointer("/spec/attributes")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x["name"] == name))
+        .and_then(|x| x["value"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 const SOURCE_HEADER: [&str; 8] = ["NAMESPACE", "NAME", "KIND", "SINK", "EMITTED", "FAILED", "READY", "REASON"];

@@ -210,3 +210,77 @@ async fn a_triggers_outcomes_show_in_tail_and_its_failures_in_describe() {
     assert!(text.contains("Recent failures:") && text.contains("b1") && text.contains("HTTP 500"), "{text}");
     assert!(text.contains("Live deadLettered:") && text.contains("Live backlog:"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_eventtypes_lists_the_types_that_flowed_through_a_broker_and_those_applied_by_hand() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    let et = |name: &str, attrs: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1beta3\nkind: EventType\nmetadata: {{name: {name}}}\nspec:\n  reference: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}\n  description: Orders placed\n  attributes:\n{attrs}"
+        )
+    };
+    let full = "    - {name: type, value: com.example.order, required: true}\n    - {name: source, value: /shop, required: true}\n    - {name: specversion, value: \"1.0\", required: true}\n    - {name: id, required: true}\n";
+    s.apply_ok(&format!("{}---\n{}", broker("default", ""), et("orders", full))).await;
+    // Knative's rules: type, source, specversion and id must be defined; the spec never changes.
+    let (code, body) = s.apply(&et("partial", "    - {name: type, value: x}\n    - {name: Bad_Name}\n")).await;
+    assert_eq!(code, 422, "{body}");
+    let errs = body["errors"].to_string();
+    assert!(errs.contains("spec.attributes") && errs.contains("missing source, specversion, id"), "{errs}");
+    assert!(errs.contains("spec.attributes[1].name"), "{errs}");
+    let (code, body) = s.apply(&et("orders", &full.replace("/shop", "/store"))).await;
+    assert_eq!(code, 422, "an EventType's spec is immutable: {body}");
+
+    for (id, ty, source) in
+        [("1", "com.example.order", "/shop"), ("2", "com.example.order", "/shop"), ("3", "com.example.refund", "/shop")]
+    {
+        let code = client()
+            .post(s.broker_url("default", "default"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-type", ty)
+            .header("ce-source", source)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(code, 202);
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["get", "eventtypes", "-o", "json", "--server", &s.admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v["items"].as_array().unwrap();
+    let seen: Vec<(String, String)> = items
+        .iter()
+        .filter(|i| i["metadata"]["ownerReferences"].is_array())
+        .map(|i| {
+            assert_eq!(i["spec"]["reference"]["kind"], "Broker", "{i}");
+            assert_eq!(i["spec"]["reference"]["name"], "default", "{i}");
+            let attr = |n: &str| {
+                i["spec"]["attributes"].as_array().unwrap().iter().find(|a| a["name"] == n).unwrap()["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            (attr("type"), attr("source"))
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("com.example.order".to_string(), "/shop".to_string()),
+            ("com.example.refund".to_string(), "/shop".to_string())
+        ],
+        "one per distinct type and source: {v:#}"
+    );
+    assert!(items.iter().any(|i| i["metadata"]["name"] == "orders"), "the hand-applied one too: {v:#}");
+    let table = std::process::Command::new(BIN).args(["get", "eventtypes", "--server", &s.admin]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("com.example.refund") && table.contains("Broker/default"), "{table}");
+    let orders = table.lines().find(|l| l.contains("orders")).unwrap_or_default();
+    assert!(orders.contains("com.example.order") && orders.trim_end().ends_with("True"), "{table}");
+}
