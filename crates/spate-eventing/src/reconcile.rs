@@ -294,6 +294,7 @@ impl Eventing {
         for key in gone {
             self.stop_triggers_of(&key).await;
             let Some(broker) = self.brokers.write().expect("brokers lock").remove(&key) else { continue };
+            self.tap.types.forget(&key.0, &key.1, "Broker");
             let log_name = broker_log_name(&key.0, &key.1);
             let removed = match (&broker.storage, self.class_backend(self.broker_class(&broker.config))) {
                 (Storage::Log { .. }, _) => self.backend.remove(&log_name).await,
