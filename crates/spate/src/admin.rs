@@ -23,6 +23,7 @@ pub struct Admin {
 
 pub fn router(state: Admin) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -33,6 +34,28 @@ pub fn router(state: Admin) -> Router {
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
         .with_state(state)
+}
+
+/// The dashboard: one page built into the binary (no CDN), reading this API
+/// from the same origin, behind the same guard.
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+async fn dashboard() -> Response {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Only this page's own inline code and this origin; never framed by another site.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<Admin>) -> Response {
