@@ -8,6 +8,7 @@ pub mod event_types;
 mod feed;
 mod messaging;
 mod reconcile;
+pub mod replay;
 mod router;
 mod stream_worker;
 pub mod tap;

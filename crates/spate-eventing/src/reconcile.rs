@@ -94,7 +94,7 @@ pub struct Eventing {
     /// `spate tail`'s listeners, shared by every broker and channel.
     pub(crate) tap: crate::tap::Tap,
     brokers: RwLock<HashMap<Key, Arc<Broker>>>,
-    triggers: Mutex<Workers>,
+    pub(crate) triggers: Mutex<Workers>,
     /// The shared engine (NATS JetStream), when the server has one.
     pub(crate) streams: Option<Arc<dyn StreamBackend>>,
     /// RabbitMQ (`RabbitMQBroker`), when configured.

@@ -487,7 +487,8 @@ impl Run {
     }
 }
 
-pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
+/// Delivers one event by the plan; true if the subscriber took it.
+pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
     let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
     let (broker_reply, url_reply);
@@ -513,6 +514,7 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
     let started = std::time::Instant::now();
     let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
+    let delivered = matches!(outcome, Outcome::Delivered { .. });
     let said = match outcome {
         Outcome::Delivered { attempts } => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -534,4 +536,5 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) {
     if let Some(tap) = s.broker.as_ref().and_then(|b| b.tap()).filter(|t| t.active()) {
         tap.offer_outcome(label, ev.clone(), said);
     }
+    delivered
 }

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 use spate_api::Kind;
 
+use spate_eventing::replay::{ReplayError, ReplayFrom, ReplayProgress};
+
 use crate::control::{ApiError, ControlPlane, Derived};
 
 #[derive(Clone)]
@@ -30,6 +32,7 @@ pub fn router(state: Admin) -> Router {
         .route("/apply", post(apply))
         .route("/logs/{kind}/{ns}/{name}", get(logs))
         .route("/tail", get(tail))
+        .route("/replay/{ns}/{name}", post(replay))
         .route("/apis/{group}/{version}/{plural}", get(list_all))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
         .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
@@ -137,6 +140,69 @@ async fn tail(State(st): State<Admin>, Query(q): Query<TailQuery>) -> Result<Res
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReplayBody {
+    from_offset: Option<u64>,
+    /// RFC 3339.
+    from_time: Option<String>,
+}
+
+fn progress_json(p: &ReplayProgress) -> serde_json::Value {
+    json!({"fromOffset": p.from_offset, "total": p.total, "scanned": p.scanned, "matched": p.matched,
+        "delivered": p.delivered, "failed": p.failed})
+}
+
+/// Redelivers what trigger `ns/name`'s broker log retains, from `fromOffset` or
+/// `fromTime`, to that trigger only. Answers a stream of progress lines (NDJSON),
+/// the last with `"done": true` or an `"error"`; refusals come first as errors.
+async fn replay(
+    State(st): State<Admin>,
+    Path((ns, name)): Path<(String, String)>,
+    axum::Json(body): axum::Json<ReplayBody>,
+) -> Result<Response, ApiError> {
+    let from = match (body.from_offset, body.from_time.as_deref()) {
+        (Some(n), None) => ReplayFrom::Offset(n),
+        (None, Some(t)) => {
+            let (secs, nanos) = spate_core::rules::parse_rfc3339(t)
+                .ok_or_else(|| ApiError::BadRequest(format!("fromTime: '{t}' is not an RFC 3339 time")))?;
+            ReplayFrom::TimeMs(secs * 1000 + i64::from(nanos / 1_000_000))
+        }
+        _ => return Err(ApiError::BadRequest("give exactly one of fromOffset and fromTime".into())),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let eventing = st.control.eventing().clone();
+    let task = tokio::spawn(async move { eventing.replay(&ns, &name, from, tx).await });
+    let Some(first) = rx.recv().await else {
+        return Err(match task.await {
+            Ok(Err(e @ ReplayError::NotRunning(_))) => ApiError::NotFound(e.to_string()),
+            Ok(Err(e)) => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::BadRequest("the replay ended before it started".into()),
+        });
+    };
+    let lines = futures_util::stream::unfold((Some(first), rx, Some(task)), |(pending, mut rx, task)| async move {
+        let line = |v: serde_json::Value| Ok::<_, std::convert::Infallible>(format!("{v}\n"));
+        if let Some(p) = pending {
+            return Some((line(progress_json(&p)), (None, rx, task)));
+        }
+        if let Some(p) = rx.recv().await {
+            return Some((line(progress_json(&p)), (None, rx, task)));
+        }
+        let end = match task?.await {
+            Ok(Ok(p)) => {
+                let mut v = progress_json(&p);
+                v["done"] = json!(true);
+                v
+            }
+            Ok(Err(e)) => json!({"error": e.to_string()}),
+            Err(e) => json!({"error": format!("the replay failed: {e}")}),
+        };
+        Some((line(end), (None, rx, None)))
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines))
+        .into_response())
 }
 
 fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {

@@ -41,6 +41,7 @@ impl Cli {
             Command::Send(a) => (a.server, a.namespace) = (server, ns),
             Command::Logs(a) => (a.server, a.namespace) = (server, ns),
             Command::Describe(a) => (a.server, a.namespace) = (server, ns),
+            Command::Replay(a) => (a.server, a.namespace) = (server, ns),
             Command::Tail(a) => {
                 (a.server, a.namespace) = (server, ns);
                 a.output = self.output.unwrap_or(OutputFormat::Table);
@@ -73,6 +74,8 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Stream events as brokers and channels store them (`broker/NAME`, `channel/NAME`, or all).
     Tail(TailArgs),
+    /// Redeliver the events a broker's log retains, from an offset or a time, to one trigger only.
+    Replay(ReplayArgs),
     /// Validate manifests offline; prints every problem with its field path.
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
@@ -261,6 +264,23 @@ pub struct TailArgs {
     pub namespace: String,
     #[arg(skip = OutputFormat::Table)]
     pub output: OutputFormat,
+    #[arg(skip)]
+    pub server: ServerArg,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["from_time", "from_offset"])))]
+pub struct ReplayArgs {
+    /// `trigger/NAME` (in `-n`'s namespace).
+    pub target: String,
+    /// Replay the events stored at or after this time (RFC 3339, e.g. 2026-12-01T10:00:00Z).
+    #[arg(long)]
+    pub from_time: Option<String>,
+    /// Replay from this offset of the broker's log.
+    #[arg(long)]
+    pub from_offset: Option<u64>,
+    #[arg(skip)]
+    pub namespace: String,
     #[arg(skip)]
     pub server: ServerArg,
 }

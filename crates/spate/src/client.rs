@@ -351,6 +351,55 @@ pub async fn tail(a: crate::cli::TailArgs) -> Exit {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `spate replay trigger/NAME --from-time T | --from-offset N`, with a progress bar.
+pub async fn replay(a: crate::cli::ReplayArgs) -> Exit {
+    let server = a.server.server.trim_end_matches('/');
+    let Some(("trigger", name)) = a.target.split_once('/') else {
+        bail!("'{}': use trigger/NAME (a replay goes to one trigger)", a.target)
+    };
+    let body = match (&a.from_time, a.from_offset) {
+        (Some(t), None) => serde_json::json!({"fromTime": t}),
+        (None, Some(n)) => serde_json::json!({"fromOffset": n}),
+        _ => bail!("give one of --from-time and --from-offset"),
+    };
+    let url = format!("{server}/replay/{}/{name}", a.namespace);
+    let mut resp = admin().post(url).json(&body).send().await.map_err(|e| unreachable(server, e))?;
+    if !resp.status().is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Ok(report_failure(&body));
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} events read {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let (mut buf, mut last) = (String::new(), Value::Null);
+    while let Some(chunk) = resp.chunk().await.context("reading the replay's progress")? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            let Ok(v) = serde_json::from_str::<Value>(line.trim()) else { continue };
+            if let Some(e) = v["error"].as_str() {
+                bar.abandon();
+                bail!("replay failed: {e}");
+            }
+            bar.set_length(v["total"].as_u64().unwrap_or(0));
+            bar.set_position(v["scanned"].as_u64().unwrap_or(0));
+            bar.set_message(format!("· {} matched · {} delivered", v["matched"], v["delivered"]));
+            last = v;
+        }
+    }
+    bar.finish_and_clear();
+    if last["done"] != true {
+        bail!("the server ended the replay early (see its log)");
+    }
+    println!(
+        "replayed to trigger {}/{name} from offset {}: {} event(s) read, {} matched its filter, {} delivered, {} failed",
+        a.namespace, last["fromOffset"], last["scanned"], last["matched"], last["delivered"], last["failed"]
+    );
+    Ok(if last["failed"] == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
+
 fn print_tailed(event_name: &str, data: &str, output: crate::cli::OutputFormat) {
     if event_name == "dropped" {
         eprintln!("(fell behind: {data} event(s) not shown)");

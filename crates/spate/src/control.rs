@@ -310,6 +310,11 @@ impl ControlPlane {
         self.eventing.tap()
     }
 
+    /// The eventing room (replays run there).
+    pub fn eventing(&self) -> &Arc<Eventing> {
+        &self.eventing
+    }
+
     /// The dispatcher every delivery goes through.
     pub fn dispatcher(&self) -> &spate_delivery::Dispatcher {
         &self.dispatcher

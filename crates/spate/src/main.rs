@@ -57,6 +57,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Logs(a) => client::logs(a).await,
             cli::Command::Describe(a) => client::describe(a).await,
             cli::Command::Tail(a) => client::tail(a).await,
+            cli::Command::Replay(a) => client::replay(a).await,
             cli::Command::Validate(a) => client::validate(a),
             cli::Command::Bench(a) => bench::run(a).await,
         }

@@ -284,3 +284,56 @@ async fn get_eventtypes_lists_the_types_that_flowed_through_a_broker_and_those_a
     let orders = table.lines().find(|l| l.contains("orders")).unwrap_or_default();
     assert!(orders.contains("com.example.order") && orders.trim_end().ends_with("True"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_redelivers_a_time_range_to_one_trigger_and_no_other() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    let (one, other) = (Sink::start().await, Sink::start().await);
+    s.apply_ok(&format!(
+        "{}---\n{}---\n{}",
+        broker("default", ""),
+        trigger("one", "default", "", &one.url, ""),
+        trigger("other", "default", "", &other.url, "")
+    ))
+    .await;
+    let url = s.broker_url("default", "default");
+    for id in ["e1", "e2"] {
+        assert_eq!(send(&url, id, "t", "x").await, 202);
+    }
+    one.wait_for(2).await;
+    // Stored times are in milliseconds: the range starts strictly after e2's.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let from = {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        spate_core::rules::format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    for id in ["e3", "e4", "e5"] {
+        assert_eq!(send(&url, id, "t", "x").await, 202);
+    }
+    one.wait_for(5).await;
+    other.wait_for(5).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).args(["--server", &s.admin]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = run(&["replay", "trigger/one", "--from-time", &from]);
+    assert!(ok, "{text}");
+    assert!(text.contains("3 event(s) read") && text.contains("3 delivered"), "{text}");
+    let mut ids: Vec<String> = one.events().iter().skip(5).map(|r| r.event.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["e3", "e4", "e5"], "the range, to that trigger");
+    assert_eq!(other.count(), 5, "no other trigger gets a replay");
+    // From an offset: everything retained.
+    let (ok, text) = run(&["replay", "trigger/one", "--from-offset", "0"]);
+    assert!(ok && text.contains("5 delivered"), "{text}");
+    assert_eq!((one.count(), other.count()), (5 + 3 + 5, 5));
+    // Refusals name what is wrong.
+    let (ok, text) = run(&["replay", "trigger/nope", "--from-offset", "0"]);
+    assert!(!ok && text.contains("not running"), "{text}");
+    let (ok, text) = run(&["replay", "trigger/one", "--from-time", "yesterday"]);
+    assert!(!ok && text.contains("RFC 3339"), "{text}");
+    let (ok, text) = run(&["replay", "trigger/one"]);
+    assert!(!ok && text.contains("--from-time"), "clap requires one of the two: {text}");
+}
