@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _};
 use spate_core::delivery::{DeliveryFormat, RetryPolicy, is_retryable_status, parse_retry_after};
 use spate_core::{CloudEvent, ExtValue, ext, http_codec};
 
 mod tls;
+pub mod trace;
 
 pub use tls::TrustError;
 
@@ -210,6 +213,21 @@ impl Dispatcher {
         namespace: &str,
         timeout: Option<Duration>,
     ) -> Attempt {
+        self.send_traced(ev, sender, url, format, namespace, timeout, None).await
+    }
+
+    /// [`Dispatcher::send_once`], with the `traceparent` header of the attempt's span (if traced).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_traced(
+        &self,
+        ev: &CloudEvent,
+        sender: &str,
+        url: &ParsedUrl,
+        format: DeliveryFormat,
+        namespace: &str,
+        timeout: Option<Duration>,
+        traceparent: Option<String>,
+    ) -> Attempt {
         let mut headers = HeaderMap::new();
         let body = match format {
             DeliveryFormat::Binary => http_codec::encode_binary(ev, &mut headers),
@@ -219,8 +237,9 @@ impl Dispatcher {
         if let Ok(v) = HeaderValue::from_str(namespace) {
             headers.insert("kn-namespace", v);
         }
-        let tp = match ev.extension(ext::TRACEPARENT) {
-            Some(ExtValue::String(s)) => s.clone(),
+        let tp = match (traceparent, ev.extension(ext::TRACEPARENT)) {
+            (Some(tp), _) => tp,
+            (None, Some(ExtValue::String(s))) => s.clone(),
             _ => new_traceparent(),
         };
         if let Ok(v) = HeaderValue::from_str(&tp) {
@@ -286,7 +305,15 @@ impl Dispatcher {
         let mut dls_policy = req.policy.clone();
         dls_policy.retry = dls_policy.retry.max(DEAD_LETTER_MIN_RETRIES);
         let dls_req = DeliveryRequest { policy: &dls_policy, ..*req };
-        match self.attempts(&dead, dls, &dls_req, None).await {
+        let span = trace::enabled().then(|| {
+            let attrs = vec![KeyValue::new("error.type", last.describe())];
+            trace::start(format!("dead-letter {}", req.label), SpanKind::Internal, &trace::context_of(ev), attrs)
+        });
+        let outcome = self.attempts(&dead, dls, &dls_req, None).await;
+        if let Some(mut span) = span {
+            span.end();
+        }
+        match outcome {
             Ok(_) => {
                 metrics::counter!("spate_dead_letters_total", "sender" => req.label.to_string()).increment(1);
                 Outcome::DeadLettered { attempts, last_error: last.describe() }
@@ -313,7 +340,13 @@ impl Dispatcher {
         let mut attempt_no = 0u32;
         loop {
             attempt_no += 1;
-            let a = self.send_once(ev, req.label, url, req.format, req.namespace, policy.timeout).await;
+            let span = trace::enabled().then(|| attempt_span(ev, req.label, url, attempt_no));
+            let sc = span.as_ref().map(|s| s.span_context().clone());
+            let tp = sc.as_ref().map(trace::traceparent);
+            let a = self.send_traced(ev, req.label, url, req.format, req.namespace, policy.timeout, tp).await;
+            if let Some(mut span) = span {
+                end_attempt(&mut span, &a);
+            }
             let (retryable, a) = match a {
                 Attempt::Response { status, headers, body } if (200..300).contains(&status) => {
                     let Some(replies) = replies else {
@@ -321,7 +354,7 @@ impl Dispatcher {
                     };
                     match reply_event(status, &headers, body.clone()) {
                         None => return Ok(attempt_no),
-                        Some(reply) => match replies.accept(reply).await {
+                        Some(reply) => match accept_reply(replies, reply, sc.as_ref(), req.label).await {
                             Ok(()) => return Ok(attempt_no),
                             Err(e) => {
                                 tracing::warn!(sender = req.label, error = %e, "reply could not be stored; retrying the delivery");
@@ -355,6 +388,55 @@ impl Dispatcher {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The client span of one delivery attempt, under the event's context.
+fn attempt_span(ev: &CloudEvent, label: &str, url: &ParsedUrl, attempt: u32) -> trace::Span {
+    trace::start(
+        format!("deliver {label}"),
+        SpanKind::Client,
+        &trace::context_of(ev),
+        vec![
+            KeyValue::new("url.full", url.as_str().to_string()),
+            KeyValue::new("spate.attempt", i64::from(attempt)),
+            KeyValue::new("cloudevents.event_id", ev.id.clone()),
+            KeyValue::new("cloudevents.event_type", ev.ty.clone()),
+        ],
+    )
+}
+
+fn end_attempt(span: &mut trace::Span, a: &Attempt) {
+    match a {
+        Attempt::Response { status, .. } => {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(*status)));
+            if *status >= 400 {
+                span.set_status(opentelemetry::trace::Status::error(format!("HTTP {status}")));
+            }
+        }
+        Attempt::Failed { message, .. } => span.set_status(opentelemetry::trace::Status::error(message.clone())),
+    }
+    span.end();
+}
+
+/// Hands a reply on; traced, it continues the attempt's trace (unless it carries its own)
+/// under a `reply` span.
+async fn accept_reply(
+    replies: &dyn ReplySink,
+    mut reply: CloudEvent,
+    attempt: Option<&opentelemetry::trace::SpanContext>,
+    label: &str,
+) -> Result<(), String> {
+    let Some(sc) = attempt else { return replies.accept(reply).await };
+    trace::adopt(&mut reply, sc);
+    let parent = opentelemetry::Context::new().with_remote_span_context(sc.clone());
+    let attrs = vec![KeyValue::new("cloudevents.event_id", reply.id.clone())];
+    let mut span = trace::start(format!("reply {label}"), SpanKind::Internal, &parent, attrs);
+    let r = replies.accept(reply).await;
+    if let Err(e) = &r {
+        span.set_status(opentelemetry::trace::Status::error(e.clone()));
+    }
+    span.end();
+    r
 }
 
 /// A reply is a 2xx other than 202/204 whose body is a CloudEvent. Anything

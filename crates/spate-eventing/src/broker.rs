@@ -1,4 +1,8 @@
 use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _};
+use spate_delivery::trace;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -146,7 +150,42 @@ impl Broker {
     }
 
     /// Stores events as they are, adding `knativearrivaltime`.
-    pub(crate) async fn append(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
+    pub(crate) async fn append(&self, mut events: Vec<CloudEvent>) -> Result<(), PublishError> {
+        let spans = trace::enabled().then(|| self.ingress_spans(&mut events));
+        let result = self.store(events).await;
+        for (mut ingress, mut append) in spans.into_iter().flatten() {
+            if let Err(e) = &result {
+                append.set_status(opentelemetry::trace::Status::error(e.to_string()));
+            }
+            append.end();
+            ingress.end();
+        }
+        result
+    }
+
+    /// Per event: the broker's ingress span (under the producer's `traceparent`, which an
+    /// event without one gets from this span) and, under it, the span of storing it.
+    fn ingress_spans(&self, events: &mut [CloudEvent]) -> Vec<(trace::Span, trace::Span)> {
+        let target = format!("broker/{}/{}", self.config.namespace, self.config.name);
+        events
+            .iter_mut()
+            .map(|ev| {
+                let attrs = vec![
+                    KeyValue::new("cloudevents.event_id", ev.id.clone()),
+                    KeyValue::new("cloudevents.event_type", ev.ty.clone()),
+                ];
+                let ingress =
+                    trace::start(format!("ingress {target}"), SpanKind::Server, &trace::context_of(ev), attrs);
+                let sc = ingress.span_context().clone();
+                trace::adopt(ev, &sc);
+                let parent = opentelemetry::Context::new().with_remote_span_context(sc);
+                let append = trace::start(format!("append {target}"), SpanKind::Internal, &parent, vec![]);
+                (ingress, append)
+            })
+            .collect()
+    }
+
+    async fn store(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
         let now = now_rfc3339();
         let n = events.len() as u64;
         let stamp = |mut ev: CloudEvent| {

@@ -511,6 +511,13 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
         dead_letter_sink: plan.dead_letter_url.as_ref(),
         label,
     };
+    if spate_delivery::trace::enabled() {
+        // The trigger's filter matched this event (the spans of its delivery follow).
+        use opentelemetry::trace::Span as _;
+        let parent = spate_delivery::trace::context_of(ev);
+        let kind = opentelemetry::trace::SpanKind::Internal;
+        spate_delivery::trace::start(format!("match {label}"), kind, &parent, vec![]).end();
+    }
     let started = std::time::Instant::now();
     let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());

@@ -201,6 +201,10 @@ pub struct ServeArgs {
     /// allow-same-namespace (Knative's default) or deny-all.
     #[arg(long, default_value = "allow-same-namespace")]
     pub authorization_mode: String,
+    /// Export OpenTelemetry spans (ingress, append, match, each delivery attempt, reply,
+    /// dead letter) to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "SPATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Serve the data plane over HTTPS with this PEM certificate chain (leaf first; include the
     /// issuing CA so Spate's deliveries to its own addresses can verify it). Reloaded on change.
     #[arg(long, requires = "tls_key")]

@@ -215,9 +215,26 @@ async fn admitted_events(
         Target::Channel => "channel",
         Target::KafkaSink => "KafkaSink",
     };
-    let events = read_events(st, headers, body, &format!("{label} {namespace}/{name}")).await?;
+    let mut events = read_events(st, headers, body, &format!("{label} {namespace}/{name}")).await?;
     authorize(st, target, namespace, name, headers, &events)?;
+    adopt_http_trace_context(headers, &mut events);
     Ok(events)
+}
+
+/// Traced: an event without a `traceparent` extension continues the request's
+/// W3C trace context (the `traceparent` header), so the producer's trace goes on.
+fn adopt_http_trace_context(headers: &HeaderMap, events: &mut [CloudEvent]) {
+    if !spate_delivery::trace::enabled() {
+        return;
+    }
+    let Some(sc) =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(spate_delivery::trace::parse_traceparent)
+    else {
+        return;
+    };
+    for ev in events {
+        spate_delivery::trace::adopt(ev, &sc);
+    }
 }
 
 /// With sender identity on: a valid token for the addressable (401), from a

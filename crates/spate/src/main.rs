@@ -21,6 +21,7 @@ mod ingress;
 mod listener;
 mod live;
 mod oidc;
+mod otel;
 mod output;
 mod proxy;
 mod sealed;

@@ -191,6 +191,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             )
         })?;
     }
+    let traces = args.otlp_endpoint.as_deref().map(crate::otel::install).transpose()?;
     let _lock = lock_data_dir(&args.data_dir)?;
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
 
@@ -389,6 +390,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     })
     .await;
     control.shutdown().await;
+    if let Some(p) = traces {
+        crate::otel::shutdown(p).await;
+    }
     // Closing joins the writer threads and writes consumer positions: off the runtime.
     let closing = backend.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close_all()).await;
