@@ -558,4 +558,15 @@ async fn a_flows_channels_and_subscriptions_are_listed_with_their_owner() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Deleting the Sequence removes them from the lists.
+    let r = client()
+        .delete(format!("{}/apis/flows.knative.dev/v1/namespaces/default/sequences/seq", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for plural in ["inmemorychannels", "subscriptions"] {
+        let list = s.admin_json(&format!("/apis/messaging.knative.dev/v1/namespaces/default/{plural}")).await;
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{plural} after the delete: {list}");
+    }
 }

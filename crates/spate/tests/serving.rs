@@ -181,6 +181,14 @@ async fn traffic_splits_80_20_and_a_tag_has_its_own_url() {
     for _ in 0..20 {
         assert_eq!(call(tag_url).await["message"], "v2", "the tag URL always answers with its revision");
     }
+    // Any client on the machine reaches both URLs: Python's requests (no `.localhost` special case).
+    let py = "import sys\ntry:\n    import requests\n    get = lambda u: requests.get(u, timeout=10).json()['message']\n    how = 'requests'\nexcept ImportError:\n    import json, urllib.request\n    get = lambda u: json.load(urllib.request.urlopen(u, timeout=10))['message']\n    how = 'urllib'\nprint(how, get(sys.argv[1]), get(sys.argv[2]))\n";
+    let svc_url = v["status"]["url"].as_str().unwrap().to_string();
+    let out = std::process::Command::new("python3").args(["-c", py, &svc_url, tag_url]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let words: Vec<&str> = said.split_whitespace().collect();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(matches!(words.get(1), Some(&"v1" | &"v2")) && words.get(2) == Some(&"v2"), "{said}");
 
     let mut counts: HashMap<String, u32> = HashMap::new();
     let url = format!("{}/services/default/split", s.data);
