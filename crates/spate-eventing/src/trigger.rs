@@ -66,6 +66,8 @@ pub struct TriggerStats {
     pub dead_lettered: AtomicU64,
     pub dropped: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Attempts beyond the first, over every event.
+    pub retries: AtomicU64,
     recent: std::sync::Mutex<std::collections::VecDeque<Failure>>,
 }
 
@@ -522,6 +524,12 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
     let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
     let delivered = matches!(outcome, Outcome::Delivered { .. });
+    let attempts = match &outcome {
+        Outcome::Delivered { attempts }
+        | Outcome::DeadLettered { attempts, .. }
+        | Outcome::Dropped { attempts, .. } => *attempts,
+    };
+    stats.retries.fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
     let said = match outcome {
         Outcome::Delivered { attempts } => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);

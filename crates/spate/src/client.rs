@@ -1,6 +1,5 @@
 //! Client commands: talk to a running server's admin API, or send events.
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -489,28 +488,32 @@ fn parse_extensions(exts: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Live progress on standard error for long sends.
 pub struct Progress {
-    total: u64,
+    bar: indicatif::ProgressBar,
     started: Instant,
-    tty: bool,
 }
 
 impl Progress {
     pub fn new(total: u64) -> Self {
-        Progress { total, started: Instant::now(), tty: std::io::stderr().is_terminal() }
+        // indicatif draws only on a terminal; the summary line is printed either way.
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} events, {per_sec}, {msg}")
+                .expect("a valid template")
+                .progress_chars("= "),
+        );
+        Progress { bar, started: Instant::now() }
     }
     pub fn show(&self, done: u64, failed: u64, last: bool) {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let width = 30usize;
-        let filled = ((done as f64 / self.total.max(1) as f64) * width as f64) as usize;
-        let bar: String = "=".repeat(filled.min(width)) + &" ".repeat(width - filled.min(width));
-        let line = format!("[{bar}] {done}/{} events, {:.0}/s, {failed} failed", self.total, done as f64 / secs);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r{line}{}", if last { "\n" } else { "" });
-        } else if last {
-            let _ = writeln!(err, "{line}");
+        self.bar.set_position(done);
+        self.bar.set_message(format!("{failed} failed"));
+        if last {
+            self.bar.finish_and_clear();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "{done}/{} events, {:.0}/s, {failed} failed",
+                self.bar.length().unwrap_or(done),
+                done as f64 / secs
+            );
         }
-        let _ = err.flush();
     }
 }
 

@@ -16,6 +16,8 @@ pub struct TriggerLive {
     pub dead_lettered: u64,
     pub dropped: u64,
     pub in_flight: u64,
+    /// Attempts beyond the first, over every event.
+    pub retries: u64,
     /// Events stored in the broker that the trigger has not finished with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
@@ -44,6 +46,7 @@ impl TriggerLive {
             dead_lettered: stats.dead_lettered.load(Relaxed),
             dropped: stats.dropped.load(Relaxed),
             in_flight: stats.in_flight.load(Relaxed),
+            retries: stats.retries.load(Relaxed),
             backlog,
             recent_failures: stats.recent_failures().iter().map(FailureJson::from).collect(),
         }

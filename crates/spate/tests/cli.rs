@@ -205,6 +205,7 @@ async fn a_triggers_outcomes_show_in_tail_and_its_failures_in_describe() {
     assert_eq!(live["recentFailures"][0]["id"], "b1", "{t:#}");
     assert_eq!(live["recentFailures"][0]["outcome"], "DeadLettered", "{t:#}");
     assert!(live["backlog"].is_u64(), "{t:#}");
+    assert_eq!(live["retries"], 0, "retry: 0 means one attempt each: {t:#}");
     let out = std::process::Command::new(BIN).args(["describe", "trigger/t", "--server", &s.admin]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Recent failures:") && text.contains("b1") && text.contains("HTTP 500"), "{text}");
