@@ -192,17 +192,6 @@ pub(crate) fn percentiles(v: Vec<u64>) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percentiles_come_from_the_recorded_latencies() {
-        let v: Vec<u64> = (1..=1000).map(|i| i * 1_000_000).collect(); // 1..1000 ms
-        let s = super::percentiles(v);
-        assert!(s.starts_with("p50 500.") && s.contains("p99 990.") && s.contains("max 1000."), "{s}");
-        assert_eq!(super::percentiles(vec![]), "n/a");
-    }
-}
-
 struct LoadResult {
     acked: u64,
     failed: u64,
@@ -520,4 +509,15 @@ async fn backlog(
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles_come_from_the_recorded_latencies() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1_000_000).collect(); // 1..1000 ms
+        let s = super::percentiles(v);
+        assert!(s.starts_with("p50 500.") && s.contains("p99 990.") && s.contains("max 1000."), "{s}");
+        assert_eq!(super::percentiles(vec![]), "n/a");
+    }
 }
