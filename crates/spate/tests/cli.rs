@@ -97,47 +97,64 @@ async fn describe_shows_conditions_with_reasons_addresses_and_delivery() {
     assert!(b.contains("Ready") && b.contains("True"), "{b}");
 }
 
+/// `spate tail …` running until it said it is connected (its first line on stderr). The
+/// stderr pipe is held open while it runs (a closed pipe would fail its later messages).
+struct Tail(std::process::Child, String, #[allow(dead_code)] std::io::BufReader<std::process::ChildStderr>);
+
+impl Tail {
+    fn start(admin: &str, args: &[&str]) -> Tail {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(BIN)
+            .arg("tail")
+            .args(args)
+            .args(["-o", "json", "--server", admin])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        Tail(child, first, err)
+    }
+
+    /// The next `n` lines it prints, as JSON; then it is stopped.
+    async fn lines(mut self, n: usize) -> Vec<serde_json::Value> {
+        use std::io::{BufRead, BufReader};
+        tokio::task::spawn_blocking(move || {
+            let mut out = BufReader::new(self.0.stdout.take().unwrap());
+            let mut lines = vec![];
+            for _ in 0..n {
+                let mut l = String::new();
+                out.read_line(&mut l).unwrap();
+                lines.push(serde_json::from_str::<serde_json::Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}")));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            lines
+        })
+        .await
+        .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_streams_a_brokers_events_through_a_cesql_filter() {
-    use std::io::{BufRead, BufReader};
     let dir = tempdir();
     let s = Server::start(dir.path(), &[]);
     s.apply_ok(&(broker("default", "") + "---\n" + &broker("other", ""))).await;
-    let mut child = std::process::Command::new(BIN)
-        .args(["tail", "broker/default", "--filter", "type = 'order'", "-o", "json", "--server", &s.admin])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Connected once it says so.
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(first.contains("tailing broker/default/default"), "{first}");
+    let tail = Tail::start(&s.admin, &["broker/default", "--filter", "type = 'order'"]);
+    assert!(tail.1.contains("tailing broker/default/default"), "{}", tail.1);
     assert_eq!(send(&s.broker_url("default", "default"), "o1", "order", "x").await, 202);
     assert_eq!(send(&s.broker_url("default", "default"), "r1", "refund", "x").await, 202);
     assert_eq!(send(&s.broker_url("default", "other"), "o2", "order", "x").await, 202);
     assert_eq!(send(&s.broker_url("default", "default"), "o3", "order", "x").await, 202);
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut lines = vec![];
-        for _ in 0..2 {
-            let mut l = String::new();
-            out.read_line(&mut l).unwrap();
-            lines.push(l);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        lines
-    })
-    .await
-    .unwrap();
-    let ids: Vec<String> = lines
+    let lines = tail.lines(2).await;
+    let ids: Vec<&str> = lines
         .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        .map(|v| {
             assert_eq!(v["target"], "broker/default/default");
-            v["event"]["id"].as_str().unwrap().to_string()
+            v["event"]["id"].as_str().unwrap()
         })
         .collect();
     assert_eq!(ids, ["o1", "o3"], "only the filtered broker's matching events, in order");
@@ -145,7 +162,6 @@ async fn tail_streams_a_brokers_events_through_a_cesql_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_triggers_outcomes_show_in_tail_and_its_failures_in_describe() {
-    use std::io::{BufRead, BufReader};
     let dir = tempdir();
     let s = Server::start(dir.path(), &[]);
     // The subscriber refuses "bad" events (500, no retry): they go to the dead-letter sink.
@@ -162,32 +178,11 @@ async fn a_triggers_outcomes_show_in_tail_and_its_failures_in_describe() {
     let delivery = format!("  delivery:\n    retry: 0\n    deadLetterSink:\n      uri: {}\n", dls.url);
     s.apply_ok(&format!("{}---\n{}", broker("default", ""), trigger("t", "default", "", &subscriber.url, &delivery)))
         .await;
-    let mut child = std::process::Command::new(BIN)
-        .args(["tail", "trigger/t", "-o", "json", "--server", &s.admin])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert!(first.contains("tailing trigger/default/t"), "{first}");
+    let tail = Tail::start(&s.admin, &["trigger/t"]);
+    assert!(tail.1.contains("tailing trigger/default/t"), "{}", tail.1);
     assert_eq!(send(&s.broker_url("default", "default"), "g1", "good", "x").await, 202);
     assert_eq!(send(&s.broker_url("default", "default"), "b1", "bad", "x").await, 202);
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut lines = vec![];
-        for _ in 0..2 {
-            let mut l = String::new();
-            out.read_line(&mut l).unwrap();
-            lines.push(serde_json::from_str::<serde_json::Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}")));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        lines
-    })
-    .await
-    .unwrap();
+    let lines = tail.lines(2).await;
     let outcome = |id: &str| {
         let l = lines.iter().find(|l| l["event"]["id"] == id).unwrap_or_else(|| panic!("{id} tailed: {lines:?}"));
         assert_eq!(l["target"], "trigger/default/t");
@@ -235,18 +230,8 @@ async fn get_eventtypes_lists_the_types_that_flowed_through_a_broker_and_those_a
     for (id, ty, source) in
         [("1", "com.example.order", "/shop"), ("2", "com.example.order", "/shop"), ("3", "com.example.refund", "/shop")]
     {
-        let code = client()
-            .post(s.broker_url("default", "default"))
-            .header("ce-specversion", "1.0")
-            .header("ce-id", id)
-            .header("ce-type", ty)
-            .header("ce-source", source)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(code, 202);
+        let h = [("ce-specversion", "1.0"), ("ce-id", id), ("ce-type", ty), ("ce-source", source)];
+        assert_eq!(post_with(&s.broker_url("default", "default"), &h, "{}").await, 202);
     }
     let out = std::process::Command::new(BIN)
         .args(["get", "eventtypes", "-o", "json", "--server", &s.admin])

@@ -93,19 +93,15 @@ async fn one_events_span_tree_goes_from_the_producer_through_a_reply() {
     ))
     .await;
     let (trace, producer) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let code = client()
-        .post(s.broker_url("default", "default"))
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "q1")
-        .header("ce-type", "question")
-        .header("ce-source", "/producer")
-        .header("traceparent", format!("00-{trace}-{producer}-01"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(code, 202);
+    let tp = format!("00-{trace}-{producer}-01");
+    let h = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "q1"),
+        ("ce-type", "question"),
+        ("ce-source", "/producer"),
+        ("traceparent", tp.as_str()),
+    ];
+    assert_eq!(post_with(&s.broker_url("default", "default"), &h, "{}").await, 202);
     let got = answers.wait_for_id("re-q1").await;
     let to_replier = replier.wait_for_id("q1").await[0].headers["traceparent"].to_str().unwrap().to_string();
     let to_answers = got[0].headers["traceparent"].to_str().unwrap().to_string();

@@ -336,6 +336,15 @@ pub async fn send_as(url: &str, id: &str, ty: &str, content_type: &str, data: &s
         .as_u16()
 }
 
+/// Posts `data` with exactly these headers (a binary-mode event written by hand); returns the status.
+pub async fn post_with(url: &str, headers: &[(&str, &str)], data: &str) -> u16 {
+    let mut req = client().post(url).body(data.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
