@@ -65,7 +65,6 @@ class Run:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.t0 = time.time()
-        self.first_comment_ms = None
         self.first_result_ms = None
         self.last_sent_ms = None
         self.samples = []  # (seconds since start, {service: ready instances})
@@ -105,8 +104,6 @@ class Run:
                     self.sent[rec["id"]] = (rec["kind"], now_ms, need)
                     self.offered[self.sec(now_ms)] += 1
                     self.last_sent_ms = now_ms
-                    if rec["kind"] == "comment" and self.first_comment_ms is None:
-                        self.first_comment_ms = now_ms
                 while True:
                     try:
                         p.produce("live-interactions", key=stream, value=json.dumps(rec).encode(),
@@ -208,9 +205,10 @@ def summary(run, back_to_zero_s):
         steady = [ms for s, ms in run.latencies
                   if all(run.offered.get(x, 0) >= 0.5 * run.a.peak for x in (s, s - 1, s - 2))]
         starts = burst_starts(run)
+        # The first result to reach Kafka, from its own interaction (every Service was at zero then).
         first = None
-        if run.first_result_ms is not None and run.first_comment_ms is not None:
-            first = round(run.first_result_ms - run.first_comment_ms, 1)
+        if run.first_result_ms is not None:
+            first = round(run.first_result_ms - run.first_result_sent_ms, 1)
         return {
             "run": run.run_id,
             "seconds": run.a.seconds,
