@@ -10,11 +10,12 @@ use serde_json::{Value, json};
 use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind, SecretConfig, SecretKeyRef};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
 use spate_serving::{ServiceStatus, Serving};
-use spate_sources::kafka_sink::{KafkaSinks, SinkStatus, WantedSink};
+use spate_sources::kafka_sink::{KafkaSinks, WantedSink};
 use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
+use crate::status;
 use crate::store::{Entry, Key, Store};
 use bytes::Bytes;
 use spate_log::{Change, ConfigError, ConfigStore};
@@ -122,46 +123,6 @@ impl Derived {
     }
 }
 
-fn traffic_json(st: &ServiceStatus) -> Vec<Value> {
-    st.traffic
-        .iter()
-        .map(|t| {
-            let mut v = json!({"revisionName": t.revision, "percent": t.percent, "latestRevision": t.latest});
-            if let Some(tag) = &t.tag {
-                v["tag"] = json!(tag);
-            }
-            if let Some(u) = &t.url {
-                v["url"] = json!(u);
-            }
-            v
-        })
-        .collect()
-}
-
-fn service_status_json(st: &ServiceStatus, generation: u64) -> Value {
-    let now = now_rfc3339();
-    let mut s = json!({
-        "observedGeneration": generation,
-        "conditions": conditions_json(&st.conditions, &now),
-        "url": st.url,
-        "address": {"url": st.address},
-        "traffic": traffic_json(st),
-    });
-    if let Some(r) = &st.latest_created {
-        s["latestCreatedRevisionName"] = json!(r);
-    }
-    if let Some(r) = &st.latest_ready {
-        s["latestReadyRevisionName"] = json!(r);
-    }
-    s
-}
-
-fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let s = spate_core::rules::format_rfc3339(d.as_secs() as i64, 0);
-    format!("{}Z", &s[..19])
-}
-
 fn new_uid() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let n = d.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40);
@@ -181,121 +142,6 @@ fn new_uid() -> String {
         b >> 52,
         b & 0xffff_ffff_ffff
     )
-}
-
-fn conditions_json(conditions: &[Condition], now: &str) -> Vec<Value> {
-    conditions
-        .iter()
-        .map(|c| {
-            let mut v =
-                json!({"type": c.kind, "status": if c.ok { "True" } else { "False" }, "lastTransitionTime": now});
-            if !c.ok {
-                v["reason"] = json!(c.reason);
-                v["message"] = json!(c.message);
-            }
-            v
-        })
-        .collect()
-}
-
-/// A child's reference and readiness, as flows and channels report them.
-fn child_json(c: &ResourceStatus) -> Value {
-    let (api, kind) = match c.kind {
-        Kind::Subscription => ("messaging.knative.dev/v1", "Subscription"),
-        _ => ("messaging.knative.dev/v1", "InMemoryChannel"),
-    };
-    let ready = &c.conditions[0];
-    let mut r = json!({"status": if ready.ok { "True" } else { "False" }, "type": "Ready"});
-    if !ready.ok {
-        r["reason"] = json!(ready.reason);
-        r["message"] = json!(ready.message);
-    }
-    let key = if c.kind == Kind::Subscription { "subscription" } else { "channel" };
-    json!({ key: {"apiVersion": api, "kind": kind, "name": c.name, "namespace": c.namespace}, "ready": r })
-}
-
-/// Knative-shaped status for any kind.
-fn status_json(st: &ResourceStatus, generation: u64) -> Value {
-    let now = now_rfc3339();
-    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(&st.conditions, &now)});
-    if let Some(a) = &st.address {
-        s["address"] = json!({"url": a});
-    }
-    match st.kind {
-        Kind::Subscription => {
-            let mut p = json!({});
-            for (k, v) in [
-                ("subscriberUri", &st.subscriber_uri),
-                ("replyUri", &st.reply_uri),
-                ("deadLetterSinkUri", &st.dead_letter_sink_uri),
-            ] {
-                if let Some(v) = v {
-                    p[k] = json!(v);
-                }
-            }
-            s["physicalSubscription"] = p;
-        }
-        Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel => {
-            let subs: Vec<Value> = st
-                .children
-                .iter()
-                .map(|c| json!({"name": c.name, "ready": if c.ready() { "True" } else { "False" }}))
-                .collect();
-            s["subscribers"] = json!(subs);
-        }
-        Kind::Sequence => {
-            s["channelStatuses"] =
-                json!(st.children.iter().filter(|c| c.kind != Kind::Subscription).map(child_json).collect::<Vec<_>>());
-            s["subscriptionStatuses"] =
-                json!(st.children.iter().filter(|c| c.kind == Kind::Subscription).map(child_json).collect::<Vec<_>>());
-        }
-        Kind::Parallel => {
-            let channels: Vec<&ResourceStatus> = st.children.iter().filter(|c| c.kind != Kind::Subscription).collect();
-            let subs: Vec<&ResourceStatus> = st.children.iter().filter(|c| c.kind == Kind::Subscription).collect();
-            if let Some(ingress) = channels.first() {
-                s["ingressChannelStatus"] = child_json(ingress);
-            }
-            // Children come as: ingress, branch channels; and per branch a filter then a branch subscription.
-            let branches: Vec<Value> = channels
-                .iter()
-                .skip(1)
-                .enumerate()
-                .map(|(i, ch)| {
-                    let mut b = json!({"filterChannelStatus": child_json(ch)});
-                    if let Some(f) = subs.get(2 * i) {
-                        b["filterSubscriptionStatus"] = child_json(f);
-                    }
-                    if let Some(sub) = subs.get(2 * i + 1) {
-                        b["subscriptionStatus"] = child_json(sub);
-                    }
-                    b
-                })
-                .collect();
-            s["branchStatuses"] = json!(branches);
-        }
-        Kind::Service
-        | Kind::Secret
-        | Kind::PingSource
-        | Kind::CronJobSource
-        | Kind::ContainerSource
-        | Kind::SinkBinding
-        | Kind::GitHubSource
-        | Kind::GitLabSource
-        | Kind::KafkaSource
-        | Kind::KafkaSink
-        | Kind::ConfigMap
-        | Kind::EventPolicy
-        | Kind::EventType => {}
-        Kind::Broker | Kind::Trigger => {
-            if let Some(u) = &st.subscriber_uri {
-                s["subscriberUri"] = json!(u);
-            }
-            if let Some(u) = &st.dead_letter_sink_uri {
-                s["deadLetterSinkUri"] = json!(u);
-            }
-        }
-    }
-    s
 }
 
 impl ControlPlane {
@@ -362,7 +208,7 @@ impl ControlPlane {
         namespace: Option<&str>,
         name: Option<&str>,
     ) -> Result<Vec<Value>, ApiError> {
-        let now = now_rfc3339();
+        let now = status::now_rfc3339();
         let services = self.services.lock().expect("services").clone();
         let mut out = vec![];
         for st in services.iter().filter(|s| namespace.is_none_or(|n| n == s.namespace)) {
@@ -373,13 +219,13 @@ impl ControlPlane {
                     "apiVersion": api, "kind": "Configuration", "metadata": meta(&st.name),
                     "spec": {"template": st.revisions.last().map(|r| r.template.clone())},
                     "status": {"latestCreatedRevisionName": st.latest_created, "latestReadyRevisionName": st.latest_ready,
-                               "conditions": conditions_json(&st.conditions, &now)},
+                               "conditions": status::conditions_json(&st.conditions, &now)},
                 })),
                 Derived::Route => out.push(json!({
                     "apiVersion": api, "kind": "Route", "metadata": meta(&st.name),
                     "spec": {"traffic": st.traffic.iter().map(|t| json!({"revisionName": t.revision, "percent": t.percent, "tag": t.tag})).collect::<Vec<_>>()},
-                    "status": {"url": st.url, "address": {"url": st.address}, "traffic": traffic_json(st),
-                               "conditions": conditions_json(&st.conditions, &now)},
+                    "status": {"url": st.url, "address": {"url": st.address}, "traffic": status::traffic(st),
+                               "conditions": status::conditions_json(&st.conditions, &now)},
                 })),
                 Derived::Revision => {
                     for r in &st.revisions {
@@ -465,7 +311,7 @@ impl ControlPlane {
             }
             let (generation, uid, created, revision) = match store.entries.get(&key) {
                 Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone(), old.revision),
-                None => (1, new_uid(), now_rfc3339(), 0),
+                None => (1, new_uid(), status::now_rfc3339(), 0),
             };
             changed.push(Entry { resource, compiled, status: Value::Null, generation, uid, created, revision });
         }
@@ -700,7 +546,7 @@ impl ControlPlane {
         drop(resolve);
         for b in binding_statuses {
             if let Some(e) = store.entries.get_mut(&b.key) {
-                let mut new = json!({"observedGeneration": e.generation, "conditions": conditions_json(&b.conditions, &now_rfc3339())});
+                let mut new = json!({"observedGeneration": e.generation, "conditions": status::conditions_json(&b.conditions, &status::now_rfc3339())});
                 if let Some(u) = &b.sink_uri {
                     new["sinkUri"] = json!(u);
                 }
@@ -712,7 +558,7 @@ impl ControlPlane {
         let service_statuses = self.serving.reconcile(&services).await;
         for st in &service_statuses {
             if let Some(e) = store.entries.get_mut(&(Kind::Service, st.namespace.clone(), st.name.clone())) {
-                let new = service_status_json(st, e.generation);
+                let new = status::service(st, e.generation);
                 if strip_times(&e.status) != strip_times(&new) {
                     e.status = new;
                 }
@@ -734,7 +580,7 @@ impl ControlPlane {
                 .map(|k| (*k, st.namespace.clone(), st.name.clone()))
                 .find(|k| store.entries.contains_key(k));
             if let Some(e) = key.and_then(|k| store.entries.get_mut(&k)) {
-                let new = status_json(&st, e.generation);
+                let new = status::resource(&st, e.generation);
                 // Keep transition times stable when a condition did not change.
                 if strip_times(&e.status) != strip_times(&new) {
                     e.status = new;
@@ -744,7 +590,7 @@ impl ControlPlane {
         for st in self.kafka_sinks.reconcile(wanted_sinks).await {
             let key = (Kind::KafkaSink, st.namespace.clone(), st.name.clone());
             if let Some(e) = store.entries.get_mut(&key) {
-                let new = kafka_sink_status_json(&st, e.generation, &desired.kafka_sinks[&(key.1, key.2)]);
+                let new = status::kafka_sink(&st, e.generation, &desired.kafka_sinks[&(key.1, key.2)]);
                 if strip_times(&e.status) != strip_times(&new) {
                     e.status = new;
                 }
@@ -796,7 +642,7 @@ fn publish_event_type_status(store: &mut Store) {
             _ => Condition::ok("ReferenceExists"),
         };
         let new = json!({"observedGeneration": e.generation,
-            "conditions": conditions_json(&Condition::ready_first(vec![cond]), &now_rfc3339())});
+            "conditions": status::conditions_json(&Condition::ready_first(vec![cond]), &status::now_rfc3339())});
         if strip_times(&e.status) != strip_times(&new) {
             e.status = new;
         }
@@ -813,7 +659,7 @@ fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
                 snap.auth.policies.get(&ns).into_iter().flatten().find(|p| p.name == name).map(|p| p.subjects.clone());
             let conditions = Condition::ready_first(vec![Condition::ok("SubjectsResolved")]);
             let new = json!({"observedGeneration": e.generation, "from": from.unwrap_or_default(),
-                "conditions": conditions_json(&conditions, &now_rfc3339())});
+                "conditions": status::conditions_json(&conditions, &status::now_rfc3339())});
             if strip_times(&e.status) != strip_times(&new) {
                 e.status = new;
             }
@@ -839,7 +685,6 @@ fn flow_children_json(
     children: &[spate_eventing::FlowChild],
     statuses: &[ResourceStatus],
 ) -> Vec<(Kind, String, String, Value)> {
-    let now = now_rfc3339();
     children
         .iter()
         .map(|c| {
@@ -861,32 +706,11 @@ fn flow_children_json(
                 o["spec"]["channel"] = json!({"apiVersion": "messaging.knative.dev/v1", "kind": kind, "name": name});
             }
             if let Some(st) = status {
-                let mut s = json!({"conditions": conditions_json(&st.conditions, &now)});
-                if let Some(a) = &st.address {
-                    s["address"] = json!({"url": a});
-                }
-                if let Some(u) = &st.subscriber_uri {
-                    s["physicalSubscription"] = json!({"subscriberUri": u});
-                }
-                o["status"] = s;
+                o["status"] = status::flow_child(st);
             }
             (c.kind, c.namespace.clone(), c.name.clone(), o)
         })
         .collect()
-}
-
-/// A KafkaSink's status: `TopicReady` (the topic exists or was created) and its address.
-fn kafka_sink_status_json(st: &SinkStatus, generation: u64, address: &str) -> Value {
-    let conditions = match &st.ready {
-        Ok(()) => vec![Condition::ok("TopicReady"), Condition::ok("Addressable")],
-        Err((reason, message)) => vec![Condition::fail("TopicReady", reason, message.clone())],
-    };
-    let conditions = Condition::ready_first(conditions);
-    let mut s = json!({"observedGeneration": generation, "conditions": conditions_json(&conditions, &now_rfc3339())});
-    if st.ready.is_ok() {
-        s["address"] = json!({"url": address});
-    }
-    s
 }
 
 /// A Secret's value for a `secretKeyRef` in `namespace`, or what is missing.
@@ -903,10 +727,10 @@ fn secret_value(
 
 /// A source's status: its conditions (transition times kept while unchanged) and fields.
 fn source_status_json(st: &SourceStatus, generation: u64, old: &Value) -> Value {
-    let now = now_rfc3339();
+    let now = status::now_rfc3339();
     let mut s = st.fields();
     s["observedGeneration"] = json!(generation);
-    s["conditions"] = json!(conditions_json(&st.conditions, &now));
+    s["conditions"] = status::conditions_json(&st.conditions, &now);
     if let (Some(new), Some(prev)) = (s["conditions"].as_array_mut(), old.get("conditions").and_then(Value::as_array)) {
         for c in new.iter_mut() {
             if let Some(p) = prev.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]) {

@@ -26,6 +26,7 @@ mod output;
 mod proxy;
 mod sealed;
 mod serve;
+mod status;
 mod store;
 mod tls;
 mod webhooks;
