@@ -411,6 +411,7 @@ async fn measure(
     title: &str,
 ) -> anyhow::Result<(std::process::ExitCode, f64)> {
     let mut baseline_rate = None;
+    let mut proxy_rate = None;
     if !a.no_baseline {
         sink.reset();
         let r = drive(a, &sink.url).await;
@@ -419,6 +420,18 @@ async fn measure(
         baseline_rate = Some(rate);
         println!(
             "\nbaseline (straight to the sink)\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
+            r.failed,
+            percentiles(r.ack_latencies)
+        );
+        // The least an intermediary does: one forwarding hop, nothing stored.
+        let proxy = crate::bench_proxy::start(&sink.url).await?;
+        sink.reset();
+        let r = drive(a, &proxy.url).await;
+        sink.wait_for(r.acked, Duration::from_secs(30)).await;
+        let rate = r.acked as f64 / r.elapsed.as_secs_f64();
+        proxy_rate = Some(rate);
+        println!(
+            "\nforwarding proxy (hyper, one hop, nothing stored)\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
             r.failed,
             percentiles(r.ack_latencies)
         );
@@ -448,6 +461,9 @@ async fn measure(
     println!("  end-to-end latency: {}", percentiles(e2e));
     if let Some(b) = baseline_rate {
         println!("  end-to-end deliveries / baseline throughput: {:.2}", e2e_rate / b);
+    }
+    if let Some(p) = proxy_rate {
+        println!("  end-to-end deliveries / forwarding proxy throughput: {:.2}", e2e_rate / p);
     }
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);

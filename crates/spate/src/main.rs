@@ -6,6 +6,7 @@ mod admin_auth;
 mod authz;
 mod bench;
 mod bench_nats;
+mod bench_proxy;
 mod bench_raw;
 mod bench_serving;
 mod bindings;

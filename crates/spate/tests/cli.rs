@@ -323,3 +323,20 @@ async fn replay_redelivers_a_time_range_to_one_trigger_and_no_other() {
     let (ok, text) = run(&["replay", "trigger/one"]);
     assert!(!ok && text.contains("--from-time"), "clap requires one of the two: {text}");
 }
+
+#[test]
+fn bench_measures_the_broker_against_the_sink_and_a_forwarding_proxy_in_one_run() {
+    let out =
+        std::process::Command::new(BIN).args(["bench", "--events", "400", "--concurrency", "8"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let ratio = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    assert!(text.contains("forwarding proxy (hyper, one hop, nothing stored)"), "{text}");
+    for label in ["/ baseline throughput:", "/ forwarding proxy throughput:"] {
+        let r = ratio(label);
+        assert!(r > 0.0 && r.is_finite(), "{label} {r}");
+    }
+}
