@@ -73,12 +73,14 @@ pub fn compile(w: &mut Walker, spec: &Value, ns: &str, name: &str) -> Option<Eve
     let reference = m.get("reference").and_then(|r| reference(w, r, "spec.reference"));
     let description = w.opt_str(m, "description", "spec").unwrap_or("").to_string();
     let mut attributes = vec![];
+    // Linear in the number of attributes, however many a hostile manifest lists.
+    let mut names = std::collections::HashSet::new();
     match m.get("attributes") {
         Some(Value::Array(list)) => {
             for (i, a) in list.iter().enumerate() {
                 let p = format!("spec.attributes[{i}]");
                 if let Some(a) = attribute(w, a, &p) {
-                    if attributes.iter().any(|b: &AttributeDefinition| b.name == a.name) {
+                    if !names.insert(a.name.clone()) {
                         w.error(&join(&p, "name"), format!("'{}' is defined twice", a.name));
                     }
                     attributes.push(a);

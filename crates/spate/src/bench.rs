@@ -400,7 +400,21 @@ async fn report_idle(pid: Option<u32>) {
     }
 }
 
-/// Runs the baseline (unless skipped), then the load through `url`, where
+/// Drives the load to `url` (a baseline in front of the sink); prints and returns its rate.
+async fn baseline(a: &BenchArgs, sink: &BenchSink, url: &str, title: &str) -> f64 {
+    sink.reset();
+    let r = drive(a, url).await;
+    sink.wait_for(r.acked, Duration::from_secs(30)).await;
+    let rate = r.acked as f64 / r.elapsed.as_secs_f64();
+    println!(
+        "\n{title}\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
+        r.failed,
+        percentiles(r.ack_latencies)
+    );
+    rate
+}
+
+/// Runs the baselines (unless skipped), then the load through `url`, where
 /// each accepted event should reach the sink `fanout` times.
 async fn measure(
     a: &BenchArgs,
@@ -410,31 +424,12 @@ async fn measure(
     fanout: u64,
     title: &str,
 ) -> anyhow::Result<(std::process::ExitCode, f64)> {
-    let mut baseline_rate = None;
-    let mut proxy_rate = None;
+    let (mut baseline_rate, mut proxy_rate) = (None, None);
     if !a.no_baseline {
-        sink.reset();
-        let r = drive(a, &sink.url).await;
-        sink.wait_for(r.acked, Duration::from_secs(30)).await;
-        let rate = r.acked as f64 / r.elapsed.as_secs_f64();
-        baseline_rate = Some(rate);
-        println!(
-            "\nbaseline (straight to the sink)\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
-            r.failed,
-            percentiles(r.ack_latencies)
-        );
+        baseline_rate = Some(baseline(a, sink, &sink.url, "baseline (straight to the sink)").await);
         // The least an intermediary does: one forwarding hop, nothing stored.
         let proxy = crate::bench_proxy::start(&sink.url).await?;
-        sink.reset();
-        let r = drive(a, &proxy.url).await;
-        sink.wait_for(r.acked, Duration::from_secs(30)).await;
-        let rate = r.acked as f64 / r.elapsed.as_secs_f64();
-        proxy_rate = Some(rate);
-        println!(
-            "\nforwarding proxy (hyper, one hop, nothing stored)\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
-            r.failed,
-            percentiles(r.ack_latencies)
-        );
+        proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await);
     }
 
     sink.reset();
