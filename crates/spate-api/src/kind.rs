@@ -1,3 +1,5 @@
+use crate::sources::SourceKind;
+
 /// Every resource kind Spate serves. Closed: adding one is a compile error at
 /// every `match` that must handle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,13 +17,9 @@ pub enum Kind {
     Parallel,
     Service,
     Secret,
-    PingSource,
-    CronJobSource,
-    ContainerSource,
+    /// An event source: its shape comes from its module in `sources` ([`SourceKind::def`]).
+    Source(SourceKind),
     SinkBinding,
-    GitHubSource,
-    GitLabSource,
-    KafkaSource,
     /// Knative's Kafka sink (`eventing.knative.dev/v1alpha1`): an addressable writing to a topic.
     KafkaSink,
     /// Kubernetes' ConfigMap (`v1`): data only, read by the control plane (brokers' `spec.config`).
@@ -33,7 +31,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 22] = [
+    /// Every kind but the sources.
+    const BASE: [Kind; 16] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -45,31 +44,30 @@ impl Kind {
         Kind::Parallel,
         Kind::Service,
         Kind::Secret,
-        Kind::PingSource,
-        Kind::CronJobSource,
-        Kind::ContainerSource,
         Kind::SinkBinding,
-        Kind::GitHubSource,
-        Kind::GitLabSource,
-        Kind::KafkaSource,
         Kind::KafkaSink,
         Kind::ConfigMap,
         Kind::EventPolicy,
         Kind::EventType,
     ];
 
+    /// Every kind Spate serves.
+    pub fn all() -> impl Iterator<Item = Kind> {
+        Kind::BASE.into_iter().chain(Kind::sources())
+    }
+
     /// The event sources (`spate get sources`).
-    pub const SOURCES: [Kind; 6] = [
-        Kind::PingSource,
-        Kind::CronJobSource,
-        Kind::ContainerSource,
-        Kind::GitHubSource,
-        Kind::GitLabSource,
-        Kind::KafkaSource,
-    ];
+    pub fn sources() -> impl Iterator<Item = Kind> {
+        SourceKind::all().map(Kind::Source)
+    }
+
+    /// The source kind named so (`ContainerSource`), if Spate runs it.
+    pub fn source(name: &str) -> Option<Kind> {
+        SourceKind::named(name).map(Kind::Source)
+    }
 
     pub fn is_source(self) -> bool {
-        Kind::SOURCES.contains(&self)
+        matches!(self, Kind::Source(_))
     }
 
     pub fn name(self) -> &'static str {
@@ -85,13 +83,8 @@ impl Kind {
             Kind::Parallel => "Parallel",
             Kind::Service => "Service",
             Kind::Secret => "Secret",
-            Kind::PingSource => "PingSource",
-            Kind::CronJobSource => "CronJobSource",
-            Kind::ContainerSource => "ContainerSource",
+            Kind::Source(k) => k.def().name,
             Kind::SinkBinding => "SinkBinding",
-            Kind::GitHubSource => "GitHubSource",
-            Kind::GitLabSource => "GitLabSource",
-            Kind::KafkaSource => "KafkaSource",
             Kind::KafkaSink => "KafkaSink",
             Kind::ConfigMap => "ConfigMap",
             Kind::EventPolicy => "EventPolicy",
@@ -112,23 +105,14 @@ impl Kind {
             Kind::Service => "serving.knative.dev",
             // The core group of Kubernetes: `apiVersion: v1`.
             Kind::Secret | Kind::ConfigMap => "",
-            Kind::CronJobSource => "sources.eventing.knative.dev",
-            Kind::PingSource
-            | Kind::ContainerSource
-            | Kind::SinkBinding
-            | Kind::GitHubSource
-            | Kind::GitLabSource
-            | Kind::KafkaSource => "sources.knative.dev",
+            Kind::Source(k) => k.def().group,
+            Kind::SinkBinding => "sources.knative.dev",
         }
     }
     pub fn version(self) -> &'static str {
         match self {
-            Kind::CronJobSource
-            | Kind::GitHubSource
-            | Kind::GitLabSource
-            | Kind::NatsJetStreamChannel
-            | Kind::KafkaSink
-            | Kind::EventPolicy => "v1alpha1",
+            Kind::Source(k) => k.def().version,
+            Kind::NatsJetStreamChannel | Kind::KafkaSink | Kind::EventPolicy => "v1alpha1",
             Kind::KafkaChannel => "v1beta1",
             Kind::EventType => "v1beta3",
             _ => "v1",
@@ -144,9 +128,8 @@ impl Kind {
     /// Older apiVersions accepted and stored as [`Kind::api_version`] (same schema).
     fn also_accepts(self, api_version: &str) -> bool {
         match self {
-            Kind::PingSource => matches!(api_version, "sources.knative.dev/v1beta2" | "sources.knative.dev/v1beta1"),
-            Kind::KafkaSource => api_version == "sources.knative.dev/v1beta1",
-            Kind::ContainerSource | Kind::SinkBinding => api_version == "sources.knative.dev/v1beta1",
+            Kind::Source(k) => k.def().also_accepts.contains(&api_version),
+            Kind::SinkBinding => api_version == "sources.knative.dev/v1beta1",
             _ => false,
         }
     }
@@ -163,13 +146,8 @@ impl Kind {
             Kind::Parallel => "parallels",
             Kind::Service => "services",
             Kind::Secret => "secrets",
-            Kind::PingSource => "pingsources",
-            Kind::CronJobSource => "cronjobsources",
-            Kind::ContainerSource => "containersources",
+            Kind::Source(k) => k.def().plural,
             Kind::SinkBinding => "sinkbindings",
-            Kind::GitHubSource => "githubsources",
-            Kind::GitLabSource => "gitlabsources",
-            Kind::KafkaSource => "kafkasources",
             Kind::KafkaSink => "kafkasinks",
             Kind::ConfigMap => "configmaps",
             Kind::EventPolicy => "eventpolicies",
@@ -207,22 +185,25 @@ impl Kind {
         if s == "ksvc" || s == "ksvcs" || s == "kservice" {
             return Some(Kind::Service);
         }
-        Kind::ALL.into_iter().find(|k| s == k.name().to_ascii_lowercase() || s == k.plural())
+        Kind::all().find(|k| s == k.name().to_ascii_lowercase() || s == k.plural())
     }
 
     pub fn from_plural(group: &str, plural: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.group() == group && k.plural() == plural)
+        Kind::all().find(|k| k.group() == group && k.plural() == plural)
     }
 
     /// The kind a `ref` names (kind and apiVersion), if Spate serves it.
     pub fn from_ref(kind: &str, api_version: &str) -> Option<Kind> {
-        let group = api_version.split('/').next().unwrap_or("");
-        Kind::ALL.into_iter().find(|k| k.name() == kind && k.group() == group)
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        Kind::all().find(|k| k.name() == kind && k.group() == group)
     }
 
     pub fn from_manifest(kind: &str, api_version: &str) -> Result<Kind, String> {
-        let k = Kind::ALL.into_iter().find(|k| k.name() == kind).ok_or_else(|| {
-            format!("unsupported kind '{kind}' (supported: {})", Kind::ALL.map(Kind::name).join(", "))
+        let k = Kind::all().find(|k| k.name() == kind).ok_or_else(|| {
+            format!(
+                "unsupported kind '{kind}' (supported: {})",
+                Kind::all().map(Kind::name).collect::<Vec<_>>().join(", ")
+            )
         })?;
         if api_version == k.api_version() || k.also_accepts(api_version) {
             Ok(k)

@@ -35,8 +35,10 @@ pub use serving::{
     ServiceConfig, TARGET_BACKLOG_ANNOTATION, TrafficRevision, TrafficTarget, compile_template,
 };
 pub use sources::{
-    BindingSubject, InitialOffset, KafkaNet, KafkaSpec, PingSpec, SecretConfig, SecretKeyRef, SinkBindingConfig,
-    SourceConfig, SourceSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule, parse_timezone,
+    ApiServerMode, ApiServerResource, ApiServerSpec, AwsAuth, BindingSubject, ContainerSourceSpec, InitialOffset,
+    IntegrationSpec, KafkaNet, KafkaSpec, PingSpec, RabbitmqConnection, RabbitmqSourceSpec, RedisStreamSpec, S3Spec,
+    SOURCE_KINDS, SecretConfig, SecretKeyRef, SinkBindingConfig, SourceConfig, SourceKind, SourceKindDef, SourceParams,
+    SourceSpec, SqsSpec, TimerSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule, parse_timezone,
 };
 pub use status::Condition;
 pub use trigger::TriggerConfig;
@@ -115,7 +117,7 @@ pub enum Compiled {
     Parallel(ParallelConfig),
     Service(ServiceConfig),
     Secret(SecretConfig),
-    /// PingSource, CronJobSource, ContainerSource, GitHubSource, GitLabSource, KafkaSource.
+    /// Any source kind (see `sources::SOURCE_KINDS`).
     Source(Box<SourceConfig>),
     SinkBinding(SinkBindingConfig),
     KafkaSink(KafkaSinkConfig),
@@ -182,14 +184,9 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
             secret_fields = Some(fields);
             Compiled::Secret(c)
         }),
-        Some(
-            k @ (Kind::PingSource
-            | Kind::CronJobSource
-            | Kind::ContainerSource
-            | Kind::GitHubSource
-            | Kind::GitLabSource
-            | Kind::KafkaSource),
-        ) => sources::compile_source(&mut w, k, spec, &namespace, &name).map(|s| Compiled::Source(Box::new(s))),
+        Some(Kind::Source(k)) => {
+            sources::compile_source(&mut w, k, spec, &namespace, &name).map(|s| Compiled::Source(Box::new(s)))
+        }
         Some(Kind::SinkBinding) => {
             sources::compile_sink_binding(&mut w, spec, &namespace, &name).map(Compiled::SinkBinding)
         }
@@ -274,13 +271,8 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         | Kind::Parallel
         | Kind::Service
         | Kind::Secret
-        | Kind::PingSource
-        | Kind::CronJobSource
-        | Kind::ContainerSource
+        | Kind::Source(_)
         | Kind::SinkBinding
-        | Kind::GitHubSource
-        | Kind::GitLabSource
-        | Kind::KafkaSource
         | Kind::ConfigMap
         | Kind::EventPolicy => {
             if new.kind == Kind::Subscription {

@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spate_api::ContainerSpec;
+use serde_json::{Map, Value, json};
+use spate_api::{ContainerSourceSpec, ContainerSpec};
 use spate_process::{Launch, LogRing};
 use tokio::sync::watch;
+
+use crate::{Start, Started};
 
 /// What `status` reports about a ContainerSource's processes.
 #[derive(Default)]
@@ -117,4 +120,64 @@ pub(crate) async fn run_under_lease(sups: Vec<Supervisor>, lease: watch::Receive
         }
     })
     .await
+}
+
+/// Starts a ContainerSource: one supervisor per container, unless one of them cannot run at all.
+pub(crate) fn start(st: &mut Start<'_>) {
+    let Some(spec) = st.spec::<ContainerSourceSpec>() else { return };
+    let containers = spec.0.clone();
+    let state = Arc::new(ContainerState::default());
+    st.keep(state.clone());
+    for c in &containers {
+        if let Err((reason, msg)) = preflight(c) {
+            *state.not_ready.lock().expect("state") = Some((reason, msg));
+            return;
+        }
+    }
+    let (ns, name) = (st.namespace.to_string(), st.name.to_string());
+    let logs = st
+        .sources
+        .logs
+        .lock()
+        .expect("logs")
+        .entry((ns, name.clone()))
+        .or_insert_with(|| Arc::new(LogRing::default()))
+        .clone();
+    let sink = st.resolved.sink.clone().unwrap_or_default();
+    let mut env = vec![("K_SINK".to_string(), sink)];
+    if let Some(o) = st.resolved.config.ce_overrides_json() {
+        env.push(("K_CE_OVERRIDES".to_string(), o));
+    }
+    let mut sups = vec![];
+    for (i, c) in containers.iter().enumerate() {
+        let mut env = env.clone();
+        for (var, r) in &c.env_secrets {
+            if let Some(v) = st.secret(r) {
+                env.push((var.clone(), v));
+            }
+        }
+        sups.push(Supervisor {
+            container: c.clone(),
+            env,
+            label: if containers.len() > 1 { format!("{name}-{i}") } else { name.clone() },
+            logs: logs.clone(),
+            run_dir: st.sources.cfg.dir.join("instances"),
+            grace: st.sources.cfg.grace,
+            state: state.clone(),
+        });
+    }
+    // The processes run on one instance of a cluster: the lease holder's.
+    let lease = st.sources.claims.lease(format!("container/{}", st.label()));
+    let stop = st.stop.clone();
+    st.spawn(run_under_lease(sups, lease, stop));
+}
+
+impl Started for ContainerState {
+    fn not_deployed(&self) -> Option<(String, String)> {
+        self.not_ready.lock().expect("state").clone()
+    }
+    fn fields(&self, _status: &mut Map<String, Value>, counters: &mut Map<String, Value>) {
+        counters.insert("running".into(), json!(self.running.load(Ordering::Relaxed)));
+        counters.insert("restarts".into(), json!(self.restarts.load(Ordering::Relaxed)));
+    }
 }

@@ -32,6 +32,7 @@ use spate_core::{CloudEvent, ExtValue, kafka_binding};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::Start;
 use crate::emit::Emitter;
 
 /// Records a consumer may hold between taking them from Kafka and committing them.
@@ -504,5 +505,73 @@ impl KafkaConsumer {
             lag += (hi - done).max(0);
         }
         self.lag.store(lag.max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+/// KafkaSource: `consumers` consumer tasks and one that sums their lag.
+pub(crate) fn start(st: &mut Start<'_>) {
+    let Some(spec) = st.spec::<KafkaSpec>().cloned() else { return };
+    let (claims, emitter, stop_rx) = (st.sources.claims.clone(), st.emitter.clone(), st.stop.clone());
+    let label = emitter.label.clone();
+    let mut lags = vec![];
+    let secrets = KafkaSecrets {
+        ca_cert: secret(st, &spec.net.tls_ca_cert),
+        cert: secret(st, &spec.net.tls_cert),
+        key: secret(st, &spec.net.tls_key),
+        sasl_user: secret(st, &spec.net.sasl_user),
+        sasl_password: secret(st, &spec.net.sasl_password),
+        sasl_mechanism: secret(st, &spec.net.sasl_mechanism),
+    };
+    for index in 0..spec.consumers as usize {
+        let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        lags.push(lag.clone());
+        let c = KafkaConsumer { spec: spec.clone(), secrets: secrets.clone(), emitter: emitter.clone(), index, lag };
+        if let Err(e) = c.create() {
+            st.fail("KafkaClientFailed", e);
+            break;
+        }
+        // Each consumer (its share of the partitions) runs on one instance of a
+        // cluster: the holder of its lease, so no partition is consumed twice.
+        let lease = claims.lease(format!("kafka/{label}/{index}"));
+        st.spawn(crate::while_held(lease, stop_rx.clone(), move |halted| {
+            let c = c.clone();
+            async move {
+                match c.create() {
+                    Ok(consumer) => c.run(consumer, halted).await,
+                    Err(e) => tracing::warn!(source = %c.emitter.label, error = %e, "Kafka consumer could not start"),
+                }
+            }
+        }));
+    }
+    let stats = emitter.stats.clone();
+    let mut stop = stop_rx.clone();
+    st.keep(Arc::new(Lag(stats.clone())));
+    st.spawn(async move {
+        loop {
+            let lag: u64 = lags.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+            stats.lag.store(lag, Ordering::Relaxed);
+            metrics::gauge!("spate_source_lag", "source" => label.clone()).set(lag as f64);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+fn secret(st: &Start<'_>, r: &Option<spate_api::SecretKeyRef>) -> Option<String> {
+    r.as_ref().and_then(|r| st.secret(r))
+}
+
+/// A KafkaSource's status: records waiting upstream.
+struct Lag(Arc<crate::SourceStats>);
+
+impl crate::Started for Lag {
+    fn fields(
+        &self,
+        _status: &mut serde_json::Map<String, serde_json::Value>,
+        counters: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        counters.insert("lag".into(), serde_json::json!(self.0.lag.load(Ordering::Relaxed)));
     }
 }

@@ -11,6 +11,7 @@ use spate_api::PingSpec;
 use spate_core::CloudEvent;
 use tokio::sync::watch;
 
+use crate::Start;
 use crate::emit::{Emitter, uuid};
 
 pub(crate) fn event(spec: &PingSpec, time: String) -> CloudEvent {
@@ -68,4 +69,11 @@ pub(crate) async fn run(
         let now = Utc::now().with_timezone(&tz);
         from = if now - next > chrono::TimeDelta::seconds(5) { now } else { next };
     }
+}
+
+/// Starts a PingSource or CronJobSource.
+pub(crate) fn start(st: &mut Start<'_>) {
+    let Some(spec) = st.spec::<PingSpec>().cloned() else { return };
+    let (emitter, claims, stop) = (st.emitter.clone(), st.sources.claims.clone(), st.stop.clone());
+    st.spawn(run(spec, emitter, claims, stop));
 }

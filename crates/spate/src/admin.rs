@@ -227,7 +227,7 @@ async fn logs(
     Path((kind, ns, name)): Path<(String, String, String)>,
 ) -> Result<String, ApiError> {
     let k = match Kind::from_cli(&kind) {
-        Some(k @ (Kind::Service | Kind::ContainerSource)) => k,
+        Some(k) if k == Kind::Service || k.is_source() && k.name() == "ContainerSource" => k,
         _ => {
             return Err(ApiError::BadRequest(format!(
                 "logs are kept for services and containersources, not '{kind}' (use service/NAME or containersource/NAME)"

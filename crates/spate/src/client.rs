@@ -118,7 +118,9 @@ pub fn validate(a: ValidateArgs) -> Exit {
 }
 
 fn kind_arg(k: &str) -> anyhow::Result<Kind> {
-    Kind::from_cli(k).ok_or_else(|| anyhow!("unknown kind '{k}' (known: {})", Kind::ALL.map(Kind::plural).join(", ")))
+    Kind::from_cli(k).ok_or_else(|| {
+        anyhow!("unknown kind '{k}' (known: {})", Kind::all().map(Kind::plural).collect::<Vec<_>>().join(", "))
+    })
 }
 
 fn resource_url(server: &str, kind: Kind, ns: Option<&str>, name: Option<&str>) -> String {
@@ -291,7 +293,7 @@ async fn get_all(a: &GetArgs, ns: Option<&str>) -> Exit {
     }
     let mut tables = vec![];
     let mut items = vec![];
-    for k in Kind::ALL.into_iter().filter(|k| !matches!(k, Kind::Secret | Kind::ConfigMap)) {
+    for k in Kind::all().filter(|k| !matches!(k, Kind::Secret | Kind::ConfigMap)) {
         match get_objects(&a.server.server, k, ns, None).await? {
             Ok(found) if found.is_empty() => {}
             Ok(found) => {
@@ -442,7 +444,7 @@ pub async fn describe(a: crate::cli::DescribeArgs) -> Exit {
 /// `spate get sources`: every source kind, with sink and state.
 async fn get_sources(a: &GetArgs, ns: Option<&str>) -> Exit {
     let mut all = vec![];
-    for k in Kind::SOURCES {
+    for k in Kind::sources() {
         match get_objects(&a.server.server, k, ns, None).await? {
             Ok(items) => all.extend(items.into_iter().map(|i| (k, i))),
             Err(body) => return Ok(report_failure(&body)),
@@ -455,7 +457,7 @@ async fn get_sources(a: &GetArgs, ns: Option<&str>) -> Exit {
         crate::cli::OutputFormat::Table => print!("{}", crate::output::sources_table(&all)),
         other => {
             let items: Vec<Value> = all.into_iter().map(|(_, i)| i).collect();
-            print!("{}", crate::output::render(Kind::PingSource, &items, other, false));
+            print!("{}", crate::output::render(Kind::sources().next().expect("a source kind"), &items, other, false));
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

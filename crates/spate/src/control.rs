@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind, SecretConfig, SecretKeyRef};
 use spate_eventing::{Desired, Eventing, ResourceStatus};
 use spate_serving::{ServiceStatus, Serving};
+use spate_sources::apiserver::Op as ApiOp;
 use spate_sources::kafka_sink::{KafkaSinks, WantedSink};
 use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
@@ -261,11 +262,8 @@ impl ControlPlane {
 
     /// The last lines printed by a Service's instances or a ContainerSource's processes.
     pub fn logs(&self, kind: Kind, namespace: &str, name: &str) -> Result<Vec<String>, ApiError> {
-        let lines = if kind == Kind::ContainerSource {
-            self.sources.logs(namespace, name)
-        } else {
-            self.serving.logs(namespace, name)
-        };
+        let lines =
+            if kind.is_source() { self.sources.logs(namespace, name) } else { self.serving.logs(namespace, name) };
         lines.ok_or_else(|| ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())))
     }
 
@@ -315,11 +313,20 @@ impl ControlPlane {
             };
             changed.push(Entry { resource, compiled, status: Value::Null, generation, uid, created, revision });
         }
+        let keys: Vec<Key> = changed.iter().map(|e| e.resource.key()).collect();
+        let added: Vec<bool> = changed.iter().map(|e| e.generation == 1).collect();
         // Nothing changed, nothing written: a restart with the same manifests
         // must start even when the disk is full.
         let result = self.persist(&mut store, changed).await;
         if !dry_run {
             self.reconcile_locked(&mut store).await;
+            // ApiServerSources hear of what this instance wrote (so each change once per cluster).
+            for (key, added) in keys.into_iter().zip(added) {
+                if let Some(e) = store.entries.get(&key) {
+                    let op = if added { ApiOp::Add } else { ApiOp::Update };
+                    self.sources.resource_changed(api_change(&key, op, e.object()));
+                }
+            }
         }
         result.map(|()| applied)
     }
@@ -343,8 +350,11 @@ impl ControlPlane {
             return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
         }
         self.config.delete(&Entry::shared_key(&key)).await?;
-        store.entries.remove(&key);
+        let gone = store.entries.remove(&key).map(|e| e.object());
         self.reconcile_locked(&mut store).await;
+        if let Some(object) = gone {
+            self.sources.resource_changed(api_change(&key, ApiOp::Delete, object));
+        }
         Ok(())
     }
 
@@ -723,6 +733,10 @@ fn secret_value(
         .get(&(namespace.to_string(), r.name.clone()))
         .ok_or_else(|| format!("Secret {namespace}/{} does not exist", r.name))?;
     s.data.get(&r.key).cloned().ok_or_else(|| format!("Secret {namespace}/{} has no key '{}'", r.name, r.key))
+}
+
+fn api_change(key: &Key, op: ApiOp, object: Value) -> spate_sources::apiserver::Change {
+    spate_sources::apiserver::Change { kind: key.0, namespace: key.1.clone(), name: key.2.clone(), op, object }
 }
 
 /// A source's status: its conditions (transition times kept while unchanged) and fields.

@@ -62,13 +62,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
                 Kind::EventType => vec!["NAMESPACE", "NAME", "TYPE", "SOURCE", "REFERENCE", "READY"],
                 Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
-                Kind::PingSource
-                | Kind::CronJobSource
-                | Kind::ContainerSource
-                | Kind::GitHubSource
-                | Kind::GitLabSource
-                | Kind::KafkaSource
-                | Kind::SinkBinding => SOURCE_HEADER.to_vec(),
+                Kind::Source(_) | Kind::SinkBinding => SOURCE_HEADER.to_vec(),
             };
             rows.push(header.iter().map(ToString::to_string).collect());
             for it in items {
@@ -146,13 +140,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                         let reference = format!("{}/{}", s(it, "/spec/reference/kind"), s(it, "/spec/reference/name"));
                         vec![ns, name, attribute(it, "type"), attribute(it, "source"), reference, r]
                     }
-                    Kind::PingSource
-                    | Kind::CronJobSource
-                    | Kind::ContainerSource
-                    | Kind::GitHubSource
-                    | Kind::GitLabSource
-                    | Kind::KafkaSource
-                    | Kind::SinkBinding => source_row(kind, it),
+                    Kind::Source(_) | Kind::SinkBinding => source_row(kind, it),
                 });
             }
             table(rows, kind.plural())

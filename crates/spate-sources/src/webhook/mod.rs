@@ -18,6 +18,9 @@ use spate_delivery::Outcome;
 
 use crate::emit::{Emitter, uuid};
 
+mod registrar;
+pub(crate) use registrar::{Hooks, Registered, load_registrations, start};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Provider {
     GitHub,

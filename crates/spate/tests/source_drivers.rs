@@ -1,0 +1,361 @@
+//! The sources behind the SourceDriver seam, against real servers:
+//! RabbitmqSource (RabbitMQ on 127.0.0.1:5672), RedisStreamSource (Redis on
+//! 127.0.0.1:6379), IntegrationSource timer and ApiServerSource (Spate itself).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use common::*;
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+
+fn start() -> (tempfile::TempDir, Server) {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &["--default-retry", "1", "--default-backoff-ms", "20"]);
+    (dir, s)
+}
+
+/// Deletes a resource through the admin API (sources.knative.dev plurals).
+async fn delete_ok(s: &Server, group_version: &str, plural: &str, name: &str) {
+    let url = format!("{}/apis/{group_version}/namespaces/default/{plural}/{name}", s.admin);
+    let r = client().delete(url).send().await.unwrap();
+    assert!(r.status().is_success(), "delete {plural}/{name}: {}", r.status());
+}
+
+/// Runs the `spate` CLI against the server; its stdout.
+fn cli(s: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN).args(args).args(["--server", &s.admin]).output().unwrap();
+    assert!(out.status.success(), "spate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique(prefix: &str) -> String {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+async fn wait_source(
+    s: &Server,
+    api: &str,
+    plural: &str,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    s.wait_json(&format!("/apis/{api}/namespaces/default/{plural}/{name}"), what, pred).await
+}
+
+fn ready(v: &Value) -> bool {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn rabbit_source(name: &str, exchange: &str, queue: &str, sink: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-conn\nstringData:\n  uri: http://127.0.0.1:15672\n  username: guest\n  password: guest\n---\n\
+apiVersion: sources.knative.dev/v1alpha1\nkind: RabbitmqSource\nmetadata:\n  name: {name}\nspec:\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: {name}-conn\n  rabbitmqResourcesConfig:\n    exchangeName: {exchange}\n    queueName: {queue}\n    parallelism: 1\n  sink:\n    uri: {sink}\n"
+    )
+}
+
+async fn rabbit_channel() -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(RABBIT, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Ready messages in `queue` (not counting those delivered and not yet acked).
+async fn ready_in(ch: &lapin::Channel, queue: &str) -> u32 {
+    let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap().message_count()
+}
+
+#[tokio::test]
+async fn a_rabbitmq_source_delivers_in_order_and_acks_only_what_the_sink_accepted() {
+    if !rabbit_available() {
+        return;
+    }
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    let (exchange, queue) = (unique("src-ex"), unique("src-q"));
+    s.apply_ok(&rabbit_source("rabbit", &exchange, &queue, &sink.url)).await;
+    wait_source(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "rabbit", "Ready", ready).await;
+    let (_conn, ch) = rabbit_channel().await;
+    // The source declares the queue: wait for it before publishing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_c, probe) = rabbit_channel().await;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        if probe.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source never declared its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..200 {
+        let props =
+            BasicProperties::default().with_message_id(format!("m-{i}").into()).with_content_type("text/plain".into());
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "any.key".into(),
+            BasicPublishOptions::default(),
+            format!("n{i}").as_bytes(),
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let got = sink.wait_for(200).await;
+    let ids: Vec<String> = got.iter().map(|r| r.event.id.clone()).collect();
+    let want: Vec<String> = (0..200).map(|i| format!("m-{i}")).collect();
+    assert_eq!(ids, want, "parallelism 1 keeps the queue's order");
+    let e = &got[0].event;
+    assert_eq!(e.ty, "dev.knative.rabbitmq.event");
+    assert_eq!(e.source, format!("/apis/v1/namespaces/default/rabbitmqsources/rabbit#{queue}"));
+    assert_eq!((e.subject.as_deref(), e.datacontenttype.as_deref()), (Some("m-0"), Some("text/plain")));
+    wait_source(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "rabbit", "200 emitted", |v| {
+        v.pointer("/status/spate/emitted").and_then(Value::as_u64) == Some(200)
+    })
+    .await;
+    assert_eq!(ready_in(&ch, &queue).await, 0, "everything delivered was acked");
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+}
+
+#[tokio::test]
+async fn a_rabbitmq_source_leaves_what_the_sink_refuses_in_the_queue() {
+    if !rabbit_available() {
+        return;
+    }
+    let (_d, s) = start();
+    let refusing =
+        Sink::with(std::sync::Arc::new(|_, _| StatusCode::SERVICE_UNAVAILABLE.into_response()), Duration::ZERO).await;
+    let (exchange, queue) = (unique("src-ex"), unique("src-q"));
+    // Declared up front (the source finds them, `predeclared` or not).
+    let (_conn, ch) = rabbit_channel().await;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await.unwrap();
+    s.apply_ok(&rabbit_source("refused", &exchange, &queue, &refusing.url)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_c, probe) = rabbit_channel().await;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        if probe.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the source never declared its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        let props = BasicProperties::default().with_message_id(format!("r-{i}").into());
+        ch.basic_publish(exchange.as_str().into(), "k".into(), BasicPublishOptions::default(), b"x", props)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // The sink refuses the first message again and again; nothing is acked meanwhile.
+    refusing.wait_until("retries of the first message", |r| r.len() >= 3).await;
+    assert!(refusing.events().iter().all(|r| r.event.id == "r-0"), "in order: the first one holds the rest back");
+    delete_ok(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "refused").await;
+    // With the consumer gone, all five are back in the queue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready_in(&ch, &queue).await != 5 {
+        assert!(Instant::now() < deadline, "the refused messages did not stay queued: {}", ready_in(&ch, &queue).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+}
+
+fn redis_available() -> bool {
+    if std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().unwrap(), Duration::from_secs(1)).is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "Redis is not answering at 127.0.0.1:6379 (CI needs it)");
+    eprintln!("skipping: Redis is not answering at 127.0.0.1:6379");
+    false
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379").unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+fn redis_source(name: &str, stream: &str, group: &str, sink: &str) -> String {
+    format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: RedisStreamSource\nmetadata:\n  name: {name}\nspec:\n  address: 127.0.0.1:6379\n  stream: {stream}\n  group: {group}\n  numConsumers: 2\n  sink:\n    uri: {sink}\n"
+    )
+}
+
+/// Waits until the consumer group exists (the source made it).
+async fn wait_group(c: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let groups: redis::RedisResult<redis::Value> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(c).await;
+        if format!("{groups:?}").contains(group) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the source never created its consumer group: {groups:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pending(c: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let v: redis::Value = redis::cmd("XPENDING").arg(stream).arg(group).query_async(c).await.unwrap();
+    match v {
+        redis::Value::Array(p) => match p.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => -1,
+        },
+        _ => -1,
+    }
+}
+
+#[tokio::test]
+async fn a_redis_stream_source_delivers_acks_and_reclaims_a_dead_consumers_entries() {
+    if !redis_available() {
+        return;
+    }
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    let (stream, group) = (unique("spate-stream"), unique("spate-group"));
+    let mut c = redis_conn().await;
+    // A consumer that reads three entries and dies without acknowledging them.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let _: String =
+            redis::cmd("XADD").arg(&stream).arg("*").arg("orphan").arg(i).query_async(&mut c).await.unwrap();
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("dead")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending(&mut c, &stream, &group).await, 3);
+    s.apply_ok(&redis_source("redis", &stream, &group, &sink.url)).await;
+    wait_group(&mut c, &stream, &group).await;
+    for i in 0..200 {
+        let _: String = redis::cmd("XADD").arg(&stream).arg("*").arg("n").arg(i).query_async(&mut c).await.unwrap();
+    }
+    let got = sink
+        .wait_until("200 new entries", |r| {
+            r.iter().filter(|e| e.event.data.as_deref().is_some_and(|d| d.starts_with(b"[\"n\""))).count() >= 200
+        })
+        .await;
+    let e = &got[0].event;
+    assert_eq!(e.ty, "dev.knative.sources.redisstream");
+    assert_eq!(e.source, format!("127.0.0.1:6379/{stream}"));
+    // The dead consumer's entries are taken over once idle long enough (10 s).
+    sink.wait_until("the 3 orphaned entries", |r| {
+        r.iter().filter(|e| e.event.data.as_deref().is_some_and(|d| d.starts_with(b"[\"orphan\""))).count() >= 3
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending(&mut c, &stream, &group).await != 0 {
+        assert!(Instant::now() < deadline, "entries left pending: {}", pending(&mut c, &stream, &group).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: std::collections::HashSet<String> = sink.events().iter().map(|r| r.event.id.clone()).collect();
+    assert_eq!(ids.len(), 203, "each entry once");
+    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut c).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_integration_source_timer_ticks_at_its_period() {
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: IntegrationSource\nmetadata:\n  name: timer\nspec:\n  timer:\n    period: 200\n    message: \"Hello, Eventing Core\"\n    repeatCount: 5\n  sink:\n    uri: {}\n",
+        sink.url
+    ))
+    .await;
+    let got = sink.wait_for(5).await;
+    let e = &got[0].event;
+    assert_eq!((e.ty.as_str(), e.source.as_str()), ("dev.knative.eventing.timer", "dev.knative.eventing.timer-source"));
+    assert_eq!(e.data.as_deref(), Some(&b"Hello, Eventing Core"[..]));
+    let span = got[4].at - got[0].at;
+    assert!(span >= Duration::from_millis(700), "five ticks 200 ms apart span ~800 ms, got {span:?}");
+    // repeatCount: no sixth.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(sink.count(), 5, "repeatCount stops the timer");
+}
+
+#[tokio::test]
+async fn an_api_server_source_emits_trigger_add_update_and_delete() {
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "apiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata:\n  name: watch\nspec:\n  mode: Resource\n  resources:\n    - apiVersion: eventing.knative.dev/v1\n      kind: Trigger\n  sink:\n    uri: {}\n",
+        sink.url
+    ))
+    .await;
+    wait_source(&s, "sources.knative.dev/v1", "apiserversources", "watch", "Ready", ready).await;
+    let t = |filter: &str| {
+        format!(
+            "{}---\n{}",
+            broker("default", ""),
+            trigger("t1", "default", &type_filter(filter), "http://127.0.0.1:9/", "")
+        )
+    };
+    s.apply_ok(&t("a")).await;
+    s.apply_ok(&t("b")).await;
+    delete_ok(&s, "eventing.knative.dev/v1", "triggers", "t1").await;
+    let got = sink.wait_for(3).await;
+    let types: Vec<&str> = got.iter().map(|r| r.event.ty.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "dev.knative.apiserver.resource.add",
+            "dev.knative.apiserver.resource.update",
+            "dev.knative.apiserver.resource.delete"
+        ]
+    );
+    let e = &got[1].event;
+    assert_eq!(e.subject.as_deref(), Some("/apis/eventing.knative.dev/v1/namespaces/default/triggers/t1"));
+    let data: Value = serde_json::from_slice(e.data.as_deref().unwrap()).unwrap();
+    assert_eq!(data.pointer("/spec/filter/attributes/type").and_then(Value::as_str), Some("b"), "{data:#}");
+    assert_eq!(e.extension("kind").map(|v| v.to_canonical().into_owned()).as_deref(), Some("Trigger"));
+}
+
+#[tokio::test]
+async fn get_sources_lists_every_kind_behind_the_seam() {
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: IntegrationSource\nmetadata:\n  name: t\nspec:\n  timer:\n    period: 100000\n    message: m\n  sink:\n    uri: {u}\n---\napiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata:\n  name: a\nspec:\n  resources:\n    - apiVersion: v1\n      kind: Secret\n  sink:\n    uri: {u}\n",
+        u = sink.url
+    ))
+    .await;
+    let out = cli(&s, &["get", "sources"]);
+    for kind in ["IntegrationSource", "ApiServerSource"] {
+        assert!(
+            out.lines().any(|l| l.contains(kind) && l.contains(&sink.url) && l.contains("True")),
+            "{kind} missing or not Ready:\n{out}"
+        );
+    }
+}
