@@ -35,10 +35,11 @@ pub use serving::{
     ServiceConfig, TARGET_BACKLOG_ANNOTATION, TrafficRevision, TrafficTarget, compile_template,
 };
 pub use sources::{
-    ApiServerMode, ApiServerResource, ApiServerSpec, AwsAuth, BindingSubject, ContainerSourceSpec, InitialOffset,
-    IntegrationSpec, KafkaNet, KafkaSpec, PingSpec, RabbitmqConnection, RabbitmqSourceSpec, RedisStreamSpec, S3Spec,
-    SOURCE_KINDS, SecretConfig, SecretKeyRef, SinkBindingConfig, SourceConfig, SourceKind, SourceKindDef, SourceParams,
-    SourceSpec, SqsSpec, TimerSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule, parse_timezone,
+    ApiServerMode, ApiServerResource, ApiServerSpec, AwsAuth, AwsCommon, BindingSubject, ContainerSourceSpec,
+    InitialOffset, IntegrationSpec, KafkaNet, KafkaSpec, PingSpec, RabbitmqConnection, RabbitmqSourceSpec,
+    RedisStreamSpec, S3Spec, SOURCE_KINDS, SecretConfig, SecretKeyRef, SinkBindingConfig, SourceConfig, SourceKind,
+    SourceKindDef, SourceParams, SourceSpec, SqsSpec, TimerSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule,
+    parse_timezone,
 };
 pub use status::Condition;
 pub use trigger::TriggerConfig;

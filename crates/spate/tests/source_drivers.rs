@@ -359,3 +359,162 @@ async fn get_sources_lists_every_kind_behind_the_seam() {
         );
     }
 }
+
+/// A moto server (S3 and SQS) on a free port, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `moto_server` (`pip install 'moto[server]'`); `None` (skip) outside CI when it is absent.
+fn moto() -> Option<Moto> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but moto_server cannot start: {e} (.ci/run installs it)"
+            );
+            eprintln!("skipping: moto_server cannot start ({e}); pip install 'moto[server]'");
+            return None;
+        }
+    };
+    let m = Moto { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(m)
+}
+
+async fn ok(r: reqwest::RequestBuilder, what: &str) -> String {
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(status.is_success(), "{what}: {status} {text}");
+    text
+}
+
+async fn sqs(m: &Moto, action: &str, body: Value) -> Value {
+    let r = client()
+        .post(format!("{}/", m.url))
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amz-target", format!("AmazonSQS.{action}"))
+        // moto routes by the service named in the credential scope (it does not check the signature).
+        .header("authorization", "AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0")
+        .body(body.to_string());
+    serde_json::from_str(&ok(r, action).await).unwrap_or(Value::Null)
+}
+
+const AWS_SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws\nstringData:\n  aws.accessKey: AKIDTEST\n  aws.secretKey: secret\n---\n";
+
+#[tokio::test]
+async fn an_integration_source_s3_emits_each_uploaded_object_once_and_deletes_it() {
+    let Some(m) = moto() else { return };
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    ok(client().put(format!("{}/uploads", m.url)), "create bucket").await;
+    s.apply_ok(&format!(
+        "{AWS_SECRET}apiVersion: sources.knative.dev/v1alpha1\nkind: IntegrationSource\nmetadata:\n  name: s3\nspec:\n  aws:\n    s3:\n      arn: \"arn:aws:s3:::uploads\"\n      region: us-east-1\n      uriEndpointOverride: {}\n      overrideEndpoint: true\n      forcePathStyle: true\n      delay: 100\n    auth:\n      secret:\n        ref:\n          name: aws\n  sink:\n    uri: {}\n",
+        m.url, sink.url
+    ))
+    .await;
+    let keys = ["photo-1.jpg", "dir/with space & amp.txt", "three"];
+    for k in keys {
+        let url = format!("{}/uploads/{}", m.url, k.replace(' ', "%20").replace('&', "%26"));
+        ok(client().put(url).header("content-type", "text/plain").body(format!("body of {k}")), "upload").await;
+    }
+    let got = sink.wait_for(3).await;
+    for k in keys {
+        let e: Vec<_> = got
+            .iter()
+            .filter(|r| r.event.extension("key").map(|v| v.to_canonical().into_owned()).as_deref() == Some(k))
+            .collect();
+        assert_eq!(e.len(), 1, "{k} emitted once");
+        let ev = &e[0].event;
+        assert_eq!(
+            (ev.ty.as_str(), ev.source.as_str()),
+            ("dev.knative.eventing.aws-s3", "dev.knative.eventing.aws-s3-source")
+        );
+        assert_eq!(ev.data.as_deref(), Some(format!("body of {k}").as_bytes()));
+    }
+    // Deleted after read: the bucket empties, and nothing is emitted twice.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = ok(client().get(format!("{}/uploads?list-type=2", m.url)), "list").await;
+        if !list.contains("<Key>") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "objects not deleted after read: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.count(), 3, "each object once");
+}
+
+#[tokio::test]
+async fn an_integration_source_sqs_fires_on_an_upload_through_s3_notifications() {
+    let Some(m) = moto() else { return };
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    sqs(&m, "CreateQueue", serde_json::json!({"QueueName": "uploads-q"})).await;
+    ok(client().put(format!("{}/media", m.url)), "create bucket").await;
+    let notification = "<NotificationConfiguration><QueueConfiguration><Id>n1</Id><Queue>arn:aws:sqs:us-east-1:123456789012:uploads-q</Queue><Event>s3:ObjectCreated:*</Event></QueueConfiguration></NotificationConfiguration>";
+    ok(client().put(format!("{}/media?notification", m.url)).body(notification), "bucket notification").await;
+    s.apply_ok(&format!(
+        "{AWS_SECRET}apiVersion: sources.knative.dev/v1alpha1\nkind: IntegrationSource\nmetadata:\n  name: sqs\nspec:\n  aws:\n    sqs:\n      arn: \"arn:aws:sqs:us-east-1:123456789012:uploads-q\"\n      region: us-east-1\n      uriEndpointOverride: {}\n      overrideEndpoint: true\n      waitTimeSeconds: 1\n      delay: 50\n    auth:\n      secret:\n        ref:\n          name: aws\n  sink:\n    uri: {}\n",
+        m.url, sink.url
+    ))
+    .await;
+    ok(client().put(format!("{}/media/cat%20video.mp4", m.url)).body("frames"), "upload").await;
+    let got = sink
+        .wait_until("an ObjectCreated notification", |r| {
+            r.iter()
+                .any(|e| e.event.data.as_deref().is_some_and(|d| String::from_utf8_lossy(d).contains("ObjectCreated")))
+        })
+        .await;
+    let ev = &got
+        .iter()
+        .find(|e| String::from_utf8_lossy(e.event.data.as_deref().unwrap()).contains("ObjectCreated"))
+        .unwrap()
+        .event;
+    assert_eq!(
+        (ev.ty.as_str(), ev.source.as_str()),
+        ("dev.knative.eventing.aws-sqs", "dev.knative.eventing.aws-sqs-source")
+    );
+    let n: Value = serde_json::from_slice(ev.data.as_deref().unwrap()).unwrap();
+    let rec = &n["Records"][0];
+    assert!(rec["eventName"].as_str().unwrap().starts_with("ObjectCreated"), "{n:#}");
+    assert_eq!(rec["s3"]["bucket"]["name"], "media");
+    assert_eq!(rec["s3"]["object"]["key"], "cat+video.mp4", "S3 notifications URL-encode keys");
+    // Deleted after the sink accepted: the queue drains.
+    let url = sqs(&m, "GetQueueUrl", serde_json::json!({"QueueName": "uploads-q"})).await["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = sqs(&m, "GetQueueAttributes", serde_json::json!({"QueueUrl": url, "AttributeNames": ["All"]})).await;
+        let visible = a["Attributes"]["ApproximateNumberOfMessages"].as_str().unwrap_or("?").to_string();
+        let hidden = a["Attributes"]["ApproximateNumberOfMessagesNotVisible"].as_str().unwrap_or("?").to_string();
+        if visible == "0" && hidden == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "messages left in the queue: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

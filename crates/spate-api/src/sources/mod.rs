@@ -27,7 +27,7 @@ use spate_core::Destination;
 
 pub use apiserver::{ApiServerMode, ApiServerResource, ApiServerSpec};
 pub use container::ContainerSourceSpec;
-pub use integration::{AwsAuth, IntegrationSpec, S3Spec, SqsSpec, TimerSpec};
+pub use integration::{AwsAuth, AwsCommon, IntegrationSpec, S3Spec, SqsSpec, TimerSpec};
 pub use kafka::{InitialOffset, KafkaNet, KafkaSpec};
 pub use ping::{PingSpec, parse_schedule, parse_timezone};
 pub use rabbitmq::{RabbitmqConnection, RabbitmqSourceSpec};

@@ -1,5 +1,10 @@
 //! IntegrationSource: `timer` (an event every `period` ms, `repeatCount` times
-//! or forever), `aws.s3` and `aws.sqs`, with Knative's connector event types.
+//! or forever), `aws.s3` ([`s3`]) and `aws.sqs` ([`sqs`]), with Knative's
+//! connector event types.
+
+mod aws;
+mod s3;
+mod sqs;
 
 use std::time::Duration;
 
@@ -9,6 +14,7 @@ use spate_core::{CloudEvent, ExtValue};
 
 use crate::Start;
 use crate::emit::{Emitter, now_rfc3339, uuid};
+use crate::held::Held;
 
 pub(crate) fn start(st: &mut Start<'_>) {
     let Some(spec) = st.spec::<IntegrationSpec>().cloned() else { return };
@@ -17,10 +23,28 @@ pub(crate) fn start(st: &mut Start<'_>) {
             let (emitter, stop) = (st.emitter.clone(), st.stop.clone());
             st.spawn(timer(t, emitter, stop));
         }
-        IntegrationSpec::S3(_) | IntegrationSpec::Sqs(_) => {
-            st.fail("NotSupported", "aws.s3 and aws.sqs are not built yet in this version of Spate")
+        IntegrationSpec::S3(spec) => {
+            let creds = credentials(st, spec.common.auth.as_ref());
+            let held = Held::new(st.emitter.clone(), spec.common.max_messages_per_poll, st.stop.clone());
+            let s3 = s3::S3 { spec, creds, client: st.sources.client.clone(), held };
+            let stop = st.stop.clone();
+            st.spawn(s3.run(stop));
+        }
+        IntegrationSpec::Sqs(spec) => {
+            let creds = credentials(st, spec.common.auth.as_ref());
+            let held = Held::new(st.emitter.clone(), spec.common.max_messages_per_poll, st.stop.clone());
+            let sqs = sqs::Sqs { spec, creds, client: st.sources.client.clone(), held };
+            let stop = st.stop.clone();
+            st.spawn(sqs.run(stop));
         }
     }
+}
+
+/// The Secret's `aws.accessKey` and `aws.secretKey`; without `auth`, requests go unsigned
+/// (an S3-compatible server that allows anonymous access, or moto).
+fn credentials(st: &Start<'_>, auth: Option<&spate_api::AwsAuth>) -> Option<aws::Credentials> {
+    let a = auth?;
+    Some(aws::Credentials { access_key: st.secret(&a.access_key)?, secret_key: st.secret(&a.secret_key)? })
 }
 
 /// Knative's connector attributes: `type`, `source` and `subject` per connector.
