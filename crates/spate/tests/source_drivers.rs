@@ -415,7 +415,10 @@ async fn sqs(m: &Moto, action: &str, body: Value) -> Value {
         .header("content-type", "application/x-amz-json-1.0")
         .header("x-amz-target", format!("AmazonSQS.{action}"))
         // moto routes by the service named in the credential scope (it does not check the signature).
-        .header("authorization", "AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0",
+        )
         .body(body.to_string());
     serde_json::from_str(&ok(r, action).await).unwrap_or(Value::Null)
 }
