@@ -37,9 +37,9 @@ pub use serving::{
 pub use sources::{
     ApiServerMode, ApiServerResource, ApiServerSpec, AwsAuth, AwsCommon, BindingSubject, ContainerSourceSpec,
     InitialOffset, IntegrationSpec, KafkaNet, KafkaSpec, PingSpec, RabbitmqConnection, RabbitmqSourceSpec,
-    RedisStreamSpec, S3Spec, SOURCE_KINDS, SecretConfig, SecretKeyRef, SinkBindingConfig, SourceConfig, SourceKind,
-    SourceKindDef, SourceParams, SourceSpec, SqsSpec, TimerSpec, WebhookSpec, ce_overrides_env, labels, parse_schedule,
-    parse_timezone,
+    RedisStreamSpec, RocketmqSpec, S3Spec, SOURCE_KINDS, SecretConfig, SecretKeyRef, SinkBindingConfig, SourceConfig,
+    SourceKind, SourceKindDef, SourceParams, SourceSpec, SqsSpec, TimerSpec, WebhookSpec, ce_overrides_env, labels,
+    parse_schedule, parse_timezone,
 };
 pub use status::Condition;
 pub use trigger::TriggerConfig;

@@ -22,6 +22,7 @@ pub mod kafka_sink;
 pub mod ping;
 pub mod rabbitmq;
 pub mod redis_stream;
+pub mod rocketmq;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +56,7 @@ pub static DRIVERS: &[(&str, StartFn)] = &[
     ("RedisStreamSource", redis_stream::start),
     ("IntegrationSource", integration::start),
     ("ApiServerSource", apiserver::start),
+    ("RocketMQSource", rocketmq::start),
 ];
 
 type Key = (Kind, String, String);

@@ -15,6 +15,7 @@ mod kafka;
 mod ping;
 mod rabbitmq;
 mod redis_stream;
+mod rocketmq;
 mod webhook;
 
 use std::any::Any;
@@ -32,6 +33,7 @@ pub use kafka::{InitialOffset, KafkaNet, KafkaSpec};
 pub use ping::{PingSpec, parse_schedule, parse_timezone};
 pub use rabbitmq::{RabbitmqConnection, RabbitmqSourceSpec};
 pub use redis_stream::RedisStreamSpec;
+pub use rocketmq::RocketmqSpec;
 pub use webhook::WebhookSpec;
 
 use crate::Kind;
@@ -50,6 +52,7 @@ pub static SOURCE_KINDS: &[&SourceKindDef] = &[
     &redis_stream::REDIS_STREAM,
     &integration::INTEGRATION,
     &apiserver::API_SERVER,
+    &rocketmq::ROCKETMQ,
 ];
 
 /// One source kind's resource shape and compiler.
