@@ -1,14 +1,20 @@
-"""An object-storage-style function for Spate Services (standard library only).
+"""An object-storage function for Spate Services (standard library only).
 
-On a `com.example.object.created` CloudEvent whose JSON data names an object
-({"bucket": "<directory>", "key": "<name>.ppm"}), it reads the image (binary
-PPM, P6), scales it down to fit THUMBNAIL_SIZE (default 32) pixels, writes
-`<bucket>/thumbnails/<key>`, and replies with a `com.example.thumbnail.created`
-CloudEvent describing the thumbnail. A bad object is answered with 400 (not
-retried: the event itself is at fault)."""
+Two ways in:
+- a `dev.knative.eventing.aws-s3` CloudEvent from an IntegrationSource `aws.s3`
+  (an upload to a bucket): the data is the object itself, the `key` extension
+  its name; the thumbnail is written to `$THUMBNAIL_DIR/<key>`;
+- a `com.example.object.created` CloudEvent whose JSON data names a local
+  object ({"bucket": "<directory>", "key": "<name>.ppm"}); the thumbnail is
+  written to `<bucket>/thumbnails/<key>`.
+The image (binary PPM, P6) is scaled down to fit THUMBNAIL_SIZE (default 32)
+pixels, and the reply is a `com.example.thumbnail.created` CloudEvent
+describing the thumbnail. A bad object is answered with 400 (not retried: the
+event itself is at fault)."""
 import json
 import os
 import uuid
+from urllib.parse import unquote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SIZE = int(os.environ.get("THUMBNAIL_SIZE", "32"))
@@ -16,7 +22,10 @@ SIZE = int(os.environ.get("THUMBNAIL_SIZE", "32"))
 
 def read_ppm(path):
     with open(path, "rb") as f:
-        raw = f.read()
+        return parse_ppm(f.read())
+
+
+def parse_ppm(raw):
     fields, pos = [], 0
     while len(fields) < 4:
         while raw[pos:pos + 1].isspace():
@@ -64,15 +73,23 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         try:
-            obj = json.loads(body)
-            src = os.path.join(obj["bucket"], obj["key"])
-            w, h, pixels = read_ppm(src)
+            if self.headers.get("ce-type") == "dev.knative.eventing.aws-s3":
+                # An uploaded object: its bytes are the data; it is named by the `key` extension.
+                name = os.path.basename(unquote(self.headers.get("ce-key") or "object.ppm"))
+                obj = {"bucket": self.headers.get("ce-bucket", ""), "key": name}
+                w, h, pixels = parse_ppm(body)
+                out_dir = os.environ["THUMBNAIL_DIR"]
+                key = name
+            else:
+                obj = json.loads(body)
+                w, h, pixels = read_ppm(os.path.join(obj["bucket"], obj["key"]))
+                out_dir = os.path.join(obj["bucket"], "thumbnails")
+                key = os.path.join("thumbnails", obj["key"])
             tw, th, thumb = scale(w, h, pixels)
-            key = os.path.join("thumbnails", obj["key"])
-            os.makedirs(os.path.join(obj["bucket"], "thumbnails"), exist_ok=True)
-            with open(os.path.join(obj["bucket"], key), "wb") as f:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, os.path.basename(key)), "wb") as f:
                 f.write(b"P6\n%d %d\n255\n" % (tw, th) + thumb)
-        except (ValueError, KeyError, OSError) as e:
+        except (ValueError, KeyError, OSError, IndexError) as e:
             print(f"cannot make a thumbnail: {e}", flush=True)
             return self.answer(400, {"content-type": "text/plain"}, f"{e}\n".encode())
         print(f"thumbnail {key}: {w}x{h} -> {tw}x{th}", flush=True)

@@ -521,3 +521,38 @@ async fn an_integration_source_sqs_fires_on_an_upload_through_s3_notifications()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The object-storage example (`examples/object-storage.yaml`): an upload to the bucket
+/// reaches the thumbnailer Service through the IntegrationSource and a Broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_storage_example_makes_a_thumbnail_from_an_upload() {
+    let Some(m) = moto() else { return };
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    let out = tempdir();
+    let root = format!("{}/../../", env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(format!("{root}examples/object-storage.yaml"))
+        .unwrap()
+        .replace("examples/functions/", &format!("{root}examples/functions/"))
+        .replace("http://127.0.0.1:5000", &m.url)
+        .replace("/tmp/spate-thumbnails", &out.path().display().to_string());
+    let tap = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: tap\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: com.example.thumbnail.created\n  subscriber:\n    uri: {}\n",
+        sink.url
+    );
+    ok(client().put(format!("{}/uploads", m.url)), "create bucket").await;
+    s.apply_ok(&format!("{yaml}\n---\n{tap}")).await;
+    let (w, h) = (100usize, 60usize);
+    let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+    ppm.extend((0..w * h).flat_map(|i| [(i % 256) as u8, 0, 255]));
+    ok(client().put(format!("{}/uploads/cat.ppm", m.url)).body(ppm), "upload").await;
+    let got = sink.wait_for(1).await;
+    let v: Value = serde_json::from_slice(got[0].event.data.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (v["key"].as_str(), v["width"].as_u64(), v["height"].as_u64()),
+        (Some("cat.ppm"), Some(25), Some(15)),
+        "{v}"
+    );
+    let thumb = std::fs::read(out.path().join("cat.ppm")).unwrap();
+    assert!(thumb.starts_with(b"P6\n25 15\n255\n") && thumb.len() == 13 + 25 * 15 * 3);
+}
