@@ -40,6 +40,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // rustls is built with two crypto providers (ring, Spate's; aws-lc-rs, pulled in by the
+    // RocketMQ client's reqwest): name the process default so that libraries building
+    // TLS configs from it (async-nats, lapin) never find it ambiguous.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     client::set_token(args.token.clone());
     let command = args.resolve();
