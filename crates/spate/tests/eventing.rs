@@ -104,7 +104,9 @@ async fn a_kill_9_under_load_loses_no_accepted_event(class: Class) {
     load.await.unwrap();
     let s2 = Server::start(dir.path(), &args);
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 200, "the load ran before the kill ({} accepted)", accepted.len());
+    // 200 deliveries had arrived; up to 16 of their senders (the load's concurrency) may not
+    // have seen their 202 before the kill cut the connection.
+    assert!(accepted.len() + 16 >= 200, "the load ran before the kill ({} accepted)", accepted.len());
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let got: std::collections::HashSet<String> = sink.events().iter().map(|r| r.event.id.clone()).collect();

@@ -71,6 +71,23 @@ async fn rabbit_channel() -> (Connection, lapin::Channel) {
     (conn, ch)
 }
 
+/// Waits until the source consumes `queue` (declared, bound, consuming): a message
+/// published to the exchange before the binding exists would be dropped as unroutable.
+async fn wait_consuming(queue: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_c, probe) = rabbit_channel().await;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        if let Ok(q) = probe.queue_declare(queue.into(), passive, FieldTable::default()).await
+            && q.consumer_count() > 0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the source never consumed its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Ready messages in `queue` (not counting those delivered and not yet acked).
 async fn ready_in(ch: &lapin::Channel, queue: &str) -> u32 {
     let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
@@ -89,16 +106,7 @@ async fn a_rabbitmq_source_delivers_in_order_and_acks_only_what_the_sink_accepte
     wait_source(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "rabbit", "Ready", ready).await;
     let (_conn, ch) = rabbit_channel().await;
     // The source declares the queue: wait for it before publishing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_c, probe) = rabbit_channel().await;
-        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-        if probe.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the source never declared its queue");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_consuming(&queue).await;
     for i in 0..200 {
         let props =
             BasicProperties::default().with_message_id(format!("m-{i}").into()).with_content_type("text/plain".into());
@@ -145,16 +153,7 @@ async fn a_rabbitmq_source_leaves_what_the_sink_refuses_in_the_queue() {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await.unwrap();
     s.apply_ok(&rabbit_source("refused", &exchange, &queue, &refusing.url)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_c, probe) = rabbit_channel().await;
-        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
-        if probe.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the source never declared its queue");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_consuming(&queue).await;
     for i in 0..5 {
         let props = BasicProperties::default().with_message_id(format!("r-{i}").into());
         ch.basic_publish(exchange.as_str().into(), "k".into(), BasicPublishOptions::default(), b"x", props)
