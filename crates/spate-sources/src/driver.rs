@@ -80,3 +80,21 @@ pub trait Started: Send + Sync {
         Box::pin(async {})
     }
 }
+
+/// The status of a source whose upstream says how much waits (`status.spate.lag`, and the
+/// `spate_source_lag` gauge): Kafka's end minus committed offsets, a RabbitMQ queue's ready
+/// messages, an SQS queue's visible messages.
+pub(crate) struct Lag(pub Arc<crate::SourceStats>);
+
+impl Lag {
+    pub(crate) fn set(stats: &crate::SourceStats, label: &str, lag: u64) {
+        stats.lag.store(lag, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("spate_source_lag", "source" => label.to_string()).set(lag as f64);
+    }
+}
+
+impl Started for Lag {
+    fn fields(&self, _status: &mut Map<String, Value>, counters: &mut Map<String, Value>) {
+        counters.insert("lag".into(), serde_json::json!(self.0.lag.load(std::sync::atomic::Ordering::Relaxed)));
+    }
+}

@@ -58,6 +58,11 @@ impl Held {
         &self.emitter.label
     }
 
+    /// Records how much waits upstream (see [`crate::driver::Lag`]).
+    pub(crate) fn set_lag(&self, lag: u64) {
+        crate::driver::Lag::set(&self.emitter.stats, &self.emitter.label, lag);
+    }
+
     /// Waits until every delivery started has finished (acknowledged, or given up on stop).
     pub(crate) async fn drain(&self) {
         let _ = self.permits.acquire_many(self.in_flight).await;

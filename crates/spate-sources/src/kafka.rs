@@ -545,7 +545,7 @@ pub(crate) fn start(st: &mut Start<'_>) {
     }
     let stats = emitter.stats.clone();
     let mut stop = stop_rx.clone();
-    st.keep(Arc::new(Lag(stats.clone())));
+    st.keep(Arc::new(crate::driver::Lag(stats.clone())));
     st.spawn(async move {
         loop {
             let lag: u64 = lags.iter().map(|l| l.load(Ordering::Relaxed)).sum();
@@ -561,17 +561,4 @@ pub(crate) fn start(st: &mut Start<'_>) {
 
 fn secret(st: &Start<'_>, r: &Option<spate_api::SecretKeyRef>) -> Option<String> {
     r.as_ref().and_then(|r| st.secret(r))
-}
-
-/// A KafkaSource's status: records waiting upstream.
-struct Lag(Arc<crate::SourceStats>);
-
-impl crate::Started for Lag {
-    fn fields(
-        &self,
-        _status: &mut serde_json::Map<String, serde_json::Value>,
-        counters: &mut serde_json::Map<String, serde_json::Value>,
-    ) {
-        counters.insert("lag".into(), serde_json::json!(self.0.lag.load(Ordering::Relaxed)));
-    }
 }

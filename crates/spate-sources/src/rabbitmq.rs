@@ -37,6 +37,7 @@ pub(crate) fn start(st: &mut Start<'_>) {
         Err(e) => return st.fail("InvalidConnection", e),
     };
     let held = Held::new(st.emitter.clone(), spec.parallelism, st.stop.clone());
+    st.keep(std::sync::Arc::new(crate::driver::Lag(st.emitter.stats.clone())));
     let stop = st.stop.clone();
     st.spawn(run(spec, url, held, stop));
 }
@@ -129,9 +130,19 @@ async fn consume(
         .basic_consume(spec.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(|e| format!("consuming '{}': {e}", spec.queue))?;
+    // The queue's ready messages, every 2 s, on a channel of its own.
+    let probe = conn.create_channel().await.map_err(|e| format!("channel: {e}"))?;
+    let mut every = tokio::time::interval(Duration::from_secs(2));
     loop {
         let d = tokio::select! {
             d = consumer.next() => d,
+            _ = every.tick() => {
+                let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+                if let Ok(q) = probe.queue_declare(spec.queue.as_str().into(), passive, FieldTable::default()).await {
+                    held.set_lag(u64::from(q.message_count()));
+                }
+                continue;
+            }
             _ = stop.changed() => return Ok(()),
         };
         let d = match d {

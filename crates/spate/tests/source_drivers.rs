@@ -165,6 +165,11 @@ async fn a_rabbitmq_source_leaves_what_the_sink_refuses_in_the_queue() {
     // The sink refuses the first message again and again; nothing is acked meanwhile.
     refusing.wait_until("retries of the first message", |r| r.len() >= 3).await;
     assert!(refusing.events().iter().all(|r| r.event.id == "r-0"), "in order: the first one holds the rest back");
+    // The four behind it wait in the queue: the source's lag says so.
+    wait_source(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "refused", "lag 4", |v| {
+        v.pointer("/status/spate/lag").and_then(Value::as_u64) == Some(4)
+    })
+    .await;
     delete_ok(&s, "sources.knative.dev/v1alpha1", "rabbitmqsources", "refused").await;
     // With the consumer gone, all five are back in the queue.
     let deadline = Instant::now() + Duration::from_secs(20);

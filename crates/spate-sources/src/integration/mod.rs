@@ -33,6 +33,7 @@ pub(crate) fn start(st: &mut Start<'_>) {
         IntegrationSpec::Sqs(spec) => {
             let creds = credentials(st, spec.common.auth.as_ref());
             let held = Held::new(st.emitter.clone(), spec.common.max_messages_per_poll, st.stop.clone());
+            st.keep(std::sync::Arc::new(crate::driver::Lag(st.emitter.stats.clone())));
             let sqs = sqs::Sqs { spec, creds, client: st.sources.client.clone(), held };
             let stop = st.stop.clone();
             st.spawn(sqs.run(stop));

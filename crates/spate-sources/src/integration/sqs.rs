@@ -52,11 +52,24 @@ impl Sqs {
         let this = std::sync::Arc::new(self);
         let spec = IntegrationSpec::Sqs(this.spec.clone());
         let mut url = None;
+        let mut last_depth: Option<tokio::time::Instant> = None;
         loop {
             if url.is_none() {
                 match this.queue_url().await {
                     Ok(u) => url = Some(u),
                     Err(e) => tracing::warn!(source = %this.held.label(), error = %e, "cannot find the queue"),
+                }
+            }
+            if let Some(u) = url.clone()
+                && last_depth.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+            {
+                last_depth = Some(tokio::time::Instant::now());
+                let attrs = json!({"QueueUrl": u, "AttributeNames": ["ApproximateNumberOfMessages"]});
+                if let Ok(a) = this.call("GetQueueAttributes", attrs).await
+                    && let Some(n) =
+                        a["Attributes"]["ApproximateNumberOfMessages"].as_str().and_then(|n| n.parse().ok())
+                {
+                    this.held.set_lag(n);
                 }
             }
             if let Some(u) = url.clone() {
