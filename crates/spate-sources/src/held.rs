@@ -58,6 +58,12 @@ impl Held {
         &self.emitter.label
     }
 
+    /// Counts a message the source could not emit at all (`failed`, `lastError`).
+    pub(crate) fn record_failure(&self, why: String) {
+        self.emitter.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.emitter.stats.last_error.lock().expect("stats") = Some(why);
+    }
+
     /// Records how much waits upstream (see [`crate::driver::Lag`]).
     pub(crate) fn set_lag(&self, lag: u64) {
         crate::driver::Lag::set(&self.emitter.stats, &self.emitter.label, lag);

@@ -73,6 +73,8 @@ pub struct SourcesConfig {
     /// Delivery settings of sources whose spec has none (the server's defaults).
     pub default_delivery: DeliverySpec,
     pub default_backoff: Duration,
+    /// `--max-event-size`: a source does not emit (or read) an event larger than this.
+    pub max_event_size: usize,
 }
 
 /// A source as the control plane wants it: the config plus everything it depends on,

@@ -310,8 +310,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         return channel(&a, &sink, child, &admin).await;
     }
     let yaml = format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"256\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
-        sink.url
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"{}\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
+        a.max_in_flight, sink.url
     );
     let mut yaml = yaml;
     for i in 1..a.triggers.max(1) {

@@ -436,6 +436,9 @@ pub struct BenchArgs {
     /// With `--target channel`: subscriptions on the channel, each delivering every event to the sink.
     #[arg(long, default_value_t = 1)]
     pub subscriptions: usize,
+    /// The bench trigger's `spate.dev/max-in-flight` (deliveries outstanding at once).
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
     /// With `--target service`: where `hello.py` is (the compiled `hello-fn` sits next to `spate`).
     #[arg(long, default_value = "examples/functions")]
     pub function_dir: PathBuf,

@@ -292,6 +292,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         grace: Duration::from_secs(args.grace_seconds),
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
+        max_event_size: args.max_event_size,
     };
     let mut sources = Sources::new(sources_config, dispatcher.clone()).context("starting sources")?;
     if let Some((claims, leases, records)) = cluster {

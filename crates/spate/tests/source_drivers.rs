@@ -432,7 +432,8 @@ const AWS_SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: aws\n
 #[tokio::test]
 async fn an_integration_source_s3_emits_each_uploaded_object_once_and_deletes_it() {
     let Some(m) = moto() else { return };
-    let (_d, s) = start();
+    let d = tempdir();
+    let s = Server::start(d.path(), &["--max-event-size", "65536"]);
     let sink = Sink::start().await;
     ok(client().put(format!("{}/uploads", m.url)), "create bucket").await;
     s.apply_ok(&format!(
@@ -445,6 +446,8 @@ async fn an_integration_source_s3_emits_each_uploaded_object_once_and_deletes_it
         let url = format!("{}/uploads/{}", m.url, k.replace(' ', "%20").replace('&', "%26"));
         ok(client().put(url).header("content-type", "text/plain").body(format!("body of {k}")), "upload").await;
     }
+    // Larger than --max-event-size: left in the bucket, unread, and said so.
+    ok(client().put(format!("{}/uploads/big.bin", m.url)).body(vec![b'x'; 100_000]), "upload").await;
     let got = sink.wait_for(3).await;
     for k in keys {
         let e: Vec<_> = got
@@ -459,18 +462,28 @@ async fn an_integration_source_s3_emits_each_uploaded_object_once_and_deletes_it
         );
         assert_eq!(ev.data.as_deref(), Some(format!("body of {k}").as_bytes()));
     }
-    // Deleted after read: the bucket empties, and nothing is emitted twice.
+    // Deleted after read: only the oversized object stays, and nothing is emitted twice.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let list = ok(client().get(format!("{}/uploads?list-type=2", m.url)), "list").await;
-        if !list.contains("<Key>") {
+        if list.matches("<Key>").count() == 1 && list.contains("<Key>big.bin</Key>") {
             break;
         }
         assert!(Instant::now() < deadline, "objects not deleted after read: {list}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.count(), 3, "each object once");
+    assert_eq!(sink.count(), 3, "each object once, the oversized one never");
+    let st = wait_source(
+        &s,
+        "sources.knative.dev/v1alpha1",
+        "integrationsources",
+        "s3",
+        "the oversized object reported",
+        |v| v.pointer("/status/spate/lastError").and_then(Value::as_str).is_some_and(|e| e.contains("big.bin")),
+    )
+    .await;
+    assert_eq!(st.pointer("/status/spate/failed").and_then(Value::as_u64), Some(1), "{st:#}");
 }
 
 #[tokio::test]

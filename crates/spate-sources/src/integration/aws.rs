@@ -104,7 +104,11 @@ pub(crate) fn sign(
     out
 }
 
-/// Sends a signed request; the answer's body, or an error naming the call and AWS's message.
+/// Answers of API calls (listings, receives) are read up to this size.
+pub(crate) const MAX_ANSWER: usize = 16 << 20;
+
+/// Sends a signed request; the answer's body (at most `limit` bytes), or an
+/// error naming the call and AWS's message.
 pub(crate) async fn call(
     client: &reqwest::Client,
     base: &str,
@@ -112,6 +116,7 @@ pub(crate) async fn call(
     creds: Option<&Credentials>,
     region: &str,
     service: &str,
+    limit: usize,
 ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), String> {
     let mut url = format!("{base}{}", r.path);
     if !r.query.is_empty() {
@@ -128,10 +133,21 @@ pub(crate) async fn call(
     for (k, v) in sign(&r, creds, region, service, Utc::now()) {
         req = req.header(k, v);
     }
-    let resp = req.send().await.map_err(|e| format!("{} {url}: {e}", r.method))?;
+    let mut resp = req.send().await.map_err(|e| format!("{} {url}: {e}", r.method))?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|e| format!("{} {url}: {e}", r.method))?;
+    let too_big = || format!("{} {url}: the answer is larger than {limit} bytes", r.method);
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{} {url}: {e}", r.method))? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
     if !status.is_success() {
         let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
         return Err(format!("{} {url}: HTTP {status}: {text}", r.method));

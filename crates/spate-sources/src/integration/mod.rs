@@ -26,7 +26,8 @@ pub(crate) fn start(st: &mut Start<'_>) {
         IntegrationSpec::S3(spec) => {
             let creds = credentials(st, spec.common.auth.as_ref());
             let held = Held::new(st.emitter.clone(), spec.common.max_messages_per_poll, st.stop.clone());
-            let s3 = s3::S3 { spec, creds, client: st.sources.client.clone(), held };
+            let max_object = st.sources.cfg.max_event_size;
+            let s3 = s3::S3 { spec, max_object, creds, client: st.sources.client.clone(), held };
             let stop = st.stop.clone();
             st.spawn(s3.run(stop));
         }

@@ -22,6 +22,8 @@ const SEEN: usize = 100_000;
 
 pub(crate) struct S3 {
     pub spec: S3Spec,
+    /// `--max-event-size`: larger objects are left in the bucket, unread.
+    pub max_object: usize,
     pub creds: Option<Credentials>,
     pub client: reqwest::Client,
     pub held: Held,
@@ -55,10 +57,11 @@ impl S3 {
         };
         let host = aws::host_of(&base).to_string();
         let r = Unsigned { method, host: &host, path: &path, query, body: b"", headers: extra };
-        aws::call(&self.client, &base, r, self.creds.as_ref(), &self.spec.common.region, "s3").await
+        let limit = if method == "GET" && !key.is_empty() { self.max_object } else { aws::MAX_ANSWER };
+        aws::call(&self.client, &base, r, self.creds.as_ref(), &self.spec.common.region, "s3", limit).await
     }
 
-    async fn list(&self) -> Result<Vec<(String, String)>, String> {
+    async fn list(&self) -> Result<Vec<Listed>, String> {
         let (_, bucket_path) = self.base();
         let mut q = vec![
             ("list-type".to_string(), "2".to_string()),
@@ -73,17 +76,29 @@ impl S3 {
 
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let seen: Arc<Mutex<(HashSet<String>, VecDeque<String>)>> = Default::default();
+        let seen: Seen = Default::default();
         let in_flight: Arc<Mutex<HashSet<String>>> = Default::default();
         let spec = IntegrationSpec::S3(this.spec.clone());
         loop {
             match this.list().await {
                 Ok(objects) => {
-                    for (key, etag) in objects {
+                    for Listed { key, etag, size } in objects {
                         let mark = format!("{key}\u{0}{etag}");
-                        if seen.lock().expect("seen").0.contains(&mark)
-                            || !in_flight.lock().expect("in flight").insert(key.clone())
-                        {
+                        if seen.lock().expect("seen").0.contains(&mark) {
+                            continue;
+                        }
+                        if size > this.max_object as u64 {
+                            // Left in the bucket, said once (until the object changes).
+                            let why = format!(
+                                "object '{key}' is {size} bytes, more than --max-event-size ({}); left in the bucket",
+                                this.max_object
+                            );
+                            tracing::warn!(source = %this.held.label(), "{why}");
+                            this.held.record_failure(why);
+                            remember(&seen, mark);
+                            continue;
+                        }
+                        if !in_flight.lock().expect("in flight").insert(key.clone()) {
                             continue;
                         }
                         let (_, bucket_path) = this.base();
@@ -104,14 +119,7 @@ impl S3 {
                         let ack = move || async move {
                             let r = me.after_read(&key).await;
                             if r.is_ok() && !me.spec.common.delete_after_read && !me.spec.move_after_read {
-                                let mut s = seen.lock().expect("seen");
-                                if s.0.insert(mark.clone()) {
-                                    s.1.push_back(mark);
-                                }
-                                while s.1.len() > SEEN {
-                                    let old = s.1.pop_front().expect("non-empty");
-                                    s.0.remove(&old);
-                                }
+                                remember(&seen, mark);
                             }
                             in_flight.lock().expect("in flight").remove(&key);
                             r
@@ -150,8 +158,30 @@ impl S3 {
     }
 }
 
-/// `(Key, ETag)` of each `<Contents>` in a ListObjectsV2 answer (XML entities decoded).
-pub(crate) fn list_keys(xml: &str) -> Vec<(String, String)> {
+type Seen = Arc<Mutex<(HashSet<String>, VecDeque<String>)>>;
+
+/// Remembers an object (key and ETag) not to emit again; the oldest are forgotten past [`SEEN`].
+fn remember(seen: &Seen, mark: String) {
+    let mut s = seen.lock().expect("seen");
+    if s.0.insert(mark.clone()) {
+        s.1.push_back(mark);
+    }
+    while s.1.len() > SEEN {
+        let old = s.1.pop_front().expect("non-empty");
+        s.0.remove(&old);
+    }
+}
+
+/// One object of a listing.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Listed {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// Each `<Contents>` of a ListObjectsV2 answer (XML entities decoded).
+pub(crate) fn list_keys(xml: &str) -> Vec<Listed> {
     let mut out = vec![];
     let mut rest = xml;
     while let Some(i) = rest.find("<Contents>") {
@@ -159,7 +189,9 @@ pub(crate) fn list_keys(xml: &str) -> Vec<(String, String)> {
         let end = after.find("</Contents>").unwrap_or(after.len());
         let item = &after[..end];
         if let Some(k) = tag(item, "Key") {
-            out.push((unescape(k), tag(item, "ETag").map(unescape).unwrap_or_default()));
+            let etag = tag(item, "ETag").map(unescape).unwrap_or_default();
+            let size = tag(item, "Size").and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            out.push(Listed { key: unescape(k), etag, size });
         }
         rest = &after[end..];
     }
@@ -188,8 +220,9 @@ mod tests {
 
     #[test]
     fn list_answers_parse_with_entities() {
-        let xml = r#"<?xml version="1.0"?><ListBucketResult><Name>b</Name><Contents><Key>a &amp; b.txt</Key><ETag>&quot;e1&quot;</ETag></Contents><Contents><Key>dir/c</Key><ETag>"e2"</ETag></Contents></ListBucketResult>"#;
-        assert_eq!(list_keys(xml), vec![("a & b.txt".into(), "\"e1\"".into()), ("dir/c".into(), "\"e2\"".into())]);
+        let xml = r#"<?xml version="1.0"?><ListBucketResult><Name>b</Name><Contents><Key>a &amp; b.txt</Key><ETag>&quot;e1&quot;</ETag><Size>12</Size></Contents><Contents><Key>dir/c</Key><ETag>"e2"</ETag></Contents></ListBucketResult>"#;
+        let l = |k: &str, e: &str, size| Listed { key: k.into(), etag: e.into(), size };
+        assert_eq!(list_keys(xml), vec![l("a & b.txt", "\"e1\"", 12), l("dir/c", "\"e2\"", 0)]);
         assert!(list_keys("<ListBucketResult/>").is_empty());
         assert!(list_keys("<Contents><Key>unterminated").is_empty());
     }

@@ -33,7 +33,9 @@ impl Sqs {
             ("x-amz-target", format!("AmazonSQS.{action}")),
         ];
         let r = Unsigned { method: "POST", host: &host, path: "/", query: &[], body: &body, headers: &headers };
-        let (_, out) = aws::call(&self.client, &base, r, self.creds.as_ref(), &self.spec.common.region, "sqs").await?;
+        let (_, out) =
+            aws::call(&self.client, &base, r, self.creds.as_ref(), &self.spec.common.region, "sqs", aws::MAX_ANSWER)
+                .await?;
         if out.is_empty() {
             return Ok(json!({}));
         }
