@@ -355,3 +355,58 @@ fn names_follow_kubernetes_rules_per_kind() {
     refused(&doc("Service", "serving.knative.dev/v1", "a.b", "default", svc_spec), "metadata.name", "DNS-1035");
     admit_text(&doc("Service", "serving.knative.dev/v1", "abc1", "default", svc_spec)).expect("a valid Service name");
 }
+
+/// Every example manifest (`examples/*.yaml`, the sources showcase among them) is admitted.
+#[test]
+fn every_example_manifest_is_admitted() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for f in std::fs::read_dir(&dir).expect("examples").filter_map(Result::ok) {
+        if f.path().extension().is_some_and(|x| x == "yaml") {
+            let text = std::fs::read_to_string(f.path()).expect("read example");
+            if let Err(e) = admit_text(&text) {
+                panic!("{} is refused: {e:?}", f.path().display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "the examples were found ({seen})");
+}
+
+/// The new source kinds name every problem with its field path, all at once.
+#[test]
+fn source_kinds_refuse_bad_fields_with_their_paths() {
+    let sink = "  sink:\n    uri: http://127.0.0.1:9/\n";
+    let doc = |kind: &str, api: &str, spec: &str| {
+        format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: s\nspec:\n{spec}{sink}")
+    };
+    let text = [
+        doc("RabbitmqSource", "sources.knative.dev/v1alpha1", "  rabbitmqClusterReference:\n    name: cluster\n  rabbitmqResourcesConfig:\n    queueName: q\n    parallelism: 0\n"),
+        doc("RedisStreamSource", "sources.knative.dev/v1alpha1", "  address: nohost\n  stream: s\n  numConsumers: 100\n"),
+        doc("IntegrationSource", "sources.knative.dev/v1alpha1", "  aws:\n    sqs:\n      arn: q\n      waitTimeSeconds: 30\n      overrideEndpoint: true\n"),
+        doc("IntegrationSource", "sources.knative.dev/v1alpha1", "  timer:\n    period: 0\n"),
+        doc("ApiServerSource", "sources.knative.dev/v1", "  resources:\n    - apiVersion: apps/v1\n      kind: Deployment\n  mode: Everything\n"),
+        doc("RocketMQSource", "sources.knative.dev/v1alpha1", "  topic: t\n  namesrvAddr: nohost\n  accessKey:\n    secretKeyRef: {name: s, key: k}\n"),
+    ]
+    .join("---\n");
+    let got = invalid_paths(text);
+    let want = [
+        "spec.rabbitmqClusterReference.connectionSecret",
+        "spec.rabbitmqResourcesConfig.exchangeName",
+        "spec.rabbitmqResourcesConfig.parallelism",
+        "spec.address",
+        "spec.numConsumers",
+        "spec.aws.sqs.waitTimeSeconds",
+        "spec.aws.sqs.uriEndpointOverride",
+        "spec.timer.period",
+        "spec.timer.message",
+        "spec.resources[0]",
+        "spec.mode",
+        "spec.namesrvAddr",
+        "spec.secretKey",
+    ];
+    for w in want {
+        assert!(got.iter().any(|(p, _)| p == w), "no error at {w}; got {got:#?}");
+    }
+    assert_eq!(got.len(), want.len(), "unexpected extra errors: {got:#?}");
+}
