@@ -98,3 +98,24 @@ impl Started for Lag {
         counters.insert("lag".into(), serde_json::json!(self.0.lag.load(std::sync::atomic::Ordering::Relaxed)));
     }
 }
+
+/// Whether a source reaches its upstream (broker, stream, bucket, queue): the last failure to
+/// connect or poll, cleared by the next success. While set, `Deployed` (hence `Ready`) is false
+/// with reason `UpstreamUnavailable`, so a source whose server is down says so.
+#[derive(Default)]
+pub(crate) struct Upstream(std::sync::Mutex<Option<String>>);
+
+impl Upstream {
+    pub(crate) fn failed(&self, why: impl Into<String>) {
+        *self.0.lock().expect("upstream") = Some(why.into());
+    }
+    pub(crate) fn ok(&self) {
+        *self.0.lock().expect("upstream") = None;
+    }
+}
+
+impl Started for Upstream {
+    fn not_deployed(&self) -> Option<(String, String)> {
+        self.0.lock().expect("upstream").clone().map(|m| ("UpstreamUnavailable".to_string(), m))
+    }
+}

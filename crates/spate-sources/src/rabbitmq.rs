@@ -22,6 +22,7 @@ use spate_core::CloudEvent;
 use tokio::sync::watch;
 
 use crate::Start;
+use crate::driver::Upstream;
 use crate::emit::uuid;
 use crate::held::Held;
 
@@ -38,8 +39,10 @@ pub(crate) fn start(st: &mut Start<'_>) {
     };
     let held = Held::new(st.emitter.clone(), spec.parallelism, st.stop.clone());
     st.keep(std::sync::Arc::new(crate::driver::Lag(st.emitter.stats.clone())));
+    let upstream = std::sync::Arc::new(Upstream::default());
+    st.keep(upstream.clone());
     let stop = st.stop.clone();
-    st.spawn(run(spec, url, held, stop));
+    st.spawn(run(spec, url, held, upstream, stop));
 }
 
 /// The AMQP URL from the Secret: `uri` as given when it is `amqp(s)://`;
@@ -80,12 +83,21 @@ fn enc(s: &str) -> String {
 }
 
 /// Consumes until stop; reconnects after a lost connection (what was not acked comes again).
-async fn run(spec: RabbitmqSourceSpec, url: String, held: Held, mut stop: watch::Receiver<bool>) {
+async fn run(
+    spec: RabbitmqSourceSpec,
+    url: String,
+    held: Held,
+    upstream: std::sync::Arc<Upstream>,
+    mut stop: watch::Receiver<bool>,
+) {
     let label = held_label(&held);
     loop {
-        match consume(&spec, &url, &held, &mut stop).await {
+        match consume(&spec, &url, &held, &upstream, &mut stop).await {
             Ok(()) => break,
-            Err(e) => tracing::warn!(source = %label, error = %e, "RabbitMQ consumer stopped; reconnecting in 2 s"),
+            Err(e) => {
+                tracing::warn!(source = %label, error = %e, "RabbitMQ consumer stopped; reconnecting in 2 s");
+                upstream.failed(format!("RabbitMQ: {e}"));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -103,6 +115,7 @@ async fn consume(
     spec: &RabbitmqSourceSpec,
     url: &str,
     held: &Held,
+    upstream: &Upstream,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, ConnectionProperties::default()))
@@ -130,6 +143,7 @@ async fn consume(
         .basic_consume(spec.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .map_err(|e| format!("consuming '{}': {e}", spec.queue))?;
+    upstream.ok();
     // The queue's ready messages, every 2 s, on a channel of its own.
     let probe = conn.create_channel().await.map_err(|e| format!("channel: {e}"))?;
     let mut every = tokio::time::interval(Duration::from_secs(2));

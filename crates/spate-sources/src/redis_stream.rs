@@ -19,6 +19,7 @@ use spate_api::RedisStreamSpec;
 use spate_core::CloudEvent;
 use tokio::sync::watch;
 
+use crate::driver::Upstream;
 use crate::held::Held;
 use crate::{Start, Started};
 
@@ -34,8 +35,9 @@ pub(crate) fn start(st: &mut Start<'_>) {
         Ok(c) => c,
         Err(e) => return st.fail("InvalidAddress", e),
     };
-    let shared = Arc::new(Shared { in_flight: Mutex::new(HashSet::new()), pending: Default::default() });
+    let shared = Arc::new(Shared::default());
     st.keep(shared.clone());
+    st.keep(Arc::new(SharedUpstream(shared.clone())));
     for i in 0..spec.consumers {
         // One consumer's deliveries at a time keep the stream's order for that consumer.
         let held = Held::new(st.emitter.clone(), 16, st.stop.clone());
@@ -68,6 +70,16 @@ struct Shared {
     in_flight: Mutex<HashSet<String>>,
     /// The group's pending count, last seen.
     pending: std::sync::atomic::AtomicU64,
+    upstream: Upstream,
+}
+
+/// The consumers' shared view of Redis, for `Deployed`.
+struct SharedUpstream(Arc<Shared>);
+
+impl Started for SharedUpstream {
+    fn not_deployed(&self) -> Option<(String, String)> {
+        self.0.upstream.not_deployed()
+    }
 }
 
 impl Started for Shared {
@@ -88,6 +100,7 @@ impl Consumer {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
             if let Err(e) = self.consume(&mut stop).await {
+                self.shared.upstream.failed(format!("Redis {}: {e}", self.spec.address));
                 tracing::warn!(source = %self.held.label(), consumer = %self.name, error = %e, "Redis consumer stopped; reconnecting in 2 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -122,6 +135,7 @@ impl Consumer {
         {
             return Err(format!("XGROUP CREATE: {e}"));
         }
+        self.shared.upstream.ok();
         // Own pending entries first (a restart's leftovers), then new ones.
         let mut from = "0".to_string();
         let mut last_reclaim = tokio::time::Instant::now();

@@ -25,6 +25,7 @@ use spate_core::{CloudEvent, ExtValue};
 use tokio::sync::watch;
 
 use crate::Start;
+use crate::driver::Upstream;
 use crate::emit::{Emitter, uuid};
 
 /// The client's runtime: built once, never dropped (dropping a runtime inside Spate's would panic).
@@ -73,8 +74,10 @@ pub(crate) fn start(st: &mut Start<'_>) {
         stop: st.stop.clone(),
         source: spec.event_source.clone(),
     };
+    let upstream = Arc::new(Upstream::default());
+    st.keep(upstream.clone());
     let stop = st.stop.clone();
-    st.spawn(run(spec, creds, runtime, listener, stop));
+    st.spawn(run(spec, creds, runtime, listener, upstream, stop));
 }
 
 async fn run(
@@ -82,10 +85,37 @@ async fn run(
     creds: Option<(String, String)>,
     runtime: Arc<ClientRuntime>,
     listener: Listener,
+    upstream: Arc<Upstream>,
     mut stop: watch::Receiver<bool>,
 ) {
     let label = listener.emitter.label.clone();
-    let mut builder = DefaultMQPushConsumer::builder(runtime)
+    let listener = Arc::new(listener);
+    // The name server may be down at first: try again every 5 s, and say why meanwhile.
+    let mut consumer = loop {
+        match start_consumer(&spec, &creds, &runtime, &listener).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(source = %label, error = %e, "RocketMQ consumer did not start; retrying in 5 s");
+                upstream.failed(format!("RocketMQ at {}: {e}", spec.namesrv_addr));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    };
+    upstream.ok();
+    let _ = stop.wait_for(|s| *s).await;
+    consumer.shutdown().await;
+}
+
+async fn start_consumer(
+    spec: &RocketmqSpec,
+    creds: &Option<(String, String)>,
+    runtime: &Arc<ClientRuntime>,
+    listener: &Arc<Listener>,
+) -> Result<DefaultMQPushConsumer, String> {
+    let mut builder = DefaultMQPushConsumer::builder(runtime.clone())
         .consumer_group(spec.group.clone())
         .name_server_addr(spec.namesrv_addr.clone())
         // A new group starts from the oldest message; an existing one from its committed offsets.
@@ -95,25 +125,22 @@ async fn run(
         .pull_batch_size(16)
         .consume_message_batch_max_size(16);
     if let Some((ak, sk)) = creds {
-        builder = builder.rpc_hook(Some(Arc::new(AclClientRPCHook::new(SessionCredentials::with_keys(ak, sk)))));
+        let hook = AclClientRPCHook::new(SessionCredentials::with_keys(ak.clone(), sk.clone()));
+        builder = builder.rpc_hook(Some(Arc::new(hook)));
     }
     let mut consumer = builder.build();
-    let started = async {
-        consumer.subscribe(spec.topic.as_str(), "*").await?;
-        if spec.ordered {
-            consumer.register_message_listener_orderly(listener);
-        } else {
-            consumer.register_message_listener_concurrently(listener);
-        }
-        consumer.start().await
-    };
-    if let Err(e) = started.await {
-        tracing::warn!(source = %label, error = %e, "RocketMQ consumer did not start");
-        return;
+    consumer.subscribe(spec.topic.as_str(), "*").await.map_err(|e| e.to_string())?;
+    if spec.ordered {
+        consumer.register_message_listener_orderly(Shared(listener.clone()));
+    } else {
+        consumer.register_message_listener_concurrently(Shared(listener.clone()));
     }
-    let _ = stop.wait_for(|s| *s).await;
-    consumer.shutdown().await;
+    consumer.start().await.map_err(|e| e.to_string())?;
+    Ok(consumer)
 }
+
+/// The one listener, registered with each consumer built for the source.
+struct Shared(Arc<Listener>);
 
 struct Listener {
     emitter: Arc<Emitter>,
@@ -133,13 +160,13 @@ impl Listener {
     }
 }
 
-impl MessageListenerConcurrently for Listener {
+impl MessageListenerConcurrently for Shared {
     fn consume_message(
         &self,
         msgs: &[&MessageExt],
         _context: &ConsumeConcurrentlyContext,
     ) -> rocketmq_client_rust::ClientResult<ConsumeConcurrentlyStatus> {
-        Ok(if self.deliver(msgs) {
+        Ok(if self.0.deliver(msgs) {
             ConsumeConcurrentlyStatus::ConsumeSuccess
         } else {
             ConsumeConcurrentlyStatus::ReconsumeLater
@@ -147,13 +174,13 @@ impl MessageListenerConcurrently for Listener {
     }
 }
 
-impl MessageListenerOrderly for Listener {
+impl MessageListenerOrderly for Shared {
     fn consume_message(
         &self,
         msgs: &[&MessageExt],
         _context: &mut ConsumeOrderlyContext,
     ) -> rocketmq_client_rust::ClientResult<ConsumeOrderlyStatus> {
-        Ok(if self.deliver(msgs) {
+        Ok(if self.0.deliver(msgs) {
             ConsumeOrderlyStatus::Success
         } else {
             ConsumeOrderlyStatus::SuspendCurrentQueueAMoment

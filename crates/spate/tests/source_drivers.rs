@@ -573,3 +573,28 @@ async fn the_object_storage_example_makes_a_thumbnail_from_an_upload() {
     let thumb = std::fs::read(out.path().join("cat.ppm")).unwrap();
     assert!(thumb.starts_with(b"P6\n25 15\n255\n") && thumb.len() == 13 + 25 * 15 * 3);
 }
+
+/// A source whose server is down is not Ready and says why (and recovers by itself when it
+/// is back: the same path clears the condition once it connects).
+#[tokio::test]
+async fn a_source_whose_server_is_down_is_not_ready_and_says_why() {
+    let (_d, s) = start();
+    let sink = Sink::start().await;
+    s.apply_ok(&format!(
+        "{}---\napiVersion: sources.knative.dev/v1alpha1\nkind: RedisStreamSource\nmetadata:\n  name: nowhere\nspec:\n  address: 127.0.0.1:1\n  stream: s\n  sink:\n    uri: {u}\n",
+        rabbit_source("closed", "ex", "q", &sink.url).replace("http://127.0.0.1:15672", "amqp://127.0.0.1:1"),
+        u = sink.url
+    ))
+    .await;
+    for (plural, name, what) in
+        [("redisstreamsources", "nowhere", "Redis 127.0.0.1:1"), ("rabbitmqsources", "closed", "RabbitMQ")]
+    {
+        let st = wait_source(&s, "sources.knative.dev/v1alpha1", plural, name, "UpstreamUnavailable", |v| {
+            v.pointer("/status/conditions/0/reason").and_then(Value::as_str) == Some("UpstreamUnavailable")
+        })
+        .await;
+        let ready = &st["status"]["conditions"][0];
+        assert_eq!(ready["status"], "False", "{st:#}");
+        assert!(ready["message"].as_str().unwrap_or("").contains(what), "{st:#}");
+    }
+}
