@@ -25,6 +25,7 @@ use crate::Start;
 use crate::driver::Upstream;
 use crate::emit::uuid;
 use crate::held::Held;
+use crate::integration::uri_encode;
 
 pub(crate) fn start(st: &mut Start<'_>) {
     let Some(spec) = st.spec::<RabbitmqSourceSpec>().cloned() else { return };
@@ -55,7 +56,7 @@ fn amqp_url(uri: &str, user: Option<&str>, pass: Option<&str>, vhost: &str) -> R
         let (scheme, rest) = uri.split_once("://").expect("checked");
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let authority = match (authority.contains('@'), user, pass) {
-            (false, Some(u), Some(p)) => format!("{}:{}@{authority}", enc(u), enc(p)),
+            (false, Some(u), Some(p)) => format!("{}:{}@{authority}", uri_encode(u, false), uri_encode(p, false)),
             _ => authority.to_string(),
         };
         let path = if path.is_empty() { vh } else { path.to_string() };
@@ -70,16 +71,7 @@ fn amqp_url(uri: &str, user: Option<&str>, pass: Option<&str>, vhost: &str) -> R
     let (Some(u), Some(p)) = (user, pass) else {
         return Err("a management uri needs 'username' and 'password' in the Secret".into());
     };
-    Ok(format!("amqp://{}:{}@{host}:5672/{vh}", enc(u), enc(p)))
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    Ok(format!("amqp://{}:{}@{host}:5672/{vh}", uri_encode(u, false), uri_encode(p, false)))
 }
 
 /// Consumes until stop; reconnects after a lost connection (what was not acked comes again).
@@ -90,7 +82,7 @@ async fn run(
     upstream: std::sync::Arc<Upstream>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let label = held_label(&held);
+    let label = held.label().to_string();
     loop {
         match consume(&spec, &url, &held, &upstream, &mut stop).await {
             Ok(()) => break,
@@ -105,10 +97,6 @@ async fn run(
         }
     }
     held.drain().await;
-}
-
-fn held_label(h: &Held) -> String {
-    h.label().to_string()
 }
 
 async fn consume(

@@ -37,7 +37,6 @@ pub(crate) fn start(st: &mut Start<'_>) {
     };
     let shared = Arc::new(Shared::default());
     st.keep(shared.clone());
-    st.keep(Arc::new(SharedUpstream(shared.clone())));
     for i in 0..spec.consumers {
         // One consumer's deliveries at a time keep the stream's order for that consumer.
         let held = Held::new(st.emitter.clone(), 16, st.stop.clone());
@@ -73,16 +72,10 @@ struct Shared {
     upstream: Upstream,
 }
 
-/// The consumers' shared view of Redis, for `Deployed`.
-struct SharedUpstream(Arc<Shared>);
-
-impl Started for SharedUpstream {
-    fn not_deployed(&self) -> Option<(String, String)> {
-        self.0.upstream.not_deployed()
-    }
-}
-
 impl Started for Shared {
+    fn not_deployed(&self) -> Option<(String, String)> {
+        self.upstream.not_deployed()
+    }
     fn fields(&self, _status: &mut Map<String, Value>, counters: &mut Map<String, Value>) {
         counters.insert("pending".into(), json!(self.pending.load(std::sync::atomic::Ordering::Relaxed)));
     }

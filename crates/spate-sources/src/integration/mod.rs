@@ -3,6 +3,7 @@
 //! connector event types.
 
 mod aws;
+pub(crate) use aws::uri_encode;
 mod s3;
 mod sqs;
 
