@@ -451,4 +451,9 @@ impl Sources {
         // No receiver (no ApiServerSource) is not an error.
         let _ = self.changes.send(Arc::new(change));
     }
+
+    /// Whether any ApiServerSource listens (else the control plane need not describe changes).
+    pub fn watches_changes(&self) -> bool {
+        self.changes.receiver_count() > 0
+    }
 }

@@ -321,7 +321,8 @@ impl ControlPlane {
         if !dry_run {
             self.reconcile_locked(&mut store).await;
             // ApiServerSources hear of what this instance wrote (so each change once per cluster).
-            for (key, added) in keys.into_iter().zip(added) {
+            let watched = if self.sources.watches_changes() { keys.into_iter().zip(added).collect() } else { vec![] };
+            for (key, added) in watched {
                 if let Some(e) = store.entries.get(&key) {
                     let op = if added { ApiOp::Add } else { ApiOp::Update };
                     self.sources.resource_changed(api_change(&key, op, e.object()));
@@ -350,10 +351,10 @@ impl ControlPlane {
             return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
         }
         self.config.delete(&Entry::shared_key(&key)).await?;
-        let gone = store.entries.remove(&key).map(|e| e.object());
+        let gone = store.entries.remove(&key);
         self.reconcile_locked(&mut store).await;
-        if let Some(object) = gone {
-            self.sources.resource_changed(api_change(&key, ApiOp::Delete, object));
+        if let Some(e) = gone.filter(|_| self.sources.watches_changes()) {
+            self.sources.resource_changed(api_change(&key, ApiOp::Delete, e.object()));
         }
         Ok(())
     }
