@@ -15,7 +15,10 @@ use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _};
 use spate_core::delivery::{DeliveryFormat, RetryPolicy, is_retryable_status, parse_retry_after};
 use spate_core::{CloudEvent, ExtValue, ext, http_codec};
 
+mod client;
 mod tls;
+
+pub use client::MAX_RESPONSE_BYTES;
 pub mod trace;
 
 pub use tls::TrustError;
@@ -55,18 +58,27 @@ pub const DEAD_LETTER_MIN_RETRIES: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedUrl {
     text: String,
-    /// `None` when the text is not a URL: every attempt then fails with the reason.
-    url: Option<reqwest::Url>,
+    /// The request target, or why the text is not one (every attempt then fails with it).
+    uri: Result<http::Uri, String>,
 }
 
 impl ParsedUrl {
     pub fn new(text: impl Into<String>) -> ParsedUrl {
         let text = text.into();
-        let url = reqwest::Url::parse(&text).ok();
-        ParsedUrl { text, url }
+        let uri = destination_uri(&text);
+        ParsedUrl { text, uri }
     }
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+/// An absolute `http://` or `https://` URL as a request target.
+fn destination_uri(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text.parse().map_err(|e| format!("'{text}' is not a valid URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(format!("'{text}' is not an absolute http:// or https:// URL")),
     }
 }
 
@@ -150,7 +162,7 @@ pub enum Outcome {
 /// Shared, pooled HTTP dispatcher. Cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
-    client: reqwest::Client,
+    client: client::HttpClient,
     default_timeout: Duration,
     /// Extra CAs per `https://` authority (`CACerts`), shared by every clone.
     trust: std::sync::Arc<tls::Trust>,
@@ -251,25 +263,13 @@ impl Dispatcher {
             v.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, v);
         }
+        let uri = match &url.uri {
+            Ok(uri) => uri,
+            Err(why) => return Attempt::Failed { timeout: false, message: why.clone() },
+        };
         let trusted = self.trust.client_for(url.as_str());
         let client = trusted.as_ref().unwrap_or(&self.client);
-        let req = match &url.url {
-            Some(u) => client.post(u.clone()),
-            None => client.post(url.as_str()),
-        };
-        let req = req.headers(headers).body(body).timeout(timeout.unwrap_or(self.default_timeout));
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                // 202 and 204 carry no reply and need no retry advice: skip the copy.
-                let headers = if matches!(status, 202 | 204) { HeaderMap::new() } else { resp.headers().clone() };
-                match resp.bytes().await {
-                    Ok(body) => Attempt::Response { status, headers, body },
-                    Err(e) => Attempt::Failed { timeout: e.is_timeout(), message: format!("reading response: {e}") },
-                }
-            }
-            Err(e) => Attempt::Failed { timeout: e.is_timeout(), message: error_chain(&e) },
-        }
+        client.post(uri, headers, body, timeout.unwrap_or(self.default_timeout)).await
     }
 
     /// Delivers with retries, reply handling and dead-lettering, returning the

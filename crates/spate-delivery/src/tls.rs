@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
-use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::client::{HttpClient, certificates};
 
 #[derive(Debug, Error)]
 #[error("CACerts for {authority}: {reason}")]
@@ -17,28 +18,14 @@ pub struct TrustError {
     pub reason: String,
 }
 
-/// How every dispatcher client is built (pooling, timeouts, HTTP/1).
-pub(crate) fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .http1_only()
-}
-
 /// The default client (system roots only).
-pub(crate) fn default_client() -> reqwest::Client {
-    client_builder()
-        .build()
-        // A machine whose root store cannot be read still delivers over http.
-        .or_else(|_| client_builder().tls_built_in_native_certs(false).build())
-        .expect("HTTP client builds with static configuration")
+pub(crate) fn default_client() -> HttpClient {
+    HttpClient::new(vec![]).expect("an HTTP client with the system roots builds")
 }
 
 struct Trusted {
     pems: BTreeSet<String>,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 #[derive(Default)]
@@ -48,7 +35,7 @@ pub(crate) struct Trust {
 
 impl Trust {
     /// The client for `url` when its authority has extra CAs.
-    pub fn client_for(&self, url: &str) -> Option<reqwest::Client> {
+    pub fn client_for(&self, url: &str) -> Option<HttpClient> {
         let map = self.by_authority.read().expect("trust lock");
         if map.is_empty() {
             return None;
@@ -85,12 +72,10 @@ impl Trust {
     }
 }
 
-fn build(pems: &BTreeSet<String>) -> Result<reqwest::Client, String> {
-    let mut b = client_builder();
+fn build(pems: &BTreeSet<String>) -> Result<HttpClient, String> {
+    let mut extra = vec![];
     for pem in pems {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| e.to_string())? {
-            b = b.add_root_certificate(cert);
-        }
+        extra.extend(certificates(pem)?);
     }
-    b.build().map_err(|e| e.to_string())
+    HttpClient::new(extra)
 }

@@ -309,3 +309,26 @@ async fn replies_are_handed_over_and_a_failed_handover_is_retried() {
         assert!(sink.0.lock().unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_reply_larger_than_the_bound_fails_the_attempt_instead_of_filling_memory() {
+    let big = spate_delivery::MAX_RESPONSE_BYTES + 1;
+    let (url, seen) = server(Arc::new(move |_| (StatusCode::OK, vec![b'x'; big]).into_response())).await;
+    let out = deliver(&url, &policy(1, BackoffPolicy::Linear, 1), None, &DiscardReplies).await;
+    match out {
+        Outcome::Dropped { attempts: 2, reason } => assert!(reason.contains("reading the response"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen.hits.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_destination_that_is_not_an_http_url_is_named_in_the_reason() {
+    for bad in ["ftp://example.com/x", "not a url", "/relative/path"] {
+        let out = deliver(bad, &policy(0, BackoffPolicy::Linear, 1), None, &DiscardReplies).await;
+        match out {
+            Outcome::Dropped { reason, .. } => assert!(reason.contains(bad), "{bad}: {reason}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}

@@ -113,7 +113,7 @@ impl Run {
                         }
                         tokio::select! {
                             _ = stop.changed() => break,
-                            Some(id) = running.next(), if !running.is_empty() => { held.remove(&id); }
+                            Some(id) = running.next(), if !running.is_empty() => settle(&mut held, &mut running, id, &label).await,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                     }
@@ -124,7 +124,7 @@ impl Run {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Some(id) = running.next(), if !running.is_empty() => { held.remove(&id); }
+                Some(id) = running.next(), if !running.is_empty() => settle(&mut held, &mut running, id, &label).await,
                 _ = beat.tick() => keep_claims(&held, every).await,
                 m = c.next(), if room => match m {
                     Ok(m) => {
@@ -148,7 +148,7 @@ impl Run {
     }
 
     /// Filters one message; a match joins `running` as delivery `id`, and its
-    /// acker is returned to be held.
+    /// acker is returned to be held until [`settle`] acknowledges it.
     async fn take(&self, m: Message, running: &mut Running, id: u64) -> Option<Arc<dyn Acker>> {
         let ev = match storage::decode(&m.payload) {
             Ok(ev) => ev,
@@ -164,7 +164,7 @@ impl Run {
             return None;
         }
         let shared = self.shared.clone();
-        let acker = m.acker.clone();
+        let acker = m.acker;
         running.push(Box::pin(async move {
             // A panic (a bug) still ends the event.
             let outcome = std::panic::AssertUnwindSafe(deliver(&shared, &ev)).catch_unwind().await;
@@ -172,13 +172,26 @@ impl Run {
                 metrics::counter!("spate_events_dropped_total", "sender" => shared.label.clone(), "reason" => "delivery_panicked").increment(1);
                 tracing::error!(trigger = %shared.label, "a delivery panicked; the event is dropped and counted");
             }
-            if let Err(e) = m.acker.ack().await {
-                // The engine will hand it out again after the ack wait: at least once.
-                tracing::warn!(trigger = %shared.label, error = %e, "ack failed; the event may be delivered again");
-            }
             id
         }));
         Some(acker)
+    }
+}
+
+/// Acknowledges delivery `id` and every other delivery already finished, back
+/// to back, so that the engine reads them together and hands out as many new
+/// messages at once (not one message per acknowledgement).
+async fn settle(held: &mut HashMap<u64, Held>, running: &mut Running, id: u64, label: &str) {
+    let mut done = vec![id];
+    while let Some(Some(id)) = running.next().now_or_never() {
+        done.push(id);
+    }
+    for id in done {
+        let Some(h) = held.remove(&id) else { continue };
+        if let Err(e) = h.acker.ack().await {
+            // The engine will hand it out again after the ack wait: at least once.
+            tracing::warn!(trigger = %label, error = %e, "ack failed; the event may be delivered again");
+        }
     }
 }
 

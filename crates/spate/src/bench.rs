@@ -16,93 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
 use spate_core::{CloudEvent, ExtValue};
-use tokio::sync::Notify;
 
 use spate_api::Kind;
 
+use crate::bench_sink::BenchSink;
 use crate::cli::{BenchArgs, BenchTarget};
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// Receives events and records end-to-end latency from `benchsent`.
-#[derive(Clone)]
-struct BenchSink {
-    url: String,
-    received: Arc<AtomicU64>,
-    latencies: Arc<Mutex<Vec<u64>>>,
-    last_at: Arc<Mutex<Option<Instant>>>,
-    notify: Arc<Notify>,
-    status: Arc<std::sync::atomic::AtomicU16>,
-}
-
-impl BenchSink {
-    async fn start() -> anyhow::Result<BenchSink> {
-        let sink = BenchSink {
-            url: String::new(),
-            received: Arc::default(),
-            latencies: Arc::default(),
-            last_at: Arc::default(),
-            notify: Arc::default(),
-            status: Arc::new(std::sync::atomic::AtomicU16::new(202)),
-        };
-        let s = sink.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-            let s = s.clone();
-            async move {
-                let status = s.status.load(Ordering::Relaxed);
-                if status != 202 {
-                    return StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                }
-                let now = now_nanos();
-                let sent = headers
-                    .get("ce-benchsent")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .or_else(|| {
-                        // Structured or batched: find it in the JSON.
-                        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-                        v.get("benchsent")?.as_str()?.parse().ok()
-                    });
-                if let Some(sent) = sent {
-                    s.latencies.lock().expect("lock").push(now.saturating_sub(sent));
-                }
-                s.received.fetch_add(1, Ordering::Relaxed);
-                *s.last_at.lock().expect("lock") = Some(Instant::now());
-                s.notify.notify_waiters();
-                StatusCode::ACCEPTED
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/", listener.local_addr()?);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(BenchSink { url, ..sink })
-    }
-
-    fn reset(&self) {
-        self.received.store(0, Ordering::SeqCst);
-        self.latencies.lock().expect("lock").clear();
-        *self.last_at.lock().expect("lock") = None;
-    }
-
-    async fn wait_for(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.notify.notified();
-            if self.received.load(Ordering::SeqCst) >= n {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-        }
-    }
 }
 
 struct Child_ {
@@ -437,10 +359,10 @@ async fn measure(
     let r = drive(a, url).await;
     let ingress_rate = r.acked as f64 / r.elapsed.as_secs_f64();
     let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await;
-    let last = sink.last_at.lock().expect("lock").unwrap_or_else(Instant::now);
-    let delivered = sink.received.load(Ordering::SeqCst);
+    let last = sink.last_at();
+    let delivered = sink.received();
     let e2e_rate = delivered as f64 / (last - started).as_secs_f64();
-    let e2e = std::mem::take(&mut *sink.latencies.lock().expect("lock"));
+    let e2e = sink.take_latencies();
     println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
     println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
@@ -506,7 +428,7 @@ async fn backlog(
     pid: Option<u32>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let Some(pid) = pid else { bail!("--stopped-subscriber needs the in-process server (no --server)") };
-    sink.status.store(503, Ordering::SeqCst);
+    sink.answer(503);
     println!("\nbacklog behind a stopped subscriber (RSS sampled every {} events)", a.events / 5);
     let step = BenchArgs { events: a.events / 5, no_baseline: true, ..a.clone() };
     let mut total = 0;

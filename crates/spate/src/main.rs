@@ -9,6 +9,7 @@ mod bench_nats;
 mod bench_proxy;
 mod bench_raw;
 mod bench_serving;
+mod bench_sink;
 mod bindings;
 mod cli;
 mod client;
