@@ -20,7 +20,7 @@ use spate_core::{CloudEvent, ExtValue};
 
 use spate_api::Kind;
 
-use crate::bench_sink::BenchSink;
+use crate::bench_sink::Sink;
 use crate::cli::{BenchArgs, BenchTarget};
 
 pub(crate) fn now_nanos() -> u64 {
@@ -114,11 +114,47 @@ pub(crate) fn percentiles(v: Vec<u64>) -> String {
     )
 }
 
-struct LoadResult {
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoadResult {
     acked: u64,
     failed: u64,
-    elapsed: Duration,
+    elapsed_ns: u64,
     ack_latencies: Vec<u64>,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.acked as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+}
+
+/// Sends the load: from this process, or (`--separate-processes`) from a
+/// child process of its own (`spate bench-part load`), so that the load
+/// generator's cost is not the sink's.
+async fn load(a: &BenchArgs, url: &str) -> anyhow::Result<LoadResult> {
+    if !a.separate_processes {
+        return Ok(drive(a, url).await);
+    }
+    let exe = std::env::current_exe().context("locating the spate binary")?;
+    let out = tokio::process::Command::new(exe)
+        .args(["bench-part", "load", "--url", url])
+        .args(["--events", &a.events.to_string(), "--concurrency", &a.concurrency.to_string()])
+        .args(["--batch", &a.batch.to_string(), "--size", &a.size.to_string(), "--rate", &a.rate.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("running the load process")?;
+    if !out.status.success() {
+        bail!("the load process failed: {}", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("reading the load process's result")
+}
+
+/// `spate bench-part load --url URL`: sends the load and prints its result as JSON.
+pub async fn load_child(a: &BenchArgs, url: &str) -> anyhow::Result<()> {
+    let r = drive(a, url).await;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
 }
 
 /// Sends `a.events` events to `url` and waits for the acknowledgements.
@@ -187,10 +223,10 @@ async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
     for w in workers {
         let _ = w.await;
     }
-    let elapsed = started.elapsed();
+    let elapsed_ns = started.elapsed().as_nanos() as u64;
     let failed = failed.load(Ordering::Relaxed);
     let ack_latencies = std::mem::take(&mut *lat.lock().expect("lock"));
-    LoadResult { acked: a.events - failed, failed, elapsed, ack_latencies }
+    LoadResult { acked: a.events - failed, failed, elapsed_ns, ack_latencies }
 }
 
 pub(crate) async fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
@@ -210,7 +246,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.events == 0 || a.concurrency == 0 {
         bail!("--events and --concurrency must be at least 1");
     }
-    let sink = BenchSink::start().await?;
+    let sink = Sink::start(a.separate_processes).await?;
     let child = match &a.server {
         Some(_) => None,
         None => Some(start_server(&a)?),
@@ -233,14 +269,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let yaml = format!(
         "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"{}\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
-        a.max_in_flight, sink.url
+        a.max_in_flight,
+        sink.url()
     );
     let mut yaml = yaml;
     for i in 1..a.triggers.max(1) {
         // Non-matching triggers: exact filters on other types, as in a broker shared by many functions.
         yaml.push_str(&format!(
             "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: other-{i}\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.other.{i}\n  subscriber:\n    uri: {}\n",
-            sink.url
+            sink.url()
         ));
     }
     apply(&admin, &yaml).await.context("creating the bench broker and triggers")?;
@@ -262,6 +299,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         a.fsync,
         a.triggers.max(1),
         a.broker_class
+    );
+    println!(
+        "sink {}; load generator {}",
+        sink.describe(),
+        if a.separate_processes { "in its own process for each phase" } else { "in the bench process" }
     );
     report_idle(pid).await;
     if a.stopped_subscriber {
@@ -323,24 +365,24 @@ async fn report_idle(pid: Option<u32>) {
 }
 
 /// Drives the load to `url` (a baseline in front of the sink); prints and returns its rate.
-async fn baseline(a: &BenchArgs, sink: &BenchSink, url: &str, title: &str) -> f64 {
-    sink.reset();
-    let r = drive(a, url).await;
-    sink.wait_for(r.acked, Duration::from_secs(30)).await;
-    let rate = r.acked as f64 / r.elapsed.as_secs_f64();
+async fn baseline(a: &BenchArgs, sink: &Sink, url: &str, title: &str) -> anyhow::Result<f64> {
+    sink.reset().await?;
+    let r = load(a, url).await?;
+    sink.wait_for(r.acked, Duration::from_secs(30)).await?;
+    let rate = r.rate();
     println!(
         "\n{title}\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
         r.failed,
         percentiles(r.ack_latencies)
     );
-    rate
+    Ok(rate)
 }
 
 /// Runs the baselines (unless skipped), then the load through `url`, where
 /// each accepted event should reach the sink `fanout` times.
 async fn measure(
     a: &BenchArgs,
-    sink: &BenchSink,
+    sink: &Sink,
     url: &str,
     pid: Option<u32>,
     fanout: u64,
@@ -348,21 +390,20 @@ async fn measure(
 ) -> anyhow::Result<(std::process::ExitCode, f64)> {
     let (mut baseline_rate, mut proxy_rate) = (None, None);
     if !a.no_baseline {
-        baseline_rate = Some(baseline(a, sink, &sink.url, "baseline (straight to the sink)").await);
+        baseline_rate = Some(baseline(a, sink, sink.url(), "baseline (straight to the sink)").await?);
         // The least an intermediary does: one forwarding hop, nothing stored.
-        let proxy = crate::bench_proxy::start(&sink.url).await?;
-        proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await);
+        let proxy = crate::bench_proxy::start(sink.url()).await?;
+        proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await?);
     }
 
-    sink.reset();
-    let started = Instant::now();
-    let r = drive(a, url).await;
-    let ingress_rate = r.acked as f64 / r.elapsed.as_secs_f64();
-    let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await;
-    let last = sink.last_at();
-    let delivered = sink.received();
-    let e2e_rate = delivered as f64 / (last - started).as_secs_f64();
-    let e2e = sink.take_latencies();
+    sink.reset().await?;
+    let started = now_nanos();
+    let r = load(a, url).await?;
+    let ingress_rate = r.rate();
+    let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await?;
+    let report = sink.report().await?;
+    let e2e_rate = report.received as f64 / (report.last_at.saturating_sub(started).max(1) as f64 / 1e9);
+    let e2e = report.latencies;
     println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
     println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
@@ -392,7 +433,7 @@ async fn measure(
 /// `--subscriptions` subscriptions, each delivering every event to the sink.
 async fn channel(
     a: &BenchArgs,
-    sink: &BenchSink,
+    sink: &Sink,
     child: Option<Child_>,
     admin: &str,
 ) -> anyhow::Result<std::process::ExitCode> {
@@ -402,7 +443,7 @@ async fn channel(
     for i in 0..n {
         yaml.push_str(&format!(
             "---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: bench-{i}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: bench\n  subscriber:\n    uri: {}\n",
-            sink.url
+            sink.url()
         ));
     }
     apply(admin, &yaml).await.context("creating the bench channel and subscriptions")?;
@@ -423,22 +464,22 @@ async fn channel(
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.
 async fn backlog(
     a: &BenchArgs,
-    sink: &BenchSink,
+    sink: &Sink,
     broker_url: &str,
     pid: Option<u32>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let Some(pid) = pid else { bail!("--stopped-subscriber needs the in-process server (no --server)") };
-    sink.answer(503);
+    sink.answer(503).await?;
     println!("\nbacklog behind a stopped subscriber (RSS sampled every {} events)", a.events / 5);
     let step = BenchArgs { events: a.events / 5, no_baseline: true, ..a.clone() };
     let mut total = 0;
     for _ in 0..5 {
-        let r = drive(&step, broker_url).await;
+        let r = load(&step, broker_url).await?;
         total += r.acked;
         println!(
             "  {total:>9} events waiting: server RSS {:.1} MiB ({:.0} events/s in)",
             rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
-            r.acked as f64 / r.elapsed.as_secs_f64()
+            r.rate()
         );
     }
     Ok(std::process::ExitCode::SUCCESS)

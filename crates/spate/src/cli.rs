@@ -47,7 +47,7 @@ impl Cli {
                 a.output = self.output.unwrap_or(OutputFormat::Table);
             }
             Command::Bench(a) => a.server = self.server.clone(),
-            Command::Serve(_) | Command::Validate(_) => {}
+            Command::Serve(_) | Command::Validate(_) | Command::BenchPart(_) => {}
         }
         self.command
     }
@@ -80,6 +80,28 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
     Bench(BenchArgs),
+    /// A part of `spate bench --separate-processes` (its sink or its load generator).
+    #[command(hide = true)]
+    BenchPart(BenchPartArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchRole {
+    /// Receive events, driven by JSON lines on stdin.
+    Sink,
+    /// Send the load to `--url` and print the result as JSON.
+    Load,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchPartArgs {
+    #[arg(value_enum)]
+    pub role: BenchRole,
+    /// With `load`: where the events go.
+    #[arg(long, default_value = "")]
+    pub url: String,
+    #[command(flatten)]
+    pub bench: BenchArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -422,6 +444,10 @@ pub struct BenchArgs {
     /// Skip the direct-to-sink baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Run the load generator and the sink as processes of their own, so that
+    /// neither's cost is counted in the other's process.
+    #[arg(long)]
+    pub separate_processes: bool,
     /// The sink refuses everything (503): events pile up in the log behind the
     /// trigger while server RSS is sampled. Measures memory under backlog.
     #[arg(long)]

@@ -68,6 +68,12 @@ fn main() -> std::process::ExitCode {
             cli::Command::Replay(a) => client::replay(a).await,
             cli::Command::Validate(a) => client::validate(a),
             cli::Command::Bench(a) => bench::run(a).await,
+            cli::Command::BenchPart(p) => match p.role {
+                cli::BenchRole::Sink => bench_sink::serve_child().await.map(|()| std::process::ExitCode::SUCCESS),
+                cli::BenchRole::Load => {
+                    bench::load_child(&p.bench, &p.url).await.map(|()| std::process::ExitCode::SUCCESS)
+                }
+            },
         }
     });
     match result {

@@ -325,6 +325,32 @@ async fn replay_redelivers_a_time_range_to_one_trigger_and_no_other() {
 }
 
 #[test]
+fn bench_can_run_its_sink_and_load_generator_as_processes_of_their_own() {
+    let child = std::process::Command::new(BIN)
+        .args(["bench", "--events", "300", "--concurrency", "8", "--separate-processes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bench_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line =
+        text.lines().find(|l| l.starts_with("sink in its own process (pid ")).unwrap_or_else(|| panic!("{text}"));
+    let sink_pid: u32 = line["sink in its own process (pid ".len()..].split(')').next().unwrap().parse().unwrap();
+    assert_ne!(sink_pid, bench_pid, "{text}");
+    assert!(line.ends_with("load generator in its own process for each phase"), "{line}");
+    // Every phase completed through the child processes: both baselines and the broker.
+    for label in ["/ baseline throughput:", "/ forwarding proxy throughput:"] {
+        let l = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}"));
+        let r: f64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(r > 0.0 && r.is_finite(), "{label} {r}");
+    }
+    assert!(!text.contains("INCOMPLETE"), "{text}");
+}
+
+#[test]
 fn bench_measures_the_broker_against_the_sink_and_a_forwarding_proxy_in_one_run() {
     let out =
         std::process::Command::new(BIN).args(["bench", "--events", "400", "--concurrency", "8"]).output().unwrap();
