@@ -160,8 +160,8 @@ pub enum Sink {
 
 pub struct SinkProcess {
     url: String,
-    /// Held for its lifetime: the child is killed when the bench ends.
-    _child: tokio::process::Child,
+    /// Killed when the bench ends (`kill_on_drop`).
+    process: tokio::process::Child,
     io: tokio::sync::Mutex<(tokio::process::ChildStdin, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)>,
 }
 
@@ -179,7 +179,7 @@ impl SinkProcess {
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let first = lines.next_line().await?.ok_or_else(|| anyhow!("the sink process exited at start"))?;
         let url: String = serde_json::from_str(&first).context("the sink process's first line")?;
-        Ok(SinkProcess { url, _child: child, io: tokio::sync::Mutex::new((stdin, lines)) })
+        Ok(SinkProcess { url, process: child, io: tokio::sync::Mutex::new((stdin, lines)) })
     }
 
     async fn call<T: serde::de::DeserializeOwned>(&self, command: SinkCommand) -> anyhow::Result<T> {
@@ -206,7 +206,7 @@ impl Sink {
     pub fn describe(&self) -> String {
         match self {
             Sink::Here(_) => "in the bench process".into(),
-            Sink::Child(c) => format!("in its own process (pid {})", c._child.id().unwrap_or(0)),
+            Sink::Child(c) => format!("in its own process (pid {})", c.process.id().unwrap_or(0)),
         }
     }
 
