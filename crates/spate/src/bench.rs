@@ -368,11 +368,12 @@ async fn report_idle(pid: Option<u32>) {
 async fn baseline(a: &BenchArgs, sink: &Sink, url: &str, title: &str) -> anyhow::Result<f64> {
     sink.reset().await?;
     let r = load(a, url).await?;
-    sink.wait_for(r.acked, Duration::from_secs(30)).await?;
+    let complete = sink.wait_for(r.acked, Duration::from_secs(30)).await?;
     let rate = r.rate();
     println!(
-        "\n{title}\n  throughput: {rate:.0} events/s ({} failed)\n  request latency: {}",
+        "\n{title}\n  throughput: {rate:.0} events/s ({} failed){}\n  request latency: {}",
         r.failed,
+        if complete { "" } else { " (INCOMPLETE: not every event reached the sink)" },
         percentiles(r.ack_latencies)
     );
     Ok(rate)

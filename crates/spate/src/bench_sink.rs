@@ -75,20 +75,25 @@ impl BenchSink {
         }
         let now = crate::bench::now_nanos();
         let header = req.headers().get("ce-benchsent").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let sent: Option<u64> = match header {
-            Some(sent) => Some(sent),
-            // Structured or batched: find it in the JSON.
-            None => req.into_body().collect().await.ok().and_then(|b| {
-                let v: serde_json::Value = serde_json::from_slice(&b.to_bytes()).ok()?;
-                v.get("benchsent")?.as_str()?.parse().ok()
-            }),
+        // Binary: one event, its send time in the header. Structured: one event in
+        // the JSON. A batch: every event of the array counts.
+        let (count, sent): (u64, Vec<u64>) = match header {
+            Some(sent) => (1, vec![sent]),
+            None => match req.into_body().collect().await.map(|b| serde_json::from_slice(&b.to_bytes())) {
+                Ok(Ok(serde_json::Value::Array(events))) => {
+                    (events.len() as u64, events.iter().filter_map(sent_at).collect())
+                }
+                Ok(Ok(event)) => (1, sent_at(&event).into_iter().collect()),
+                _ => (1, vec![]),
+            },
         };
-        if let Some(sent) = sent {
-            st.latencies.lock().expect("lock").push(now.saturating_sub(sent));
+        if !sent.is_empty() {
+            st.latencies.lock().expect("lock").extend(sent.iter().map(|s| now.saturating_sub(*s)));
         }
         st.last_at.store(now.max(1), Ordering::Relaxed);
-        let n = st.received.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == st.target.load(Ordering::SeqCst) {
+        let n = st.received.fetch_add(count, Ordering::SeqCst) + count;
+        let target = st.target.load(Ordering::SeqCst);
+        if n >= target && n - count < target {
             st.notify.notify_waiters();
         }
         Ok(resp)
@@ -130,6 +135,11 @@ impl BenchSink {
         let _ = tokio::time::timeout(timeout, notified).await;
         st.received.load(Ordering::SeqCst) >= n
     }
+}
+
+/// The `benchsent` extension of a structured event.
+fn sent_at(event: &serde_json::Value) -> Option<u64> {
+    event.get("benchsent")?.as_str()?.parse().ok()
 }
 
 /// What the sink saw since its last reset.

@@ -351,6 +351,19 @@ fn bench_can_run_its_sink_and_load_generator_as_processes_of_their_own() {
 }
 
 #[test]
+fn bench_baselines_count_every_event_of_a_batch() {
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "--events", "400", "--concurrency", "4", "--batch", "8"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("forwarding proxy (hyper, one hop, nothing stored)"), "{text}");
+    // Each baseline waits until the sink saw every event of every batch.
+    assert!(!text.contains("INCOMPLETE"), "{text}");
+}
+
+#[test]
 fn bench_measures_the_broker_against_the_sink_and_a_forwarding_proxy_in_one_run() {
     let out =
         std::process::Command::new(BIN).args(["bench", "--events", "400", "--concurrency", "8"]).output().unwrap();
