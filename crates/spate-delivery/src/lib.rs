@@ -17,10 +17,9 @@ use spate_core::{CloudEvent, ExtValue, ext, http_codec};
 
 mod client;
 mod tls;
-
-pub use client::MAX_RESPONSE_BYTES;
 pub mod trace;
 
+pub use client::MAX_RESPONSE_BYTES;
 pub use tls::TrustError;
 
 /// Bearer tokens for Spate's own deliveries (sender identity, Knative's OIDC):

@@ -182,16 +182,15 @@ impl Run {
 /// to back, so that the engine reads them together and hands out as many new
 /// messages at once (not one message per acknowledgement).
 async fn settle(held: &mut HashMap<u64, Held>, running: &mut Running, id: u64, label: &str) {
-    let mut done = vec![id];
-    while let Some(Some(id)) = running.next().now_or_never() {
-        done.push(id);
-    }
-    for id in done {
-        let Some(h) = held.remove(&id) else { continue };
-        if let Err(e) = h.acker.ack().await {
+    let mut next = Some(id);
+    while let Some(id) = next {
+        if let Some(h) = held.remove(&id)
+            && let Err(e) = h.acker.ack().await
+        {
             // The engine will hand it out again after the ack wait: at least once.
             tracing::warn!(trigger = %label, error = %e, "ack failed; the event may be delivered again");
         }
+        next = running.next().now_or_never().flatten();
     }
 }
 
