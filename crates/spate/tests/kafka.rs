@@ -509,6 +509,22 @@ fn kafka_sink_admission_names_each_bad_field() {
 }
 
 /// Events this instance's trigger `name` delivered (`spate_events_delivered_total`).
+/// The Kafka peer's log lines about `cluster`'s groups, when the log is where `.ci/run`
+/// puts it (tansu started with `RUST_LOG=tansu_broker::coordinator=info`): the group
+/// coordinator's view of members joining and expiring.
+fn peer_log_about(cluster: &str) -> String {
+    let path = std::env::temp_dir().join("spate-peer-tansu-19092.log");
+    let Ok(log) = std::fs::read_to_string(&path) else {
+        return format!("(no peer log at {})", path.display());
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(cluster)).collect();
+    format!(
+        "{} (lines about {cluster}, the last 40):\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
+}
+
 async fn delivered_by(s: &Server, ns: &str, name: &str) -> f64 {
     let label = format!("sender=\"trigger/{ns}/{name}\"");
     s.metrics()
@@ -653,7 +669,8 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
     // them from their committed offsets (on Kafka the survivor takes them after the
     // 10 s session timeout).
     servers[1] = Server::start(d2.path(), &args);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(60);
     while sink.events().iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() < TOTAL {
         if Instant::now() > deadline {
             let ids: HashSet<String> = sink.events().iter().map(|r| r.event.id.clone()).collect();
@@ -661,15 +678,19 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
                 .flat_map(|i| [format!("a{i}"), format!("b{i}")])
                 .filter(|id| !ids.contains(id))
                 .collect();
+            let status = "/apis/eventing.knative.dev/v1/namespaces/default/triggers/all";
             panic!(
-                "{} accepted events never arrived after an instance died (first: {:?}); survivor: {:#}",
+                "{} accepted events never arrived after an instance died (first: {:?}); survivor: {:#}; restarted: {:#}\n{}",
                 missing.len(),
                 &missing[..missing.len().min(10)],
-                servers[0].admin_json("/apis/eventing.knative.dev/v1/namespaces/default/triggers/all").await["status"]
+                servers[0].admin_json(status).await["status"]["spate"],
+                servers[1].admin_json(status).await["status"]["spate"],
+                peer_log_about(&cluster)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!("the restarted instance's partitions were drained {:?} after its restart", restarted.elapsed());
     let got = sink.events();
     let dups = got.len() - got.iter().map(|r| &r.event.id).collect::<HashSet<_>>().len();
     // The dead instance's records in flight (100 per trigger) and those acknowledged
