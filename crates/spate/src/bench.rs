@@ -317,8 +317,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         _ => "broker (ingress → durable log → trigger → sink)",
     };
     let (code, e2e) = measure(&a, &sink, &broker_url, pid, 1, title).await?;
-    if let Some((raw, engine)) = raw {
-        println!("  end-to-end / raw {engine} throughput: {:.2}", e2e / raw);
+    if let Some(raw) = raw {
+        raw.report(e2e);
     }
     if a.broker_class != spate_api::DEFAULT_BROKER_CLASS {
         // The bench broker's stream and consumers go with it.
@@ -328,12 +328,30 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(code)
 }
 
-/// The raw engine under a shared-engine class, measured in this run: events/s and its name.
-async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<(f64, &'static str)>> {
+/// The raw engine under a shared-engine class, measured in this run.
+struct Raw {
+    engine: &'static str,
+    /// Events/s with the engine's defaults.
+    rate: f64,
+    /// Events/s with the engine set up as Spate sets it up, where that differs.
+    as_spate: Option<f64>,
+}
+
+impl Raw {
+    fn report(&self, e2e: f64) {
+        println!("  end-to-end / raw {} throughput: {:.2}", self.engine, e2e / self.rate);
+        if let Some(r) = self.as_spate {
+            println!("  end-to-end / raw {} with Spate's stream settings: {:.2}", self.engine, e2e / r);
+        }
+    }
+}
+
+async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<Raw>> {
+    use crate::bench_nats::{RawStream, raw_jetstream};
     let cluster = bench_cluster();
-    let (r, engine, how) = match a.broker_class.as_str() {
+    let (rate, engine, how) = match a.broker_class.as_str() {
         spate_api::NATS_BROKER_CLASS => (
-            crate::bench_nats::raw_jetstream(a, &a.nats_url, &format!("{cluster}-raw")).await?,
+            raw_jetstream(a, &a.nats_url, &format!("{cluster}-raw"), RawStream::Defaults).await?,
             "JetStream",
             "async-nats publish with ack + pull consume",
         ),
@@ -349,12 +367,14 @@ async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<(f64, &'static str
         ),
         _ => return Ok(None),
     };
-    println!(
-        "
-raw {engine} baseline ({how}, same payloads)
-  throughput: {r:.0} events/s"
-    );
-    Ok(Some((r, engine)))
+    println!("\nraw {engine} baseline ({how}, same payloads)\n  throughput: {rate:.0} events/s");
+    let mut as_spate = None;
+    if a.broker_class == spate_api::NATS_BROKER_CLASS {
+        let r = raw_jetstream(a, &a.nats_url, &format!("{cluster}-raws"), RawStream::AsSpate).await?;
+        println!("  with Spate's stream settings (interest retention, a Nats-Msg-Id per publish): {r:.0} events/s");
+        as_spate = Some(r);
+    }
+    Ok(Some(Raw { engine, rate, as_spate }))
 }
 
 async fn report_idle(pid: Option<u32>) {

@@ -379,3 +379,33 @@ fn bench_measures_the_broker_against_the_sink_and_a_forwarding_proxy_in_one_run(
         assert!(r > 0.0 && r.is_finite(), "{label} {r}");
     }
 }
+
+#[test]
+fn bench_measures_a_nats_broker_against_raw_jetstream_with_defaults_and_with_spates_settings() {
+    if !nats_available() {
+        return;
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "--broker-class", "NatsJetStreamBroker", "--nats-url", &nats_url()])
+        .args(["--events", "600", "--concurrency", "8", "--no-baseline"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let rate = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}"));
+        let figure = line.rsplit(':').next().unwrap().trim().trim_end_matches(" events/s");
+        figure.parse().unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    // Both raw baselines ran in this run, and the end-to-end figure is set against each.
+    for label in [
+        "  throughput:",
+        "with Spate's stream settings (interest retention, a Nats-Msg-Id per publish):",
+        "end-to-end / raw JetStream throughput:",
+        "end-to-end / raw JetStream with Spate's stream settings:",
+    ] {
+        let r = rate(label);
+        assert!(r > 0.0 && r.is_finite(), "{label} {r}");
+    }
+    assert!(!text.contains("INCOMPLETE"), "{text}");
+}
