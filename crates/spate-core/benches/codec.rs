@@ -1,6 +1,6 @@
 //! Cost per event of each hot-path stage the core owns, so that a regression
 //! shows where it came from: decoding what ingress receives (binary and
-//! structured HTTP), encoding for storage and back, and encoding the request a
+//! structured HTTP, a batch of 16), encoding for storage and back, and encoding the request a
 //! delivery sends. 1 KiB JSON payload, a few extensions. Run: `cargo bench -p spate-core`.
 
 use std::hint::black_box;
@@ -37,6 +37,13 @@ fn stages(c: &mut Criterion) {
     let structured_body = http_codec::encode_structured(&ev, &mut structured_headers);
     g.bench_function("ingress: decode structured HTTP", |b| {
         b.iter(|| http_codec::decode(black_box(&structured_headers), black_box(structured_body.clone())).unwrap())
+    });
+    // A batch of 16 (application/cloudevents-batch+json), per batch.
+    let mut batch_headers = HeaderMap::new();
+    batch_headers.insert("content-type", http::HeaderValue::from_static("application/cloudevents-batch+json"));
+    let batch_body = Bytes::from(spate_core::json::encode_batch(&vec![ev.clone(); 16]));
+    g.bench_function("ingress: decode a batch of 16 (per batch)", |b| {
+        b.iter(|| http_codec::decode(black_box(&batch_headers), black_box(batch_body.clone())).unwrap())
     });
     // The log's record, both ways.
     g.bench_function("storage: encode", |b| b.iter(|| storage::encode(black_box(&ev))));

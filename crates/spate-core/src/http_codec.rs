@@ -60,8 +60,8 @@ pub fn content_mode(headers: &HeaderMap) -> Result<ContentMode, CodecError> {
 pub fn decode(headers: &HeaderMap, body: Bytes) -> Result<Decoded, CodecError> {
     let mode = content_mode(headers)?;
     let events = match mode {
-        ContentMode::Structured => vec![json::decode_event(&body)?],
-        ContentMode::Batch => json::decode_batch(&body)?,
+        ContentMode::Structured => vec![json::decode_event_bytes(&body)?],
+        ContentMode::Batch => json::decode_batch_bytes(&body)?,
         ContentMode::Binary => vec![decode_binary(headers, body)?],
     };
     Ok(Decoded { mode, events })

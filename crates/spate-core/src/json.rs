@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::error::CodecError;
 use crate::event::{CloudEvent, ExtValue, SpecVersion, is_context_attribute};
+use crate::json_members::{Batch, Members};
 use crate::rules;
 
 /// Whether a media type carries JSON (`application/json`, `text/json`, `*/*+json`).
@@ -24,7 +25,13 @@ fn json_err(e: serde_json::Error) -> CodecError {
 }
 
 fn string_member(name: &str, raw: &RawValue) -> Result<Option<String>, CodecError> {
-    let v: serde_json::Value = serde_json::from_str(raw.get()).map_err(json_err)?;
+    let text = raw.get();
+    // A string without escapes is its text between the quotes (the parser
+    // already refused control characters and invalid UTF-8 in it).
+    if text.len() >= 2 && text.starts_with('"') && !text.contains('\\') {
+        return Ok(Some(text[1..text.len() - 1].to_owned()));
+    }
+    let v: serde_json::Value = serde_json::from_str(text).map_err(json_err)?;
     match v {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::String(s) => Ok(Some(s)),
@@ -71,12 +78,19 @@ fn extension_value(name: &str, raw: &RawValue) -> Result<Option<ExtValue>, Codec
 
 /// Decodes one structured-mode JSON object.
 pub fn decode_event(body: &[u8]) -> Result<CloudEvent, CodecError> {
-    let members: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(json_err)?;
-    decode_members(members)
+    let members: Members<'_> = serde_json::from_slice(body).map_err(json_err)?;
+    decode_members(members, None)
 }
 
-fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, CodecError> {
-    let sv = match m.remove("specversion") {
+/// [`decode_event`] of a body held in `Bytes`: JSON data is a slice of the body, not a copy.
+pub fn decode_event_bytes(body: &Bytes) -> Result<CloudEvent, CodecError> {
+    let members: Members<'_> = serde_json::from_slice(body).map_err(json_err)?;
+    decode_members(members, Some(body))
+}
+
+/// `src`: the buffer `m` borrows from, when JSON data may be sliced out of it.
+fn decode_members(mut m: Members<'_>, src: Option<&Bytes>) -> Result<CloudEvent, CodecError> {
+    let sv = match m.take("specversion") {
         None => return Err(CodecError::MissingAttribute("specversion")),
         Some(raw) => match string_member("specversion", raw)? {
             None => return Err(CodecError::MissingAttribute("specversion")),
@@ -85,7 +99,7 @@ fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, Code
         },
     };
     let mut take = |name: &'static str| -> Result<Option<String>, CodecError> {
-        match m.remove(name) {
+        match m.take(name) {
             None => Ok(None),
             Some(raw) => string_member(name, raw),
         }
@@ -99,8 +113,8 @@ fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, Code
     let time = take("time")?;
     let dataschema = take(sv.schema_attr())?;
     let encoding = if sv == SpecVersion::V03 { take("datacontentencoding")? } else { None };
-    let data_raw = m.remove("data").filter(|r| r.get() != "null");
-    let data_b64 = if sv == SpecVersion::V10 { m.remove("data_base64").filter(|r| r.get() != "null") } else { None };
+    let data_raw = m.take("data").filter(|r| r.get() != "null");
+    let data_b64 = if sv == SpecVersion::V10 { m.take("data_base64").filter(|r| r.get() != "null") } else { None };
 
     let data = match (data_raw, data_b64) {
         (Some(_), Some(_)) => return Err(CodecError::DataAndDataBase64),
@@ -108,15 +122,15 @@ fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, Code
             let s = string_member("data_base64", raw)?.unwrap_or_default();
             Some(Bytes::from(B64.decode(s.trim()).map_err(|e| CodecError::Base64(e.to_string()))?))
         }
-        (Some(raw), None) => Some(decode_data(raw, datacontenttype.as_deref(), encoding.as_deref())?),
+        (Some(raw), None) => Some(decode_data(raw, datacontenttype.as_deref(), encoding.as_deref(), src)?),
         (None, None) => None,
     };
 
     let mut extensions = BTreeMap::new();
-    for (name, raw) in m {
+    for (name, raw) in m.into_rest() {
         rules::check_attribute_name(&name)?;
         if let Some(v) = extension_value(&name, raw)? {
-            extensions.insert(name, v);
+            extensions.insert(name.into_owned(), v);
         }
     }
     let ev =
@@ -125,7 +139,12 @@ fn decode_members(mut m: BTreeMap<String, &RawValue>) -> Result<CloudEvent, Code
     Ok(ev)
 }
 
-fn decode_data(raw: &RawValue, ct: Option<&str>, encoding: Option<&str>) -> Result<Bytes, CodecError> {
+fn decode_data(
+    raw: &RawValue,
+    ct: Option<&str>,
+    encoding: Option<&str>,
+    src: Option<&Bytes>,
+) -> Result<Bytes, CodecError> {
     if let Some(enc) = encoding {
         if !enc.eq_ignore_ascii_case("base64") {
             return Err(CodecError::value("datacontentencoding", format!("'{enc}' is not supported (only base64)")));
@@ -140,18 +159,39 @@ fn decode_data(raw: &RawValue, ct: Option<&str>, encoding: Option<&str>) -> Resu
         let s: String = serde_json::from_str(text).map_err(json_err)?;
         return Ok(Bytes::from(s));
     }
-    Ok(Bytes::copy_from_slice(text.as_bytes()))
+    Ok(match src {
+        Some(src) => src.slice_ref(text.as_bytes()),
+        None => Bytes::copy_from_slice(text.as_bytes()),
+    })
 }
 
 /// Decodes a batch (JSON array of structured events).
 pub fn decode_batch(body: &[u8]) -> Result<Vec<CloudEvent>, CodecError> {
+    decode_batch_in(body, None)
+}
+
+/// [`decode_batch`] of a body held in `Bytes`: JSON data is a slice of the body, not a copy.
+pub fn decode_batch_bytes(body: &Bytes) -> Result<Vec<CloudEvent>, CodecError> {
+    decode_batch_in(body, Some(body))
+}
+
+fn decode_batch_in(body: &[u8], src: Option<&Bytes>) -> Result<Vec<CloudEvent>, CodecError> {
+    let element =
+        |(index, m)| decode_members(m, src).map_err(|e| CodecError::BatchElement { index, source: Box::new(e) });
+    // One pass over the array and its objects; if it is not an array of
+    // objects, a second, slower one says where it went wrong.
+    if let Ok(Batch(items)) = serde_json::from_slice::<Batch<'_>>(body) {
+        return items.into_iter().enumerate().map(element).collect();
+    }
     let items: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| CodecError::Batch(format!("not a JSON array of events: {e}")))?;
     items
         .into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            decode_event(raw.get().as_bytes()).map_err(|e| CodecError::BatchElement { index, source: Box::new(e) })
+            let m: Members<'_> = serde_json::from_str(raw.get())
+                .map_err(|e| CodecError::BatchElement { index, source: Box::new(json_err(e)) })?;
+            element((index, m))
         })
         .collect()
 }
@@ -243,4 +283,59 @@ fn is_text(s: &str) -> bool {
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
     b.trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":{"k":[1,2]},"ext1":"x"}"#;
+    const B: &str = r#"{"specversion":"0.3","id":"b","source":"/s","type":"t","schemaurl":"s","datacontentencoding":"base64","data":"aGk="}"#;
+
+    #[test]
+    fn a_batch_read_in_one_pass_equals_its_elements_read_one_by_one() {
+        let body = Bytes::from(format!("[{A},{B}]"));
+        let one_pass = decode_batch_bytes(&body).unwrap();
+        assert_eq!(one_pass, vec![decode_event(A.as_bytes()).unwrap(), decode_event(B.as_bytes()).unwrap()]);
+        assert_eq!(one_pass, decode_batch(&body).unwrap());
+        assert_eq!(one_pass[0].data.as_deref(), Some(&br#"{"k":[1,2]}"#[..]));
+        assert_eq!(one_pass[1].data.as_deref(), Some(&b"hi"[..]));
+        assert_eq!(one_pass[1].dataschema.as_deref(), Some("s"), "0.3 takes schemaurl by name");
+    }
+
+    #[test]
+    fn json_data_is_a_slice_of_the_body_not_a_copy() {
+        let body = Bytes::from(A);
+        let ev = decode_event_bytes(&body).unwrap();
+        let data = ev.data.unwrap();
+        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        assert!(range.contains(&(data.as_ptr() as usize)), "the data points into the body");
+    }
+
+    #[test]
+    fn a_bad_batch_element_is_named_by_its_index_and_a_non_array_says_so() {
+        let err = |body: &str| decode_batch_bytes(&Bytes::from(body.to_string())).unwrap_err().to_string();
+        let e = err(&format!("[{A},7]"));
+        assert!(e.contains("element 1") || e.contains("1:"), "{e}");
+        assert!(e.contains("expected a map"), "{e}");
+        let e = err(&format!("[{A},{{\"specversion\":\"1.0\",\"source\":\"/s\",\"type\":\"t\"}}]"));
+        assert!(e.contains("1") && e.contains("'id'"), "{e}");
+        assert!(err("{}").contains("not a JSON array of events"), "{}", err("{}"));
+    }
+
+    #[test]
+    fn names_with_escapes_and_repeated_names_read_as_a_map_would() {
+        // "\u0069d" is "id"; of two "type" members the last wins, as in a map.
+        let ev = decode_event(
+            br#"{"specversion":"1.0","\u0069d":"e","source":"/s","type":"first","type":"last","x\u0031":"\u0041"}"#,
+        )
+        .unwrap();
+        assert_eq!((ev.id.as_str(), ev.ty.as_str()), ("e", "last"));
+        assert_eq!(ev.extensions.get("x1"), Some(&ExtValue::String("A".into())));
+        // A 1.0 event's "schemaurl" is an extension; a 0.3 event's "dataschema" too.
+        let ev = decode_event(br#"{"specversion":"1.0","id":"e","source":"/s","type":"t","schemaurl":"u"}"#).unwrap();
+        assert_eq!(ev.extensions.get("schemaurl"), Some(&ExtValue::String("u".into())));
+        let ev = decode_event(br#"{"specversion":"0.3","id":"e","source":"/s","type":"t","dataschema":"u"}"#).unwrap();
+        assert_eq!((ev.dataschema, ev.extensions.get("dataschema")), (None, Some(&ExtValue::String("u".into()))));
+    }
 }

@@ -73,7 +73,7 @@ pub fn decode(headers: &[(String, Vec<u8>)], value: Bytes) -> Result<Option<Clou
             }
             http_codec::decode_binary(&h, value).map(Some)
         }
-        Some(_) => json::decode_event(&value).map(Some),
+        Some(_) => json::decode_event_bytes(&value).map(Some),
         None => Ok(None),
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod event;
 pub mod http_codec;
 pub mod json;
+mod json_members;
 pub mod kafka_binding;
 pub mod percent;
 pub mod rules;
