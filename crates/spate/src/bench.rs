@@ -246,6 +246,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.events == 0 || a.concurrency == 0 {
         bail!("--events and --concurrency must be at least 1");
     }
+    if a.rounds > 1 && (a.target != BenchTarget::Broker || a.stopped_subscriber) {
+        bail!("--rounds applies to --target broker without --stopped-subscriber");
+    }
     let sink = Sink::start(a.separate_processes).await?;
     let child = match &a.server {
         Some(_) => None,
@@ -309,17 +312,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if a.stopped_subscriber {
         return backlog(&a, &sink, &broker_url, pid).await;
     }
-    let raw = raw_baseline(&a).await?;
     let title = match a.broker_class.as_str() {
         spate_api::NATS_BROKER_CLASS => "broker (ingress → JetStream → trigger → sink)",
         spate_api::KAFKA_BROKER_CLASS => "broker (ingress → Kafka → trigger → sink)",
         spate_api::RABBITMQ_BROKER_CLASS => "broker (ingress → RabbitMQ → trigger → sink)",
         _ => "broker (ingress → durable log → trigger → sink)",
     };
-    let (code, e2e) = measure(&a, &sink, &broker_url, pid, 1, title).await?;
-    if let Some(raw) = raw {
-        raw.report(e2e);
-    }
+    let code = rounds(&a, &sink, &broker_url, pid, title).await?;
     if a.broker_class != spate_api::DEFAULT_BROKER_CLASS {
         // The bench broker's stream and consumers go with it.
         let url = format!("{admin}/apis/eventing.knative.dev/v1/namespaces/default/brokers/bench");
@@ -338,11 +337,16 @@ struct Raw {
 }
 
 impl Raw {
-    fn report(&self, e2e: f64) {
-        println!("  end-to-end / raw {} throughput: {:.2}", self.engine, e2e / self.rate);
+    /// Prints and returns the end-to-end rate's ratios to these baselines.
+    fn report(&self, e2e: f64) -> Vec<(String, f64)> {
+        let mut out = vec![(format!("end-to-end / raw {} throughput", self.engine), e2e / self.rate)];
         if let Some(r) = self.as_spate {
-            println!("  end-to-end / raw {} with Spate's stream settings: {:.2}", self.engine, e2e / r);
+            out.push((format!("end-to-end / raw {} with Spate's stream settings", self.engine), e2e / r));
         }
+        for (label, r) in &out {
+            println!("  {label}: {r:.2}");
+        }
+        out
     }
 }
 
@@ -399,6 +403,62 @@ async fn baseline(a: &BenchArgs, sink: &Sink, url: &str, title: &str) -> anyhow:
     Ok(rate)
 }
 
+/// `--rounds`: each round measures the engine's raw baselines (shared-engine
+/// classes), then the sink's baselines and the broker, and prints its ratios;
+/// with more than one round, each ratio's median follows.
+async fn rounds(
+    a: &BenchArgs,
+    sink: &Sink,
+    url: &str,
+    pid: Option<u32>,
+    title: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    let n = a.rounds.max(1);
+    let mut all: Vec<(String, Vec<f64>)> = vec![];
+    let mut complete = true;
+    for round in 1..=n {
+        if n > 1 {
+            println!("\n== round {round} of {n}");
+        }
+        let raw = raw_baseline(a).await?;
+        let m = measure(a, sink, url, pid, 1, title).await?;
+        complete &= m.complete;
+        let mut ratios = m.ratios;
+        if let Some(raw) = raw {
+            ratios.extend(raw.report(m.e2e));
+        }
+        for (label, r) in ratios {
+            match all.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, v)) => v.push(r),
+                None => all.push((label, vec![r])),
+            }
+        }
+    }
+    if n > 1 {
+        println!("\nmedians over {n} rounds");
+        for (label, mut v) in all {
+            v.sort_by(f64::total_cmp);
+            let each: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+            println!("  {label}: {:.2} (rounds, sorted: {})", median(&v), each.join(" "));
+        }
+    }
+    Ok(if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// The median of sorted, non-empty `v`.
+fn median(v: &[f64]) -> f64 {
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// One measurement: its end-to-end rate, whether every event arrived, and
+/// its ratios to the sink's baselines (when they ran).
+struct Measured {
+    e2e: f64,
+    complete: bool,
+    ratios: Vec<(String, f64)>,
+}
+
 /// Runs the baselines (unless skipped), then the load through `url`, where
 /// each accepted event should reach the sink `fanout` times.
 async fn measure(
@@ -408,7 +468,7 @@ async fn measure(
     pid: Option<u32>,
     fanout: u64,
     title: &str,
-) -> anyhow::Result<(std::process::ExitCode, f64)> {
+) -> anyhow::Result<Measured> {
     let (mut baseline_rate, mut proxy_rate) = (None, None);
     if !a.no_baseline {
         baseline_rate = Some(baseline(a, sink, sink.url(), "baseline (straight to the sink)").await?);
@@ -438,16 +498,20 @@ async fn measure(
         if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
     );
     println!("  end-to-end latency: {}", percentiles(e2e));
+    let mut ratios = vec![];
     if let Some(b) = baseline_rate {
-        println!("  end-to-end deliveries / baseline throughput: {:.2}", e2e_rate / b);
+        ratios.push(("end-to-end deliveries / baseline throughput".to_string(), e2e_rate / b));
     }
     if let Some(p) = proxy_rate {
-        println!("  end-to-end deliveries / forwarding proxy throughput: {:.2}", e2e_rate / p);
+        ratios.push(("end-to-end deliveries / forwarding proxy throughput".to_string(), e2e_rate / p));
+    }
+    for (label, r) in &ratios {
+        println!("  {label}: {r:.2}");
     }
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
-    Ok((if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }, e2e_rate))
+    Ok(Measured { e2e: e2e_rate, complete, ratios })
 }
 
 /// `--target channel`: one InMemoryChannel (on the durable log) with
@@ -479,7 +543,8 @@ async fn channel(
     );
     report_idle(pid).await;
     let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
-    Ok(measure(a, sink, &url, pid, n as u64, &title).await?.0)
+    let m = measure(a, sink, &url, pid, n as u64, &title).await?;
+    Ok(if m.complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.

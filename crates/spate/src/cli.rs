@@ -444,6 +444,11 @@ pub struct BenchArgs {
     /// Skip the direct-to-sink baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Measure the baselines and the end-to-end path this many times, alternately
+    /// (each round prints its figures), then print each ratio's median: on a
+    /// machine whose speed drifts, both sides of every ratio then move together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Run the load generator and the sink as processes of their own, so that
     /// neither's cost is counted in the other's process.
     #[arg(long)]

@@ -409,3 +409,34 @@ fn bench_measures_a_nats_broker_against_raw_jetstream_with_defaults_and_with_spa
     }
     assert!(!text.contains("INCOMPLETE"), "{text}");
 }
+
+#[test]
+fn bench_rounds_alternate_baselines_and_broker_and_print_each_ratios_median() {
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "--events", "300", "--concurrency", "8", "--rounds", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for round in ["== round 1 of 3", "== round 2 of 3", "== round 3 of 3", "medians over 3 rounds"] {
+        assert!(text.contains(round), "no '{round}' in:\n{text}");
+    }
+    let medians = &text[text.find("medians over 3 rounds").unwrap()..];
+    for label in
+        ["end-to-end deliveries / baseline throughput:", "end-to-end deliveries / forwarding proxy throughput:"]
+    {
+        let line = medians.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{medians}"));
+        let figures: Vec<f64> = line
+            .split(|c: char| c == ':' || c == '(' || c == ')' || c.is_whitespace())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // The median, then the three rounds sorted: the median is the middle one.
+        assert_eq!(figures.len(), 4, "{line}");
+        assert_eq!(figures[0], figures[2], "{line}");
+        assert!(figures[1] <= figures[2] && figures[2] <= figures[3], "{line}");
+    }
+    let refused =
+        std::process::Command::new(BIN).args(["bench", "--target", "channel", "--rounds", "2"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rounds applies to --target broker"));
+}
