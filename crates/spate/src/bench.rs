@@ -173,6 +173,9 @@ async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
     let per_worker_interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.concurrency as f64 / a.rate));
     let mut workers = vec![];
     let batch = a.batch.max(1) as u64;
+    // Ids unique to this drive: a broker that deduplicates (JetStream's
+    // Nats-Msg-Id window) must not drop a later round's events as repeats.
+    let run = now_nanos();
     for w in 0..a.concurrency {
         let (client, url, payload, next, failed, lat, total) =
             (client.clone(), url.to_string(), payload.clone(), next.clone(), failed.clone(), lat.clone(), a.events);
@@ -196,7 +199,8 @@ async fn drive(a: &BenchArgs, url: &str) -> LoadResult {
                 let sent = now_nanos();
                 let events: Vec<CloudEvent> = (0..n)
                     .map(|k| {
-                        let mut ev = CloudEvent::new(format!("bench-{}", i + k), "/spate/bench", "dev.spate.bench");
+                        let mut ev =
+                            CloudEvent::new(format!("bench-{run}-{}", i + k), "/spate/bench", "dev.spate.bench");
                         ev.datacontenttype = Some("application/json".into());
                         ev.data = Some(payload.clone());
                         ev.set_extension("benchsent", ExtValue::String(sent.to_string()));
