@@ -446,7 +446,12 @@ async fn rounds(
             println!("  {label}: {:.2} (rounds, sorted: {})", median(&v), each.join(" "));
         }
     }
-    Ok(if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(exit_code(complete))
+}
+
+/// A bench run fails when not every accepted event arrived.
+fn exit_code(complete: bool) -> std::process::ExitCode {
+    if complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
 }
 
 /// The median of sorted, non-empty `v`.
@@ -548,7 +553,7 @@ async fn channel(
     report_idle(pid).await;
     let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
     let m = measure(a, sink, &url, pid, n as u64, &title).await?;
-    Ok(if m.complete { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(exit_code(m.complete))
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.
