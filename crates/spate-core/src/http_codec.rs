@@ -148,8 +148,17 @@ fn value(v: &str) -> HeaderValue {
 
 /// An extension's header (`ce-<name>`; the name was validated when the event was made).
 fn put(headers: &mut HeaderMap, name: &str, v: &str) {
-    let n = HeaderName::from_bytes(format!("ce-{name}").as_bytes()).expect("attribute names are valid header names");
-    headers.insert(n, value(v));
+    // `ce-<name>` assembled on the stack for names of usual length (no formatting per event).
+    let mut buf = [0u8; 64];
+    let n = match buf.get_mut(..3 + name.len()) {
+        Some(to) => {
+            to[..3].copy_from_slice(b"ce-");
+            to[3..].copy_from_slice(name.as_bytes());
+            HeaderName::from_bytes(to)
+        }
+        None => HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+    };
+    headers.insert(n.expect("attribute names are valid header names"), value(v));
 }
 
 /// Encodes binary mode into `headers` and returns the body. The context

@@ -171,8 +171,10 @@ pub struct Dispatcher {
 
 static TRACE_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A W3C traceparent for an event that arrives without one.
-fn new_traceparent() -> String {
+/// A W3C traceparent for an event that arrives without one, written straight
+/// into a header value (no formatting machinery on every delivery).
+fn new_traceparent() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let seq = TRACE_SEQ.fetch_add(1, Ordering::Relaxed);
     let mut x = nanos ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
@@ -182,7 +184,15 @@ fn new_traceparent() -> String {
         x ^= x << 17;
         x
     };
-    format!("00-{:016x}{:016x}-{:016x}-01", next(), next(), next() | 1)
+    // 00-<trace id: 32 hex>-<span id: 16 hex>-01
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let (trace_hi, trace_lo, span) = (next(), next(), next() | 1);
+    for (at, word) in [(3, trace_hi), (19, trace_lo), (36, span)] {
+        for i in 0..16 {
+            out[at + i] = HEX[((word >> (60 - 4 * i)) & 15) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }
 
 impl Default for Dispatcher {
@@ -239,7 +249,9 @@ impl Dispatcher {
         timeout: Option<Duration>,
         traceparent: Option<String>,
     ) -> Attempt {
-        let mut headers = HeaderMap::new();
+        // Sized for the context attributes, the extensions and the headers added
+        // below, so that building it does not grow (and re-hash) it several times.
+        let mut headers = HeaderMap::with_capacity(12 + ev.extensions.len());
         let body = match format {
             DeliveryFormat::Binary => http_codec::encode_binary(ev, &mut headers),
             DeliveryFormat::Json => http_codec::encode_structured(ev, &mut headers),
@@ -249,11 +261,11 @@ impl Dispatcher {
             headers.insert("kn-namespace", v);
         }
         let tp = match (traceparent, ev.extension(ext::TRACEPARENT)) {
-            (Some(tp), _) => tp,
-            (None, Some(ExtValue::String(s))) => s.clone(),
-            _ => new_traceparent(),
+            (Some(tp), _) => HeaderValue::from_str(&tp).ok(),
+            (None, Some(ExtValue::String(s))) => HeaderValue::from_str(s).ok(),
+            _ => Some(new_traceparent()),
         };
-        if let Ok(v) = HeaderValue::from_str(&tp) {
+        if let Some(v) = tp {
             headers.insert("traceparent", v);
         }
         if let Some(token) = self.tokens.get().and_then(|t| t.token(sender, url.as_str()))
@@ -475,4 +487,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_traceparent_is_w3c_shaped_and_new_each_time() {
+        let a = new_traceparent();
+        let b = new_traceparent();
+        assert_ne!(a, b);
+        for v in [a, b] {
+            let s = v.to_str().expect("ASCII");
+            let parts: Vec<&str> = s.split('-').collect();
+            assert_eq!(parts.len(), 4, "{s}");
+            assert_eq!(parts[0], "00");
+            assert_eq!(parts[1].len(), 32, "{s}");
+            assert_eq!(parts[2].len(), 16, "{s}");
+            assert_eq!(parts[3], "01");
+            assert!(parts[1].bytes().chain(parts[2].bytes()).all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            // The span id has its low bit set, so it is never the all-zero (invalid) id.
+            assert_ne!(u64::from_str_radix(parts[2], 16).expect("hex") & 1, 0);
+            // Its trace id's first half is not left as the template's zeros.
+            assert_ne!(parts[1], "00000000000000000000000000000000");
+        }
+    }
 }

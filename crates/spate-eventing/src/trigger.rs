@@ -530,25 +530,27 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
         | Outcome::Dropped { attempts, .. } => *attempts,
     };
     stats.retries.fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
+    // `spate tail trigger/NAME`: what happened to each event this trigger took
+    // (said only when someone listens: a delivery formats nothing otherwise).
+    let tap = s.broker.as_ref().and_then(|b| b.tap()).filter(|t| t.active());
     let said = match outcome {
         Outcome::Delivered { attempts } => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
             s.delivered.increment(1);
-            format!("delivered after {attempts} attempt(s)")
+            tap.map(|_| format!("delivered after {attempts} attempt(s)"))
         }
         Outcome::DeadLettered { last_error, .. } => {
             stats.record_failure(ev, true, &last_error);
             tracing::warn!(trigger = %label, id = %ev.id, error = %last_error, "event dead-lettered");
-            format!("dead-lettered: {last_error}")
+            Some(format!("dead-lettered: {last_error}"))
         }
         Outcome::Dropped { reason, .. } => {
             stats.record_failure(ev, false, &reason);
             tracing::warn!(trigger = %label, id = %ev.id, %reason, "event dropped");
-            format!("dropped: {reason}")
+            Some(format!("dropped: {reason}"))
         }
     };
-    // `spate tail trigger/NAME`: what happened to each event this trigger took.
-    if let Some(tap) = s.broker.as_ref().and_then(|b| b.tap()).filter(|t| t.active()) {
+    if let (Some(tap), Some(said)) = (tap, said) {
         tap.offer_outcome(label, ev.clone(), said);
     }
     delivered

@@ -142,7 +142,7 @@ impl StreamBackend for NatsBackend {
                 duplicate_window: c.duplicate_window,
                 ..Default::default()
             };
-            let stream = NatsStream { nats, cfg, subject, handle: tokio::sync::OnceCell::new() };
+            let stream = NatsStream { nats, cfg, subject: subject.into(), handle: tokio::sync::OnceCell::new() };
             // Created now if NATS answers; otherwise on first use (operations fail meanwhile).
             if let Err(e) = stream.ensure().await {
                 tracing::warn!(stream = %stream.cfg.name, error = %e, "stream not created yet; retrying on use");
@@ -167,7 +167,8 @@ impl StreamBackend for NatsBackend {
 struct NatsStream {
     nats: Nats,
     cfg: stream::Config,
-    subject: String,
+    /// Shared bytes: each publish clones a reference, not the text.
+    subject: async_nats::Subject,
     /// The stream once created (lock-free after the first success).
     handle: tokio::sync::OnceCell<stream::Stream>,
 }
