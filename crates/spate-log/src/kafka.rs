@@ -30,9 +30,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer as RdConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -75,6 +75,9 @@ pub struct KafkaConfig {
     /// a restarted instance takes its own place in each group back at once
     /// instead of waiting for the old member to expire.
     pub instance: Option<String>,
+    /// librdkafka's `debug` contexts for the consumers of Kafka brokers and
+    /// channels (`SPATE_KAFKA_DEBUG`, e.g. `cgrp,fetch`); logged under the target `librdkafka`.
+    pub debug: Option<String>,
 }
 
 impl KafkaConfig {
@@ -98,7 +101,7 @@ pub fn group_name(consumer: &str) -> String {
 /// One producer per bootstrap list; topics' settings by stream name.
 pub struct KafkaBackend {
     config: KafkaConfig,
-    producers: Mutex<HashMap<String, FutureProducer>>,
+    producers: Mutex<HashMap<String, FutureProducer<Logged>>>,
     opened: Mutex<HashMap<String, StreamSettings>>,
 }
 
@@ -120,28 +123,63 @@ impl KafkaBackend {
             })
     }
 
-    fn producer(&self, bootstrap: &str) -> Result<FutureProducer, LogError> {
+    fn producer(&self, bootstrap: &str) -> Result<FutureProducer<Logged>, LogError> {
         let mut g = self.producers.lock().expect("producers lock");
         if let Some(p) = g.get(bootstrap) {
             return Ok(p.clone());
         }
-        let p: FutureProducer = ClientConfig::new()
+        let p: FutureProducer<Logged> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("message.timeout.ms", "30000")
             .set("client.id", "spate")
-            .create()
+            .create_with_context(Logged)
             .map_err(|e| unavailable("producer", e))?;
         g.insert(bootstrap.to_string(), p.clone());
         Ok(p)
     }
 }
 
-fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, LogError> {
-    ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(|e| unavailable("admin client", e))
+fn admin(bootstrap: &str) -> Result<AdminClient<Logged>, LogError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create_with_context(Logged)
+        .map_err(|e| unavailable("admin client", e))
 }
+
+/// Writes one of librdkafka's own log lines (a broker it cannot reach, a group
+/// error) into Spate's log under the target `librdkafka`, at its level: without
+/// this they would go nowhere.
+pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        L::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// librdkafka's error callback, into Spate's log (see [`forward_log`]).
+pub fn forward_error(error: &KafkaError, reason: &str) {
+    tracing::warn!(target: "librdkafka", %error, "{reason}");
+}
+
+/// The context of a Kafka client that needs nothing but its log forwarded.
+pub struct Logged;
+
+impl ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        forward_log(level, facility, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Logged {}
 
 /// Partitions or replicas a ConfigMap may ask for: beyond this a typo would make the
 /// Kafka server allocate without bound.
@@ -184,7 +222,9 @@ async fn ensure_topic(bootstrap: &str, topic: &str, settings: &StreamSettings) -
         new = new.set("retention.ms", r);
     }
     let admin = admin(bootstrap)?;
-    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    // Both bounds: a Kafka that does not answer fails the reconcile in 10 s, not
+    // librdkafka's default minute (an `apply` waits for it).
+    let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
     let results = admin.create_topics([&new], &opts).await.map_err(|e| unavailable("create topic", e))?;
     for r in results {
         match r {
@@ -225,6 +265,7 @@ impl StreamBackend for Arc<KafkaBackend> {
                 topic,
                 producer,
                 instance: self.config.instance.clone(),
+                debug: self.config.debug.clone(),
                 groups,
                 active: Mutex::default(),
                 backlog: Mutex::default(),
@@ -249,15 +290,17 @@ impl StreamBackend for Arc<KafkaBackend> {
 struct KafkaStream {
     bootstrap: String,
     topic: String,
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
     /// The prefix of its consumer groups' names, if any.
     groups: Option<String>,
     /// `KafkaConfig::instance`.
     instance: Option<String>,
+    /// `KafkaConfig::debug`.
+    debug: Option<String>,
     /// This instance's consumers by group: what they hold unacknowledged.
     active: Mutex<HashMap<String, std::sync::Weak<Mutex<State>>>>,
     /// Clients that read a group's committed offsets (for backlogs), by group.
-    backlog: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    backlog: Mutex<HashMap<String, Arc<BaseConsumer<Logged>>>>,
 }
 
 impl KafkaStream {
@@ -284,18 +327,22 @@ impl KafkaStream {
             // many hops (each a produce and a fetch) must not wait half a second per hop.
             .set("fetch.wait.max.ms", "20")
             .set("client.id", "spate");
+        if let Some(d) = &self.debug {
+            c.set("debug", d);
+        }
         if let Some(i) = self.instance.as_ref().filter(|_| member) {
             c.set("group.instance.id", format!("{i}.{group}"));
         }
         c
     }
 
-    fn offsets_client(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+    fn offsets_client(&self, group: &str) -> Result<Arc<BaseConsumer<Logged>>, LogError> {
         let mut g = self.backlog.lock().expect("backlog lock");
         if let Some(c) = g.get(group) {
             return Ok(c.clone());
         }
-        let c: BaseConsumer = self.consumer_config(group, false).create().map_err(|e| unavailable("consumer", e))?;
+        let c: BaseConsumer<Logged> =
+            self.consumer_config(group, false).create_with_context(Logged).map_err(|e| unavailable("consumer", e))?;
         let c = Arc::new(c);
         g.insert(group.to_string(), c.clone());
         Ok(c)
@@ -306,7 +353,7 @@ impl KafkaStream {
 type Position = (i32, Option<i64>, i64, i64);
 
 /// Every partition's [`Position`]. Blocking.
-fn positions(c: &BaseConsumer, topic: &str) -> Result<Vec<Position>, LogError> {
+fn positions(c: &BaseConsumer<Logged>, topic: &str) -> Result<Vec<Position>, LogError> {
     let md = c.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| unavailable("metadata", e))?;
     let t = md.topics().iter().find(|t| t.name() == topic).ok_or_else(|| unavailable("topic", "not found"))?;
     if t.partitions().is_empty() {
@@ -331,7 +378,7 @@ fn positions(c: &BaseConsumer, topic: &str) -> Result<Vec<Position>, LogError> {
 }
 
 /// Commits the partitions' ends for a group that has no position there yet.
-fn start_at_end(c: &BaseConsumer, topic: &str) -> Result<(), LogError> {
+fn start_at_end(c: &BaseConsumer<Logged>, topic: &str) -> Result<(), LogError> {
     let mut tpl = TopicPartitionList::new();
     for (p, at, _, high) in positions(c, topic)? {
         if at.is_none() {
@@ -466,7 +513,14 @@ struct Ctx {
     state: Arc<Mutex<State>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        forward_log(level, facility, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        forward_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for Ctx {
     /// Revoked partitions: commit how far they got, then forget them (their

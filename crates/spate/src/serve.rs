@@ -253,6 +253,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
                 // The default cluster keeps Knative's topic and group names unchanged.
                 prefix: (args.cluster_name != "spate").then(|| args.cluster_name.clone()),
                 instance: Some(instance_name(&args.data_dir)),
+                // librdkafka's debug contexts, for diagnosing a consumer group (see the README).
+                debug: std::env::var("SPATE_KAFKA_DEBUG").ok().filter(|d| !d.is_empty()),
             })))),
     );
     let serving_config = ServingConfig {

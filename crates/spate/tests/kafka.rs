@@ -668,7 +668,10 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
     // is not handed its partitions; the restarted instance rejoins the group and resumes
     // them from their committed offsets (on Kafka the survivor takes them after the
     // 10 s session timeout).
-    servers[1] = Server::start(d2.path(), &args);
+    // With librdkafka's group debug log: if its partitions never come back, the
+    // failure shows what the restarted member's group protocol went through.
+    let debug = [("SPATE_KAFKA_DEBUG", "cgrp"), ("SPATE_LOG", "warn,librdkafka=debug")];
+    servers[1] = Server::start_with_env(d2.path(), "127.0.0.1:0", "127.0.0.1:0", &args, &debug);
     let restarted = Instant::now();
     let deadline = restarted + Duration::from_secs(60);
     while sink.events().iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() < TOTAL {
@@ -720,4 +723,36 @@ async fn a_kafka_broker_on_an_external_topic_writes_there_and_creates_none() {
     assert_eq!(records[0].1.get("ce_id").map(String::as_str), Some("x1"), "written to the external topic");
     let topics = kafka_topics();
     assert!(!topics.iter().any(|t| t.starts_with(&cluster) && t.contains("knative-broker")), "{topics:?}");
+}
+
+/// librdkafka's own messages reach Spate's log (target `librdkafka`): a trigger
+/// on a Kafka broker whose bootstrap server does not answer says so there, not
+/// nowhere. Needs no Kafka: nothing listens on the address, and the broker's
+/// topic is external (not created), so the trigger's consumer starts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_messages_reach_spates_log() {
+    let dir = tempdir();
+    let nothing = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let s = Server::start(dir.path(), &["--kafka-bootstrap-servers", &nothing]);
+    let started = Instant::now();
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: ext\n  annotations:\n    eventing.knative.dev/broker.class: Kafka\n    kafka.eventing.knative.dev/external.topic: nowhere\n---\n{}",
+        trigger("t", "ext", "", "http://127.0.0.1:9/", "")
+    );
+    let (code, body) = s.apply(&yaml).await;
+    assert!(code < 500, "apply answered {code}: {body}");
+    println!("apply answered {code} after {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = s.log.lock().unwrap().clone();
+        if let Some(line) = lines.iter().find(|l| l.contains("librdkafka") && l.contains(&nothing)) {
+            println!("logged: {line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no librdkafka line about {nothing} in the log:\n{}", lines.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -31,12 +31,18 @@ impl Server {
     }
 
     pub fn start_on(dir: &Path, listen: &str, admin: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(dir, listen, admin, extra, &[])
+    }
+
+    /// [`Server::start_on`] with extra environment variables (they override `SPATE_LOG`).
+    pub fn start_with_env(dir: &Path, listen: &str, admin: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--listen", listen, "--admin-listen", admin])
             .args(extra)
             .env("SPATE_LOG", std::env::var("SPATE_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
