@@ -36,6 +36,10 @@ pub enum CodecError {
     Batch(String),
     #[error("batch element {index}: {source}")]
     BatchElement { index: usize, source: Box<CodecError> },
+    #[error(
+        "the event has {count} extension attributes; at most {max} are accepted (in binary mode each is an HTTP header)"
+    )]
+    TooManyExtensions { count: usize, max: usize },
     #[error("stored record is corrupt: {0}")]
     Corrupt(&'static str),
 }

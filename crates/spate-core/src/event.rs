@@ -6,6 +6,11 @@ use bytes::Bytes;
 use crate::error::CodecError;
 use crate::rules;
 
+/// Extension attributes one event may carry. CloudEvents sets no bound, but in
+/// binary mode each is an HTTP header and receivers refuse long before this
+/// (Go's net/http at 1 MB of headers, hyper at 100 headers).
+pub const MAX_EXTENSIONS: usize = 1000;
+
 /// CloudEvents spec versions Spate accepts. A 0.3 event stays 0.3 end to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpecVersion {
@@ -132,6 +137,11 @@ impl CloudEvent {
     /// Checks every rule the decoders enforce. Decoders call it; so should code
     /// that builds events by hand before handing them to the data plane.
     pub fn validate(&self) -> Result<(), CodecError> {
+        // Bounded: every extension becomes a header of each binary-mode delivery
+        // (and an entry of its header map, which cannot hold tens of thousands).
+        if self.extensions.len() > MAX_EXTENSIONS {
+            return Err(CodecError::TooManyExtensions { count: self.extensions.len(), max: MAX_EXTENSIONS });
+        }
         for (name, v) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
             if v.is_empty() {
                 return Err(CodecError::EmptyAttribute(name));

@@ -248,3 +248,26 @@ fn decoder_never_panics_on_mutated_input() {
         spate_core::http_codec::decode_fuzz_input(&input);
     }
 }
+
+/// Extensions are bounded (each is a header of a binary-mode delivery): at the
+/// bound an event is accepted, one past it is refused with the count and the bound.
+#[test]
+fn an_event_with_more_extensions_than_the_bound_is_refused_with_both_numbers() {
+    let event = |n: usize| {
+        let mut ev = serde_json::json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t"});
+        for i in 0..n {
+            ev[format!("x{i}")] = serde_json::json!(1);
+        }
+        ev.to_string()
+    };
+    let max = spate_core::event::MAX_EXTENSIONS;
+    assert_eq!(structured(&event(max)).unwrap().events[0].extensions.len(), max);
+    let why = err_text(structured(&event(max + 1)));
+    assert!(why.contains(&format!("{} extension attributes", max + 1)) && why.contains(&max.to_string()), "{why}");
+    // In a batch the element is named too.
+    let batch = format!("[{},{}]", event(1), event(max + 1));
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/cloudevents-batch+json"));
+    let why = http_codec::decode(&h, Bytes::from(batch)).map(|d| d.events.len()).unwrap_err().to_string();
+    assert!(why.contains("element 1") && why.contains("extension attributes"), "{why}");
+}

@@ -251,7 +251,11 @@ impl Dispatcher {
     ) -> Attempt {
         // Sized for the context attributes, the extensions and the headers added
         // below, so that building it does not grow (and re-hash) it several times.
-        let mut headers = HeaderMap::with_capacity(12 + ev.extensions.len());
+        let Ok(mut headers) = HeaderMap::try_with_capacity(12 + ev.extensions.len()) else {
+            // Only an event stored before the bound on extensions could be this large.
+            let message = format!("the event has {} extension attributes, too many for a request", ev.extensions.len());
+            return Attempt::Failed { timeout: false, message };
+        };
         let body = match format {
             DeliveryFormat::Binary => http_codec::encode_binary(ev, &mut headers),
             DeliveryFormat::Json => http_codec::encode_structured(ev, &mut headers),
