@@ -287,10 +287,20 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             sink.url()
         ));
     }
+    let reference = a.triggers > 1 && !a.stopped_subscriber;
+    if reference {
+        // The reference: the same trigger alone on a broker of its own, measured in each round.
+        yaml.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {ONE}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {ONE}\n  annotations:\n    spate.dev/max-in-flight: \"{}\"\nspec:\n  broker: {ONE}\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n",
+            a.max_in_flight,
+            sink.url()
+        ));
+    }
     apply(&admin, &yaml).await.context("creating the bench broker and triggers")?;
-    let broker_url = match &child {
-        Some(c) => format!("{}/default/bench", c.data),
-        None => crate::client::address_url(&admin, Kind::Broker, "default", "bench").await?,
+    let broker_url = ingress_url(&admin, child.as_ref(), "bench").await?;
+    let one_url = match reference {
+        true => Some(ingress_url(&admin, child.as_ref(), ONE).await?),
+        false => None,
     };
     let pid = child.as_ref().map(|c| c.child.id());
     let mode = if a.rate > 0.0 {
@@ -322,13 +332,27 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         spate_api::RABBITMQ_BROKER_CLASS => "broker (ingress → RabbitMQ → trigger → sink)",
         _ => "broker (ingress → durable log → trigger → sink)",
     };
-    let code = rounds(&a, &sink, &broker_url, pid, title).await?;
+    let code = rounds(&a, &sink, &broker_url, one_url.as_deref(), pid, title).await?;
     if a.broker_class != spate_api::DEFAULT_BROKER_CLASS {
-        // The bench broker's stream and consumers go with it.
-        let url = format!("{admin}/apis/eventing.knative.dev/v1/namespaces/default/brokers/bench");
-        let _ = reqwest::Client::new().delete(url).send().await;
+        // The bench brokers' streams and consumers go with them.
+        for name in ["bench", ONE] {
+            let url = format!("{admin}/apis/eventing.knative.dev/v1/namespaces/default/brokers/{name}");
+            let _ = reqwest::Client::new().delete(url).send().await;
+        }
     }
     Ok(code)
+}
+
+/// With `--triggers N` (N > 1): the broker where the bench trigger runs alone, the reference
+/// against which the N triggers' rate is compared in the same run.
+const ONE: &str = "bench-one-trigger";
+
+/// The ingress URL of broker `name` in namespace `default`.
+async fn ingress_url(admin: &str, child: Option<&Child_>, name: &str) -> anyhow::Result<String> {
+    Ok(match child {
+        Some(c) => format!("{}/default/{name}", c.data),
+        None => crate::client::address_url(admin, Kind::Broker, "default", name).await?,
+    })
 }
 
 /// The raw engine under a shared-engine class, measured in this run.
@@ -414,6 +438,7 @@ async fn rounds(
     a: &BenchArgs,
     sink: &Sink,
     url: &str,
+    one: Option<&str>,
     pid: Option<u32>,
     title: &str,
 ) -> anyhow::Result<std::process::ExitCode> {
@@ -425,11 +450,24 @@ async fn rounds(
             println!("\n== round {round} of {n}");
         }
         let raw = raw_baseline(a).await?;
+        let alone = match one {
+            Some(one) => {
+                let (rate, done) = through(a, sink, one, 1, "the same broker path with its trigger alone").await?;
+                complete &= done;
+                Some(rate)
+            }
+            None => None,
+        };
         let m = measure(a, sink, url, pid, 1, title).await?;
         complete &= m.complete;
         let mut ratios = m.ratios;
         if let Some(raw) = raw {
             ratios.extend(raw.report(m.e2e));
+        }
+        if let Some(alone) = alone {
+            let label = format!("end-to-end with {} triggers / with the trigger alone", a.triggers);
+            println!("  {label}: {:.2}", m.e2e / alone);
+            ratios.push((label, m.e2e / alone));
         }
         for (label, r) in ratios {
             match all.iter_mut().find(|(l, _)| *l == label) {
@@ -485,28 +523,7 @@ async fn measure(
         let proxy = crate::bench_proxy::start(sink.url()).await?;
         proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await?);
     }
-
-    sink.reset().await?;
-    let started = now_nanos();
-    let r = load(a, url).await?;
-    let ingress_rate = r.rate();
-    let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await?;
-    let report = sink.report().await?;
-    let e2e_rate = report.received as f64 / (report.last_at.saturating_sub(started).max(1) as f64 / 1e9);
-    let e2e = report.latencies;
-    println!("\n{title}");
-    println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
-    println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
-    let per = if fanout > 1 {
-        format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64)
-    } else {
-        String::new()
-    };
-    println!(
-        "  end-to-end throughput: {e2e_rate:.0} deliveries/s{per}{}",
-        if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
-    );
-    println!("  end-to-end latency: {}", percentiles(e2e));
+    let (e2e_rate, complete) = through(a, sink, url, fanout, title).await?;
     let mut ratios = vec![];
     if let Some(b) = baseline_rate {
         ratios.push(("end-to-end deliveries / baseline throughput".to_string(), e2e_rate / b));
@@ -521,6 +538,33 @@ async fn measure(
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
     Ok(Measured { e2e: e2e_rate, complete, ratios })
+}
+
+/// Drives the load through `url` and waits for its deliveries (`fanout` per
+/// accepted event); prints the figures and returns the end-to-end rate in
+/// deliveries/s and whether every delivery arrived.
+async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str) -> anyhow::Result<(f64, bool)> {
+    sink.reset().await?;
+    let started = now_nanos();
+    let r = load(a, url).await?;
+    let ingress_rate = r.rate();
+    let complete = sink.wait_for(r.acked * fanout, Duration::from_secs(120)).await?;
+    let report = sink.report().await?;
+    let e2e_rate = report.received as f64 / (report.last_at.saturating_sub(started).max(1) as f64 / 1e9);
+    println!("\n{title}");
+    println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
+    println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
+    let per = if fanout > 1 {
+        format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64)
+    } else {
+        String::new()
+    };
+    println!(
+        "  end-to-end throughput: {e2e_rate:.0} deliveries/s{per}{}",
+        if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
+    );
+    println!("  end-to-end latency: {}", percentiles(report.latencies));
+    Ok((e2e_rate, complete))
 }
 
 /// `--target channel`: one InMemoryChannel (on the durable log) with

@@ -458,7 +458,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub stopped_subscriber: bool,
     /// Triggers on the broker: one matches the bench events, the others filter
-    /// on other exact types (measures matching cost as triggers grow).
+    /// on other exact types (measures matching cost as triggers grow). With more
+    /// than one, each round also drives the same load through a broker where the
+    /// matching trigger is alone and prints the ratio of the two rates.
     #[arg(long, default_value_t = 1)]
     pub triggers: usize,
     /// What the load goes through: a Broker with Triggers, or a Channel with Subscriptions.

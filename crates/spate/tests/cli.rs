@@ -442,6 +442,38 @@ fn bench_rounds_alternate_baselines_and_broker_and_print_each_ratios_median() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--rounds applies to --target broker"));
 }
 
+/// `--triggers N` measures, in each round, the same load through a broker where
+/// the matching trigger is alone, and prints the ratio of the two rates (the
+/// issue's "1,000 exact-type triggers ≥ 0.9 × one trigger", side by side).
+#[test]
+fn bench_with_many_triggers_compares_them_with_the_trigger_alone_in_each_round() {
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "--events", "300", "--concurrency", "8", "--triggers", "40", "--rounds", "2", "--no-baseline"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let label = "end-to-end with 40 triggers / with the trigger alone:";
+    for round in text.split("== round ").skip(1) {
+        // The trigger alone first, then the 40 triggers; the ratio is theirs.
+        let rates: Vec<f64> = round
+            .lines()
+            .filter(|l| l.contains("end-to-end throughput:"))
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(rates.len(), 2, "{round}");
+        assert!(round.find("its trigger alone").unwrap() < round.find("broker (ingress").unwrap(), "{round}");
+        let line = round.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no ratio in:\n{round}"));
+        let printed: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let expected = rates[1] / rates[0];
+        // The rates are printed rounded to whole events/s.
+        assert!((printed - expected).abs() <= 0.011 + expected * 0.01, "{line}: expected {expected:.3}");
+    }
+    let medians = &text[text.find("medians over 2 rounds").unwrap_or_else(|| panic!("{text}"))..];
+    assert!(medians.contains(label), "{medians}");
+    assert!(!text.contains("INCOMPLETE"), "{text}");
+}
+
 /// The binary's relative relocations are packed (DT_RELR) wherever the linker can
 /// pack them: unpacked, the loader read and kept resident a 2.7 MB table at every
 /// start (an idle server's RSS went from 21 to 18 MiB with it packed).
