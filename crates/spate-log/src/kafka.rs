@@ -152,7 +152,7 @@ fn admin(bootstrap: &str) -> Result<AdminClient<Logged>, LogError> {
 /// Writes one of librdkafka's own log lines (a broker it cannot reach, a group
 /// error) into Spate's log under the target `librdkafka`, at its level: without
 /// this they would go nowhere.
-fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
     use RDKafkaLogLevel as L;
     match level {
         L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", facility, "{message}"),
@@ -163,12 +163,13 @@ fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
 }
 
 /// librdkafka's error callback, into Spate's log (see [`forward_log`]).
-fn forward_error(error: &KafkaError, reason: &str) {
+pub fn forward_error(error: &KafkaError, reason: &str) {
     tracing::warn!(target: "librdkafka", %error, "{reason}");
 }
 
-/// The context of a Kafka client that needs nothing but its log forwarded.
-pub(crate) struct Logged;
+/// The context of a Kafka client that needs nothing but its log forwarded
+/// (the broker backend's clients; the KafkaSink's admin client and producer).
+pub struct Logged;
 
 impl ClientContext for Logged {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {

@@ -155,6 +155,13 @@ pub(crate) struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    /// librdkafka's own lines (a broker it cannot reach) go to Spate's log, target `librdkafka`.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        spate_log::kafka::forward_log(level, facility, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        spate_log::kafka::forward_error(&error, reason);
+    }
     fn stats_raw(&self, statistics: &[u8]) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else { return };
         let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
@@ -278,6 +285,21 @@ pub(crate) struct KafkaConsumer {
     pub lag: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Waits `pause` while polling `consumer`, which has nothing assigned yet: rdkafka
+/// hands a client's queued log lines and errors (a broker it cannot reach) to its
+/// context only while the client is polled, so without this a source that cannot
+/// reach Kafka would never show librdkafka's own account of why.
+async fn wait_polling(consumer: &StreamConsumer<Ctx>, pause: Duration) {
+    let until = tokio::time::Instant::now() + pause;
+    while let Ok(polled) = tokio::time::timeout_at(until, consumer.recv()).await {
+        if let Err(e) = polled {
+            // A consumer error (also in the log): poll again after a beat, not in a tight loop.
+            tracing::debug!(error = %e, "Kafka consumer error while waiting to assign partitions");
+            tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_millis(200))).await;
+        }
+    }
+}
+
 impl KafkaConsumer {
     pub(crate) fn create(&self) -> Result<StreamConsumer<Ctx>, String> {
         client_config(&self.spec, &self.secrets)
@@ -308,7 +330,7 @@ impl KafkaConsumer {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = wait_polling(&consumer, Duration::from_secs(2)) => {}
                 _ = stop.changed() => return,
             }
         }

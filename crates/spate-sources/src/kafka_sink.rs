@@ -14,13 +14,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_api::{KafkaContentMode, KafkaSinkConfig};
 use spate_core::{CloudEvent, kafka_binding};
+use spate_log::kafka::Logged;
 
 /// How long a record may wait for Kafka's acknowledgement before the request fails.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,7 +43,7 @@ pub struct SinkStatus {
 pub struct SinkRuntime {
     pub config: KafkaSinkConfig,
     auth: BTreeMap<String, Vec<u8>>,
-    producer: FutureProducer,
+    producer: FutureProducer<Logged>,
 }
 
 #[derive(Default)]
@@ -117,8 +117,8 @@ async fn start(
     auth: BTreeMap<String, Vec<u8>>,
 ) -> Result<SinkRuntime, (&'static str, String)> {
     let cc = client_config(&config, &auth);
-    let admin: AdminClient<DefaultClientContext> =
-        cc.create().map_err(|e| ("ProducerFailed", format!("cannot create a Kafka client: {e}")))?;
+    let admin: AdminClient<Logged> =
+        cc.create_with_context(Logged).map_err(|e| ("ProducerFailed", format!("cannot create a Kafka client: {e}")))?;
     let topic = NewTopic::new(&config.topic, config.num_partitions, TopicReplication::Fixed(config.replication_factor));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let created = tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&topic], &opts))
@@ -136,8 +136,9 @@ async fn start(
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
         .set("linger.ms", "1");
-    let producer: FutureProducer =
-        pc.create().map_err(|e| ("ProducerFailed", format!("cannot create a Kafka producer: {e}")))?;
+    let producer: FutureProducer<Logged> = pc
+        .create_with_context(Logged)
+        .map_err(|e| ("ProducerFailed", format!("cannot create a Kafka producer: {e}")))?;
     Ok(SinkRuntime { config, auth, producer })
 }
 

@@ -756,3 +756,31 @@ async fn librdkafka_messages_reach_spates_log() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The KafkaSource's consumer forwards librdkafka's messages to Spate's log too
+/// (they went nowhere), also while it cannot reach Kafka to assign partitions:
+/// the line names the address. Needs no Kafka: nothing listens on the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_source_logs_librdkafkas_messages() {
+    let dir = tempdir();
+    let nothing = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let s = Server::start(dir.path(), &[]);
+    let yaml = format!(
+        "apiVersion: sources.knative.dev/v1\nkind: KafkaSource\nmetadata:\n  name: src\nspec:\n  bootstrapServers: [\"{nothing}\"]\n  topics: [t]\n  sink:\n    uri: http://127.0.0.1:9/\n"
+    );
+    let (code, body) = s.apply(&yaml).await;
+    assert!(code < 500, "apply answered {code}: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = s.log.lock().unwrap().clone();
+        if let Some(line) = lines.iter().find(|l| l.contains("librdkafka") && l.contains(&nothing)) {
+            println!("logged: {line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no librdkafka line about {nothing} in the log:\n{}", lines.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
