@@ -503,6 +503,8 @@ fn median(v: &[f64]) -> f64 {
 struct Measured {
     e2e: f64,
     complete: bool,
+    /// The forwarding proxy's rate, when the baselines ran.
+    proxy: Option<f64>,
     ratios: Vec<(String, f64)>,
 }
 
@@ -537,7 +539,7 @@ async fn measure(
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
-    Ok(Measured { e2e: e2e_rate, complete, ratios })
+    Ok(Measured { e2e: e2e_rate, complete, proxy: proxy_rate, ratios })
 }
 
 /// Drives the load through `url` and waits for its deliveries (`fanout` per
@@ -584,20 +586,56 @@ async fn channel(
             sink.url()
         ));
     }
+    if n > 1 {
+        // The reference: a channel with one subscription, measured in the same run.
+        yaml.push_str(&format!(
+            "---\napiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: {ONE_SUB}\n---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: {ONE_SUB}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: {ONE_SUB}\n  subscriber:\n    uri: {}\n",
+            sink.url()
+        ));
+    }
     apply(admin, &yaml).await.context("creating the bench channel and subscriptions")?;
-    let url = match &child {
-        Some(c) => format!("{}/channels/default/bench", c.data),
-        None => crate::client::address_url(admin, Kind::InMemoryChannel, "default", "bench").await?,
-    };
+    let url = channel_url(admin, child.as_ref(), "bench").await?;
     let pid = child.as_ref().map(|c| c.child.id());
     println!(
         "spate bench: {} events of {} bytes, concurrency {}, batch {}, fsync {}, channel with {n} subscription(s)",
         a.events, a.size, a.concurrency, a.batch, a.fsync
     );
     report_idle(pid).await;
+    let one = match n > 1 {
+        true => {
+            let one_url = channel_url(admin, child.as_ref(), ONE_SUB).await?;
+            Some(through(a, sink, &one_url, 1, "the same channel path with one subscription").await?)
+        }
+        false => None,
+    };
     let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
     let m = measure(a, sink, &url, pid, n as u64, &title).await?;
+    if let Some((one_rate, one_complete)) = one {
+        // N subscriptions can at best deliver N times one's rate, and no more than a
+        // forwarding proxy moves to the same sink.
+        let ideal = n as f64 * one_rate;
+        let (bound, what) = match m.proxy {
+            Some(p) if p < ideal => (p, "the forwarding proxy".to_string()),
+            _ => (ideal, format!("{n} × the 1-subscription rate")),
+        };
+        println!(
+            "  deliveries with {n} subscriptions / min({n} × the 1-subscription rate, forwarding proxy): {:.2} (bound: {what}, {bound:.0}/s)",
+            m.e2e / bound
+        );
+        return Ok(exit_code(m.complete && one_complete));
+    }
     Ok(exit_code(m.complete))
+}
+
+/// With `--subscriptions N` (N > 1): the channel where one subscription runs alone.
+const ONE_SUB: &str = "bench-one-subscription";
+
+/// The ingress URL of channel `name` in namespace `default`.
+async fn channel_url(admin: &str, child: Option<&Child_>, name: &str) -> anyhow::Result<String> {
+    Ok(match child {
+        Some(c) => format!("{}/channels/default/{name}", c.data),
+        None => crate::client::address_url(admin, Kind::InMemoryChannel, "default", name).await?,
+    })
 }
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.

@@ -467,6 +467,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = BenchTarget::Broker)]
     pub target: BenchTarget,
     /// With `--target channel`: subscriptions on the channel, each delivering every event to the sink.
+    /// With more than one, the run also measures a channel with one subscription and prints the
+    /// N subscriptions' delivery rate over min(N × that rate, the forwarding proxy's).
     #[arg(long, default_value_t = 1)]
     pub subscriptions: usize,
     /// The bench trigger's `spate.dev/max-in-flight` (deliveries outstanding at once).

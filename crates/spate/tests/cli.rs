@@ -474,6 +474,37 @@ fn bench_with_many_triggers_compares_them_with_the_trigger_alone_in_each_round()
     assert!(!text.contains("INCOMPLETE"), "{text}");
 }
 
+/// `--target channel --subscriptions N` also measures a channel with one
+/// subscription in the same run and prints the fan-out figure: the N
+/// subscriptions' deliveries over min(N × one's rate, the forwarding proxy's).
+#[test]
+fn bench_channel_fan_out_is_compared_with_one_subscription_and_the_proxy() {
+    let out = std::process::Command::new(BIN)
+        .args(["bench", "--target", "channel", "--subscriptions", "3", "--events", "300", "--concurrency", "8"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // Sections in order: the one-subscription channel, the proxy baseline, the three subscriptions.
+    let rate_after = |title: &str, field: &str| -> f64 {
+        let at = text.find(title).unwrap_or_else(|| panic!("no '{title}' in:\n{text}"));
+        let line = text[at..].lines().find(|l| l.contains(field)).unwrap();
+        line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let one = rate_after("the same channel path with one subscription", "end-to-end throughput:");
+    let proxy = rate_after("forwarding proxy (hyper", "throughput:");
+    let three = rate_after("channel (ingress → durable log → 3 subscription(s)", "end-to-end throughput:");
+    let label = "deliveries with 3 subscriptions / min(3 × the 1-subscription rate, forwarding proxy):";
+    let line = text.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no fan-out ratio in:\n{text}"));
+    let printed: f64 =
+        line[line.find(label).unwrap() + label.len()..].split_whitespace().next().unwrap().parse().unwrap();
+    let expected = three / (3.0 * one).min(proxy);
+    assert!((printed - expected).abs() <= 0.011 + expected * 0.01, "{line}: expected {expected:.3}");
+    let bound = if proxy < 3.0 * one { "bound: the forwarding proxy" } else { "bound: 3 × the 1-subscription rate" };
+    assert!(line.contains(bound), "{line} (one {one}, proxy {proxy})");
+    assert!(!text.contains("INCOMPLETE"), "{text}");
+}
+
 /// The binary's relative relocations are packed (DT_RELR) wherever the linker can
 /// pack them: unpacked, the loader read and kept resident a 2.7 MB table at every
 /// start (an idle server's RSS went from 21 to 18 MiB with it packed).
