@@ -115,12 +115,21 @@ struct AppendReq {
     reply: oneshot::Sender<Result<Offset, LogError>>,
 }
 
+/// What the writer thread is asked to do.
+enum Job {
+    Append(AppendReq),
+    /// Write the pending consumer positions ([`Committer::flush`]) after the
+    /// appends queued with it: under load the writer is awake anyway, so a
+    /// commit costs no thread wake-up (on the blocking pool it cost one each).
+    Flush,
+}
+
 /// A log stored in files. Clone the `Arc` to share it.
 pub struct FileLog {
     name: String,
     dir: PathBuf,
     shared: Arc<Mutex<Shared>>,
-    tx: Mutex<Option<SyncSender<AppendReq>>>,
+    tx: Mutex<Option<SyncSender<Job>>>,
     end_rx: watch::Receiver<Offset>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     committer: Committer,
@@ -257,7 +266,8 @@ struct Consumer {
     error: Option<String>,
 }
 
-/// Writes consumer positions on the blocking pool, never on a runtime worker.
+/// Writes consumer positions on the log's writer thread (the blocking pool when
+/// its queue is full or it has stopped), never on a runtime worker.
 /// Coalescing: while a write runs, further commits replace a consumer's
 /// pending position, so a burst costs one write per consumer.
 #[derive(Clone)]
@@ -495,6 +505,7 @@ impl FileLog {
             config,
             shared: shared.clone(),
             rx,
+            committer: committer.clone(),
             end_tx,
             next: end,
             buf: Vec::new(),
@@ -658,7 +669,7 @@ impl EventLog for FileLog {
         let (reply, rx) = oneshot::channel();
         let sent = match self.tx.lock().expect("log tx lock").as_ref() {
             None => Err(LogError::Closed(self.name.clone())),
-            Some(tx) => match tx.try_send(AppendReq { payloads, reply }) {
+            Some(tx) => match tx.try_send(Job::Append(AppendReq { payloads, reply })) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => Err(LogError::Full),
                 Err(TrySendError::Disconnected(_)) => Err(LogError::Closed(self.name.clone())),
@@ -720,7 +731,12 @@ impl EventLog for FileLog {
         g.pending.insert(consumer.to_string());
         let start = !std::mem::replace(&mut g.flushing, true);
         drop(g);
-        if start {
+        // On the writer thread, after its current batch; on the blocking pool when
+        // its queue is full or it has stopped (inline without a runtime, as `blocking` does).
+        let queued = start
+            && tokio::runtime::Handle::try_current().is_ok()
+            && self.tx.lock().expect("log tx lock").as_ref().is_some_and(|tx| tx.try_send(Job::Flush).is_ok());
+        if start && !queued {
             let committer = self.committer.clone();
             let flush = crate::blocking(self.dir.display().to_string(), move || {
                 committer.flush();
@@ -759,7 +775,8 @@ struct Writer {
     dir: PathBuf,
     config: FileLogConfig,
     shared: Arc<Mutex<Shared>>,
-    rx: Receiver<AppendReq>,
+    rx: Receiver<Job>,
+    committer: Committer,
     end_tx: watch::Sender<Offset>,
     next: Offset,
     buf: Vec<u8>,
@@ -778,25 +795,33 @@ impl Writer {
         };
         loop {
             let first = match self.rx.recv_timeout(tick) {
-                Ok(r) => r,
+                Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     self.housekeeping();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch = vec![first];
-            let mut bytes: usize = batch[0].payloads.iter().map(Bytes::len).sum();
-            while bytes < 8 * 1024 * 1024 {
-                match self.rx.try_recv() {
-                    Ok(r) => {
+            let (mut batch, mut bytes, mut flush) = (vec![], 0usize, false);
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append(r) => {
                         bytes += r.payloads.iter().map(Bytes::len).sum::<usize>();
                         batch.push(r);
                     }
-                    Err(_) => break,
+                    Job::Flush => flush = true,
+                }
+                if bytes < 8 * 1024 * 1024 {
+                    next = self.rx.try_recv().ok();
                 }
             }
-            self.write_batch(batch);
+            if !batch.is_empty() {
+                self.write_batch(batch);
+            }
+            if flush {
+                self.committer.flush();
+            }
             self.housekeeping();
         }
         if self.dirty {
