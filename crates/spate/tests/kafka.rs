@@ -725,6 +725,26 @@ async fn a_kafka_broker_on_an_external_topic_writes_there_and_creates_none() {
     assert!(!topics.iter().any(|t| t.starts_with(&cluster) && t.contains("knative-broker")), "{topics:?}");
 }
 
+/// A local address nothing listens on (bound, then released).
+fn unused_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Waits up to 30 s for a line of librdkafka's (target `librdkafka`) naming `address` in `s`'s log.
+async fn expect_librdkafka_line_about(s: &Server, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines = s.log.lock().unwrap().clone();
+        if let Some(line) = lines.iter().find(|l| l.contains("librdkafka") && l.contains(address)) {
+            println!("logged: {line}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no librdkafka line about {address} in the log:\n{}", lines.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// librdkafka's own messages reach Spate's log (target `librdkafka`): a trigger
 /// on a Kafka broker whose bootstrap server does not answer says so there, not
 /// nowhere. Needs no Kafka: nothing listens on the address, and the broker's
@@ -732,10 +752,7 @@ async fn a_kafka_broker_on_an_external_topic_writes_there_and_creates_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_messages_reach_spates_log() {
     let dir = tempdir();
-    let nothing = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let nothing = unused_address();
     let s = Server::start(dir.path(), &["--kafka-bootstrap-servers", &nothing]);
     let started = Instant::now();
     let yaml = format!(
@@ -745,16 +762,7 @@ async fn librdkafka_messages_reach_spates_log() {
     let (code, body) = s.apply(&yaml).await;
     assert!(code < 500, "apply answered {code}: {body}");
     println!("apply answered {code} after {:?}", started.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lines = s.log.lock().unwrap().clone();
-        if let Some(line) = lines.iter().find(|l| l.contains("librdkafka") && l.contains(&nothing)) {
-            println!("logged: {line}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no librdkafka line about {nothing} in the log:\n{}", lines.join("\n"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    expect_librdkafka_line_about(&s, &nothing).await;
 }
 
 /// The KafkaSource's consumer forwards librdkafka's messages to Spate's log too
@@ -763,24 +771,12 @@ async fn librdkafka_messages_reach_spates_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_source_logs_librdkafkas_messages() {
     let dir = tempdir();
-    let nothing = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let nothing = unused_address();
     let s = Server::start(dir.path(), &[]);
     let yaml = format!(
         "apiVersion: sources.knative.dev/v1\nkind: KafkaSource\nmetadata:\n  name: src\nspec:\n  bootstrapServers: [\"{nothing}\"]\n  topics: [t]\n  sink:\n    uri: http://127.0.0.1:9/\n"
     );
     let (code, body) = s.apply(&yaml).await;
     assert!(code < 500, "apply answered {code}: {body}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lines = s.log.lock().unwrap().clone();
-        if let Some(line) = lines.iter().find(|l| l.contains("librdkafka") && l.contains(&nothing)) {
-            println!("logged: {line}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no librdkafka line about {nothing} in the log:\n{}", lines.join("\n"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    expect_librdkafka_line_about(&s, &nothing).await;
 }
