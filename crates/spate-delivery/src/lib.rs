@@ -177,7 +177,11 @@ fn new_traceparent() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let seq = TRACE_SEQ.fetch_add(1, Ordering::Relaxed);
-    let mut x = nanos ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()).rotate_left(32);
+    // The process id tells instances started in the same nanosecond apart; read once
+    // (`std::process::id` is a getpid system call on every use).
+    static PID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(|| u64::from(std::process::id()).rotate_left(32));
+    let mut x = nanos ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pid;
     let mut next = || {
         x ^= x << 13;
         x ^= x >> 7;
