@@ -718,17 +718,20 @@ impl EventLog for FileLog {
         if g.closed {
             return Box::pin(std::future::ready(Err(LogError::Closed(self.name.clone()))));
         }
-        let c = g.consumers.entry(consumer.to_string()).or_insert_with(|| Consumer {
-            state: AckState::at(Offset::MAX),
-            file: None,
-            error: None,
-        });
+        // The name is copied only for a consumer seen for the first time (not on every commit).
+        if !g.consumers.contains_key(consumer) {
+            let fresh = Consumer { state: AckState::at(Offset::MAX), file: None, error: None };
+            g.consumers.insert(consumer.to_string(), fresh);
+        }
+        let c = g.consumers.get_mut(consumer).expect("inserted above");
         if c.state == state && c.error.is_none() {
             return Box::pin(std::future::ready(Ok(())));
         }
         c.state = state;
         let failed = c.error.take();
-        g.pending.insert(consumer.to_string());
+        if !g.pending.contains(consumer) {
+            g.pending.insert(consumer.to_string());
+        }
         let start = !std::mem::replace(&mut g.flushing, true);
         drop(g);
         // On the writer thread, after its current batch; on the blocking pool when
