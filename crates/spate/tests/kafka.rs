@@ -632,7 +632,12 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
     let cluster = unique("ksplit");
     let args = ["--kafka-bootstrap-servers", addr.as_str(), "--cluster-name", cluster.as_str()];
     let (d1, d2) = (tempdir(), tempdir());
-    let mut servers = [Server::start(d1.path(), &args), Server::start(d2.path(), &args)];
+    // Both instances log librdkafka's group protocol: a failure shows each member's side
+    // (a CI failure showed tansu expiring the survivor mid-rebalance, then naming it
+    // leader of a generation whose sync never completed).
+    let debug = [("SPATE_KAFKA_DEBUG", "cgrp"), ("SPATE_LOG", "warn,librdkafka=debug")];
+    let start = |d: &std::path::Path| Server::start_with_env(d, "127.0.0.1:0", "127.0.0.1:0", &args, &debug);
+    let mut servers = [start(d1.path()), start(d2.path())];
     // A slowish sink, so that deliveries are in flight when an instance dies.
     let sink = Sink::with(accept_all(), Duration::from_millis(2)).await;
     // Both instances run the same trigger: one consumer group over the topic's 4 partitions.
@@ -668,10 +673,7 @@ async fn two_instances_split_a_kafka_triggers_partitions_and_a_kill_9_loses_noth
     // is not handed its partitions; the restarted instance rejoins the group and resumes
     // them from their committed offsets (on Kafka the survivor takes them after the
     // 10 s session timeout).
-    // With librdkafka's group debug log: if its partitions never come back, the
-    // failure shows what the restarted member's group protocol went through.
-    let debug = [("SPATE_KAFKA_DEBUG", "cgrp"), ("SPATE_LOG", "warn,librdkafka=debug")];
-    servers[1] = Server::start_with_env(d2.path(), "127.0.0.1:0", "127.0.0.1:0", &args, &debug);
+    servers[1] = start(d2.path());
     let restarted = Instant::now();
     let deadline = restarted + Duration::from_secs(60);
     while sink.events().iter().map(|r| r.event.id.clone()).collect::<HashSet<_>>().len() < TOTAL {
