@@ -274,12 +274,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         return channel(&a, &sink, child, &admin).await;
     }
-    let yaml = format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: bench\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: bench\n  annotations:\n    spate.dev/max-in-flight: \"{}\"\nspec:\n  broker: bench\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n{hold}",
-        a.max_in_flight,
-        sink.url()
-    );
-    let mut yaml = yaml;
+    let mut yaml = broker_with_bench_trigger("bench", a.max_in_flight, sink.url(), hold);
     for i in 1..a.triggers.max(1) {
         // Non-matching triggers: exact filters on other types, as in a broker shared by many functions.
         yaml.push_str(&format!(
@@ -290,18 +285,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let reference = a.triggers > 1 && !a.stopped_subscriber;
     if reference {
         // The reference: the same trigger alone on a broker of its own, measured in each round.
-        yaml.push_str(&format!(
-            "---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {ONE}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {ONE}\n  annotations:\n    spate.dev/max-in-flight: \"{}\"\nspec:\n  broker: {ONE}\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {}\n",
-            a.max_in_flight,
-            sink.url()
-        ));
+        yaml.push_str("---\n");
+        yaml.push_str(&broker_with_bench_trigger(ONE, a.max_in_flight, sink.url(), hold));
     }
     apply(&admin, &yaml).await.context("creating the bench broker and triggers")?;
-    let broker_url = ingress_url(&admin, child.as_ref(), "bench").await?;
-    let one_url = match reference {
-        true => Some(ingress_url(&admin, child.as_ref(), ONE).await?),
-        false => None,
-    };
+    let broker_url = ingress_url(&admin, child.as_ref(), Kind::Broker, "bench").await?;
+    let one_url = if reference { Some(ingress_url(&admin, child.as_ref(), Kind::Broker, ONE).await?) } else { None };
     let pid = child.as_ref().map(|c| c.child.id());
     let mode = if a.rate > 0.0 {
         format!("rate {} events/s", a.rate)
@@ -347,11 +336,19 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 /// against which the N triggers' rate is compared in the same run.
 const ONE: &str = "bench-one-trigger";
 
-/// The ingress URL of broker `name` in namespace `default`.
-async fn ingress_url(admin: &str, child: Option<&Child_>, name: &str) -> anyhow::Result<String> {
+/// Broker `name` with the bench trigger (`dev.spate.bench` events to the sink) named like it.
+fn broker_with_bench_trigger(name: &str, max_in_flight: usize, sink: &str, delivery: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\n  annotations:\n    spate.dev/max-in-flight: \"{max_in_flight}\"\nspec:\n  broker: {name}\n  filter:\n    attributes:\n      type: dev.spate.bench\n  subscriber:\n    uri: {sink}\n{delivery}"
+    )
+}
+
+/// The ingress URL of the broker or channel `name` in namespace `default`.
+async fn ingress_url(admin: &str, child: Option<&Child_>, kind: Kind, name: &str) -> anyhow::Result<String> {
     Ok(match child {
-        Some(c) => format!("{}/default/{name}", c.data),
-        None => crate::client::address_url(admin, Kind::Broker, "default", name).await?,
+        Some(c) if kind == Kind::Broker => format!("{}/default/{name}", c.data),
+        Some(c) => format!("{}/channels/default/{name}", c.data),
+        None => crate::client::address_url(admin, kind, "default", name).await?,
     })
 }
 
@@ -594,19 +591,18 @@ async fn channel(
         ));
     }
     apply(admin, &yaml).await.context("creating the bench channel and subscriptions")?;
-    let url = channel_url(admin, child.as_ref(), "bench").await?;
+    let url = ingress_url(admin, child.as_ref(), Kind::InMemoryChannel, "bench").await?;
     let pid = child.as_ref().map(|c| c.child.id());
     println!(
         "spate bench: {} events of {} bytes, concurrency {}, batch {}, fsync {}, channel with {n} subscription(s)",
         a.events, a.size, a.concurrency, a.batch, a.fsync
     );
     report_idle(pid).await;
-    let one = match n > 1 {
-        true => {
-            let one_url = channel_url(admin, child.as_ref(), ONE_SUB).await?;
-            Some(through(a, sink, &one_url, 1, "the same channel path with one subscription").await?)
-        }
-        false => None,
+    let one = if n > 1 {
+        let one_url = ingress_url(admin, child.as_ref(), Kind::InMemoryChannel, ONE_SUB).await?;
+        Some(through(a, sink, &one_url, 1, "the same channel path with one subscription").await?)
+    } else {
+        None
     };
     let title = format!("channel (ingress → durable log → {n} subscription(s) → sink)");
     let m = measure(a, sink, &url, pid, n as u64, &title).await?;
@@ -629,14 +625,6 @@ async fn channel(
 
 /// With `--subscriptions N` (N > 1): the channel where one subscription runs alone.
 const ONE_SUB: &str = "bench-one-subscription";
-
-/// The ingress URL of channel `name` in namespace `default`.
-async fn channel_url(admin: &str, child: Option<&Child_>, name: &str) -> anyhow::Result<String> {
-    Ok(match child {
-        Some(c) => format!("{}/channels/default/{name}", c.data),
-        None => crate::client::address_url(admin, Kind::InMemoryChannel, "default", name).await?,
-    })
-}
 
 /// Fills the log behind a subscriber that refuses everything, sampling RSS.
 async fn backlog(
