@@ -24,7 +24,7 @@
 //! and hands it out again from this instance; "in progress" is a no-op (a
 //! record stays with its consumer until acknowledged or the group rebalances).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -492,6 +492,8 @@ struct State {
     parts: HashMap<i32, AckTracker>,
     /// The last position committed per partition.
     committed: HashMap<i32, u64>,
+    /// Rebalances seen (revokes and assigns): a record received before one is not taken after it.
+    rebalances: u64,
 }
 
 impl State {
@@ -527,6 +529,7 @@ impl ConsumerContext for Ctx {
     /// Revoked partitions: commit how far they got, then forget them (their
     /// records in flight will be delivered again by the new owner).
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.state.lock().expect("state lock").rebalances += 1;
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut st = self.state.lock().expect("state lock");
             if let Some(moved) = st.advanced(&self.topic) {
@@ -536,12 +539,25 @@ impl ConsumerContext for Ctx {
                 st.parts.remove(&e.partition());
                 st.committed.remove(&e.partition());
             }
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(topic = %self.topic, partitions = ?parts, "partitions revoked (the group is rebalancing)");
         }
     }
 }
 
+/// How long every in-flight slot may stay busy before the pump pauses its
+/// partitions and polls librdkafka anyway. librdkafka serves group events (a
+/// rebalance's revoke and assign) only while the consumer is polled, and a Kafka
+/// group waits for every member to rejoin: a member that stops polling while its
+/// deliveries hang would stop the trigger on every instance for as long.
+const STALLED_AFTER: Duration = Duration::from_millis(500);
+
 /// Takes records from librdkafka while fewer than `max_in_flight` are
-/// unacknowledged, and commits what acknowledgements advanced.
+/// unacknowledged, and commits what acknowledgements advanced. When every slot
+/// stays busy for [`STALLED_AFTER`] it pauses its partitions (librdkafka drops
+/// what it fetched ahead and fetches again from the last record taken on resume)
+/// and keeps polling, so that the group's events are served; it resumes when a
+/// slot frees.
 struct Pump {
     consumer: RdConsumer<Ctx>,
     topic: String,
@@ -550,31 +566,85 @@ struct Pump {
     permits: Arc<Semaphore>,
 }
 
+/// A record as librdkafka handed it out, owned (it may wait for a slot), with
+/// the rebalance it was received in.
+struct Record {
+    partition: i32,
+    offset: u64,
+    headers: kafka_binding::Headers,
+    value: Bytes,
+    rebalances: u64,
+}
+
 impl Pump {
     async fn run(self) {
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Records that arrived while paused (fetched before the pause took effect), in order.
+        let mut waiting: VecDeque<Record> = VecDeque::new();
+        let mut paused = false;
+        // Moves to STALLED_AFTER past every slot taken: it fires only when none was for that long.
+        let stall = tokio::time::sleep(STALLED_AFTER);
+        tokio::pin!(stall);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.commit(),
+                biased;
                 _ = self.tx.closed() => break,
+                _ = tick.tick() => self.commit(),
                 permit = self.permits.clone().acquire_owned() => {
                     let Ok(permit) = permit else { break };
+                    stall.as_mut().reset(tokio::time::Instant::now() + STALLED_AFTER);
+                    if let Some(r) = waiting.pop_front() {
+                        self.take(r, permit);
+                        continue;
+                    }
+                    if std::mem::take(&mut paused) {
+                        self.pause(false);
+                    }
                     tokio::select! {
                         m = self.consumer.recv() => match m {
-                            Ok(m) => self.take(&m, permit),
-                            Err(e) => {
-                                tracing::warn!(topic = %self.topic, error = %e, "consuming from Kafka failed; retrying");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
+                            Ok(m) => self.take(self.record(&m), permit),
+                            Err(e) => self.failed(e).await,
                         },
                         _ = tick.tick() => self.commit(),
                         _ = self.tx.closed() => break,
                     }
                 }
+                () = &mut stall, if !paused && self.permits.available_permits() == 0 => {
+                    paused = true;
+                    self.pause(true);
+                }
+                m = self.consumer.recv(), if paused => match m {
+                    Ok(m) => {
+                        waiting.push_back(self.record(&m));
+                        // Partitions assigned since the pause are not paused yet.
+                        self.pause(true);
+                    }
+                    Err(e) => self.failed(e).await,
+                },
             }
         }
         self.commit();
+    }
+
+    async fn failed(&self, e: KafkaError) {
+        tracing::warn!(topic = %self.topic, error = %e, "consuming from Kafka failed; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// Pauses (or resumes) fetching for every partition assigned now.
+    fn pause(&self, pause: bool) {
+        let assigned = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => return tracing::warn!(topic = %self.topic, error = %e, "reading the assignment failed"),
+        };
+        let done = if pause { self.consumer.pause(&assigned) } else { self.consumer.resume(&assigned) };
+        match done {
+            Ok(()) => {
+                tracing::debug!(topic = %self.topic, pause, partitions = assigned.count(), "every in-flight slot busy: fetching paused (false: resumed)")
+            }
+            Err(e) => tracing::warn!(topic = %self.topic, pause, error = %e, "pausing or resuming partitions failed"),
+        }
     }
 
     fn commit(&self) {
@@ -586,15 +656,30 @@ impl Pump {
         }
     }
 
-    fn take(&self, m: &rdkafka::message::BorrowedMessage<'_>, permit: OwnedSemaphorePermit) {
-        let (partition, offset) = (m.partition(), m.offset().max(0) as u64);
-        let headers: kafka_binding::Headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-            .unwrap_or_default();
-        let value = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset().max(0) as u64,
+            headers: m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default(),
+            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            rebalances: self.state.lock().expect("state lock").rebalances,
+        }
+    }
+
+    /// Hands a record to the worker, holding `permit` until it is final. A record
+    /// received before a rebalance that has happened since is dropped: its
+    /// partition may have moved, and whoever holds it now reads it from the
+    /// committed offset (which never passed it).
+    fn take(&self, r: Record, permit: OwnedSemaphorePermit) {
+        let Record { partition, offset, headers, value, rebalances } = r;
         let decoded = kafka_binding::decode(&headers, value);
         let mut st = self.state.lock().expect("state lock");
+        if st.rebalances != rebalances {
+            return;
+        }
         let tracker = st.parts.entry(partition).or_insert_with(|| AckTracker::resume(AckState::at(offset)));
         let ev = match decoded {
             Ok(Some(ev)) => ev,

@@ -782,3 +782,50 @@ async fn a_kafka_source_logs_librdkafkas_messages() {
     assert!(code < 500, "apply answered {code}: {body}");
     expect_librdkafka_line_about(&s, &nothing).await;
 }
+
+/// A member whose deliveries fill its in-flight bound (one delivery stuck on a
+/// subscriber that never answers, `spate.dev/max-in-flight: 1`) still takes part
+/// in its group's rebalance when a second instance joins: it revokes its
+/// partitions within seconds instead of when the stuck delivery ends. (On Kafka the
+/// whole group waits for every member to rejoin, so one stuck member would stop
+/// every instance's deliveries of that trigger for as long as the delivery hangs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_its_in_flight_bound_still_hands_partitions_over_when_another_joins() {
+    let Some(addr) = broker_addr() else { return };
+    let cluster = unique("kbound");
+    let args = ["--kafka-bootstrap-servers", addr.as_str(), "--cluster-name", cluster.as_str()];
+    let env = [("SPATE_LOG", "warn,spate_log::kafka=info")];
+    let start = |d: &std::path::Path| Server::start_with_env(d, "127.0.0.1:0", "127.0.0.1:0", &args, &env);
+    let (d1, d2) = (tempdir(), tempdir());
+    let first = start(d1.path());
+    let sink = Sink::stuck_on("stuck").await;
+    let yaml = kafka_broker_yaml("default", &addr, 4, &sink.url).replace(
+        "metadata: {name: all, namespace: default}\nspec:\n",
+        "metadata:\n  name: all\n  namespace: default\n  annotations: {spate.dev/max-in-flight: \"1\"}\nspec:\n  delivery: {timeout: PT120S, retry: 0}\n",
+    );
+    assert!(yaml.contains("max-in-flight"), "the trigger's manifest was not rewritten:\n{yaml}");
+    first.apply_ok(&yaml).await;
+    let url = first.broker_url("default", "default");
+    assert_eq!(send(&url, "stuck", "t", "{}").await, 202);
+    sink.wait_for_id("stuck").await;
+    post_all(&url, (0..20).map(|i| format!("e{i}"))).await;
+    let second = start(d2.path());
+    second.apply_ok(&yaml).await;
+    let joined = Instant::now();
+    let deadline = joined + Duration::from_secs(40);
+    loop {
+        let lines = first.log.lock().unwrap().clone();
+        if let Some(line) = lines.iter().find(|l| l.contains("partitions revoked")) {
+            println!("{:?} after the second instance started: {line}", joined.elapsed());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance, its one in-flight slot held by a stuck delivery, never revoked its partitions \
+             after a second member joined (the group's rebalance waits for it):\n{}\n{}",
+            lines.join("\n"),
+            peer_log_about(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
