@@ -94,24 +94,45 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Latency percentiles of `v` (nanoseconds), through an HDR histogram (3 significant digits).
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quantiles {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Quantiles {
+    /// Of `v` (nanoseconds), through an HDR histogram (3 significant digits); `None` when empty.
+    fn of(v: Vec<u64>) -> Option<Quantiles> {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).ok()?;
+        for x in v {
+            // Auto-resizing: a value is refused only if it cannot be represented at all.
+            let _ = h.record(x.max(1));
+        }
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Some(Quantiles {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        })
+    }
+}
+
+impl std::fmt::Display for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms", self.p50, self.p99, self.p999, self.max)
+    }
+}
+
+/// Latency percentiles of `v` (nanoseconds), as text ("n/a" when empty).
 pub(crate) fn percentiles(v: Vec<u64>) -> String {
-    let Ok(mut h) = hdrhistogram::Histogram::<u64>::new(3) else { return "n/a".into() };
-    for x in v {
-        // Auto-resizing: a value is refused only if it cannot be represented at all.
-        let _ = h.record(x.max(1));
-    }
-    if h.is_empty() {
-        return "n/a".into();
-    }
-    let ms = |ns: u64| ns as f64 / 1e6;
-    format!(
-        "p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max())
-    )
+    Quantiles::of(v).map_or_else(|| "n/a".into(), |q| q.to_string())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -449,15 +470,16 @@ async fn rounds(
         let raw = raw_baseline(a).await?;
         let alone = match one {
             Some(one) => {
-                let (rate, done) = through(a, sink, one, 1, "the same broker path with its trigger alone").await?;
-                complete &= done;
-                Some(rate)
+                let t = through(a, sink, one, 1, "the same broker path with its trigger alone").await?;
+                complete &= t.complete;
+                Some(t.rate)
             }
             None => None,
         };
         let m = measure(a, sink, url, pid, 1, title).await?;
         complete &= m.complete;
         let mut ratios = m.ratios;
+        ratios.extend(m.tails);
         if let Some(raw) = raw {
             ratios.extend(raw.report(m.e2e));
         }
@@ -503,6 +525,8 @@ struct Measured {
     /// The forwarding proxy's rate, when the baselines ran.
     proxy: Option<f64>,
     ratios: Vec<(String, f64)>,
+    /// The broker path's p99 and p999 latencies (ms), for the medians over rounds.
+    tails: Vec<(String, f64)>,
 }
 
 /// Runs the baselines (unless skipped), then the load through `url`, where
@@ -522,7 +546,8 @@ async fn measure(
         let proxy = crate::bench_proxy::start(sink.url()).await?;
         proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await?);
     }
-    let (e2e_rate, complete) = through(a, sink, url, fanout, title).await?;
+    let t = through(a, sink, url, fanout, title).await?;
+    let (e2e_rate, complete) = (t.rate, t.complete);
     let mut ratios = vec![];
     if let Some(b) = baseline_rate {
         ratios.push(("end-to-end deliveries / baseline throughput".to_string(), e2e_rate / b));
@@ -536,13 +561,13 @@ async fn measure(
     if let Some(pid) = pid {
         println!("  server RSS after the run: {:.1} MiB", rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     }
-    Ok(Measured { e2e: e2e_rate, complete, proxy: proxy_rate, ratios })
+    Ok(Measured { e2e: e2e_rate, complete, proxy: proxy_rate, ratios, tails: t.tails() })
 }
 
 /// Drives the load through `url` and waits for its deliveries (`fanout` per
 /// accepted event); prints the figures and returns the end-to-end rate in
 /// deliveries/s and whether every delivery arrived.
-async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str) -> anyhow::Result<(f64, bool)> {
+async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str) -> anyhow::Result<Through> {
     sink.reset().await?;
     let started = now_nanos();
     let r = load(a, url).await?;
@@ -552,7 +577,8 @@ async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str
     let e2e_rate = report.received as f64 / (report.last_at.saturating_sub(started).max(1) as f64 / 1e9);
     println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
-    println!("  ingress ack latency: {}", percentiles(r.ack_latencies));
+    let ingress = Quantiles::of(r.ack_latencies);
+    println!("  ingress ack latency: {}", ingress.map_or_else(|| "n/a".into(), |q| q.to_string()));
     let per = if fanout > 1 {
         format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64)
     } else {
@@ -562,8 +588,31 @@ async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str
         "  end-to-end throughput: {e2e_rate:.0} deliveries/s{per}{}",
         if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
     );
-    println!("  end-to-end latency: {}", percentiles(report.latencies));
-    Ok((e2e_rate, complete))
+    let e2e = Quantiles::of(report.latencies);
+    println!("  end-to-end latency: {}", e2e.map_or_else(|| "n/a".into(), |q| q.to_string()));
+    Ok(Through { rate: e2e_rate, complete, ingress, e2e })
+}
+
+/// What [`through`] measured: deliveries/s, whether every delivery arrived, and the latencies.
+struct Through {
+    rate: f64,
+    complete: bool,
+    ingress: Option<Quantiles>,
+    e2e: Option<Quantiles>,
+}
+
+impl Through {
+    /// The tail figures that `--rounds` reports the median of.
+    fn tails(&self) -> Vec<(String, f64)> {
+        let mut v = vec![];
+        for (what, q) in [("ingress ack latency", self.ingress), ("end-to-end latency", self.e2e)] {
+            if let Some(q) = q {
+                v.push((format!("{what} p99 (ms)"), q.p99));
+                v.push((format!("{what} p999 (ms)"), q.p999));
+            }
+        }
+        v
+    }
 }
 
 /// `--target channel`: one InMemoryChannel (on the durable log) with
@@ -600,7 +649,8 @@ async fn channel(
     report_idle(pid).await;
     let one = if n > 1 {
         let one_url = ingress_url(admin, child.as_ref(), Kind::InMemoryChannel, ONE_SUB).await?;
-        Some(through(a, sink, &one_url, 1, "the same channel path with one subscription").await?)
+        let t = through(a, sink, &one_url, 1, "the same channel path with one subscription").await?;
+        Some((t.rate, t.complete))
     } else {
         None
     };

@@ -436,6 +436,29 @@ fn bench_rounds_alternate_baselines_and_broker_and_print_each_ratios_median() {
         assert_eq!(figures[0], figures[2], "{line}");
         assert!(figures[1] <= figures[2] && figures[2] <= figures[3], "{line}");
     }
+    // The latency tails too: each median line lists the rounds' own p99 (p999) figures, sorted.
+    for (section, quantile) in
+        [("ingress ack latency", "p99"), ("ingress ack latency", "p999"), ("end-to-end latency", "p99")]
+    {
+        let mut per_round: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("{section}: ")))
+            .map(|l| {
+                let after =
+                    &l[l.find(&format!(" {quantile} ")).unwrap_or_else(|| panic!("{l}")) + quantile.len() + 2..];
+                after.split_whitespace().next().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(per_round.len(), 3, "three rounds of '{section}' in:\n{text}");
+        per_round.sort_by(|x, y| x.parse::<f64>().unwrap().total_cmp(&y.parse::<f64>().unwrap()));
+        let label = format!("{section} {quantile} (ms): ");
+        let line =
+            medians.lines().find(|l| l.contains(&label)).unwrap_or_else(|| panic!("no '{label}' in:\n{medians}"));
+        assert!(
+            line.ends_with(&format!("{} (rounds, sorted: {})", per_round[1], per_round.join(" "))),
+            "{line} vs {per_round:?}"
+        );
+    }
     let refused =
         std::process::Command::new(BIN).args(["bench", "--target", "channel", "--rounds", "2"]).output().unwrap();
     assert!(!refused.status.success());
