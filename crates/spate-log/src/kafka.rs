@@ -527,13 +527,19 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {
     /// Revoked partitions: commit how far they got, then forget them (their
-    /// records in flight will be delivered again by the new owner).
+    /// records in flight will be delivered again by the new owner). The commit is
+    /// asynchronous: this runs inside the pump's poll, on a runtime worker, which a
+    /// synchronous commit would block for the coordinator's round trip (or its
+    /// timeout). Ordering is kept by librdkafka: the unassign that follows completes,
+    /// and the member rejoins, only once no commit is outstanding.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         self.state.lock().expect("state lock").rebalances += 1;
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut st = self.state.lock().expect("state lock");
-            if let Some(moved) = st.advanced(&self.topic) {
-                let _ = consumer.commit(&moved, CommitMode::Sync);
+            if let Some(moved) = st.advanced(&self.topic)
+                && let Err(e) = consumer.commit(&moved, CommitMode::Async)
+            {
+                tracing::warn!(topic = %self.topic, error = %e, "committing revoked partitions failed; their records come again");
             }
             for e in tpl.elements() {
                 st.parts.remove(&e.partition());
