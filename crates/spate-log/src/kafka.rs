@@ -631,6 +631,15 @@ impl Pump {
             }
         }
         self.commit();
+        // Closing the consumer leaves the group: librdkafka blocks until the revoke is
+        // served, outstanding commits are answered and the coordinator has the leave,
+        // up to the session timeout. That wait belongs on the blocking pool.
+        let Pump { consumer, topic, .. } = self;
+        drop(tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            drop(consumer);
+            tracing::info!(%topic, took = ?started.elapsed(), "consumer closed (left its group)");
+        }));
     }
 
     async fn failed(&self, e: KafkaError) {
