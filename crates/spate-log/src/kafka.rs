@@ -533,9 +533,9 @@ impl ConsumerContext for Ctx {
     /// timeout). Ordering is kept by librdkafka: the unassign that follows completes,
     /// and the member rejoins, only once no commit is outstanding.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.state.lock().expect("state lock").rebalances += 1;
+        let mut st = self.state.lock().expect("state lock");
+        st.rebalances += 1;
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut st = self.state.lock().expect("state lock");
             if let Some(moved) = st.advanced(&self.topic)
                 && let Err(e) = consumer.commit(&moved, CommitMode::Async)
             {
@@ -572,14 +572,15 @@ struct Pump {
     permits: Arc<Semaphore>,
 }
 
-/// A record as librdkafka handed it out, owned (it may wait for a slot), with
-/// the rebalance it was received in.
+/// A record as librdkafka handed it out, owned (it may wait for a slot).
 struct Record {
     partition: i32,
     offset: u64,
     headers: kafka_binding::Headers,
     value: Bytes,
-    rebalances: u64,
+    /// For a record that waits for a slot: the rebalances seen when it arrived.
+    /// None: taken as it arrives (no rebalance can come between).
+    waited_since: Option<u64>,
 }
 
 impl Pump {
@@ -622,7 +623,8 @@ impl Pump {
                 }
                 m = self.consumer.recv(), if paused => match m {
                     Ok(m) => {
-                        waiting.push_back(self.record(&m));
+                        let since = self.state.lock().expect("state lock").rebalances;
+                        waiting.push_back(Record { waited_since: Some(since), ..self.record(&m) });
                         // Partitions assigned since the pause are not paused yet.
                         self.pause(true);
                     }
@@ -680,19 +682,19 @@ impl Pump {
                 .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
                 .unwrap_or_default(),
             value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            rebalances: self.state.lock().expect("state lock").rebalances,
+            waited_since: None,
         }
     }
 
     /// Hands a record to the worker, holding `permit` until it is final. A record
-    /// received before a rebalance that has happened since is dropped: its
+    /// that waited across a rebalance is dropped: its
     /// partition may have moved, and whoever holds it now reads it from the
     /// committed offset (which never passed it).
     fn take(&self, r: Record, permit: OwnedSemaphorePermit) {
-        let Record { partition, offset, headers, value, rebalances } = r;
+        let Record { partition, offset, headers, value, waited_since } = r;
         let decoded = kafka_binding::decode(&headers, value);
         let mut st = self.state.lock().expect("state lock");
-        if st.rebalances != rebalances {
+        if waited_since.is_some_and(|n| n != st.rebalances) {
             return;
         }
         let tracker = st.parts.entry(partition).or_insert_with(|| AckTracker::resume(AckState::at(offset)));

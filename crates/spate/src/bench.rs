@@ -132,7 +132,12 @@ impl std::fmt::Display for Quantiles {
 
 /// Latency percentiles of `v` (nanoseconds), as text ("n/a" when empty).
 pub(crate) fn percentiles(v: Vec<u64>) -> String {
-    Quantiles::of(v).map_or_else(|| "n/a".into(), |q| q.to_string())
+    text(Quantiles::of(v))
+}
+
+/// Quantiles as text, "n/a" for none.
+fn text(q: Option<Quantiles>) -> String {
+    q.map_or_else(|| "n/a".into(), |q| q.to_string())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -578,7 +583,7 @@ async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str
     println!("\n{title}");
     println!("  ingress throughput: {ingress_rate:.0} events/s ({} failed)", r.failed);
     let ingress = Quantiles::of(r.ack_latencies);
-    println!("  ingress ack latency: {}", ingress.map_or_else(|| "n/a".into(), |q| q.to_string()));
+    println!("  ingress ack latency: {}", text(ingress));
     let per = if fanout > 1 {
         format!(" ({:.0} events/s in, × {fanout} deliveries)", e2e_rate / fanout as f64)
     } else {
@@ -589,7 +594,7 @@ async fn through(a: &BenchArgs, sink: &Sink, url: &str, fanout: u64, title: &str
         if complete { "" } else { " (INCOMPLETE: not every event arrived)" }
     );
     let e2e = Quantiles::of(report.latencies);
-    println!("  end-to-end latency: {}", e2e.map_or_else(|| "n/a".into(), |q| q.to_string()));
+    println!("  end-to-end latency: {}", text(e2e));
     Ok(Through { rate: e2e_rate, complete, ingress, e2e })
 }
 
