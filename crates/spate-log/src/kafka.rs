@@ -558,6 +558,11 @@ impl ConsumerContext for Ctx {
 /// deliveries hang would stop the trigger on every instance for as long.
 const STALLED_AFTER: Duration = Duration::from_millis(500);
 
+/// At most this many records wait for a slot while paused (a pause cuts the flow
+/// to what was already fetched; should pausing fail, polling stops here instead
+/// of holding every record librdkafka fetches).
+const MAX_WAITING: usize = 1024;
+
 /// Takes records from librdkafka while fewer than `max_in_flight` are
 /// unacknowledged, and commits what acknowledgements advanced. When every slot
 /// stays busy for [`STALLED_AFTER`] it pauses its partitions (librdkafka drops
@@ -621,7 +626,7 @@ impl Pump {
                     paused = true;
                     self.pause(true);
                 }
-                m = self.consumer.recv(), if paused => match m {
+                m = self.consumer.recv(), if paused && waiting.len() < MAX_WAITING => match m {
                     Ok(m) => {
                         let since = self.state.lock().expect("state lock").rebalances;
                         waiting.push_back(Record { waited_since: Some(since), ..self.record(&m) });
