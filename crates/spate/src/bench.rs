@@ -385,6 +385,10 @@ struct Raw {
     rate: f64,
     /// Events/s with the engine set up as Spate sets it up, where that differs.
     as_spate: Option<f64>,
+    /// What a broker that cost nothing itself could reach on this machine: the
+    /// engine's work (as Spate sets it up) plus one HTTP request per delivery,
+    /// each measured alone at full CPU, added per event.
+    ceiling: f64,
 }
 
 impl Raw {
@@ -394,6 +398,11 @@ impl Raw {
         if let Some(r) = self.as_spate {
             out.push((format!("end-to-end / raw {} with Spate's stream settings", self.engine), e2e / r));
         }
+        out.push(("end-to-end / the zero-cost broker's ceiling".to_string(), e2e / self.ceiling));
+        out.push((
+            format!("the zero-cost broker's ceiling / raw {} throughput", self.engine),
+            self.ceiling / self.rate,
+        ));
         for (label, r) in &out {
             println!("  {label}: {r:.2}");
         }
@@ -401,7 +410,14 @@ impl Raw {
     }
 }
 
-async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<Raw>> {
+/// Per-event CPU adds up on a saturated machine: a broker that cost nothing
+/// itself would still pay the engine's work (`engine` events/s alone) and one
+/// HTTP delivery (`http` events/s alone) per event.
+fn zero_cost_ceiling(engine: f64, http: f64) -> f64 {
+    1.0 / (1.0 / engine + 1.0 / http)
+}
+
+async fn raw_baseline(a: &BenchArgs, sink: &Sink) -> anyhow::Result<Option<Raw>> {
     use crate::bench_nats::{RawStream, raw_jetstream};
     let cluster = bench_cluster();
     let (rate, engine, how) = match a.broker_class.as_str() {
@@ -429,7 +445,16 @@ async fn raw_baseline(a: &BenchArgs) -> anyhow::Result<Option<Raw>> {
         println!("  with Spate's stream settings (interest retention, a Nats-Msg-Id per publish): {r:.0} events/s");
         as_spate = Some(r);
     }
-    Ok(Some(Raw { engine, rate, as_spate }))
+    // Each delivery is one request, whatever `--batch` the load sends.
+    let one_per_request = BenchArgs { batch: 1, ..a.clone() };
+    let title = "one event per request straight to the sink (the HTTP each delivery costs)";
+    let http = baseline(&one_per_request, sink, sink.url(), title).await?;
+    let ceiling = zero_cost_ceiling(as_spate.unwrap_or(rate), http);
+    println!(
+        "  the zero-cost broker's ceiling (raw {engine}{} and that HTTP, per event): {ceiling:.0} events/s",
+        if as_spate.is_some() { " with Spate's settings" } else { "" }
+    );
+    Ok(Some(Raw { engine, rate, as_spate, ceiling }))
 }
 
 async fn report_idle(pid: Option<u32>) {
@@ -472,7 +497,7 @@ async fn rounds(
         if n > 1 {
             println!("\n== round {round} of {n}");
         }
-        let raw = raw_baseline(a).await?;
+        let raw = raw_baseline(a, sink).await?;
         let alone = match one {
             Some(one) => {
                 let t = through(a, sink, one, 1, "the same broker path with its trigger alone").await?;

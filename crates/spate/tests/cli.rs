@@ -381,7 +381,7 @@ fn bench_measures_the_broker_against_the_sink_and_a_forwarding_proxy_in_one_run(
 }
 
 #[test]
-fn bench_measures_a_nats_broker_against_raw_jetstream_with_defaults_and_with_spates_settings() {
+fn bench_measures_a_nats_broker_against_raw_jetstream_with_defaults_with_spates_settings_and_a_zero_cost_ceiling() {
     if !nats_available() {
         return;
     }
@@ -404,10 +404,21 @@ fn bench_measures_a_nats_broker_against_raw_jetstream_with_defaults_and_with_spa
         "with Spate's stream settings (interest retention, a Nats-Msg-Id per publish):",
         "end-to-end / raw JetStream throughput:",
         "end-to-end / raw JetStream with Spate's stream settings:",
+        "the zero-cost broker's ceiling (raw JetStream with Spate's settings and that HTTP, per event):",
+        "end-to-end / the zero-cost broker's ceiling:",
+        "the zero-cost broker's ceiling / raw JetStream throughput:",
     ] {
         let r = rate(label);
         assert!(r > 0.0 && r.is_finite(), "{label} {r}");
     }
+    // The ceiling adds, per event, the engine's work and one HTTP delivery's, each measured alone.
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("one event per request straight to the sink")).expect(&text);
+    let http: f64 = lines[at + 1].split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect(lines[at + 1]);
+    let engine = rate("with Spate's stream settings (interest retention, a Nats-Msg-Id per publish):");
+    let ceiling = rate("the zero-cost broker's ceiling (raw JetStream");
+    let expected = 1.0 / (1.0 / engine + 1.0 / http);
+    assert!((ceiling - expected).abs() <= 1.0 + expected * 0.001, "ceiling {ceiling}, expected {expected}:\n{text}");
     assert!(!text.contains("INCOMPLETE"), "{text}");
 }
 
