@@ -329,9 +329,14 @@ impl KafkaConsumer {
                     *self.emitter.stats.last_error.lock().expect("stats") = Some(e.to_string());
                 }
             }
-            tokio::select! {
-                _ = wait_polling(&consumer, Duration::from_secs(2)) => {}
-                _ = stop.changed() => return,
+            let stopped = tokio::select! {
+                _ = wait_polling(&consumer, Duration::from_secs(2)) => false,
+                _ = stop.changed() => true,
+            };
+            if stopped {
+                // Closing can wait on the network: on the blocking pool.
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                return;
             }
         }
         let label = format!("{}#{}", self.emitter.label, self.index);
@@ -422,7 +427,14 @@ impl KafkaConsumer {
         for p in parts.values_mut() {
             p.queue.clear();
         }
-        self.commit(&consumer, &mut parts, CommitMode::Sync);
+        // A synchronous commit waits for the coordinator (up to librdkafka's socket timeout
+        // when Kafka is unreachable), and so can closing the consumer: on the blocking pool,
+        // never on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || {
+            self.commit(&consumer, &mut parts, CommitMode::Sync);
+            drop(consumer);
+        })
+        .await;
     }
 
     /// Starts deliveries from `key`'s queue while the ordering allows.
