@@ -114,6 +114,9 @@ pub struct DeliveryRequest<'a> {
     pub dead_letter_sink: Option<&'a ParsedUrl>,
     /// Metric label naming the sender (e.g. `trigger/default/t1`).
     pub label: &'a str,
+    /// Counts each retry as it starts (`describe`'s live retries), not
+    /// once the event's outcome is final: an event retried for an hour shows.
+    pub retries: Option<&'a AtomicU64>,
 }
 
 /// The result of one HTTP attempt.
@@ -391,6 +394,9 @@ impl Dispatcher {
                 return Err((attempt_no, a));
             }
             metrics::counter!("spate_delivery_retries_total", "sender" => req.label.to_string()).increment(1);
+            if let Some(r) = req.retries {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
             let retry_after = match &a {
                 Attempt::Response { headers, .. } => {
                     headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| {

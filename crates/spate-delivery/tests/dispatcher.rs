@@ -75,6 +75,7 @@ async fn deliver(url: &str, policy: &RetryPolicy, dls: Option<&str>, replies: &d
         namespace: "ns1",
         dead_letter_sink: dls.as_ref(),
         label: "test",
+        retries: None,
     };
     d.deliver(&event(), &req, replies).await
 }
@@ -230,6 +231,7 @@ async fn subscriber_headers_and_formats() {
             namespace: "ns1",
             dead_letter_sink: None,
             label: "t",
+            retries: None,
         };
         assert!(matches!(d.deliver(&event(), &req, &DiscardReplies).await, Outcome::Delivered { .. }));
     }
@@ -331,4 +333,32 @@ async fn a_destination_that_is_not_an_http_url_is_named_in_the_reason() {
             other => panic!("{bad}: {other:?}"),
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_counted_as_they_start_not_when_the_outcome_is_final() {
+    // `describe` showed "Live retries: 0" while an event was on its 900th attempt.
+    let (url, _seen) = server(status(503)).await;
+    let retries = std::sync::atomic::AtomicU64::new(0);
+    // An attempt's own timeout bounds it in paused time (the clock may jump while a socket waits).
+    let p = RetryPolicy { timeout: Some(Duration::from_secs(1)), ..policy(1000, BackoffPolicy::Linear, 1000) };
+    let url = ParsedUrl::new(&url);
+    let req = DeliveryRequest {
+        subscriber: &url,
+        policy: &p,
+        format: DeliveryFormat::Binary,
+        namespace: "ns1",
+        dead_letter_sink: None,
+        label: "t",
+        retries: Some(&retries),
+    };
+    let d = Dispatcher::default();
+    let ev = event();
+    let delivery = d.deliver(&ev, &req, &DiscardReplies);
+    tokio::pin!(delivery);
+    // Waits of 1 s, 2 s, 3 s, ... (linear): after 60 s of paused time, several retries have started.
+    let out = tokio::time::timeout(Duration::from_secs(60), &mut delivery).await;
+    assert!(out.is_err(), "still retrying");
+    let n = retries.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((3..=11).contains(&n), "{n} retries counted while the event is still being retried");
 }

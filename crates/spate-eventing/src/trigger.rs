@@ -158,6 +158,7 @@ impl ReplySink for UrlReply<'_> {
                 namespace: &self.plan.namespace,
                 dead_letter_sink: None,
                 label: &label,
+                retries: None,
             };
             match self.dispatcher.deliver(&reply, &req, &DiscardReplies).await {
                 Outcome::Delivered { .. } => Ok(()),
@@ -512,6 +513,7 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
         namespace: &plan.namespace,
         dead_letter_sink: plan.dead_letter_url.as_ref(),
         label,
+        retries: Some(&stats.retries),
     };
     if spate_delivery::trace::enabled() {
         // The trigger's filter matched this event (the spans of its delivery follow).
@@ -524,12 +526,6 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
     let outcome = s.dispatcher.deliver(ev, &req, replies).await;
     s.duration.record(started.elapsed().as_secs_f64());
     let delivered = matches!(outcome, Outcome::Delivered { .. });
-    let attempts = match &outcome {
-        Outcome::Delivered { attempts }
-        | Outcome::DeadLettered { attempts, .. }
-        | Outcome::Dropped { attempts, .. } => *attempts,
-    };
-    stats.retries.fetch_add(u64::from(attempts.saturating_sub(1)), Ordering::Relaxed);
     // `spate tail trigger/NAME`: what happened to each event this trigger took
     // (said only when someone listens: a delivery formats nothing otherwise).
     let tap = s.broker.as_ref().and_then(|b| b.tap()).filter(|t| t.active());

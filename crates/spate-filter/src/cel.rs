@@ -22,6 +22,8 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 pub struct CelExpression {
     program: Program,
     source: String,
+    /// The cost estimate, checked against each event before it runs.
+    cost: crate::cel_cost::CostModel,
 }
 
 impl fmt::Debug for CelExpression {
@@ -234,6 +236,17 @@ fn check_bounds(source: &str) -> Result<Vec<String>, String> {
     Ok(bound)
 }
 
+/// What the cost estimate's `S` is: the bytes of the payload and of every attribute.
+fn event_size(ev: &CloudEvent) -> u64 {
+    let attrs = [&ev.datacontenttype, &ev.subject, &ev.time, &ev.dataschema]
+        .into_iter()
+        .map(|a| a.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+    let ext: usize =
+        ev.extensions.iter().map(|(k, v)| k.len() + if let ExtValue::String(s) = v { s.len() } else { 8 }).sum();
+    (ev.data.as_ref().map_or(0, |d| d.len()) + ev.id.len() + ev.source.len() + ev.ty.len() + attrs + ext) as u64
+}
+
 impl CelExpression {
     /// Compiles an expression; only the variables `event` and `data` exist.
     /// Size and nesting are bounded first ([`MAX_NESTING`], [`MAX_OPERATORS`]).
@@ -252,7 +265,8 @@ impl CelExpression {
                 unknown.join(", ")
             ));
         }
-        Ok(CelExpression { program, source: source.to_string() })
+        let cost = crate::cel_cost::CostModel::of(program.expression());
+        Ok(CelExpression { program, source: source.to_string(), cost })
     }
 }
 
@@ -263,6 +277,10 @@ impl crate::ExpressionEngine for CelExpression {
 
     /// True only when the expression evaluates to boolean `true`.
     fn matches(&self, view: &EventView<'_>) -> bool {
+        if self.cost.estimate(event_size(view.event)) > crate::cel_cost::MAX_COST {
+            crate::over_budget("cel", view.event);
+            return false;
+        }
         let mut ctx = Context::with_env(ENV.clone());
         ctx.set_variable_resolver(&view.vars);
         match self.program.execute(&ctx) {

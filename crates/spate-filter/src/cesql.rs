@@ -53,7 +53,17 @@ pub enum ErrorKind {
     MissingFunction,
     FunctionEvaluation,
     Generic,
+    /// Spate's bound, not the spec's: the evaluation needed more than
+    /// [`MAX_COST`] units of work on this event (the filter fails for it).
+    Budget,
 }
+
+/// The work one evaluation may do, in units of about one byte touched: each
+/// operand costs one plus the length of the string it yields, and LIKE costs
+/// the length of its subject (times the 64-character words of its longest
+/// `_` piece). About 16 MB of string work, a few milliseconds: far above
+/// any filter over ordinary events, far below a stalled router.
+pub const MAX_COST: u64 = 16 * 1024 * 1024;
 
 /// The deepest expression tree admitted. A chain `a AND b AND c` is a
 /// left-deep tree, so each operator of a chain counts as one level, as do
@@ -626,35 +636,130 @@ fn like_pattern(p: &str) -> Vec<LikePart> {
     out
 }
 
-fn like_match(s: &[char], p: &[LikePart]) -> bool {
-    // Iterative wildcard matching with backtracking to the last '%'.
-    let (mut si, mut pi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        match p.get(pi) {
-            Some(LikePart::One) => {
-                si += 1;
-                pi += 1;
-            }
-            Some(LikePart::Char(c)) if *c == s[si] => {
-                si += 1;
-                pi += 1;
-            }
-            Some(LikePart::Any) => {
-                star = Some((pi, si));
-                pi += 1;
-            }
-            _ => match star {
-                Some((sp, ss)) => {
-                    pi = sp + 1;
-                    si = ss + 1;
-                    star = Some((sp, ss + 1));
-                }
-                None => return false,
-            },
+/// `s LIKE p` in time linear in `s` for every pattern whose `_`-holding
+/// pieces are at most 64 characters (longer ones cost `len(s)` × their
+/// 64-character words, charged to the budget). The pattern is split at `%`:
+/// the first piece must match at the start, the last at the end, and each
+/// piece between is taken at its leftmost occurrence after the previous one
+/// (leftmost is always safe for `%`-only wildcards), so nothing backtracks.
+/// Returns `None` when the work would exceed `left`, which is charged.
+fn like_match(s: &[char], p: &[LikePart], left: &mut u64) -> Option<bool> {
+    let pieces: Vec<&[LikePart]> = p.split(|x| *x == LikePart::Any).collect();
+    // Literal pieces and the anchored first and last ones cost one step per
+    // character; a searched piece holding `_` costs one per 64-character word.
+    let searched = pieces.len().saturating_sub(1).max(1);
+    let words = pieces[1..searched]
+        .iter()
+        .filter(|q| q.contains(&LikePart::One))
+        .map(|q| q.len().div_ceil(64))
+        .max()
+        .unwrap_or(0) as u64;
+    charge(left, (s.len() as u64).saturating_mul(words.max(1)).saturating_add(p.len() as u64))?;
+    let [first, middle @ .., last] = pieces.as_slice() else {
+        return Some(piece_eq(s, pieces[0]));
+    };
+    if s.len() < first.len() + last.len() {
+        return Some(false);
+    }
+    if !piece_eq(&s[..first.len()], first) || !piece_eq(&s[s.len() - last.len()..], last) {
+        return Some(false);
+    }
+    let (mut pos, end) = (first.len(), s.len() - last.len());
+    for piece in middle.iter().filter(|q| !q.is_empty()) {
+        match find_piece(&s[pos..end], piece) {
+            Some(at) => pos += at + piece.len(),
+            None => return Some(false),
         }
     }
-    p[pi..].iter().all(|x| *x == LikePart::Any)
+    Some(true)
+}
+
+/// Takes `cost` from the budget; `None` (and nothing taken) when it does not fit.
+fn charge(left: &mut u64, cost: u64) -> Option<()> {
+    *left = left.checked_sub(cost)?;
+    Some(())
+}
+
+/// A piece without `%` against text of the same length.
+fn piece_eq(s: &[char], piece: &[LikePart]) -> bool {
+    s.len() == piece.len()
+        && s.iter().zip(piece).all(|(c, q)| match q {
+            LikePart::Char(x) => x == c,
+            _ => true,
+        })
+}
+
+/// The leftmost position of `piece` (no `%`, not empty) in `s`: Knuth-Morris-Pratt
+/// for literal pieces, shift-and over 64-bit words when it holds `_`.
+fn find_piece(s: &[char], piece: &[LikePart]) -> Option<usize> {
+    let literal: Option<Vec<char>> = piece
+        .iter()
+        .map(|q| match q {
+            LikePart::Char(c) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    match literal {
+        Some(lit) => find_literal(s, &lit),
+        None => find_wild(s, piece),
+    }
+}
+
+fn find_literal(s: &[char], pat: &[char]) -> Option<usize> {
+    // fail[i]: the length of the longest proper border of pat[..=i].
+    let mut fail = vec![0usize; pat.len()];
+    let mut k = 0;
+    for i in 1..pat.len() {
+        while k > 0 && pat[i] != pat[k] {
+            k = fail[k - 1];
+        }
+        if pat[i] == pat[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    let mut k = 0;
+    for (i, c) in s.iter().enumerate() {
+        while k > 0 && *c != pat[k] {
+            k = fail[k - 1];
+        }
+        if *c == pat[k] {
+            k += 1;
+        }
+        if k == pat.len() {
+            return Some(i + 1 - pat.len());
+        }
+    }
+    None
+}
+
+fn find_wild(s: &[char], piece: &[LikePart]) -> Option<usize> {
+    let words = piece.len().div_ceil(64);
+    let mut any = vec![0u64; words];
+    let mut by_char: std::collections::HashMap<char, Vec<u64>> = std::collections::HashMap::new();
+    for (j, q) in piece.iter().enumerate() {
+        let mask = match q {
+            LikePart::Char(c) => by_char.entry(*c).or_insert_with(|| vec![0u64; words]),
+            _ => &mut any,
+        };
+        mask[j / 64] |= 1 << (j % 64);
+    }
+    let (top_word, top_bit) = ((piece.len() - 1) / 64, (piece.len() - 1) % 64);
+    let mut state = vec![0u64; words];
+    for (i, c) in s.iter().enumerate() {
+        let chars = by_char.get(c);
+        let mut carry = 1u64;
+        for w in 0..words {
+            let next_carry = state[w] >> 63;
+            let mask = any[w] | chars.map_or(0, |m| m[w]);
+            state[w] = ((state[w] << 1) | carry) & mask;
+            carry = next_carry;
+        }
+        if state[top_word] >> top_bit & 1 == 1 {
+            return Some(i + 1 - piece.len());
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------- evaluation
@@ -742,7 +847,7 @@ fn attribute(ev: &CloudEvent, name: &str) -> Option<Value> {
 impl Expr {
     /// Evaluates; `Err(Missing)` only from a bare attribute reference, which
     /// the enclosing operator turns into its zero value plus the error.
-    fn eval(&self, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize) -> Result<Value, Missing> {
+    fn eval(&self, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize, left: &mut u64) -> Result<Value, Missing> {
         Ok(match self {
             Expr::Lit(v) => v.clone(),
             Expr::Attr(name) => {
@@ -753,25 +858,29 @@ impl Expr {
             }
             Expr::Exists(name) => Value::Bool(ev.attribute(name).is_some()),
             Expr::Not(x) => {
-                let v = operand(x, ev, errs, d)?;
+                let v = operand(x, ev, errs, d, left)?;
                 Value::Bool(!as_bool(cast(v, Type::Bool, false, errs)))
             }
             Expr::Neg(x) => {
-                let v = operand(x, ev, errs, d)?;
+                let v = operand(x, ev, errs, d, left)?;
                 Value::Int(as_int(cast(v, Type::Int, false, errs)).wrapping_neg())
             }
-            Expr::Bin(op, l, r) => return self.binary(*op, l, r, ev, errs, d),
+            Expr::Bin(op, l, r) => return self.binary(*op, (l, r), ev, errs, d, left),
             Expr::Like { expr, pattern, negated } => {
-                let v = operand(expr, ev, errs, d)?;
+                let v = operand(expr, ev, errs, d, left)?;
                 let s: Vec<char> = as_string(cast(v, Type::Str, false, errs)).chars().collect();
-                Value::Bool(like_match(&s, pattern) != *negated)
+                let Some(m) = like_match(&s, pattern, left) else {
+                    errs.push(ErrorKind::Budget);
+                    return Err(Missing);
+                };
+                Value::Bool(m != *negated)
             }
             Expr::In { expr, set, negated } => {
-                let v = operand(expr, ev, errs, d)?;
+                let v = operand(expr, ev, errs, d, left)?;
                 let target = v.ty();
                 let mut found = false;
                 for item in set {
-                    let iv = operand(item, ev, errs, d)?;
+                    let iv = operand(item, ev, errs, d, left)?;
                     if cast(iv, target, false, errs) == v {
                         found = true;
                         break;
@@ -786,7 +895,7 @@ impl Expr {
                 };
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
-                    vals.push(operand(a, ev, errs, d)?);
+                    vals.push(operand(a, ev, errs, d, left)?);
                 }
                 call(*f, vals, errs)
             }
@@ -796,13 +905,13 @@ impl Expr {
     fn binary(
         &self,
         op: BinOp,
-        l: &Expr,
-        r: &Expr,
+        (l, r): (&Expr, &Expr),
         ev: &CloudEvent,
         errs: &mut Vec<ErrorKind>,
         d: usize,
+        left: &mut u64,
     ) -> Result<Value, Missing> {
-        let lv = operand(l, ev, errs, d)?;
+        let lv = operand(l, ev, errs, d, left)?;
         match op {
             BinOp::And | BinOp::Or => {
                 let lb = as_bool(cast(lv, Type::Bool, false, errs));
@@ -810,17 +919,17 @@ impl Expr {
                 if (op == BinOp::And && !lb) || (op == BinOp::Or && lb) {
                     return Ok(Value::Bool(lb));
                 }
-                let rv = operand(r, ev, errs, d)?;
+                let rv = operand(r, ev, errs, d, left)?;
                 return Ok(Value::Bool(as_bool(cast(rv, Type::Bool, false, errs))));
             }
             BinOp::Xor => {
-                let rv = operand(r, ev, errs, d)?;
+                let rv = operand(r, ev, errs, d, left)?;
                 let (a, b) = (as_bool(cast(lv, Type::Bool, false, errs)), as_bool(cast(rv, Type::Bool, false, errs)));
                 return Ok(Value::Bool(a != b));
             }
             _ => {}
         }
-        let rv = operand(r, ev, errs, d)?;
+        let rv = operand(r, ev, errs, d, left)?;
         Ok(match op {
             BinOp::Eq | BinOp::Ne => {
                 // Ambiguous operator: the right operand's type decides (spec §3.7).
@@ -860,16 +969,35 @@ impl Expr {
 /// keeps the errors (spec §3.2–3.3; the TCK's `true AND (1 != 1 / 0)` is
 /// false). An operator's own cast or math error keeps its computed value
 /// (`NOT 10` is true with a CastError).
-fn operand(x: &Expr, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize) -> Result<Value, Missing> {
+///
+/// Every operand costs one unit plus the length of the value it produced
+/// (an attribute's copy, a function's result), taken from the evaluation's
+/// budget ([`MAX_COST`]); LIKE charges its scan. Out of budget, the
+/// evaluation fails with [`ErrorKind::Budget`].
+fn operand(x: &Expr, ev: &CloudEvent, errs: &mut Vec<ErrorKind>, d: usize, left: &mut u64) -> Result<Value, Missing> {
     // Defence in depth: parsing already bounds the tree to MAX_DEPTH; a deeper
     // evaluation is an error (no match), never a stack overflow.
     if d > MAX_DEPTH + 8 {
         errs.push(ErrorKind::Generic);
         return Err(Missing);
     }
+    if errs.contains(&ErrorKind::Budget) || charge(left, 1).is_none() {
+        errs.push(ErrorKind::Budget);
+        return Err(Missing);
+    }
     let before = errs.len();
-    match x.eval(ev, errs, d + 1) {
-        Ok(v) if errs.len() == before => Ok(v),
+    match x.eval(ev, errs, d + 1, left) {
+        Ok(v) if errs.len() == before => {
+            let size = match &v {
+                Value::Str(s) => s.len() as u64,
+                _ => 0,
+            };
+            if charge(left, size).is_none() {
+                errs.push(ErrorKind::Budget);
+                return Err(Missing);
+            }
+            Ok(v)
+        }
         _ => Err(Missing),
     }
 }
@@ -1009,7 +1137,8 @@ impl Expression {
     /// Evaluates against an event: the value plus every error met.
     pub fn evaluate(&self, ev: &CloudEvent) -> Evaluation {
         let mut errors = vec![];
-        let value = match self.root.eval(ev, &mut errors, 0) {
+        let mut left = MAX_COST;
+        let value = match self.root.eval(ev, &mut errors, 0, &mut left) {
             Ok(v) => v,
             Err(Missing) => self.root.ty().zero(),
         };
@@ -1019,6 +1148,10 @@ impl Expression {
     /// Filter semantics (Knative): true with no error matches; anything else does not.
     pub fn matches(&self, ev: &CloudEvent) -> bool {
         let e = self.evaluate(ev);
+        if e.errors.contains(&ErrorKind::Budget) {
+            crate::over_budget("cesql", ev);
+            return false;
+        }
         if !e.errors.is_empty() {
             metrics::counter!("spate_cesql_evaluation_errors_total").increment(1);
             return false;

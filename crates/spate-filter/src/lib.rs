@@ -4,6 +4,7 @@
 //! layout); the compiled [`Filter`] is the seam every dialect plugs into.
 
 pub mod cel;
+pub mod cel_cost;
 pub mod cesql;
 pub mod index;
 
@@ -102,6 +103,27 @@ impl Filter {
     /// poison event can never take the server down or stall a trigger.
     pub fn matches_guarded(&self, ev: &CloudEvent) -> bool {
         guarded(ev, || self.matches(ev))
+    }
+}
+
+/// When the last over-budget line was printed (seconds since the Unix epoch).
+static OVER_BUDGET_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An evaluation that ran out of its cost budget: the filter does not match
+/// this event, counted as a drop with its reason
+/// (`spate_events_dropped_total{reason="filter_budget"}`) and reported on
+/// stderr at most once every 10 s. The router, and every other trigger, go on.
+pub(crate) fn over_budget(dialect: &'static str, ev: &CloudEvent) {
+    use std::sync::atomic::Ordering;
+    metrics::counter!("spate_events_dropped_total", "reason" => "filter_budget", "dialect" => dialect).increment(1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = OVER_BUDGET_LOGGED.load(Ordering::Relaxed);
+    if now >= last + 10 && OVER_BUDGET_LOGGED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        eprintln!(
+            "spate: a {dialect} filter exceeded its evaluation cost budget on event {}; it does not match that event (spate_events_dropped_total{{reason=\"filter_budget\"}})",
+            ev.id
+        );
     }
 }
 

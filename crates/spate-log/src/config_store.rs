@@ -56,6 +56,20 @@ pub trait ConfigStore: Send + Sync + 'static {
     fn delete(&self, key: &str) -> BoxFuture<'_, Result<(), ConfigError>>;
     /// The current state as `Put`s, then `Synced`, then every later change.
     fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>>;
+    /// Writes several `(key, value, expected revision)`s, returning their new
+    /// revisions in order. A store that rewrites a file per write does them in
+    /// one write (all or nothing), so applying N objects costs one write, not N
+    /// (a bulk apply stays linear); by default, one `put` after another,
+    /// stopping at the first failure.
+    fn put_many(&self, items: Vec<(String, Bytes, u64)>) -> BoxFuture<'_, Result<Vec<u64>, ConfigError>> {
+        Box::pin(async move {
+            let mut revisions = Vec::with_capacity(items.len());
+            for (key, value, expected) in items {
+                revisions.push(self.put(&key, value, expected).await?);
+            }
+            Ok(revisions)
+        })
+    }
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; resource keys are `<Kind>.<namespace>.<name>`: the kind and

@@ -72,6 +72,7 @@ impl Emitter {
             namespace: &self.namespace,
             dead_letter_sink: self.dead_letter_sink.as_ref(),
             label: &self.label,
+            retries: None,
         };
         let outcome = self.dispatcher.deliver(&ev, &req, &DiscardReplies).await;
         let (counter, result) = match &outcome {

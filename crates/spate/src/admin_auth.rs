@@ -119,19 +119,50 @@ impl AdminGuard {
         None
     }
 
-    /// Constant time in the token's bytes: no early exit on the first difference.
+    /// A bearer token, or the dashboard's session cookie ([`SESSION_COOKIE`]).
     fn token_ok(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        else {
-            return false;
-        };
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        if bearer.is_some_and(|t| self.known(t)) {
+            return true;
+        }
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+            .any(|t| self.known(t))
+    }
+
+    /// Constant time in the token's bytes: no early exit on the first difference.
+    fn known(&self, given: &str) -> bool {
         let given = given.trim().as_bytes();
         self.0.tokens.iter().fold(false, |ok, t| ok | constant_time_eq(t, given))
     }
+
+    /// `GET /?token=T` with a known token (the README's way to open the
+    /// dashboard): a redirect to `/` that keeps the session in a cookie, so the
+    /// token leaves the address bar and reloads need no token.
+    fn dashboard_login(&self, req: &Request<Body>) -> Option<Response> {
+        if self.0.tokens.is_empty() || req.method() != Method::GET || req.uri().path() != "/" {
+            return None;
+        }
+        let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri()).ok()?;
+        let token = query.0.get("token").filter(|t| self.known(t))?;
+        let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        let value = header::HeaderValue::from_str(&cookie).ok()?;
+        let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+        r.headers_mut().insert(header::SET_COOKIE, value);
+        Some(r)
+    }
 }
+
+/// The dashboard's session cookie (HttpOnly, SameSite=Strict: a page of
+/// another site can neither read it nor make the browser send it).
+pub const SESSION_COOKIE: &str = "spate_session";
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -142,6 +173,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The middleware: refuses what [`AdminGuard::refusal`] names, with the reason.
 pub async fn guard(State(g): State<AdminGuard>, req: Request<Body>, next: Next) -> Response {
+    if let Some(r) = g.dashboard_login(&req) {
+        return r;
+    }
     if let Some((status, reason)) = g.refusal(req.method(), req.uri().path(), req.headers()) {
         let mut r = (status, axum::Json(serde_json::json!({"error": reason}))).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -252,6 +286,46 @@ mod tests {
         assert_eq!(call(a(), "GET", "/apis/x", &[HOST, ok]).await, StatusCode::OK);
         assert_eq!(call(a(), "POST", "/apply", &[HOST, ok, YAML]).await, StatusCode::OK);
         assert_eq!(call(a(), "GET", "/healthz", &[HOST]).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_takes_its_token_once_and_keeps_the_session_in_a_strict_cookie() {
+        let g = AdminGuard::new("127.0.0.1:8081".parse().unwrap(), &[], vec!["0123456789abcdef-token".into()]);
+        let a = || {
+            Router::new()
+                .route("/", get(|| async { "dashboard" }))
+                .route("/apis/x", get(|| async { "list" }))
+                .layer(axum::middleware::from_fn_with_state(g.clone(), guard))
+        };
+        let get_with = |uri: &str, headers: &[(&str, &str)]| {
+            let mut b = axum::http::Request::builder().method("GET").uri(uri);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        // The README's link: a redirect to `/` that sets the session cookie.
+        let r = a().oneshot(get_with("/?token=0123456789abcdef-token", &[HOST])).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/");
+        let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let session = cookie.split(';').next().unwrap().to_string();
+        // The cookie authenticates the page and its API reads; a wrong token or none does not.
+        for uri in ["/", "/apis/x"] {
+            let r = a().oneshot(get_with(uri, &[HOST, ("cookie", &session)])).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{uri}");
+        }
+        let r = a().oneshot(get_with("/?token=wrong-wrong-wrong-wrong", &[HOST])).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = a().oneshot(get_with("/", &[HOST, ("cookie", "spate_session=wrong-wrong-wrong")])).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // A cross-site page still cannot use it.
+        let r = a()
+            .oneshot(get_with("/apis/x", &[HOST, ("cookie", &session), ("sec-fetch-site", "cross-site")]))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub struct ServeArgs {
     /// upload, a client that never reads) before it is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Bytes per second a request body must average once --header-read-timeout
+    /// has passed since its head; a body trickled slower is cut (408) and its
+    /// connection closed, so slow senders cannot hold connection slots. 0: off.
+    #[arg(long, default_value_t = 1024)]
+    pub min_body_rate: u64,
     /// Open connections the data plane accepts; beyond it, 503 with Retry-After.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,

@@ -332,14 +332,24 @@ impl ControlPlane {
         result.map(|()| applied)
     }
 
-    /// Writes changed entries to the config store one by one (compare and
-    /// swap on each one's revision); an entry enters the cache only once written.
+    /// Writes changed entries to the config store (compare and swap on each
+    /// one's revision; the file store writes them all at once); entries enter
+    /// the cache only once written.
     async fn persist(&self, store: &mut Store, changed: Vec<Entry>) -> Result<(), ApiError> {
-        for mut e in changed {
-            let key = e.resource.key();
-            let value = Bytes::from(serde_json::to_vec(&e.record(true)).expect("JSON values serialize"));
-            e.revision = self.config.put(&Entry::shared_key(&key), value, e.revision).await?;
-            store.entries.insert(key, e);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let items = changed
+            .iter()
+            .map(|e| {
+                let value = Bytes::from(serde_json::to_vec(&e.record(true)).expect("JSON values serialize"));
+                (Entry::shared_key(&e.resource.key()), value, e.revision)
+            })
+            .collect();
+        let revisions = self.config.put_many(items).await?;
+        for (mut e, revision) in changed.into_iter().zip(revisions) {
+            e.revision = revision;
+            store.entries.insert(e.resource.key(), e);
         }
         Ok(())
     }

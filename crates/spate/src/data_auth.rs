@@ -83,6 +83,28 @@ impl DataAuth {
         snap.auth.authorize(namespace, &a.ids, &sub, events).map_err(|f| Refusal::Forbidden(f.0))
     }
 
+    /// A built-in helper (`/_spate/fn/<name>`, `/_spate/display/<label>`):
+    /// any valid token for its audience ([`helper_audience`]) may call it.
+    /// With OIDC on, nothing on the data plane answers an anonymous sender.
+    pub fn check_helper(&self, kind: &str, name: &str, authorization: Option<&str>) -> Result<(), Refusal> {
+        let audience = helper_audience(kind, name);
+        self.oidc.verify(authorization, &audience).map(|_| ()).map_err(|e| match e {
+            Unauthenticated::Missing => Refusal::Unauthenticated(format!("{e}; audience {audience}")),
+            Unauthenticated::Invalid(_) => Refusal::Unauthenticated(e.to_string()),
+        })
+    }
+
+    /// The audience of a URL of this data plane: an addressable's, or a helper's.
+    fn audience_of(&self, url: &str) -> Option<String> {
+        let path = url.strip_prefix(&self.base_url)?;
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        if let Some((kind, name)) = helper_of(path) {
+            return Some(helper_audience(kind, name));
+        }
+        let key = self.target_of(url)?;
+        Some(self.snapshot().addressables.get(&key)?.audience.clone())
+    }
+
     /// The addressable a URL of this data plane names.
     fn target_of(&self, url: &str) -> Option<(Target, String, String)> {
         let path = url.strip_prefix(&self.base_url)?;
@@ -99,6 +121,18 @@ impl DataAuth {
     }
 }
 
+/// The helper a data-plane path names: `("fn", name)` or `("display", label)`.
+pub fn helper_of(path: &str) -> Option<(&str, &str)> {
+    let rest = path.trim_start_matches('/').strip_prefix("_spate/")?;
+    let (kind, name) = rest.split_once('/')?;
+    (matches!(kind, "fn" | "display") && !name.is_empty() && !name.contains('/')).then_some((kind, name))
+}
+
+/// A helper's audience, in Knative's `group/kind/namespace/name` form.
+pub fn helper_audience(kind: &str, name: &str) -> String {
+    spate_api::event_policy::audience("spate.dev", if kind == "fn" { "function" } else { "display" }, "_spate", name)
+}
+
 /// Knative's subject for a sender label (`trigger/<ns>/<name>`, `pingsources/<ns>/<name>`, …).
 pub fn sender_subject(label: &str) -> Option<String> {
     let label = label.split('#').next().unwrap_or(label);
@@ -110,8 +144,7 @@ pub fn sender_subject(label: &str) -> Option<String> {
 
 impl spate_delivery::TokenSource for DataAuth {
     fn token(&self, sender: &str, url: &str) -> Option<String> {
-        let key = self.target_of(url)?;
-        let audience = self.snapshot().addressables.get(&key)?.audience.clone();
+        let audience = self.audience_of(url)?;
         self.oidc.issue(&sender_subject(sender)?, &audience)
     }
 }
@@ -208,5 +241,14 @@ mod tests {
             Some("system:serviceaccount:a:k-oidc-sources.knative.dev-kafkasource")
         );
         assert_eq!(sender_subject("nonsense"), None);
+    }
+
+    #[test]
+    fn helper_paths_and_audiences() {
+        assert_eq!(helper_of("/_spate/fn/filter"), Some(("fn", "filter")));
+        assert_eq!(helper_of("/_spate/display/x"), Some(("display", "x")));
+        assert_eq!(helper_of("/_spate/other/x"), None);
+        assert_eq!(helper_of("/default/broker"), None);
+        assert_eq!(helper_audience("fn", "filter"), "spate.dev/function/_spate/filter");
     }
 }

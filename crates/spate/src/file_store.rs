@@ -21,6 +21,8 @@ use crate::store::{StoreError, write_private};
 pub struct FileConfigStore {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// How many times `resources.json` was written (a bulk apply is one).
+    saves: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -69,6 +71,7 @@ impl FileConfigStore {
         Ok(FileConfigStore {
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner { records, last_revision, watchers: vec![] }),
+            saves: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -103,7 +106,39 @@ impl FileConfigStore {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
+        self.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// All or nothing: a conflict on any key, or a failed write, changes nothing.
+    fn write_many(&self, items: Vec<(String, Bytes, u64)>) -> Result<Vec<u64>, ConfigError> {
+        let mut records = Vec::with_capacity(items.len());
+        for (key, value, expected) in items {
+            let record: Value =
+                serde_json::from_slice(&value).map_err(|e| ConfigError::Unavailable(format!("not a record: {e}")))?;
+            records.push((key, record, expected));
+        }
+        let mut g = self.inner.lock().expect("file store");
+        for (key, _, expected) in &records {
+            if g.records.get(key).map_or(0, |(_, rev)| *rev) != *expected {
+                return Err(ConfigError::Conflict { key: key.clone() });
+            }
+        }
+        let mut next = g.records.clone();
+        let mut revision = g.last_revision;
+        let mut revisions = Vec::with_capacity(records.len());
+        for (key, record, _) in &records {
+            revision += 1;
+            next.insert(key.clone(), (record.clone(), revision));
+            revisions.push(revision);
+        }
+        self.save(&next).map_err(unavailable)?;
+        g.records = next;
+        g.last_revision = revision;
+        for ((key, record, _), rev) in records.iter().zip(&revisions) {
+            Self::notify(&mut g, Change::Put(versioned(key, record, *rev)));
+        }
+        Ok(revisions)
     }
 
     fn notify(inner: &mut Inner, change: Change) {
@@ -127,23 +162,13 @@ impl ConfigStore for FileConfigStore {
     }
 
     fn put(&self, key: &str, value: Bytes, expected: u64) -> BoxFuture<'_, Result<u64, ConfigError>> {
-        let r = (|| {
-            let record: Value =
-                serde_json::from_slice(&value).map_err(|e| ConfigError::Unavailable(format!("not a record: {e}")))?;
-            let mut g = self.inner.lock().expect("file store");
-            let current = g.records.get(key).map_or(0, |(_, rev)| *rev);
-            if current != expected {
-                return Err(ConfigError::Conflict { key: key.to_string() });
-            }
-            let revision = g.last_revision + 1;
-            let mut next = g.records.clone();
-            next.insert(key.to_string(), (record.clone(), revision));
-            self.save(&next).map_err(unavailable)?;
-            g.records = next;
-            g.last_revision = revision;
-            Self::notify(&mut g, Change::Put(versioned(key, &record, revision)));
-            Ok(revision)
-        })();
+        let r = self.write_many(vec![(key.to_string(), value, expected)]).map(|revs| revs[0]);
+        Box::pin(async move { r })
+    }
+
+    /// Every revision checked first, then one write of `resources.json`.
+    fn put_many(&self, items: Vec<(String, Bytes, u64)>) -> BoxFuture<'_, Result<Vec<u64>, ConfigError>> {
+        let r = self.write_many(items);
         Box::pin(async move { r })
     }
 
@@ -214,5 +239,29 @@ mod tests {
         assert!(String::from_utf8_lossy(&all[0].value).contains("c2VjcmV0"));
         store.delete(&key).await.unwrap();
         assert!(!file.exists(), "a deleted Secret's values are removed");
+    }
+
+    #[tokio::test]
+    async fn put_many_is_one_write_all_or_nothing() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileConfigStore::open(dir.path()).unwrap();
+        let items = |names: &[&str], expected: u64| -> Vec<(String, Bytes, u64)> {
+            names
+                .iter()
+                .map(|n| (resource_key("Trigger", "default", n), record("Trigger", n, serde_json::json!({})), expected))
+                .collect()
+        };
+        let revs = store.put_many(items(&["a", "b", "c"], 0)).await.unwrap();
+        assert_eq!(revs, [1, 2, 3]);
+        assert_eq!(store.saves.load(Relaxed), 1, "three objects, one write");
+        // One stale revision: nothing is written, not even the others.
+        let mut mixed = items(&["d"], 0);
+        mixed.extend(items(&["a"], 0));
+        assert!(matches!(store.put_many(mixed).await, Err(ConfigError::Conflict { key }) if key.ends_with(".a")));
+        assert_eq!(store.list().await.unwrap().len(), 3, "d was not written");
+        assert_eq!(store.saves.load(Relaxed), 1);
+        drop(store);
+        assert_eq!(FileConfigStore::open(dir.path()).unwrap().list().await.unwrap().len(), 3);
     }
 }

@@ -38,6 +38,8 @@ pub enum IngressError {
     /// The sender is valid but no EventPolicy lets it send this here (403).
     Forbidden(String),
     TooLarge(usize),
+    /// The body came slower than `--min-body-rate` (408; the connection closes).
+    TooSlow(String),
     Malformed(String),
     Publish(PublishError),
 }
@@ -70,6 +72,12 @@ impl IntoResponse for IngressError {
                 format!("request body exceeds the {max}-byte limit (--max-event-size)\n"),
             )
                 .into_response(),
+            IngressError::TooSlow(reason) => (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
+                format!("{reason}\n"),
+            )
+                .into_response(),
             IngressError::Malformed(reason) => (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response(),
             IngressError::Publish(e @ (PublishError::TtlExhausted { .. } | PublishError::BadTtl { .. })) => {
                 (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
@@ -91,13 +99,34 @@ impl IntoResponse for IngressError {
 }
 
 pub fn router(state: Ingress) -> Router {
-    Router::new()
+    let helpers = Router::new()
         .route("/_spate/display/{label}", any(crate::display::handler))
         .nest("/_spate/fn", crate::functions::router(state.max_event_size))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), helper_guard));
+    Router::new()
+        .merge(helpers)
         .route("/{namespace}/{broker}", any(broker_ingress))
         .route("/channels/{namespace}/{channel}", any(channel_ingress))
         .route("/kafkasinks/{namespace}/{name}", any(kafka_sink_ingress))
         .with_state(state)
+}
+
+/// The built-in helpers follow the data plane's authentication: with
+/// `--oidc-issuer` set, a caller needs a valid token for the helper's audience.
+async fn helper_guard(
+    State(st): State<Ingress>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(auth) = &st.auth
+        && let Some((kind, name)) = crate::data_auth::helper_of(req.uri().path())
+    {
+        let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err(Refusal::Unauthenticated(e) | Refusal::Forbidden(e)) = auth.check_helper(kind, name, authorization) {
+            return IngressError::Unauthenticated(e).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Reads a body of at most `max` bytes, refusing early on a declared length.
@@ -118,6 +147,9 @@ fn body_error(e: axum::Error, max: usize) -> IngressError {
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
             return IngressError::TooLarge(max);
+        }
+        if let Some(slow) = err.downcast_ref::<crate::listener::body::TooSlow>() {
+            return IngressError::TooSlow(slow.to_string());
         }
         source = err.source();
     }

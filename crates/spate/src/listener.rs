@@ -7,12 +7,20 @@
 //! - A connection that moves no byte in either direction for `idle_timeout`
 //!   (a stalled upload, a client that never reads its answer) is closed.
 //! - At most `max_connections` are open; beyond that a connection gets a 503
-//!   with `Retry-After` and a body saying why, and is closed at once.
+//!   with `Retry-After` and a body saying why, and is closed at once; except
+//!   that on the admin listener [`PROBE_SLOTS`] more may ask for `/healthz`
+//!   or `/readyz` (and only that), so probes answer while its cap is full.
+//! - A request body must keep arriving at `min_body_rate` bytes per second
+//!   once `header_read_timeout` has passed since its head ([`body::Paced`]);
+//!   a body trickled slower is cut with 408 and its connection closed.
+//! - Strict HTTP/1.1 framing: a request without `Host`, or with both
+//!   `Content-Length` and `Transfer-Encoding` (the request-smuggling shape,
+//!   seen in the raw bytes because hyper drops one of them), is answered 400.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,13 +33,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+pub mod body;
+
 /// Limits of one listener (flags `--header-read-timeout`, `--idle-timeout`, `--max-connections`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Bytes per second a request body must average after `header_read_timeout` (`--min-body-rate`).
+    pub min_body_rate: u64,
+    /// Connections accepted beyond `max_connections` for `GET /healthz` and
+    /// `GET /readyz` only ([`PROBE_SLOTS`] on the admin listener, 0 on the data plane).
+    pub probe_slots: usize,
 }
+
+/// The admin listener's connections for health probes beyond its cap.
+pub const PROBE_SLOTS: usize = 16;
 
 /// The largest request head accepted (request line and headers); beyond it, 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -43,6 +61,8 @@ struct Watched<S> {
     inner: S,
     epoch: Instant,
     last: Arc<AtomicU64>,
+    /// Set when a request head with both Content-Length and Transfer-Encoding was read.
+    smuggling: Arc<AtomicBool>,
     /// A replacement being written: its bytes, how many are out, and the length hyper asked to write.
     replacing: Option<(Vec<u8>, usize, usize)>,
 }
@@ -86,6 +106,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            if smuggling_shaped(&buf.filled()[before..]) {
+                self.smuggling.store(true, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -127,6 +150,73 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// Whether `chunk` holds a request head (from an `HTTP/1.x` request line's end
+/// to the blank line) naming both `Content-Length` and `Transfer-Encoding`.
+/// hyper keeps only Transfer-Encoding of the two (and closes the connection
+/// after), so the handler can no longer tell; the raw bytes can. A head split
+/// over two reads is not seen here; hyper's closing still holds then.
+fn smuggling_shaped(chunk: &[u8]) -> bool {
+    let mut rest = chunk;
+    while let Some(at) = find(rest, b" HTTP/1.") {
+        let head = &rest[at..];
+        let end = find(head, b"\r\n\r\n").unwrap_or(head.len());
+        let head = &head[..end];
+        if find_ci(head, b"\ncontent-length:") && find_ci(head, b"\ntransfer-encoding:") {
+            return true;
+        }
+        rest = &rest[at + end.max(1)..];
+    }
+    false
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// What the accept loop saw on a connection, for [`strict`].
+#[derive(Clone)]
+struct Framing(Arc<AtomicBool>);
+
+/// Strict HTTP/1.1 framing, on both listeners: 400 for a request without
+/// `Host` (RFC 9112 §3.2) or with both Content-Length and Transfer-Encoding
+/// (§6.1: the shape of request smuggling). Both close the connection.
+pub async fn strict(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{StatusCode, Version, header};
+    use axum::response::IntoResponse;
+    let smuggling = req.extensions().get::<Framing>().is_some_and(|f| f.0.swap(false, Ordering::Relaxed));
+    let reason = if smuggling {
+        Some("a request may not carry both Content-Length and Transfer-Encoding (RFC 9112 section 6.1)")
+    } else if req.version() == Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        Some("an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => (StatusCode::BAD_REQUEST, [(header::CONNECTION, "close")], format!("{r}\n")).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// Probe-only service for connections beyond the cap: `GET /healthz` and
+/// `GET /readyz` reach the app; anything else gets the cap's 503.
+async fn only_probes(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    use axum::response::IntoResponse;
+    if req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, HeaderValue::from_static("1")), (header::CONNECTION, HeaderValue::from_static("close"))],
+        "too many open connections (--max-connections); only /healthz and /readyz are answered beyond the cap\n",
+    )
+        .into_response()
+}
+
 static ACCEPT_ERRORS: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `stop`
@@ -140,6 +230,12 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let probe_slots = Arc::new(Semaphore::new(limits.probe_slots));
+    let app = app.layer(axum::middleware::from_fn(strict)).layer(axum::middleware::from_fn_with_state(
+        body::Pacing { grace: limits.header_read_timeout, min_rate: limits.min_body_rate },
+        body::paced,
+    ));
+    let probes = app.clone().layer(axum::middleware::from_fn(only_probes));
     let refused = metrics::counter!("spate_connections_refused_total", "listener" => listener_name(&listener));
     loop {
         let (stream, _) = tokio::select! {
@@ -156,13 +252,19 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused.increment(1);
-            tokio::spawn(refuse(stream, limits.max_connections));
-            continue;
+        let (slot, app) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, app.clone()),
+            Err(_) => match probe_slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, probes.clone()),
+                Err(_) => {
+                    refused.increment(1);
+                    tokio::spawn(refuse(stream, limits.max_connections));
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
-        let (app, stop, tls) = (app.clone(), stop.clone(), tls.clone());
+        let (stop, tls) = (stop.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
                 None => connection(stream, app, limits, stop).await,
@@ -206,7 +308,19 @@ where
 {
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Watched { inner: stream, epoch, last: last.clone(), replacing: None });
+    let smuggling = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        epoch,
+        last: last.clone(),
+        smuggling: smuggling.clone(),
+        replacing: None,
+    });
+    let framing = Framing(smuggling);
+    let app = tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(framing.clone());
+        req
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -119,12 +119,14 @@ fn listener_limits(args: &ServeArgs) -> (crate::listener::Limits, crate::listene
             "--max-connections lowered to fit the open-file limit"
         );
     }
-    let limits = |max_connections| crate::listener::Limits {
+    let limits = |max_connections, probe_slots| crate::listener::Limits {
         header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         max_connections,
+        min_body_rate: args.min_body_rate,
+        probe_slots,
     };
-    (limits(data), limits(admin))
+    (limits(data, 0), limits(admin, crate::listener::PROBE_SLOTS))
 }
 
 /// `--config-store`: `file` (resources.json in the data dir) or `nats` (a KV bucket shared by the cluster).

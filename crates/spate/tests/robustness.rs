@@ -228,6 +228,78 @@ async fn beyond_the_connection_cap_a_clear_503_and_http_errors_have_bodies() {
     assert_eq!(mode & 0o777, 0o600, "resources.json mode {:o}", mode & 0o777);
 }
 
+/// One raw request on a new connection; the whole answer (the server closes, or 30 s pass).
+async fn raw(addr: &str, request: &[u8]) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), c.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn probes_answer_while_the_admin_cap_is_full_slow_bodies_are_cut_and_framing_is_strict() {
+    let dir = tempdir();
+    let s = Server::start(
+        dir.path(),
+        &["--admin-max-connections", "4", "--header-read-timeout", "3", "--min-body-rate", "1024"],
+    );
+    s.apply_ok(&broker("default", "")).await;
+    let admin = s.admin.trim_start_matches("http://").to_string();
+    let data = s.data.trim_start_matches("http://").to_string();
+
+    // Four live-event streams (`/tail`, answered and held open) fill the admin cap; probes
+    // still answer, other paths get the cap's 503.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n").into_bytes();
+    let mut held = vec![];
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(&admin).await.unwrap();
+        c.write_all(&get("/tail")).await.unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "the stream is being served, so it holds a slot");
+        held.push(c);
+    }
+    let probe = raw(&admin, &get("/healthz")).await;
+    assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
+    let ready = raw(&admin, &get("/readyz")).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let list = raw(&admin, &get("/apis/eventing.knative.dev/v1/brokers")).await;
+    assert!(list.starts_with("HTTP/1.1 503") && list.contains("only /healthz and /readyz"), "{list}");
+    drop(held);
+
+    // A body trickled one byte a second is cut once the grace (the header-read timeout) has passed.
+    let mut c = tokio::net::TcpStream::connect(&data).await.unwrap();
+    c.write_all(b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-specversion: 1.0\r\nce-id: slow\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 100\r\n\r\n").await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if c.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(60), trickle).await.expect("cut within the minute").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("--min-body-rate"), "{answer}");
+
+    // Strict framing: no Host, or both Content-Length and Transfer-Encoding, is 400 (and nothing stored).
+    let no_host = raw(&data, b"POST /default/default HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: nohost\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 2\r\n\r\n{}").await;
+    assert!(no_host.starts_with("HTTP/1.1 400") && no_host.contains("Host header"), "{no_host}");
+    let both = raw(&data, b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-specversion: 1.0\r\nce-id: both\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 7\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n").await;
+    assert!(both.starts_with("HTTP/1.1 400") && both.contains("Transfer-Encoding"), "{both}");
+    let swapped = raw(&data, b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-specversion: 1.0\r\nce-id: both2\r\nce-source: /s\r\nce-type: t\r\ntransfer-encoding: chunked\r\ncontent-length: 7\r\n\r\n2\r\n{}\r\n0\r\n\r\n").await;
+    assert!(swapped.starts_with("HTTP/1.1 400"), "{swapped}");
+    // A well-framed request is served as before; HTTP/1.0 needs no Host.
+    let fine = raw(&data, b"POST /default/default HTTP/1.1\r\nhost: x\r\nce-specversion: 1.0\r\nce-id: fine\r\nce-source: /s\r\nce-type: t\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}").await;
+    assert!(fine.starts_with("HTTP/1.1 202"), "{fine}");
+    let old = raw(&data, b"POST /default/default HTTP/1.0\r\nce-specversion: 1.0\r\nce-id: old\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 2\r\n\r\n{}").await;
+    assert!(old.starts_with("HTTP/1.0 202") || old.starts_with("HTTP/1.1 202"), "{old}");
+    assert!(healthy(&s).await);
+}
+
 /// A small tmpfs for the data directory, so the disk can really fill up.
 struct SmallDisk(std::path::PathBuf);
 

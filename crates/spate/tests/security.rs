@@ -466,4 +466,17 @@ async fn oidc_tokens_and_event_policies_guard_every_addressable() {
     );
     sink.wait_for_id("ok2").await;
     assert!(sink.events().iter().all(|r| !r.event.id.starts_with("no") && !r.event.id.starts_with('n')));
+
+    // The built-in helpers follow the data plane's authentication (they answered anyone before).
+    let filter = format!("{}/_spate/fn/filter?cesql=type%20%3D%20'direct'", s.data);
+    let display = format!("{}/_spate/display/probe", s.data);
+    assert_eq!(post_as(&filter, None, "h1", "direct").await, 401);
+    assert_eq!(post_as(&display, None, "h2", "direct").await, 401);
+    assert_eq!(post_as(&appender("-x"), None, "h3", "direct").await, 401);
+    let wrong = issuer.token(me, &aud, 300);
+    assert_eq!(post_as(&filter, Some(&wrong), "h4", "direct").await, 401, "a broker's audience is not the helper's");
+    let fn_token = issuer.token(me, "spate.dev/function/_spate/filter", 300);
+    assert_eq!(post_as(&filter, Some(&fn_token), "h5", "direct").await, 200, "the event comes back: it matched");
+    let display_token = issuer.token(me, "spate.dev/display/_spate/probe", 300);
+    assert_eq!(post_as(&display, Some(&display_token), "h6", "direct").await, 202);
 }
