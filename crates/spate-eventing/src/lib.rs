@@ -4,6 +4,7 @@
 //! IO is limited to the log and the dispatcher handed in by the binary.
 
 mod broker;
+mod durable;
 pub mod event_types;
 mod feed;
 mod messaging;

@@ -27,6 +27,20 @@ use crate::trigger::{Shared, TriggerStats, WorkerPlan, deliver};
 /// How long a worker waits for its consumer to come back before creating it again.
 const RECREATE_AFTER: Duration = Duration::from_secs(10);
 
+/// How long an acknowledgement may take. On a connection that was cut but
+/// not yet noticed, an engine client's ack can wait for ever; the worker
+/// must not (the engine hands the message out again: at least once).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Acknowledges within [`ACK_TIMEOUT`]; `what` names the operation in errors.
+async fn bounded(what: &str, op: BoxFuture<'_, Result<(), spate_log::LogError>>) -> Result<(), String> {
+    match tokio::time::timeout(ACK_TIMEOUT, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{what} not done within {ACK_TIMEOUT:?}")),
+    }
+}
+
 pub(crate) struct StreamWorker {
     pub plan: WorkerPlan,
     pub stream: Arc<dyn MessageStream>,
@@ -155,12 +169,12 @@ impl Run {
             Err(e) => {
                 tracing::error!(trigger = %self.shared.label, error = %e, "dropping an unreadable message");
                 metrics::counter!("spate_events_dropped_total", "sender" => self.shared.label.clone(), "reason" => "unreadable").increment(1);
-                let _ = m.acker.ack().await;
+                let _ = bounded("ack", m.acker.ack()).await;
                 return None;
             }
         };
         if !self.shared.plan().filter.matches_guarded(&ev) {
-            let _ = m.acker.ack().await;
+            let _ = bounded("ack", m.acker.ack()).await;
             return None;
         }
         let shared = self.shared.clone();
@@ -182,21 +196,24 @@ impl Run {
 /// to back, so that the engine reads them together and hands out as many new
 /// messages at once (not one message per acknowledgement).
 async fn settle(held: &mut HashMap<u64, Held>, running: &mut Running, id: u64, label: &str) {
+    let mut done = vec![];
     let mut next = Some(id);
     while let Some(id) = next {
-        if let Some(h) = held.remove(&id)
-            && let Err(e) = h.acker.ack().await
-        {
-            // The engine will hand it out again after the ack wait: at least once.
-            tracing::warn!(trigger = %label, error = %e, "ack failed; the event may be delivered again");
-        }
+        done.extend(held.remove(&id));
         next = running.next().now_or_never().flatten();
+    }
+    // Sent together (an ack that hangs on a cut connection holds up none of the others).
+    let acks = done.iter().map(|h| bounded("ack", h.acker.ack()));
+    let failed: Vec<String> = futures_util::future::join_all(acks).await.into_iter().filter_map(Result::err).collect();
+    if let Some(e) = failed.first() {
+        // The engine will hand them out again after the ack wait: at least once.
+        tracing::warn!(trigger = %label, error = %e, count = failed.len(), "ack failed; the events may be delivered again");
     }
 }
 
 /// Tells the engine "still working" for every message held longer than `after`.
 async fn keep_claims(held: &HashMap<u64, Held>, after: Duration) {
     for h in held.values().filter(|h| h.since.elapsed() >= after) {
-        let _ = h.acker.in_progress().await;
+        let _ = bounded("in progress", h.acker.in_progress()).await;
     }
 }

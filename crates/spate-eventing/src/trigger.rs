@@ -248,9 +248,13 @@ struct State {
     label: String,
     /// What was handed out, what is in flight, what was final before a restart.
     acks: AckTracker,
-    /// The position last persisted, and the tracker's generation it reflects.
+    /// The position last written to storage, and the tracker's generation it reflects.
     committed: AckState,
     committed_generation: u64,
+    /// The commit being written: its future, the position, the generation and what it covers.
+    writing: Option<Writing>,
+    /// Finished deliveries not yet in a written position count against the in-flight bound.
+    durability: crate::durable::Durability,
     /// Delivery tasks and the offset each one carries (to finish it even if it panics).
     tasks: JoinSet<Offset>,
     offsets: HashMap<tokio::task::Id, Offset>,
@@ -258,7 +262,29 @@ struct State {
     backlog: metrics::Gauge,
 }
 
+/// Waits for the commit under way (pending for ever when there is none).
+async fn writing(w: &mut Option<Writing>) -> Result<(), spate_log::LogError> {
+    match w {
+        Some(w) => (&mut w.done).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A commit on its way to storage.
+struct Writing {
+    done: BoxFuture<'static, Result<(), spate_log::LogError>>,
+    state: AckState,
+    generation: u64,
+    covers: u64,
+}
+
 impl State {
+    /// Whether another delivery may start: running ones plus finished ones
+    /// not yet in a written position stay under the bound (what a crash resends).
+    fn room(&self, max_in_flight: usize) -> bool {
+        self.durability.room(self.tasks.len(), max_in_flight)
+    }
+
     /// Takes a finished delivery task. A task that panicked (a bug, not an
     /// outcome) still ends its event: dropped and counted, never stuck.
     fn finished(&mut self, done: Result<(tokio::task::Id, Offset), tokio::task::JoinError>) {
@@ -273,6 +299,7 @@ impl State {
             tracing::error!(trigger = %self.label, offset = off, "a delivery task panicked; the event is dropped and counted");
         }
         self.acks.finish(off);
+        self.durability.finished();
     }
 
     fn reap(&mut self) {
@@ -282,26 +309,47 @@ impl State {
         self.shared.stats.in_flight.store(self.tasks.len() as u64, Ordering::Relaxed);
     }
 
-    /// Persists the position: the lowest unfinished offset plus the finished
-    /// ranges above it, so a restart redelivers at most what was in flight.
-    async fn commit(&mut self, log: &dyn spate_log::EventLog) {
-        // Rebuild the position only when the bookkeeping changed since the last write.
+    /// Starts writing the position (the lowest unfinished offset plus the
+    /// finished ranges above it) unless a write is under way; never waits for
+    /// storage. [`State::written`] takes the result.
+    fn commit(&mut self, log: &Arc<dyn spate_log::EventLog>) {
         let generation = self.acks.generation();
-        if generation != self.committed_generation {
+        if self.writing.is_none() && generation != self.committed_generation {
+            // Rebuild the position only when the bookkeeping changed since the last write.
             let state = self.acks.state();
             if state == self.committed {
                 self.committed_generation = generation;
+                self.durability.all_written();
             } else {
-                match log.commit_state(&self.consumer, state.clone()).await {
-                    Ok(()) => {
-                        self.committed = state;
-                        self.committed_generation = generation;
-                    }
-                    Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
-                }
+                let (log, consumer, written) = (log.clone(), self.consumer.clone(), state.clone());
+                let done = Box::pin(async move { log.commit_state(&consumer, written).await });
+                let covers = self.durability.commit_started();
+                self.writing = Some(Writing { done, state, generation, covers });
             }
         }
         self.backlog.set(log.end_offset().saturating_sub(self.committed.committed) as f64);
+    }
+
+    /// The commit under way finished with `result`.
+    fn written(&mut self, result: Result<(), spate_log::LogError>) {
+        let Some(w) = self.writing.take() else { return };
+        match result {
+            Ok(()) => {
+                self.committed = w.state;
+                self.committed_generation = w.generation;
+                self.durability.commit_written(w.covers);
+            }
+            Err(e) => tracing::error!(trigger = %self.label, error = %e, "commit failed; will retry"),
+        }
+    }
+
+    /// Takes the commit's result if it is already there.
+    fn poll_written(&mut self) {
+        if let Some(w) = &mut self.writing
+            && let Some(r) = futures_util::FutureExt::now_or_never(&mut w.done)
+        {
+            self.written(r);
+        }
     }
 
     /// Starts delivering `offset`, unless it was already final before a restart.
@@ -318,16 +366,19 @@ impl State {
         self.offsets.insert(handle.id(), offset);
     }
 
-    /// Waits for one delivery to finish. `false` if asked to stop.
-    async fn wait_one(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Waits for one delivery to finish or the commit under way to be
+    /// written (either may make room), starting the next commit. `false` if asked to stop.
+    async fn wait_one(&mut self, stop: &mut watch::Receiver<bool>, log: &Arc<dyn spate_log::EventLog>) -> bool {
+        self.commit(log);
+        let running = !self.tasks.is_empty();
         tokio::select! {
             biased;
-            _ = stop.changed() => false,
-            Some(done) = self.tasks.join_next_with_id() => {
-                self.finished(done);
-                true
-            }
+            _ = stop.changed() => return false,
+            r = writing(&mut self.writing) => self.written(r),
+            Some(done) = self.tasks.join_next_with_id(), if running => self.finished(done),
         }
+        self.commit(log);
+        true
     }
 }
 
@@ -359,6 +410,8 @@ impl Run {
             acks: AckTracker::resume(position.clone()),
             committed: position,
             committed_generation: 0,
+            writing: None,
+            durability: Default::default(),
             tasks: JoinSet::new(),
             offsets: HashMap::new(),
             shared,
@@ -388,7 +441,8 @@ impl Run {
         let capacity = (self.plan.max_in_flight * 4).clamp(64, 4096);
         loop {
             st.reap();
-            st.commit(&*log).await;
+            st.poll_written();
+            st.commit(&log);
             if buf.is_empty() {
                 end_rx.borrow_and_update();
                 let end = log.end_offset();
@@ -433,8 +487,8 @@ impl Run {
             if !self.plan.filter.matches_guarded(&ev) {
                 continue;
             }
-            while st.tasks.len() >= self.plan.max_in_flight {
-                if !st.wait_one(stop).await {
+            while !st.room(self.plan.max_in_flight) {
+                if !st.wait_one(stop, &log).await {
                     return None;
                 }
             }
@@ -455,7 +509,8 @@ impl Run {
             // proves every matching event below it was received.
             let upto = routed.load(Ordering::Acquire);
             let mut drained = false;
-            while st.tasks.len() < self.plan.max_in_flight {
+            st.poll_written();
+            while st.room(self.plan.max_in_flight) {
                 match rx.try_recv() {
                     Ok(m) => {
                         if m.offset >= st.acks.next() {
@@ -472,11 +527,12 @@ impl Run {
             if drained {
                 st.acks.seen_upto(upto);
             }
-            st.commit(&*log).await;
-            let room = st.tasks.len() < self.plan.max_in_flight;
+            st.commit(&log);
+            let room = st.room(self.plan.max_in_flight);
             tokio::select! {
                 biased;
                 _ = stop.changed() => return false,
+                r = writing(&mut st.writing) => st.written(r),
                 Some(done) = st.tasks.join_next_with_id(), if !st.tasks.is_empty() => st.finished(done),
                 m = rx.recv(), if room => match m {
                     Some(m) => if m.offset >= st.acks.next() {

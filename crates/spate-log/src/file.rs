@@ -264,6 +264,19 @@ struct Consumer {
     file: Option<Arc<File>>,
     /// Why the last write of this position failed (reported by the next commit).
     error: Option<String>,
+    /// How many positions were committed (the sequence number of `state`).
+    seq: u64,
+    /// The last sequence number written, and the last failed write (its
+    /// sequence number and error): what a commit's future waits for.
+    written: watch::Sender<Written>,
+}
+
+type Written = (u64, Option<(u64, String)>);
+
+impl Consumer {
+    fn new(state: AckState, file: Option<Arc<File>>) -> Consumer {
+        Consumer { state, file, error: None, seq: 0, written: watch::channel((0, None)).0 }
+    }
 }
 
 /// Writes consumer positions on the log's writer thread (the blocking pool when
@@ -284,7 +297,7 @@ impl Committer {
     fn flush(&self) {
         let _io = self.io.lock().expect("committer io lock");
         loop {
-            let work: Vec<(String, AckState, Option<Arc<File>>)> = {
+            let work: Vec<(String, AckState, Option<Arc<File>>, u64)> = {
                 let mut g = self.shared.lock().expect("log lock");
                 let names = std::mem::take(&mut g.pending);
                 if names.is_empty() {
@@ -295,17 +308,27 @@ impl Committer {
                     .into_iter()
                     .filter_map(|n| {
                         let c = g.consumers.get(&n)?;
-                        Some((n, c.state.clone(), c.file.clone()))
+                        Some((n, c.state.clone(), c.file.clone(), c.seq))
                     })
                     .collect()
             };
-            for (name, state, file) in work {
+            for (name, state, file, seq) in work {
                 let written = self.write(&name, &state, file);
                 let mut g = self.shared.lock().expect("log lock");
                 if let Some(c) = g.consumers.get_mut(&name) {
                     match written {
-                        Ok(f) => c.file = Some(f),
-                        Err(e) => c.error = Some(e.to_string()),
+                        Ok(f) => {
+                            c.file = Some(f);
+                            c.written.send_if_modified(|w| {
+                                let newer = seq > w.0;
+                                w.0 = w.0.max(seq);
+                                newer
+                            });
+                        }
+                        Err(e) => {
+                            c.error = Some(e.to_string());
+                            c.written.send_modify(|w| w.1 = Some((seq, e.to_string())));
+                        }
                     }
                 }
             }
@@ -472,7 +495,7 @@ impl FileLog {
                 tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
                 AckState::at(segments[0].base)
             });
-            consumers.insert(name, Consumer { state, file: Some(Arc::new(file)), error: None });
+            consumers.insert(name, Consumer::new(state, Some(Arc::new(file))));
         }
         let end = segments.last().expect("at least one segment").end;
         for (name, c) in consumers.iter_mut() {
@@ -720,14 +743,18 @@ impl EventLog for FileLog {
         }
         // The name is copied only for a consumer seen for the first time (not on every commit).
         if !g.consumers.contains_key(consumer) {
-            let fresh = Consumer { state: AckState::at(Offset::MAX), file: None, error: None };
+            let fresh = Consumer::new(AckState::at(Offset::MAX), None);
             g.consumers.insert(consumer.to_string(), fresh);
         }
         let c = g.consumers.get_mut(consumer).expect("inserted above");
+        let written = c.written.subscribe();
         if c.state == state && c.error.is_none() {
-            return Box::pin(std::future::ready(Ok(())));
+            // Nothing new: resolved once the position already asked for is written.
+            return Box::pin(settled(written, c.seq, self.dir.display().to_string()));
         }
         c.state = state;
+        c.seq += 1;
+        let target = c.seq;
         let failed = c.error.take();
         if !g.pending.contains(consumer) {
             g.pending.insert(consumer.to_string());
@@ -747,11 +774,11 @@ impl EventLog for FileLog {
             });
             drop(flush);
         }
-        let result = match failed {
-            Some(e) => Err(LogError::Io { path: self.dir.display().to_string(), source: std::io::Error::other(e) }),
-            None => Ok(()),
-        };
-        Box::pin(std::future::ready(result))
+        let path = self.dir.display().to_string();
+        match failed {
+            Some(e) => Box::pin(std::future::ready(Err(LogError::Io { path, source: std::io::Error::other(e) }))),
+            None => Box::pin(settled(written, target, path)),
+        }
     }
 
     fn committed_state(&self, consumer: &str) -> BoxFuture<'_, Result<Option<AckState>, LogError>> {
@@ -770,6 +797,18 @@ impl EventLog for FileLog {
         let committer = self.committer.clone();
         let consumer = consumer.to_string();
         crate::blocking(self.dir.display().to_string(), move || committer.delete(&consumer))
+    }
+}
+
+/// Resolves once the committer settled position `target` (or a later one):
+/// `Ok` once written, the write's error if it failed, `Closed` if the log or
+/// the consumer went away first.
+async fn settled(mut written: watch::Receiver<Written>, target: u64, path: String) -> Result<(), LogError> {
+    let failed_at = |w: &Written| w.1.as_ref().filter(|(seq, _)| *seq >= target).map(|(_, e)| e.clone());
+    match written.wait_for(|w| w.0 >= target || failed_at(w).is_some()).await {
+        Ok(w) if w.0 >= target => Ok(()),
+        Ok(w) => Err(LogError::Io { path, source: std::io::Error::other(failed_at(&w).unwrap_or_default()) }),
+        Err(_) => Err(LogError::Closed(path)),
     }
 }
 

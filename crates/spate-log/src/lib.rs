@@ -71,11 +71,12 @@ pub trait EventLog: Send + Sync + 'static {
     fn watch_end(&self) -> tokio::sync::watch::Receiver<Offset>;
     /// Records the consumer's committed offset *and* the acknowledged ranges
     /// above it, so a restart skips them. The position is visible to
-    /// `committed_state` at once; the future resolves once it is handed to
-    /// storage (the file log writes it off the runtime, coalescing a burst of
-    /// commits into one write; a crash before that write only redelivers).
-    /// An error reports a failed earlier write of this consumer's position:
-    /// committing again retries it.
+    /// `committed_state` at once; the future resolves once it is written (the
+    /// file log writes it off the runtime, coalescing a burst of commits into
+    /// one positioned write), so a caller knows what a crash would find: a
+    /// trigger worker counts finished deliveries against its in-flight bound
+    /// until then. An error reports a failed write of this position or of an
+    /// earlier one: committing again retries it.
     fn commit_state(&self, consumer: &str, state: AckState) -> BoxFuture<'_, Result<(), LogError>>;
     /// Records that `consumer` is done with every offset below `next`.
     fn commit(&self, consumer: &str, next: Offset) -> BoxFuture<'_, Result<(), LogError>> {

@@ -53,6 +53,12 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("RabbitMQ {what}: {e}"))
 }
 
+/// How long one RabbitMQ operation may take (opening a channel, a publish's
+/// confirms). A connection cut without a FIN or RST being noticed leaves
+/// lapin's promises pending for ever; past this the connection is dropped and
+/// made again.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One connection, made on first use and remade when it drops.
 pub struct RabbitBackend {
     config: RabbitConfig,
@@ -81,8 +87,42 @@ impl RabbitBackend {
         Ok(c)
     }
 
+    /// A new channel; when the connection cannot make one it is dropped, so
+    /// the next call connects again (a connection cut under lapin may still
+    /// say it is connected).
     async fn channel(&self) -> Result<Channel, LogError> {
-        self.connection().await?.create_channel().await.map_err(|e| unavailable("channel", e))
+        let conn = self.connection().await?;
+        match tokio::time::timeout(OPERATION_TIMEOUT, conn.create_channel()).await {
+            Ok(Ok(ch)) => Ok(ch),
+            Ok(Err(e)) => {
+                self.forget(&conn).await;
+                Err(unavailable("channel", e))
+            }
+            Err(_) => {
+                self.forget(&conn).await;
+                Err(unavailable("channel", format!("not opened within {OPERATION_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    /// After a failed operation: drops the cached connection unless a fresh
+    /// channel opens on it (it may still say it is connected while dead).
+    async fn forget_if_broken(&self) {
+        let Some(conn) = self.conn.lock().await.clone() else { return };
+        match tokio::time::timeout(Duration::from_secs(2), conn.create_channel()).await {
+            Ok(Ok(ch)) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ch.close(200, "probe".into())).await;
+            }
+            _ => self.forget(&conn).await,
+        }
+    }
+
+    /// Drops the cached connection if it is still `conn`.
+    async fn forget(&self, conn: &Arc<Connection>) {
+        let mut g = self.conn.lock().await;
+        if g.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *g = None;
+        }
     }
 
     fn exchange(&self, name: &str) -> ShortString {
@@ -138,22 +178,21 @@ impl RabbitStream {
         *g = Some(ch.clone());
         Ok(ch)
     }
-}
 
-impl MessageStream for RabbitStream {
-    fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>> {
-        Box::pin(async move {
-            let ch = self.publisher().await?;
-            let mut confirms = Vec::with_capacity(messages.len());
-            for (payload, id) in messages {
-                // Persistent (delivery mode 2): it survives a broker restart once confirmed.
-                let props = BasicProperties::default().with_delivery_mode(2).with_message_id(short(&id));
-                let c = ch
-                    .basic_publish(self.exchange.clone(), "".into(), BasicPublishOptions::default(), &payload, props)
-                    .await
-                    .map_err(|e| unavailable("publish", e))?;
-                confirms.push(c);
-            }
+    /// Publishes on the confirm channel and waits for every confirm.
+    async fn publish_on_channel(&self, messages: Vec<(Bytes, String)>) -> Result<(), LogError> {
+        let ch = self.publisher().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (payload, id) in messages {
+            // Persistent (delivery mode 2): it survives a broker restart once confirmed.
+            let props = BasicProperties::default().with_delivery_mode(2).with_message_id(short(&id));
+            let c = ch
+                .basic_publish(self.exchange.clone(), "".into(), BasicPublishOptions::default(), &payload, props)
+                .await
+                .map_err(|e| unavailable("publish", e))?;
+            confirms.push(c);
+        }
+        let confirmed = tokio::time::timeout(OPERATION_TIMEOUT, async {
             for c in confirms {
                 match c.await.map_err(|e| unavailable("publish confirm", e))? {
                     Confirmation::Ack(_) => {}
@@ -161,6 +200,28 @@ impl MessageStream for RabbitStream {
                 }
             }
             Ok(())
+        });
+        confirmed
+            .await
+            .unwrap_or_else(|_| Err(unavailable("publish", format!("not confirmed within {OPERATION_TIMEOUT:?}"))))
+    }
+}
+
+impl MessageStream for RabbitStream {
+    fn publish(&self, messages: Vec<(Bytes, String)>) -> BoxFuture<'_, Result<(), LogError>> {
+        Box::pin(async move {
+            let r = tokio::time::timeout(2 * OPERATION_TIMEOUT, self.publish_on_channel(messages))
+                .await
+                .unwrap_or_else(|_| Err(unavailable("publish", "no answer")));
+            if r.is_err() {
+                // The channel (or its connection) may be dead while it still says it is
+                // connected: a new channel next time, on a new connection if need be.
+                if let Some(ch) = self.publisher.lock().await.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ch.close(200, "reopening".into())).await;
+                }
+                self.backend.forget_if_broken().await;
+            }
+            r
         })
     }
 

@@ -1,7 +1,8 @@
 //! The log seam is async and fallible: consumer positions are visible at
 //! once, written off the runtime (coalesced), survive a reopen, are never
-//! written again once removed, and a failed write is reported by the next
-//! commit, which retries it.
+//! written again once removed; a commit resolves once its position is
+//! written, and a failed write is reported by that commit and the next one,
+//! which retries it.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -64,7 +65,7 @@ fn a_failed_position_write_is_reported_by_the_next_commit_which_retries_it() {
     std::fs::remove_dir(&cdir).unwrap();
     std::fs::write(&cdir, b"not a directory").unwrap();
     let commit = |c| log.commit("ns/t", c).now_or_never().expect("ready");
-    commit(3).expect("handed to storage");
+    // A commit resolves once its position is written: this one's write fails, and it says so.
     let err = commit(3).expect_err("the failed write is reported");
     assert!(err.to_string().contains("log"), "names where: {err}");
     std::fs::remove_file(&cdir).unwrap();
@@ -76,4 +77,35 @@ fn a_failed_position_write_is_reported_by_the_next_commit_which_retries_it() {
     drop(log);
     let log = FileLog::open("l", &dir, config()).unwrap();
     assert_eq!(log.committed_state("ns/t").now_or_never().unwrap().unwrap(), Some(AckState::at(3)));
+}
+
+#[test]
+fn a_commit_resolves_only_once_its_position_is_written() {
+    // What a kill -9 finds on disk right after a commit resolved is that position or a
+    // later one: a trigger counts a finished delivery as in flight until then.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let config = FileLogConfig { fsync: FsyncPolicy::Always, ..FileLogConfig::default() };
+    rt.block_on(async {
+        let log = FileLog::open("l", &dir, config.clone()).unwrap();
+        // Keep the writer busy with appends (each one fdatasync'ed) while positions are committed.
+        let busy = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..400u64 {
+                    log.append(vec![Bytes::from(i.to_string()); 8]).await.unwrap();
+                }
+            })
+        };
+        for i in 1..200u64 {
+            let state = AckState { committed: i, acked: vec![(i + 2, i + 3)] };
+            log.commit_state("ns/t", state.clone()).await.unwrap();
+            // A second instance opened on the same directory reads the position from disk only.
+            let on_disk = FileLog::open("l", &dir, config.clone()).unwrap();
+            let found = on_disk.committed_state("ns/t").await.unwrap().expect("a position on disk");
+            assert!(found.committed >= i, "commit {i} resolved but the disk holds {found:?}");
+        }
+        busy.await.unwrap();
+    });
 }

@@ -1,0 +1,188 @@
+//! The fault suite on NATS JetStream (`NatsJetStreamBroker`): kill -9 of
+//! `spate serve`; kill -9 of the engine itself (a nats-server of the test's
+//! own, with a file store, restarted on its directory); and three instances
+//! sharing the work with one of them killed again and again while senders
+//! post to the other two. Each with a stuck trigger beside a healthy one;
+//! every acked event delivered to both, no fault making a trigger deliver
+//! more than its in-flight bound twice. `SPATE_TORTURE=1` runs ten faults.
+
+mod common;
+mod faults;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use faults::{Load, Plan, Subscribers};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_spate_on_nats_under_load_loses_nothing() {
+    let Some((args, _cluster)) = class_args(Class::Nats, "fault-nats-kill") else {
+        assert!(std::env::var_os("CI").is_none(), "NATS is not answering on {}", nats_url());
+        eprintln!("skipping: NATS is not answering on {}", nats_url());
+        return;
+    };
+    let plan = Plan::from_env();
+    faults::kill_spate("nats", args, plan, faults::Bounds::both(plan.in_flight)).await;
+}
+
+/// A nats-server of the test's own (JetStream, file store in a temp dir), so it can be killed.
+struct OwnNats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    fn start() -> Option<OwnNats> {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = faults::free_addr().rsplit(':').next().unwrap().parse().unwrap();
+        let mut n = OwnNats { port, store: tempdir(), child: None };
+        n.run(bin);
+        Some(n)
+    }
+
+    fn run(&mut self, bin: &str) {
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then the same server on the same store directory.
+    fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("found at start");
+        self.run(bin);
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_nats_itself_under_load_loses_nothing() {
+    let Some(mut nats) = OwnNats::start() else {
+        assert!(std::env::var_os("CI").is_none(), "no nats-server binary to run a killable NATS");
+        eprintln!("skipping: no nats-server binary to run a killable NATS");
+        return;
+    };
+    let plan = Plan::from_env();
+    let subs = Subscribers::start().await;
+    let dir = tempdir();
+    let url = nats.url();
+    let in_flight = plan.in_flight.to_string();
+    let ack_wait = faults::ACK_WAIT_SECONDS.to_string();
+    let args = [
+        "--default-broker-class",
+        "NatsJetStreamBroker",
+        "--nats-url",
+        &url,
+        "--cluster-name",
+        "faults",
+        "--max-in-flight",
+        &in_flight,
+        "--ack-wait-seconds",
+        &ack_wait,
+    ];
+    let server = Server::start(dir.path(), &args);
+    server.apply_ok(&subs.manifests(plan.in_flight)).await;
+    let load = Load::start(vec![server.broker_url("default", "default")], plan);
+    subs.flowing().await;
+    let mut marks = vec![];
+    for k in 0..plan.faults {
+        load.before_fault(k, plan).await;
+        nats.crash_and_restart();
+        marks.push(subs.mark());
+    }
+    let (acked, rate) = load.finish().await;
+    let tallies = subs.tally(&acked, &marks, Duration::from_secs(180)).await;
+    // No duplicate bound here: nats-server 2.9 writes consumer state (acknowledgements,
+    // interest-retention removals) to its file store asynchronously, so after its own
+    // kill -9 it hands out again what it had confirmed in its last moments, beyond the
+    // in-flight bound Spate keeps (measured: 100-250 per kill at 1,700 events/s). Losing
+    // nothing is the contract; 2.10's `sync_interval: always` would bound the rest.
+    faults::report("nats", "kill -9 of nats-server", rate, &tallies, faults::Bounds { healthy: None, stuck: None });
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_with_one_killed_under_load_lose_nothing() {
+    if !nats_available() {
+        assert!(std::env::var_os("CI").is_none(), "NATS is not answering on {}", nats_url());
+        eprintln!("skipping: NATS is not answering on {}", nats_url());
+        return;
+    }
+    let plan = Plan::from_env();
+    let cluster = NatsCluster::new("fault-three");
+    let subs = Subscribers::start().await;
+    let mut args = cluster.args();
+    args.extend(["--config-store".into(), "nats".into()]);
+    args.extend([
+        "--max-in-flight".into(),
+        plan.in_flight.to_string(),
+        "--ack-wait-seconds".into(),
+        faults::ACK_WAIT_SECONDS.to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempdir()).collect();
+    let mut servers: Vec<Server> = dirs.iter().map(|d| Server::start(d.path(), &args)).collect();
+    servers[0].apply_ok(&subs.manifests(plan.in_flight)).await;
+    for s in &servers {
+        for t in ["healthy", "stuck"] {
+            s.wait_json(&format!("/apis/eventing.knative.dev/v1/namespaces/default/triggers/{t}"), "Ready", |v| {
+                v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"))
+            })
+            .await;
+        }
+    }
+    // Senders post to A and C; B is killed (and started again) at each fault.
+    let urls = vec![servers[0].broker_url("default", "default"), servers[2].broker_url("default", "default")];
+    let load = Load::start(urls, plan);
+    subs.flowing().await;
+    let mut marks = vec![];
+    for k in 0..plan.faults {
+        load.before_fault(k, plan).await;
+        servers[1].kill();
+        marks.push(subs.mark());
+        servers[1] = Server::start(dirs[1].path(), &args);
+    }
+    let (acked, rate) = load.finish().await;
+    let tallies = subs.tally(&acked, &marks, Duration::from_secs(180)).await;
+    faults::report(
+        "nats, 3 instances",
+        "kill -9 of one instance",
+        rate,
+        &tallies,
+        faults::Bounds::both(plan.in_flight),
+    );
+    drop(servers);
+    drop(cluster);
+}
