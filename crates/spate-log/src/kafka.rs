@@ -320,7 +320,7 @@ impl KafkaStream {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
             // A worker holding its in-flight bound stops polling; it stays in the group.
             .set("max.poll.interval.ms", "86400000")
             .set("topic.metadata.refresh.interval.ms", "3000")
@@ -469,21 +469,54 @@ impl MessageStream for KafkaStream {
         })
     }
 
+    /// Deletes the trigger's group. Its members are static (`group.instance.id`), and
+    /// librdkafka does not send a static member's LeaveGroup when it closes, so the
+    /// group is not empty until the coordinator expires the member after the session
+    /// timeout: the deletion is retried in the background until then (twice the
+    /// session timeout at most), so a deleted trigger leaves no group behind.
     fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
         let group = self.group(name);
         Box::pin(async move {
             self.backlog.lock().expect("backlog lock").remove(&group);
             let admin = admin(&self.bootstrap)?;
-            let r = admin.delete_groups(&[&group], &AdminOptions::new()).await.map_err(|e| unavailable("delete", e))?;
-            for r in r {
-                match r {
-                    Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
-                    Err((g, code)) => return Err(unavailable(&format!("delete group {g}"), code)),
+            match delete_group(&admin, &group).await? {
+                true => Ok(()),
+                false => {
+                    tracing::info!(%group, "the group still has its closed static member; deleting it once the member expires");
+                    tokio::spawn(async move {
+                        for _ in 0..SESSION_TIMEOUT_MS / 1000 {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            match delete_group(&admin, &group).await {
+                                Ok(true) => return tracing::info!(%group, "consumer group deleted"),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    return tracing::warn!(%group, error = %e, "could not delete the consumer group");
+                                }
+                            }
+                        }
+                        tracing::warn!(%group, "the consumer group kept its closed member past twice the session timeout; it was not deleted");
+                    });
+                    Ok(())
                 }
             }
-            Ok(())
         })
     }
+}
+
+/// `session.timeout.ms` of trigger consumers: how long a closed static member stays in its group.
+const SESSION_TIMEOUT_MS: u64 = 10_000;
+
+/// `true` once the group is gone (or never was); `false` while a member remains.
+async fn delete_group(admin: &AdminClient<Logged>, group: &str) -> Result<bool, LogError> {
+    let r = admin.delete_groups(&[group], &AdminOptions::new()).await.map_err(|e| unavailable("delete", e))?;
+    for r in r {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+            Err((_, RDKafkaErrorCode::NonEmptyGroup)) => return Ok(false),
+            Err((g, code)) => return Err(unavailable(&format!("delete group {g}"), code)),
+        }
+    }
+    Ok(true)
 }
 
 /// What a consumer tracks per assigned partition.

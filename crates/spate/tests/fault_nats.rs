@@ -33,18 +33,26 @@ struct OwnNats {
     child: Option<Child>,
 }
 
+/// The machine's nats-server: on the PATH (as `../shared/peers/start nats` runs it) or in sbin.
+fn nats_server_binary() -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(std::path::PathBuf::from)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"].map(std::path::PathBuf::from))
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.exists())
+}
+
 impl OwnNats {
     fn start() -> Option<OwnNats> {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())?;
+        let bin = nats_server_binary()?;
         let port = faults::free_addr().rsplit(':').next().unwrap().parse().unwrap();
         let mut n = OwnNats { port, store: tempdir(), child: None };
-        n.run(bin);
+        n.run(&bin);
         Some(n)
     }
 
-    fn run(&mut self, bin: &str) {
+    fn run(&mut self, bin: &std::path::Path) {
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
@@ -70,11 +78,7 @@ impl OwnNats {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("found at start");
-        self.run(bin);
+        self.run(&nats_server_binary().expect("found at start"));
     }
 }
 
