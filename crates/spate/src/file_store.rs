@@ -78,18 +78,21 @@ impl FileConfigStore {
     /// Writes every Secret's values, removes those of deleted Secrets, then `resources.json`.
     fn save(&self, records: &BTreeMap<String, (Value, u64)>) -> Result<(), StoreError> {
         let mut keep = HashSet::new();
-        let mut saved = Vec::with_capacity(records.len());
+        // Only Secrets are copied (to take their values out); every other record is written as it is.
+        let mut saved: Vec<std::borrow::Cow<'_, Value>> = Vec::with_capacity(records.len());
         for (record, _) in records.values() {
-            let mut record = record.clone();
-            let (kind, ns, name) = identity(&record);
-            if kind == "Secret" {
-                let file = secret_file(&self.dir, &ns, &name);
-                let data = record["manifest"].as_object_mut().and_then(|m| m.remove("data")).unwrap_or(Value::Null);
-                write_private(&file, &serde_json::to_vec(&data).expect("JSON"))
-                    .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
-                keep.insert(file);
+            let (kind, ns, name) = identity(record);
+            if kind != "Secret" {
+                saved.push(std::borrow::Cow::Borrowed(record));
+                continue;
             }
-            saved.push(record);
+            let mut record = record.clone();
+            let file = secret_file(&self.dir, &ns, &name);
+            let data = record["manifest"].as_object_mut().and_then(|m| m.remove("data")).unwrap_or(Value::Null);
+            write_private(&file, &serde_json::to_vec(&data).expect("JSON"))
+                .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
+            keep.insert(file);
+            saved.push(std::borrow::Cow::Owned(record));
         }
         if let Ok(files) = std::fs::read_dir(self.dir.join("secrets")) {
             for f in files.flatten() {
@@ -124,16 +127,24 @@ impl FileConfigStore {
                 return Err(ConfigError::Conflict { key: key.clone() });
             }
         }
-        let mut next = g.records.clone();
+        // Changed in place (no copy of the whole store per apply); put back if the write fails.
         let mut revision = g.last_revision;
         let mut revisions = Vec::with_capacity(records.len());
+        let mut previous = Vec::with_capacity(records.len());
         for (key, record, _) in &records {
             revision += 1;
-            next.insert(key.clone(), (record.clone(), revision));
+            previous.push((key.clone(), g.records.insert(key.clone(), (record.clone(), revision))));
             revisions.push(revision);
         }
-        self.save(&next).map_err(unavailable)?;
-        g.records = next;
+        if let Err(e) = self.save(&g.records) {
+            for (key, old) in previous.into_iter().rev() {
+                match old {
+                    Some(old) => g.records.insert(key, old),
+                    None => g.records.remove(&key),
+                };
+            }
+            return Err(unavailable(e));
+        }
         g.last_revision = revision;
         for ((key, record, _), rev) in records.iter().zip(&revisions) {
             Self::notify(&mut g, Change::Put(versioned(key, record, *rev)));
@@ -175,12 +186,13 @@ impl ConfigStore for FileConfigStore {
     fn delete(&self, key: &str) -> BoxFuture<'_, Result<(), ConfigError>> {
         let r = (|| {
             let mut g = self.inner.lock().expect("file store");
-            let mut next = g.records.clone();
-            if next.remove(key).is_none() {
+            let Some(old) = g.records.remove(key) else {
                 return Ok(());
+            };
+            if let Err(e) = self.save(&g.records) {
+                g.records.insert(key.to_string(), old);
+                return Err(unavailable(e));
             }
-            self.save(&next).map_err(unavailable)?;
-            g.records = next;
             Self::notify(&mut g, Change::Delete(key.to_string()));
             Ok(())
         })();
