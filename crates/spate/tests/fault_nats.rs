@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use faults::{Load, Plan, Subscribers};
+use faults::{Plan, Subscribers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_spate_on_nats_under_load_loses_nothing() {
@@ -111,33 +111,13 @@ async fn kill_9_of_nats_itself_under_load_loses_nothing() {
     let plan = Plan::from_env();
     let subs = Subscribers::start().await;
     let dir = tempdir();
-    let url = nats.url();
-    let in_flight = plan.in_flight.to_string();
-    let ack_wait = faults::ACK_WAIT_SECONDS.to_string();
-    let args = [
-        "--default-broker-class",
-        "NatsJetStreamBroker",
-        "--nats-url",
-        &url,
-        "--cluster-name",
-        "faults",
-        "--max-in-flight",
-        &in_flight,
-        "--ack-wait-seconds",
-        &ack_wait,
-    ];
-    let server = Server::start(dir.path(), &args);
+    let engine =
+        ["--default-broker-class", "NatsJetStreamBroker", "--nats-url", &nats.url(), "--cluster-name", "faults"];
+    let args = faults::server_args(engine.iter().map(|a| a.to_string()).collect(), plan);
+    let server = Server::start(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
     server.apply_ok(&subs.manifests(plan.in_flight)).await;
-    let load = Load::start(vec![server.broker_url("default", "default")], plan);
-    subs.flowing().await;
-    let mut marks = vec![];
-    for k in 0..plan.faults {
-        load.before_fault(k, plan).await;
-        nats.crash_and_restart();
-        marks.push(subs.mark());
-    }
-    let (acked, rate) = load.finish().await;
-    let tallies = subs.tally(&acked, &marks, Duration::from_secs(180)).await;
+    let url = server.broker_url("default", "default");
+    let (tallies, rate) = faults::under_load(&subs, vec![url], plan, || nats.crash_and_restart()).await;
     // No duplicate bound here: nats-server 2.9 writes consumer state (acknowledgements,
     // interest-retention removals) to its file store asynchronously, so after its own
     // kill -9 it hands out again what it had confirmed in its last moments, beyond the
@@ -159,12 +139,7 @@ async fn three_instances_with_one_killed_under_load_lose_nothing() {
     let subs = Subscribers::start().await;
     let mut args = cluster.args();
     args.extend(["--config-store".into(), "nats".into()]);
-    args.extend([
-        "--max-in-flight".into(),
-        plan.in_flight.to_string(),
-        "--ack-wait-seconds".into(),
-        faults::ACK_WAIT_SECONDS.to_string(),
-    ]);
+    let args = faults::server_args(args, plan);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempdir()).collect();
     let mut servers: Vec<Server> = dirs.iter().map(|d| Server::start(d.path(), &args)).collect();
@@ -179,17 +154,11 @@ async fn three_instances_with_one_killed_under_load_lose_nothing() {
     }
     // Senders post to A and C; B is killed (and started again) at each fault.
     let urls = vec![servers[0].broker_url("default", "default"), servers[2].broker_url("default", "default")];
-    let load = Load::start(urls, plan);
-    subs.flowing().await;
-    let mut marks = vec![];
-    for k in 0..plan.faults {
-        load.before_fault(k, plan).await;
+    let (tallies, rate) = faults::under_load(&subs, urls, plan, || {
         servers[1].kill();
-        marks.push(subs.mark());
         servers[1] = Server::start(dirs[1].path(), &args);
-    }
-    let (acked, rate) = load.finish().await;
-    let tallies = subs.tally(&acked, &marks, Duration::from_secs(180)).await;
+    })
+    .await;
     faults::report(
         "nats, 3 instances",
         "kill -9 of one instance",

@@ -314,34 +314,55 @@ pub fn report(backend: &str, fault: &str, rate: f64, tallies: &[Tally], bounds: 
     assert!(problems.is_empty(), "{backend}, {fault}:\n{}", problems.join("\n"));
 }
 
+/// The arguments every fault test's servers get besides `args`: the in-flight bound and the ack wait.
+pub fn server_args(mut args: Vec<String>, plan: Plan) -> Vec<String> {
+    args.extend([
+        "--max-in-flight".into(),
+        plan.in_flight.to_string(),
+        "--ack-wait-seconds".into(),
+        ACK_WAIT_SECONDS.to_string(),
+    ]);
+    args
+}
+
+/// Runs the load against `urls`, waits until both triggers deliver, injects
+/// `fault` `plan.faults` times (spaced, each after its share of the load; the
+/// sinks' counts are marked just before it), then waits for every acked event
+/// and counts. Returns the counts and the rate events were acked at.
+pub async fn under_load(
+    subs: &Subscribers,
+    urls: Vec<String>,
+    plan: Plan,
+    mut fault: impl FnMut(),
+) -> (Vec<Tally>, f64) {
+    let load = Load::start(urls, plan);
+    subs.flowing().await;
+    let mut marks = vec![];
+    for k in 0..plan.faults {
+        load.before_fault(k, plan).await;
+        marks.push(subs.mark());
+        fault();
+    }
+    let (acked, rate) = load.finish().await;
+    (subs.tally(&acked, &marks, Duration::from_secs(180)).await, rate)
+}
+
 /// Kills `spate serve` with SIGKILL `plan.faults` times under load and
 /// restarts it on the same addresses and data dir.
 pub async fn kill_spate(backend: &str, args: Vec<String>, plan: Plan, bounds: Bounds) {
     let subs = Subscribers::start().await;
     let dir = tempdir();
     let (listen, admin) = (free_addr(), free_addr());
-    let mut extra: Vec<String> = args;
-    extra.extend([
-        "--max-in-flight".into(),
-        plan.in_flight.to_string(),
-        "--ack-wait-seconds".into(),
-        ACK_WAIT_SECONDS.to_string(),
-    ]);
-    let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut server = Server::start_on(dir.path(), &listen, &admin, &extra_ref);
+    let args = server_args(args, plan);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start_on(dir.path(), &listen, &admin, &args);
     server.apply_ok(&subs.manifests(plan.in_flight)).await;
     let url = server.broker_url("default", "default");
-    let load = Load::start(vec![url], plan);
-    subs.flowing().await;
-    let mut marks = vec![];
-    for k in 0..plan.faults {
-        load.before_fault(k, plan).await;
+    let (tallies, rate) = under_load(&subs, vec![url], plan, || {
         server.kill();
-        marks.push(subs.mark());
-        server = Server::start_on(dir.path(), &listen, &admin, &extra_ref);
-    }
-    let (acked, rate) = load.finish().await;
-    let tallies = subs.tally(&acked, &marks, Duration::from_secs(120)).await;
+        server = Server::start_on(dir.path(), &listen, &admin, &args);
+    })
+    .await;
     report(backend, "kill -9 of spate", rate, &tallies, bounds);
     drop(server);
 }
@@ -408,26 +429,11 @@ impl Drop for Proxy {
 pub async fn cut_engine_connections(backend: &str, args: Vec<String>, proxy: &Proxy, plan: Plan, bounds: Bounds) {
     let subs = Subscribers::start().await;
     let dir = tempdir();
-    let mut extra: Vec<String> = args;
-    extra.extend([
-        "--max-in-flight".into(),
-        plan.in_flight.to_string(),
-        "--ack-wait-seconds".into(),
-        ACK_WAIT_SECONDS.to_string(),
-    ]);
-    let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let server = Server::start(dir.path(), &extra_ref);
+    let args = server_args(args, plan);
+    let server = Server::start(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
     server.apply_ok(&subs.manifests(plan.in_flight)).await;
-    let load = Load::start(vec![server.broker_url("default", "default")], plan);
-    subs.flowing().await;
-    let mut marks = vec![];
-    for k in 0..plan.faults {
-        load.before_fault(k, plan).await;
-        proxy.cut();
-        marks.push(subs.mark());
-    }
-    let (acked, rate) = load.finish().await;
-    let tallies = subs.tally(&acked, &marks, Duration::from_secs(180)).await;
+    let url = server.broker_url("default", "default");
+    let (tallies, rate) = under_load(&subs, vec![url], plan, || proxy.cut()).await;
     report(backend, "connections to the engine cut", rate, &tallies, bounds);
     drop(server);
 }
