@@ -15,14 +15,7 @@ use common::*;
 use faults::Plan;
 
 fn kafka_args(test: &str) -> Option<Vec<String>> {
-    match class_args(Class::Kafka, test) {
-        Some((args, _)) => Some(args),
-        None => {
-            assert!(std::env::var_os("CI").is_none(), "no Kafka-protocol broker answers on 127.0.0.1:19092");
-            eprintln!("skipping: no Kafka-protocol broker answers on 127.0.0.1:19092");
-            None
-        }
-    }
+    faults::engine_args(Class::Kafka, test, "no Kafka-protocol broker answers on 127.0.0.1:19092")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,14 +11,7 @@ use common::*;
 use faults::Plan;
 
 fn rabbit_args(test: &str) -> Option<Vec<String>> {
-    match class_args(Class::Rabbit, test) {
-        Some((args, _)) => Some(args),
-        None => {
-            assert!(std::env::var_os("CI").is_none(), "RabbitMQ is not answering on 127.0.0.1:5672");
-            eprintln!("skipping: RabbitMQ is not answering on 127.0.0.1:5672");
-            None
-        }
-    }
+    faults::engine_args(Class::Rabbit, test, "RabbitMQ is not answering on 127.0.0.1:5672")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

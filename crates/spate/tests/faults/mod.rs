@@ -9,7 +9,7 @@
 //! sets) runs the long one: ten faults and more events.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -372,15 +372,6 @@ pub fn free_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Counts per id: how often each was received (for a report's detail).
-pub fn histogram(got: &[Received]) -> HashMap<String, usize> {
-    let mut h = HashMap::new();
-    for r in got {
-        *h.entry(r.event.id.clone()).or_default() += 1;
-    }
-    h
-}
-
 /// A TCP proxy between Spate and an engine, so a test can cut every
 /// connection at once (a network fault) while the engine keeps running.
 pub struct Proxy {
@@ -436,4 +427,18 @@ pub async fn cut_engine_connections(backend: &str, args: Vec<String>, proxy: &Pr
     let (tallies, rate) = under_load(&subs, vec![url], plan, || proxy.cut()).await;
     report(backend, "connections to the engine cut", rate, &tallies, bounds);
     drop(server);
+}
+
+/// The server arguments of `class` for test `test`, or `None` (a skip, said on
+/// stderr) when its engine is absent on a developer machine; under `CI` an absent
+/// engine fails the test.
+pub fn engine_args(class: Class, test: &str, absent: &str) -> Option<Vec<String>> {
+    match class_args(class, test) {
+        Some((args, _)) => Some(args),
+        None => {
+            assert!(std::env::var_os("CI").is_none(), "{absent}");
+            eprintln!("skipping: {absent}");
+            None
+        }
+    }
 }
