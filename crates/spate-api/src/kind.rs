@@ -28,11 +28,13 @@ pub enum Kind {
     EventPolicy,
     /// Knative's EventType (`eventing.knative.dev/v1beta3`): a kind of event an addressable carries.
     EventType,
+    /// Kubernetes' Namespace (`v1`, cluster-scoped: stored with namespace ""). Deleting one deletes what it holds.
+    Namespace,
 }
 
 impl Kind {
     /// Every kind but the sources.
-    const BASE: [Kind; 16] = [
+    const BASE: [Kind; 17] = [
         Kind::Broker,
         Kind::Trigger,
         Kind::Channel,
@@ -49,6 +51,7 @@ impl Kind {
         Kind::ConfigMap,
         Kind::EventPolicy,
         Kind::EventType,
+        Kind::Namespace,
     ];
 
     /// Every kind Spate serves.
@@ -89,6 +92,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::EventPolicy => "EventPolicy",
             Kind::EventType => "EventType",
+            Kind::Namespace => "Namespace",
         }
     }
     pub fn group(self) -> &'static str {
@@ -104,7 +108,7 @@ impl Kind {
             Kind::Sequence | Kind::Parallel => "flows.knative.dev",
             Kind::Service => "serving.knative.dev",
             // The core group of Kubernetes: `apiVersion: v1`.
-            Kind::Secret | Kind::ConfigMap => "",
+            Kind::Secret | Kind::ConfigMap | Kind::Namespace => "",
             Kind::Source(k) => k.def().group,
             Kind::SinkBinding => "sources.knative.dev",
         }
@@ -152,6 +156,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::EventPolicy => "eventpolicies",
             Kind::EventType => "eventtypes",
+            Kind::Namespace => "namespaces",
         }
     }
 

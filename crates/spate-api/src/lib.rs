@@ -125,6 +125,8 @@ pub enum Compiled {
     ConfigMap(ConfigMapConfig),
     EventPolicy(Box<event_policy::EventPolicyConfig>),
     EventType(event_type::EventTypeConfig),
+    /// A Namespace: nothing to run.
+    Namespace,
 }
 
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
@@ -200,7 +202,21 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
             secret_fields = Some(fields);
             Compiled::ConfigMap(c)
         }),
+        Some(Kind::Namespace) => Some(Compiled::Namespace),
         None => None,
+    };
+    // Namespaces are cluster-scoped: no namespace of their own.
+    let (namespace, metadata) = if kind == Some(Kind::Namespace) {
+        let mut m = metadata;
+        if let Some(o) = m.as_object_mut() {
+            o.remove("namespace");
+        }
+        if let Err(e) = meta::check_dns_label(&name) {
+            w.error("metadata.name", e);
+        }
+        (String::new(), m)
+    } else {
+        (namespace, metadata)
     };
     match (kind, compiled) {
         (Some(kind), Some(compiled)) if w.ok() => {
@@ -275,6 +291,7 @@ pub fn check_update(old: &Resource, new: &Resource) -> Vec<FieldError> {
         | Kind::Source(_)
         | Kind::SinkBinding
         | Kind::ConfigMap
+        | Kind::Namespace
         | Kind::EventPolicy => {
             if new.kind == Kind::Subscription {
                 let (a, b) = (old.manifest.pointer("/spec/channel"), new.manifest.pointer("/spec/channel"));

@@ -42,7 +42,11 @@ pub struct Versioned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Put(Versioned),
-    Delete(String),
+    /// The key was deleted at `revision` (0 when the store cannot say).
+    Delete {
+        key: String,
+        revision: u64,
+    },
     /// Every change up to now has been delivered (the initial state is complete).
     Synced,
 }
@@ -54,8 +58,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// Returns the new revision.
     fn put(&self, key: &str, value: Bytes, expected: u64) -> BoxFuture<'_, Result<u64, ConfigError>>;
     fn delete(&self, key: &str) -> BoxFuture<'_, Result<(), ConfigError>>;
-    /// The current state as `Put`s, then `Synced`, then every later change.
-    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>>;
+    /// The current state as `Put`s, then `Synced`, then every later change, in
+    /// revision order. Unbounded, so a writer never waits on (or drops a change
+    /// for) a slow follower: the follower drains it without blocking.
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::UnboundedReceiver<Change>, ConfigError>>;
     /// Writes several `(key, value, expected revision)`s, returning their new
     /// revisions in order. A store that rewrites a file per write does them in
     /// one write (all or nothing), so applying N objects costs one write, not N
@@ -174,14 +180,14 @@ impl ConfigStore for NatsConfigStore {
         Box::pin(async move { self.kv.delete(&key).await.map_err(unavailable) })
     }
 
-    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>> {
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::UnboundedReceiver<Change>, ConfigError>> {
         Box::pin(async move {
             let mut w = self.kv.watch_with_history(">").await.map_err(unavailable)?;
-            let (tx, rx) = mpsc::channel(1024);
+            let (tx, rx) = mpsc::unbounded_channel();
             // An empty bucket delivers no entry at all: it is synced at once.
             let empty = self.kv.status().await.map(|s| s.values() == 0).unwrap_or(false);
             if empty {
-                let _ = tx.send(Change::Synced).await;
+                let _ = tx.send(Change::Synced);
             }
             tokio::spawn(async move {
                 let mut synced = empty;
@@ -195,14 +201,16 @@ impl ConfigStore for NatsConfigStore {
                         kv::Operation::Put => {
                             Change::Put(Versioned { key: e.key, value: e.value, revision: e.revision })
                         }
-                        kv::Operation::Delete | kv::Operation::Purge => Change::Delete(e.key),
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            Change::Delete { key: e.key, revision: e.revision }
+                        }
                     };
-                    if tx.send(change).await.is_err() {
+                    if tx.send(change).is_err() {
                         return;
                     }
                     if !synced && caught_up {
                         synced = true;
-                        if tx.send(Change::Synced).await.is_err() {
+                        if tx.send(Change::Synced).is_err() {
                             return;
                         }
                     }

@@ -16,8 +16,9 @@ use spate_sources::{ResolvedSource, SourceStatus, Sources};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
+use crate::objects::Objects;
 use crate::status;
-use crate::store::{Entry, Key, Store};
+use crate::store::{Entry, Key, KeyExt, Store};
 use bytes::Bytes;
 use spate_log::{Change, ConfigError, ConfigStore};
 
@@ -29,32 +30,63 @@ pub enum ApiError {
     Conflict(Vec<FieldError>),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{} \"{}\" already exists", .0.resource(), .0.2)]
+    AlreadyExists(Key),
+    #[error("Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again", .0.resource(), .0.2)]
+    Stale(Key),
     #[error("unknown resource type '{0}'")]
     UnknownResource(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A watch from a version the history no longer holds (the client lists again).
+    #[error("too old resource version: {0}")]
+    Expired(String),
     #[error(transparent)]
     Shared(#[from] ConfigError),
 }
 
 /// HTTP status mapping of control-plane errors; the one place it is decided.
+/// The body is a Kubernetes `Status` (`reason`, `details.causes[].field`), so
+/// kubectl and client libraries show it as they show a cluster's.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::Admission(AdmissionError::Invalid(_)) | ApiError::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Admission(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::UnknownResource(_) => StatusCode::NOT_FOUND,
-            ApiError::Shared(ConfigError::Conflict { .. }) => StatusCode::CONFLICT,
-            ApiError::Shared(ConfigError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Shared(ConfigError::Refused(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        let errors: Vec<String> = match &self {
-            ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => {
-                e.iter().map(ToString::to_string).collect()
+        let (status, reason) = match &self {
+            ApiError::Admission(AdmissionError::Invalid(_)) | ApiError::Conflict(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
             }
-            other => vec![other.to_string()],
+            ApiError::Admission(_) | ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::NotFound(_) | ApiError::UnknownResource(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ApiError::Expired(_) => (StatusCode::GONE, "Expired"),
+            ApiError::Stale(_) | ApiError::Shared(ConfigError::Conflict { .. }) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::Shared(ConfigError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::Shared(ConfigError::Refused(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
         };
-        (status, axum::Json(json!({"kind": "Status", "status": "Failure", "code": status.as_u16(), "message": self.to_string(), "errors": errors}))).into_response()
+        let fields: &[FieldError] = match &self {
+            ApiError::Admission(AdmissionError::Invalid(e)) | ApiError::Conflict(e) => e,
+            _ => &[],
+        };
+        let errors: Vec<String> =
+            if fields.is_empty() { vec![self.to_string()] } else { fields.iter().map(ToString::to_string).collect() };
+        let mut details = json!({});
+        if let ApiError::AlreadyExists(k) | ApiError::Stale(k) = &self {
+            details = json!({"name": k.2, "group": k.0.group(), "kind": k.0.plural()});
+        }
+        if !fields.is_empty() {
+            details["causes"] = fields
+                .iter()
+                .map(|e| json!({"reason": "FieldValueInvalid", "message": e.message, "field": e.path}))
+                .collect();
+        }
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "code": status.as_u16(), "reason": reason, "message": self.to_string(), "details": details, "errors": errors});
+        (status, axum::Json(body)).into_response()
     }
 }
 
@@ -87,8 +119,19 @@ pub struct ControlPlane {
     kafka_sinks: Arc<KafkaSinks>,
     /// Sender identity and EventPolicies on the data plane, when `--oidc-issuer` is set.
     data_auth: Option<Arc<crate::data_auth::DataAuth>>,
-    /// The channels and subscriptions flows own, as `get` lists them (read-only).
-    flow_children: std::sync::Mutex<Vec<(Kind, String, String, Value)>>,
+    /// Objects as clients read them, with versions and a change feed (never behind the store lock).
+    objects: Arc<Objects>,
+}
+
+/// What a write expects to find (Kubernetes' create, update and apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Create or change (`spate apply`, server-side apply).
+    Any,
+    /// Create only: an existing object is `AlreadyExists`.
+    Absent,
+    /// Update only, of the object at this store revision: otherwise `Conflict` (or `NotFound`).
+    Revision(u64),
 }
 
 /// Read-only kinds derived from Services, as Knative shows them.
@@ -191,7 +234,7 @@ impl ControlPlane {
             own_tls: None,
             kafka_sinks: Arc::default(),
             data_auth: None,
-            flow_children: std::sync::Mutex::new(vec![]),
+            objects: Arc::new(Objects::new()),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -273,21 +316,25 @@ impl ControlPlane {
 
     /// Admits a whole manifest text: all or nothing.
     pub async fn apply(&self, text: &str, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
-        let mut admitted = spate_api::admit_text(text)?;
+        let admitted = spate_api::admit_text(text)?;
+        let expect = vec![Expect::Any; admitted.len()];
+        self.write(admitted, &expect, dry_run).await
+    }
+
+    /// Writes admitted resources, all or nothing, each as its `expect` says;
+    /// once written, this instance's objects show them (a writer reads its writes).
+    pub async fn write(
+        &self,
+        mut admitted: Vec<(spate_api::Resource, Compiled)>,
+        expect: &[Expect],
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, ApiError> {
         let default_class = self.eventing.config().default_broker_class.clone();
         for (r, c) in &mut admitted {
             spate_api::default_broker_class(r, c, &default_class);
         }
         let mut store = self.store.lock().await;
-        let mut conflicts = vec![];
-        for (r, _) in &admitted {
-            if let Some(old) = store.entries.get(&r.key()) {
-                conflicts.extend(spate_api::check_update(&old.resource, r));
-            }
-        }
-        if !conflicts.is_empty() {
-            return Err(ApiError::Conflict(conflicts));
-        }
+        check_expectations(&store, &admitted, expect)?;
         let mut applied = vec![];
         let mut changed = vec![];
         for (resource, compiled) in admitted {
@@ -319,6 +366,10 @@ impl ControlPlane {
         // must start even when the disk is full.
         let result = self.persist(&mut store, changed).await;
         if !dry_run {
+            let last = keys.iter().filter_map(|k| store.entries.get(k)).map(|e| e.revision).max();
+            if let Some(rev) = last {
+                self.objects.seen(rev).await;
+            }
             self.reconcile_locked(&mut store).await;
             // ApiServerSources hear of what this instance wrote (so each change once per cluster).
             let watched = if self.sources.watches_changes() { keys.into_iter().zip(added).collect() } else { vec![] };
@@ -358,9 +409,10 @@ impl ControlPlane {
         let mut store = self.store.lock().await;
         let key: Key = (kind, namespace.to_string(), name.to_string());
         if !store.entries.contains_key(&key) {
-            return Err(ApiError::NotFound(format!("{} {namespace}/{name}", kind.name())));
+            return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
         }
         self.config.delete(&Entry::shared_key(&key)).await?;
+        self.objects.gone(&key).await;
         let gone = store.entries.remove(&key);
         self.reconcile_locked(&mut store).await;
         if let Some(e) = gone.filter(|_| self.sources.watches_changes()) {
@@ -369,102 +421,112 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Objects of `kind` in `namespace` (all namespaces if `None`), optionally one by name.
+    /// Objects as clients read them, with their versions and change feed.
+    pub fn objects(&self) -> &Arc<Objects> {
+        &self.objects
+    }
+
+    /// Objects of `kind` in `namespace` (all namespaces if `None`), optionally
+    /// one by name, with live state (counters, process state, engine health).
+    /// Reads never wait for a reconcile.
     pub async fn get(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
-        let store = self.store.lock().await;
-        // Channels and subscriptions a flow owns are listed too, read-only, with their owner.
-        let children: Vec<Value> = self
-            .flow_children
-            .lock()
-            .expect("flow children")
-            .iter()
-            .filter(|(k, ns, n, _)| *k == kind && namespace.is_none_or(|w| w == ns) && name.is_none_or(|w| w == n))
-            .map(|(_, _, _, o)| o.clone())
-            .collect();
-        let entries: Vec<&Entry> = if let (Some(ns), Some(n)) = (namespace, name) {
-            match store.entries.get(&(kind, ns.to_string(), n.to_string())) {
-                Some(e) => vec![e],
-                None if !children.is_empty() => return Ok(children),
-                None => return Err(ApiError::NotFound(format!("{} {ns}/{n}", kind.name()))),
-            }
-        } else {
-            store
-                .entries
-                .iter()
-                .filter(|((k, ns, _), _)| *k == kind && namespace.is_none_or(|want| want == ns))
-                .map(|(_, e)| e)
-                .collect()
-        };
-        let mut out = vec![];
-        for e in entries {
-            let mut o = e.object();
-            // Sources report live counters and process state, not only what the last reconcile saw.
-            if kind.is_source()
-                && let Some(st) = self.sources.status(kind, &e.resource.namespace, &e.resource.name).await
-            {
-                o["status"] = source_status_json(&st, e.generation, &e.status);
-            }
-            // Triggers report their live counters, backlog and last failures.
-            if kind == Kind::Trigger
-                && let Some(stats) = self.eventing.trigger_stats(&e.resource.namespace, &e.resource.name).await
-            {
-                let backlog = self.eventing.trigger_backlog(&e.resource.namespace, &e.resource.name).await;
-                o["status"]["spate"] = json!(crate::live::TriggerLive::new(&stats, backlog));
-            }
-            // Brokers and channels on a shared engine say when it is down, now.
-            if let Some(problem) = self.eventing.storage_problem(kind, &e.resource.namespace, &e.resource.name) {
-                mark_unavailable(&mut o["status"], &problem);
-            }
-            out.push(o);
+        let (mut items, _) = self.objects.list(Some(kind), namespace);
+        if let Some(n) = name {
+            items.retain(|o| o["metadata"]["name"] == n);
         }
-        if name.is_none() {
-            out.extend(children);
+        for o in &mut items {
+            self.decorate(kind, o).await;
         }
         // EventTypes also list what flows through each Broker and Channel (read-only).
         if kind == Kind::EventType {
-            let owner = |k: &str, ns: &str, n: &str| -> Option<Kind> {
-                let candidates: &[Kind] = if k == "Broker" {
-                    &[Kind::Broker]
-                } else {
-                    &[Kind::InMemoryChannel, Kind::Channel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
-                };
-                let stored = candidates
-                    .iter()
-                    .copied()
-                    .find(|c| store.entries.contains_key(&(*c, ns.to_string(), n.to_string())));
-                // A flow's channels are not stored entries: they are InMemoryChannels it owns.
-                stored.or((k != "Broker").then_some(Kind::InMemoryChannel))
-            };
-            let seen = self.eventing.event_types();
-            let mut auto = crate::live::seen_event_types(&seen, owner, |ns, n| {
-                store.entries.contains_key(&(Kind::EventType, ns.to_string(), n.to_string()))
-            });
-            auto.retain(|o| {
-                namespace.is_none_or(|w| o["metadata"]["namespace"] == w)
-                    && name.is_none_or(|w| o["metadata"]["name"] == w)
-            });
-            out.extend(auto);
+            items.extend(self.seen_event_types(namespace, name));
         }
-        Ok(out)
+        if items.is_empty()
+            && let Some(n) = name
+        {
+            let key = (kind, namespace.unwrap_or("default").to_string(), n.to_string());
+            return Err(ApiError::NotFound(format!("{} \"{n}\"", key.resource())));
+        }
+        Ok(items)
+    }
+
+    /// Adds what only the running system knows to an object's status.
+    pub async fn decorate(&self, kind: Kind, o: &mut Value) {
+        let (Some(ns), Some(name)) = (o["metadata"]["namespace"].as_str(), o["metadata"]["name"].as_str()) else {
+            return;
+        };
+        let (ns, name) = (ns.to_string(), name.to_string());
+        // Sources report live counters and process state, not only what the last reconcile saw.
+        if kind.is_source()
+            && let Some(st) = self.sources.status(kind, &ns, &name).await
+        {
+            let generation = o["metadata"]["generation"].as_u64().unwrap_or(1);
+            o["status"] = source_status_json(&st, generation, &o["status"]);
+        }
+        // Triggers report their live counters, backlog and last failures.
+        if kind == Kind::Trigger
+            && let Some(stats) = self.eventing.trigger_stats(&ns, &name).await
+        {
+            let backlog = self.eventing.trigger_backlog(&ns, &name).await;
+            o["status"]["spate"] = json!(crate::live::TriggerLive::new(&stats, backlog));
+        }
+        // Brokers and channels on a shared engine say when it is down, now.
+        if let Some(problem) = self.eventing.storage_problem(kind, &ns, &name) {
+            mark_unavailable(&mut o["status"], &problem);
+        }
+    }
+
+    /// The EventTypes seen flowing through Brokers and Channels that no stored EventType describes.
+    fn seen_event_types(&self, namespace: Option<&str>, name: Option<&str>) -> Vec<Value> {
+        let has = |k: Kind, ns: &str, n: &str| self.objects.contains(&(k, ns.to_string(), n.to_string()));
+        let owner = |k: &str, ns: &str, n: &str| -> Option<Kind> {
+            let candidates: &[Kind] = if k == "Broker" {
+                &[Kind::Broker]
+            } else {
+                &[Kind::InMemoryChannel, Kind::Channel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
+            };
+            let stored = candidates.iter().copied().find(|c| has(*c, ns, n));
+            // A flow's channels are not stored entries: they are InMemoryChannels it owns.
+            stored.or((k != "Broker").then_some(Kind::InMemoryChannel))
+        };
+        let seen = self.eventing.event_types();
+        let mut auto = crate::live::seen_event_types(&seen, owner, |ns, n| has(Kind::EventType, ns, n));
+        auto.retain(|o| {
+            namespace.is_none_or(|w| o["metadata"]["namespace"] == w) && name.is_none_or(|w| o["metadata"]["name"] == w)
+        });
+        auto
     }
 
     /// Loads the config store's current state into the cache (before the
-    /// first reconcile), then returns the watch to follow with [`ControlPlane::follow`].
-    pub async fn sync(&self) -> Result<tokio::sync::mpsc::Receiver<Change>, ApiError> {
+    /// first reconcile), then returns the changes to follow with
+    /// [`ControlPlane::follow`]. The objects view follows the store at once,
+    /// on its own task, never waiting for the store lock.
+    pub async fn sync(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, ApiError> {
         let mut rx = self.config.watch().await?;
         let mut store = self.store.lock().await;
         while let Some(change) = rx.recv().await {
+            self.objects.apply(&change);
             if change == Change::Synced {
                 break;
             }
             apply_change(&mut store, change);
         }
-        Ok(rx)
+        let (tx, out) = tokio::sync::mpsc::unbounded_channel();
+        let objects = self.objects.clone();
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                objects.apply(&change);
+                if tx.send(change).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(out)
     }
 
     /// Follows the config store: every change (from any instance) updates the
     /// cache, and each batch of changes is reconciled once.
-    pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Change>) {
+    pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
         while let Some(first) = rx.recv().await {
             let mut store = self.store.lock().await;
             let mut dirty = apply_change(&mut store, first);
@@ -511,7 +573,7 @@ impl ControlPlane {
                 Compiled::ConfigMap(c) => {
                     desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
                 }
-                Compiled::EventPolicy(_) | Compiled::EventType(_) => {}
+                Compiled::EventPolicy(_) | Compiled::EventType(_) | Compiled::Namespace => {}
                 Compiled::Service(s) => {
                     desired
                         .services
@@ -587,8 +649,7 @@ impl ControlPlane {
         }
         *self.services.lock().expect("services") = service_statuses;
         let eventing_statuses = self.eventing.reconcile(&desired).await;
-        *self.flow_children.lock().expect("flow children") =
-            flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses);
+        self.objects.set_derived(flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses));
         for st in eventing_statuses {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
             let kinds: &[Kind] = if st.kind == Kind::Channel {
@@ -628,6 +689,9 @@ impl ControlPlane {
             publish_auth_status(store, &auth.snapshot());
         }
         publish_event_type_status(store);
+        for (key, e) in &store.entries {
+            self.objects.set_status(key, &e.status);
+        }
     }
 
     fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
@@ -639,6 +703,31 @@ impl ControlPlane {
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
     }
+}
+
+/// Immutable fields, and what each write expects to find: every problem before anything is written.
+fn check_expectations(
+    store: &Store,
+    admitted: &[(spate_api::Resource, Compiled)],
+    expect: &[Expect],
+) -> Result<(), ApiError> {
+    let mut conflicts = vec![];
+    for ((r, _), want) in admitted.iter().zip(expect) {
+        let key = r.key();
+        let old = store.entries.get(&key);
+        match (old, *want) {
+            (Some(_), Expect::Absent) => return Err(ApiError::AlreadyExists(key)),
+            (None, Expect::Revision(_)) => {
+                return Err(ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)));
+            }
+            (Some(old), Expect::Revision(rev)) if old.revision != rev => return Err(ApiError::Stale(key)),
+            _ => {}
+        }
+        if let Some(old) = old {
+            conflicts.extend(spate_api::check_update(&old.resource, r));
+        }
+    }
+    if conflicts.is_empty() { Ok(()) } else { Err(ApiError::Conflict(conflicts)) }
 }
 
 /// With sender identity on: each addressable's `status.address.audience`, and each
@@ -702,10 +791,7 @@ fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
 
 /// The objects of the channels and subscriptions flows own: Knative's shape,
 /// `metadata.ownerReferences` naming the flow, the status the flow reported.
-fn flow_children_json(
-    children: &[spate_eventing::FlowChild],
-    statuses: &[ResourceStatus],
-) -> Vec<(Kind, String, String, Value)> {
+fn flow_children_json(children: &[spate_eventing::FlowChild], statuses: &[ResourceStatus]) -> Vec<Value> {
     children
         .iter()
         .map(|c| {
@@ -729,7 +815,7 @@ fn flow_children_json(
             if let Some(st) = status {
                 o["status"] = status::flow_child(st);
             }
-            (c.kind, c.namespace.clone(), c.name.clone(), o)
+            o
         })
         .collect()
 }
@@ -782,7 +868,7 @@ fn strip_times(v: &Value) -> Value {
 fn apply_change(store: &mut Store, change: Change) -> bool {
     match change {
         Change::Synced => false,
-        Change::Delete(shared_key) => {
+        Change::Delete { key: shared_key, .. } => {
             let key = store.entries.keys().find(|k| Entry::shared_key(k) == shared_key).cloned();
             key.and_then(|k| store.entries.remove(&k)).is_some()
         }

@@ -2,9 +2,11 @@
 //! (owner-only; written to a temporary file, synced, then renamed, so a crash
 //! leaves the old or the new set, never a mix), Secret values apart in
 //! `<data-dir>/secrets/<namespace>.<name>.json` (0600), never in
-//! `resources.json`. Revisions count writes since the process started; the
-//! watch sees this process's writes (it is the only writer: the data
-//! directory is locked).
+//! `resources.json`. Revisions count writes (puts and deletes) over the life
+//! of the data directory: each record keeps the revision it was written at and
+//! the file the last one, so they keep increasing across restarts (they are
+//! what `metadata.resourceVersion` is made of). The watch sees this process's
+//! writes (it is the only writer: the data directory is locked).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ struct Inner {
     /// Key → (record with Secret values, revision).
     records: BTreeMap<String, (Value, u64)>,
     last_revision: u64,
-    watchers: Vec<mpsc::Sender<Change>>,
+    watchers: Vec<mpsc::UnboundedSender<Change>>,
 }
 
 fn secret_file(dir: &Path, ns: &str, name: &str) -> PathBuf {
@@ -47,11 +49,23 @@ impl FileConfigStore {
     /// Reads `resources.json` and the Secret values beside it.
     pub fn open(dir: &Path) -> Result<FileConfigStore, StoreError> {
         let path = dir.join("resources.json");
-        let saved: Vec<Value> = match std::fs::read_to_string(&path) {
+        let saved: Value = match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), source: e })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
             Err(e) => return Err(StoreError::Read { path: path.display().to_string(), source: e }),
+        };
+        // Written by an earlier version: a bare array of records, with no revisions.
+        let (saved, mut last_revision) = match saved {
+            Value::Array(a) => (a, 0),
+            Value::Object(mut o) => {
+                let rev = o.get("revision").and_then(Value::as_u64).unwrap_or(0);
+                match o.remove("resources") {
+                    Some(Value::Array(a)) => (a, rev),
+                    _ => (vec![], rev),
+                }
+            }
+            _ => (vec![], 0),
         };
         let mut records = BTreeMap::new();
         for (i, mut record) in saved.into_iter().enumerate() {
@@ -65,9 +79,10 @@ impl FileConfigStore {
                     }
                 }
             }
-            records.insert(resource_key(&kind, &ns, &name), (record, i as u64 + 1));
+            let rev = record.get("revision").and_then(Value::as_u64).unwrap_or(i as u64 + 1);
+            last_revision = last_revision.max(rev);
+            records.insert(resource_key(&kind, &ns, &name), (record, rev));
         }
-        let last_revision = records.len() as u64;
         Ok(FileConfigStore {
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner { records, last_revision, watchers: vec![] }),
@@ -76,7 +91,7 @@ impl FileConfigStore {
     }
 
     /// Writes every Secret's values, removes those of deleted Secrets, then `resources.json`.
-    fn save(&self, records: &BTreeMap<String, (Value, u64)>) -> Result<(), StoreError> {
+    fn save(&self, records: &BTreeMap<String, (Value, u64)>, revision: u64) -> Result<(), StoreError> {
         let mut keep = HashSet::new();
         // Only Secrets are copied (to take their values out); every other record is written as it is.
         let mut saved: Vec<std::borrow::Cow<'_, Value>> = Vec::with_capacity(records.len());
@@ -102,7 +117,8 @@ impl FileConfigStore {
             }
         }
         let path = self.dir.join("resources.json");
-        let bytes = serde_json::to_vec_pretty(&saved).expect("JSON values serialize");
+        let bytes = serde_json::to_vec_pretty(&serde_json::json!({"revision": revision, "resources": saved}))
+            .expect("JSON values serialize");
         // Manifests can hold tokens in annotations or env: owner-only, like Secrets.
         write_private(&path, &bytes)
             .map_err(|source| StoreError::Write { path: path.display().to_string(), source })?;
@@ -131,12 +147,13 @@ impl FileConfigStore {
         let mut revision = g.last_revision;
         let mut revisions = Vec::with_capacity(records.len());
         let mut previous = Vec::with_capacity(records.len());
-        for (key, record, _) in &records {
+        for (key, record, _) in &mut records {
             revision += 1;
+            record["revision"] = revision.into();
             previous.push((key.clone(), g.records.insert(key.clone(), (record.clone(), revision))));
             revisions.push(revision);
         }
-        if let Err(e) = self.save(&g.records) {
+        if let Err(e) = self.save(&g.records, revision) {
             for (key, old) in previous.into_iter().rev() {
                 match old {
                     Some(old) => g.records.insert(key, old),
@@ -153,7 +170,7 @@ impl FileConfigStore {
     }
 
     fn notify(inner: &mut Inner, change: Change) {
-        inner.watchers.retain(|w| w.try_send(change.clone()).is_ok() || !w.is_closed());
+        inner.watchers.retain(|w| w.send(change.clone()).is_ok());
     }
 }
 
@@ -189,23 +206,25 @@ impl ConfigStore for FileConfigStore {
             let Some(old) = g.records.remove(key) else {
                 return Ok(());
             };
-            if let Err(e) = self.save(&g.records) {
+            let revision = g.last_revision + 1;
+            if let Err(e) = self.save(&g.records, revision) {
                 g.records.insert(key.to_string(), old);
                 return Err(unavailable(e));
             }
-            Self::notify(&mut g, Change::Delete(key.to_string()));
+            g.last_revision = revision;
+            Self::notify(&mut g, Change::Delete { key: key.to_string(), revision });
             Ok(())
         })();
         Box::pin(async move { r })
     }
 
-    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>> {
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::UnboundedReceiver<Change>, ConfigError>> {
         let mut g = self.inner.lock().expect("file store");
-        let (tx, rx) = mpsc::channel(g.records.len() + 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
         for (k, (r, rev)) in &g.records {
-            let _ = tx.try_send(Change::Put(versioned(k, r, *rev)));
+            let _ = tx.send(Change::Put(versioned(k, r, *rev)));
         }
-        let _ = tx.try_send(Change::Synced);
+        let _ = tx.send(Change::Synced);
         g.watchers.push(tx);
         Box::pin(async move { Ok(rx) })
     }

@@ -22,6 +22,7 @@ mod functions;
 mod ingress;
 mod listener;
 mod live;
+mod objects;
 mod oidc;
 mod otel;
 mod output;

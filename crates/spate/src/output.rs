@@ -59,6 +59,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                 Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
                 Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
                 Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
+                Kind::Namespace => vec!["NAME", "STATUS"],
                 Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
                 Kind::EventType => vec!["NAMESPACE", "NAME", "TYPE", "SOURCE", "REFERENCE", "READY"],
                 Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
@@ -125,6 +126,7 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
                             .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
                             .unwrap_or_default(),
                     ],
+                    Kind::Namespace => vec![name, s(it, "/status/phase").into()],
                     Kind::EventPolicy => {
                         let from = it
                             .pointer("/status/from")

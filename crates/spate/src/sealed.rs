@@ -129,10 +129,10 @@ impl ConfigStore for SealedSecrets {
         self.inner.delete(key)
     }
 
-    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>, ConfigError>> {
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::UnboundedReceiver<Change>, ConfigError>> {
         Box::pin(async move {
             let mut rx = self.inner.watch().await?;
-            let (tx, out) = mpsc::channel(256);
+            let (tx, out) = mpsc::unbounded_channel();
             let key = self.key.clone();
             tokio::spawn(async move {
                 while let Some(change) = rx.recv().await {
@@ -143,7 +143,7 @@ impl ConfigStore for SealedSecrets {
                         },
                         other => other,
                     };
-                    if tx.send(change).await.is_err() {
+                    if tx.send(change).is_err() {
                         return;
                     }
                 }

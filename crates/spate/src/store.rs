@@ -72,13 +72,7 @@ impl Entry {
             m.insert("creationTimestamp".into(), json!(self.created));
         }
         if self.resource.kind == Kind::Secret {
-            // Values never leave the data directory: `get` shows the keys and sizes only.
-            if let Some(d) = v.get_mut("data").and_then(Value::as_object_mut) {
-                for (_, val) in d.iter_mut() {
-                    let n = val.as_str().map(|b| b.len() / 4 * 3).unwrap_or(0);
-                    *val = json!(format!("<redacted, about {n} bytes>"));
-                }
-            }
+            crate::objects::redact_secret(&mut v);
             return v;
         }
         v["status"] = self.status.clone();
@@ -87,6 +81,20 @@ impl Entry {
 }
 
 pub type Key = (Kind, String, String);
+
+/// How Kubernetes names a key's resource in messages: `<plural>.<group>` (`triggers.eventing.knative.dev`).
+pub trait KeyExt {
+    fn resource(&self) -> String;
+}
+
+impl KeyExt for Key {
+    fn resource(&self) -> String {
+        match self.0.group() {
+            "" => self.0.plural().to_string(),
+            g => format!("{}.{g}", self.0.plural()),
+        }
+    }
+}
 
 /// The control plane's cache of applied resources. The `ConfigStore` (the
 /// data-dir file or a NATS KV bucket) holds them; this map follows it.
