@@ -1,5 +1,6 @@
-//! The admin API: Kubernetes-style REST over the control plane, `/apply` for
-//! all-or-nothing multi-document manifests, health and metrics.
+//! The admin API: the Kubernetes API over the control plane (`kube/`),
+//! `/apply` for all-or-nothing multi-document manifests, logs, tail, replay,
+//! the dashboard, health and metrics.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use spate_api::Kind;
 
 use spate_eventing::replay::{ReplayError, ReplayFrom, ReplayProgress};
 
-use crate::control::{ApiError, ControlPlane, Derived};
+use crate::control::{ApiError, ControlPlane};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -33,9 +34,7 @@ pub fn router(state: Admin) -> Router {
         .route("/logs/{kind}/{ns}/{name}", get(logs))
         .route("/tail", get(tail))
         .route("/replay/{ns}/{name}", post(replay))
-        .route("/apis/{group}/{version}/{plural}", get(list_all))
-        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list).post(create))
-        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one).delete(delete_one).put(put_one))
+        .merge(crate::kube::router())
         .with_state(state)
 }
 
@@ -205,23 +204,6 @@ async fn replay(
         .into_response())
 }
 
-fn kind(group: &str, version: &str, plural: &str) -> Result<Kind, ApiError> {
-    // The core group (`apiVersion: v1`, Secrets) is spelled `core` in paths.
-    let group = if group == "core" { "" } else { group };
-    Kind::from_plural(group, plural)
-        .filter(|k| k.version() == version)
-        .ok_or_else(|| ApiError::UnknownResource(format!("{group}/{version}/{plural}")))
-}
-
-/// Revisions, Configurations and Routes: read-only, derived from Services.
-fn derived(group: &str, version: &str, plural: &str) -> Option<Derived> {
-    (group == "serving.knative.dev" && version == "v1").then(|| Derived::from_plural(plural)).flatten()
-}
-
-fn list_json(kind: &str, items: Vec<serde_json::Value>) -> Response {
-    axum::Json(json!({"apiVersion": "v1", "kind": format!("{kind}List"), "items": items})).into_response()
-}
-
 async fn logs(
     State(st): State<Admin>,
     Path((kind, ns, name)): Path<(String, String, String)>,
@@ -235,89 +217,4 @@ async fn logs(
         }
     };
     Ok(st.control.logs(k, &ns, &name)?.into_iter().map(|l| l + "\n").collect())
-}
-
-async fn list_all(
-    State(st): State<Admin>,
-    Path((group, version, plural)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    if let Some(d) = derived(&group, &version, &plural) {
-        return Ok(list_json(d.name(), st.control.get_derived(d, None, None)?));
-    }
-    let k = kind(&group, &version, &plural)?;
-    let items = st.control.get(k, None, None).await?;
-    Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
-}
-
-async fn list(
-    State(st): State<Admin>,
-    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
-) -> Result<Response, ApiError> {
-    if let Some(d) = derived(&group, &version, &plural) {
-        return Ok(list_json(d.name(), st.control.get_derived(d, Some(&ns), None)?));
-    }
-    let k = kind(&group, &version, &plural)?;
-    let items = st.control.get(k, Some(&ns), None).await?;
-    Ok(axum::Json(json!({"apiVersion": "v1", "kind": format!("{}List", k.name()), "items": items})).into_response())
-}
-
-async fn get_one(
-    State(st): State<Admin>,
-    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
-) -> Result<Response, ApiError> {
-    if let Some(d) = derived(&group, &version, &plural) {
-        return Ok(axum::Json(st.control.get_derived(d, Some(&ns), Some(&name))?.remove(0)).into_response());
-    }
-    let k = kind(&group, &version, &plural)?;
-    let mut items = st.control.get(k, Some(&ns), Some(&name)).await?;
-    Ok(axum::Json(items.remove(0)).into_response())
-}
-
-async fn delete_one(
-    State(st): State<Admin>,
-    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
-) -> Result<Response, ApiError> {
-    let k = kind(&group, &version, &plural)?;
-    st.control.delete(k, &ns, &name).await?;
-    Ok(axum::Json(json!({"kind": "Status", "status": "Success"})).into_response())
-}
-
-/// Creates or replaces one resource; the body (YAML or JSON) must name the
-/// same kind, namespace and name as the path.
-async fn put_one(
-    State(st): State<Admin>,
-    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
-    body: String,
-) -> Result<Response, ApiError> {
-    let k = kind(&group, &version, &plural)?;
-    check_single(&body, k, &ns, Some(&name))?;
-    let applied = st.control.apply(&body, false).await?;
-    Ok(axum::Json(json!({"applied": applied})).into_response())
-}
-
-async fn create(
-    State(st): State<Admin>,
-    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
-    body: String,
-) -> Result<Response, ApiError> {
-    let k = kind(&group, &version, &plural)?;
-    check_single(&body, k, &ns, None)?;
-    let applied = st.control.apply(&body, false).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"applied": applied}))).into_response())
-}
-
-fn check_single(body: &str, k: Kind, ns: &str, name: Option<&str>) -> Result<(), ApiError> {
-    let docs = spate_api::parse_documents(body)?;
-    let [doc] = docs.as_slice() else {
-        return Err(ApiError::BadRequest(format!("expected exactly one {} document, got {}", k.name(), docs.len())));
-    };
-    let doc_kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-    let doc_ns = doc.pointer("/metadata/namespace").and_then(|v| v.as_str()).unwrap_or("default");
-    let doc_name = doc.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
-    if doc_kind != k.name() || doc_ns != ns || name.is_some_and(|n| n != doc_name) {
-        return Err(ApiError::BadRequest(format!(
-            "the body describes {doc_kind} {doc_ns}/{doc_name}, which does not match the request path"
-        )));
-    }
-    Ok(())
 }

@@ -21,7 +21,19 @@ use axum::response::{IntoResponse, Response};
 use thiserror::Error;
 
 /// Body types a write may carry (each needs a CORS preflight from a page).
-const WRITE_TYPES: &[&str] = &["application/yaml", "application/x-yaml", "application/json", "text/yaml"];
+const WRITE_TYPES: &[&str] = &[
+    "application/yaml",
+    "application/x-yaml",
+    "application/json",
+    "text/yaml",
+    // Kubernetes patches (kubectl apply, client libraries).
+    "application/merge-patch+json",
+    "application/json-patch+json",
+    "application/apply-patch+yaml",
+    "application/strategic-merge-patch+json",
+    // kubectl's typed clients (`create namespace`).
+    "application/vnd.kubernetes.protobuf",
+];
 
 #[derive(Debug, Error)]
 pub enum AuthConfigError {
@@ -105,6 +117,14 @@ impl AdminGuard {
         if writes && *method != Method::DELETE {
             let ty = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let essence = ty.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            // Kubernetes clients (the Python client 37) may send JSON with no type at all; a
+            // browser always marks its requests (Origin, Sec-Fetch-*), so none of those: not a page.
+            let browserless =
+                ["origin", "sec-fetch-site", "sec-fetch-mode", "cookie"].iter().all(|h| !headers.contains_key(*h));
+            let kube_api = path.starts_with("/api/") || path.starts_with("/apis/");
+            if ty.is_empty() && browserless && kube_api {
+                return None;
+            }
             if !WRITE_TYPES.contains(&essence.as_str()) {
                 let shown = if ty.is_empty() { "none" } else { ty };
                 return Some((
@@ -177,7 +197,15 @@ pub async fn guard(State(g): State<AdminGuard>, req: Request<Body>, next: Next) 
         return r;
     }
     if let Some((status, reason)) = g.refusal(req.method(), req.uri().path(), req.headers()) {
-        let mut r = (status, axum::Json(serde_json::json!({"error": reason}))).into_response();
+        // A Kubernetes Status (kubectl shows `message`), with `error` as before.
+        let why = match status {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+            _ => "Forbidden",
+        };
+        let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "code": status.as_u16(), "reason": why, "message": reason, "error": reason});
+        let mut r = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }

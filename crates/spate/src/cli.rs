@@ -47,6 +47,7 @@ impl Cli {
                 a.output = self.output.unwrap_or(OutputFormat::Table);
             }
             Command::Bench(a) => a.server = self.server.clone(),
+            Command::Kubeconfig(a) => (a.server, a.token, a.namespace) = (server, self.token.clone(), ns),
             Command::Serve(_) | Command::Validate(_) | Command::BenchPart(_) => {}
         }
         self.command
@@ -80,6 +81,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Measure broker throughput and latency against an embedded sink.
     Bench(BenchArgs),
+    /// Print a kubeconfig for kubectl and client libraries: this server (`--server`), the
+    /// token (`--token`), and the CA that signed the admin certificate (`--ca-file`).
+    Kubeconfig(KubeconfigArgs),
     /// A part of `spate bench --separate-processes` (its sink or its load generator).
     #[command(hide = true)]
     BenchPart(BenchPartArgs),
@@ -251,6 +255,20 @@ pub struct ServeArgs {
 #[derive(Clone, Debug, Default)]
 pub struct ServerArg {
     pub server: String,
+}
+
+#[derive(Args)]
+pub struct KubeconfigArgs {
+    /// PEM file of the CA (or self-signed certificate) that signed the admin API's
+    /// certificate; without it, clients trust the system's roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    #[arg(skip)]
+    pub server: ServerArg,
+    #[arg(skip)]
+    pub token: Option<String>,
+    #[arg(skip)]
+    pub namespace: String,
 }
 
 #[derive(Args)]

@@ -293,7 +293,7 @@ async fn get_all(a: &GetArgs, ns: Option<&str>) -> Exit {
     }
     let mut tables = vec![];
     let mut items = vec![];
-    for k in Kind::all().filter(|k| !matches!(k, Kind::Secret | Kind::ConfigMap)) {
+    for k in Kind::all().filter(|k| !matches!(k, Kind::Secret | Kind::ConfigMap | Kind::Namespace)) {
         match get_objects(&a.server.server, k, ns, None).await? {
             Ok(found) if found.is_empty() => {}
             Ok(found) => {

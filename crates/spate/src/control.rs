@@ -34,8 +34,6 @@ pub enum ApiError {
     AlreadyExists(Key),
     #[error("Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again", .0.resource(), .0.2)]
     Stale(Key),
-    #[error("unknown resource type '{0}'")]
-    UnknownResource(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
@@ -59,7 +57,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "Invalid")
             }
             ApiError::Admission(_) | ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            ApiError::NotFound(_) | ApiError::UnknownResource(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
@@ -130,7 +128,8 @@ pub enum Expect {
     Any,
     /// Create only: an existing object is `AlreadyExists`.
     Absent,
-    /// Update only, of the object at this store revision: otherwise `Conflict` (or `NotFound`).
+    /// Update only, of the object as read at this store revision: if it was
+    /// written since, `Conflict` (if it is gone, `NotFound`).
     Revision(u64),
 }
 
@@ -168,24 +167,7 @@ impl Derived {
 }
 
 fn new_uid() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let n = d.as_nanos() as u64 ^ (u64::from(std::process::id()) << 40);
-    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let (a, b) = (next(), next());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 impl ControlPlane {
@@ -720,7 +702,8 @@ fn check_expectations(
             (None, Expect::Revision(_)) => {
                 return Err(ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)));
             }
-            (Some(old), Expect::Revision(rev)) if old.revision != rev => return Err(ApiError::Stale(key)),
+            // Written since the version the client read (a later status change is not a write).
+            (Some(old), Expect::Revision(rev)) if old.revision > rev => return Err(ApiError::Stale(key)),
             _ => {}
         }
         if let Some(old) = old {

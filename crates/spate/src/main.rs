@@ -20,6 +20,7 @@ mod display;
 mod file_store;
 mod functions;
 mod ingress;
+mod kube;
 mod listener;
 mod live;
 mod objects;
@@ -69,6 +70,10 @@ fn main() -> std::process::ExitCode {
             cli::Command::Tail(a) => client::tail(a).await,
             cli::Command::Replay(a) => client::replay(a).await,
             cli::Command::Validate(a) => client::validate(a),
+            cli::Command::Kubeconfig(a) => kube::kubeconfig(&a).map(|text| {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }),
             cli::Command::Bench(a) => bench::run(a).await,
             cli::Command::BenchPart(p) => match p.role {
                 cli::BenchRole::Sink => bench_sink::serve_child().await.map(|()| std::process::ExitCode::SUCCESS),

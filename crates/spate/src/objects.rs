@@ -29,6 +29,8 @@ use crate::store::Key;
 
 /// How many changes a watch can resume from.
 pub const HISTORY: usize = 10_000;
+/// How many Kubernetes Events (condition transitions) are kept, all objects together.
+const EVENTS: usize = 2000;
 /// How many changes a watcher may fall behind before its watch is closed (it relists).
 const FANOUT: usize = 4096;
 
@@ -88,6 +90,9 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
+/// A watch: the changes already made (since the version asked), then the live feed.
+pub type Watch = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
+
 /// A watch asked for a version the history no longer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expired {
@@ -110,6 +115,9 @@ struct Inner {
     current: Rv,
     /// Still loading the store's initial state (no history is kept).
     syncing: bool,
+    /// Condition transitions as core `v1` Events, newest last.
+    events: VecDeque<Value>,
+    events_made: u64,
 }
 
 pub struct Objects {
@@ -161,7 +169,13 @@ fn parse_key(shared: &str) -> Option<Key> {
 fn key_of(object: &Value) -> Option<Key> {
     let kind = Kind::all().find(|k| object["kind"] == k.name())?;
     let s = |p: &str| object.pointer(p).and_then(Value::as_str).map(str::to_string);
-    Some((kind, s("/metadata/namespace").unwrap_or_else(|| "default".into()), s("/metadata/name")?))
+    // Namespaces are cluster-scoped (stored with namespace "").
+    let ns = if kind == Kind::Namespace {
+        String::new()
+    } else {
+        s("/metadata/namespace").unwrap_or_else(|| "default".into())
+    };
+    Some((kind, ns, s("/metadata/name")?))
 }
 
 fn set_rv(object: &mut Value, rv: Rv) {
@@ -179,6 +193,8 @@ impl Objects {
                 floor: Rv::default(),
                 current: Rv::default(),
                 syncing: true,
+                events: VecDeque::new(),
+                events_made: 0,
             }),
             tx: broadcast::channel(FANOUT).0,
             seen: watch::channel(0).0,
@@ -260,9 +276,17 @@ impl Objects {
             return;
         }
         let mut object = old.object.clone();
+        let before = object.get("status").cloned().unwrap_or(Value::Null);
         object["status"] = status.clone();
         let rv = g.next_status();
+        g.note_transitions(&object, &before, status);
         self.record(&mut g, EventType::Modified, key.clone(), object, rv, false);
+    }
+
+    /// The Events of `namespace` (all if `None`), oldest first.
+    pub fn events(&self, namespace: Option<&str>) -> Vec<Value> {
+        let g = self.lock();
+        g.events.iter().filter(|e| namespace.is_none_or(|n| e["metadata"]["namespace"] == n)).cloned().collect()
     }
 
     /// Replaces the derived objects (owned by others) with `objects`: added, changed and gone.
@@ -322,10 +346,7 @@ impl Objects {
     /// Every change after `from` (or, from `None`, the current objects as
     /// additions), then the live feed; or [`Expired`] if the history no longer
     /// reaches back to `from`. Nothing can happen between the two.
-    pub fn watch(
-        &self,
-        from: Option<Rv>,
-    ) -> Result<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>), Expired> {
+    pub fn watch(&self, from: Option<Rv>) -> Result<Watch, Expired> {
         let g = self.lock();
         let rx = self.tx.subscribe();
         let past = match from {
@@ -362,7 +383,46 @@ impl Objects {
     }
 }
 
+/// Conditions by type: `(status, reason, message)`.
+fn conditions(status: &Value) -> BTreeMap<String, (String, String, String)> {
+    let s = |c: &Value, k: &str| c[k].as_str().unwrap_or("").to_string();
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (s(c, "type"), (s(c, "status"), s(c, "reason"), s(c, "message"))))
+        .collect()
+}
+
 impl Inner {
+    /// One Event per condition whose status changed (a Warning when it turned False).
+    fn note_transitions(&mut self, object: &Value, before: &Value, after: &Value) {
+        let (old, new) = (conditions(before), conditions(after));
+        let now = crate::status::now_rfc3339();
+        let meta = &object["metadata"];
+        for (ty, (st, reason, message)) in new {
+            if old.get(&ty).is_some_and(|(o, _, _)| *o == st) {
+                continue;
+            }
+            self.events_made += 1;
+            let warning = st == "False";
+            let reason =
+                if reason.is_empty() { format!("{ty}{}", if st == "True" { "" } else { "Not" }) } else { reason };
+            let message = if message.is_empty() { format!("{ty} is now {st}") } else { message };
+            self.events.push_back(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("{}.{:x}", meta["name"].as_str().unwrap_or(""), self.events_made),
+                    "namespace": meta["namespace"], "creationTimestamp": now, "uid": uuid::Uuid::new_v4().to_string()},
+                "involvedObject": {"apiVersion": object["apiVersion"], "kind": object["kind"], "name": meta["name"],
+                    "namespace": meta["namespace"], "uid": meta["uid"]},
+                "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
+                "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+                "source": {"component": "spate"}, "reportingComponent": "spate"}));
+            if self.events.len() > EVENTS {
+                self.events.pop_front();
+            }
+        }
+    }
+
     /// The next local (status) version.
     fn next_status(&self) -> Rv {
         Rv { rev: self.current.rev, status: self.current.status + 1 }

@@ -347,3 +347,70 @@ async fn without_a_key_file_a_secret_is_not_stored_in_the_shared_store() {
     let key = format!("$KV.{}-resources.Secret.default.gh", c._nats.name);
     assert!(stream.get_last_raw_message_by_subject(&key).await.is_err(), "nothing was written");
 }
+
+/// Reads a watch (newline-delimited JSON events) into a channel.
+async fn watch_events(url: String) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    let mut r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "watch {url}");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Ok(Some(chunk)) = r.chunk().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                if tx.send(serde_json::from_slice(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The store revision of a resourceVersion (`R` or `R.k`: k counts an instance's own status changes).
+fn revision(v: &serde_json::Value) -> String {
+    let rv = v["metadata"]["resourceVersion"].as_str().unwrap_or_else(|| panic!("no resourceVersion: {v}"));
+    rv.split('.').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_instance_sees_writes_through_another_at_the_same_versions() {
+    let Some(c) = Cluster::start("kubewatch", 2, &[]) else {
+        assert!(std::env::var("CI").is_err(), "NATS must run under CI");
+        eprintln!("skipped: no NATS on 127.0.0.1:4222");
+        return;
+    };
+    let (a, b) = (&c.servers[0], &c.servers[1]);
+    let path = "/apis/eventing.knative.dev/v1/namespaces/default/triggers";
+    let list = a.admin_json(path).await;
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let mut events = watch_events(format!("{}{path}?watch=true&resourceVersion={rv}", a.admin)).await;
+    let trigger = serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+        "metadata": {"name": "w"}, "spec": {"broker": "default", "subscriber": {"uri": "http://127.0.0.1:9/x"}}});
+    let r = client().post(format!("{}{path}", b.admin)).json(&trigger).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let mut changed = created.clone();
+    changed["spec"]["subscriber"]["uri"] = "http://127.0.0.1:9/y".into();
+    let r = client().put(format!("{}{path}/w", b.admin)).json(&changed).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let replaced: serde_json::Value = r.json().await.unwrap();
+    let r = client().delete(format!("{}{path}/w", b.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Instance A sees the three writes, in order, at the versions B wrote them at.
+    let mut seen = vec![];
+    while seen.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv()).await.expect("watch event").unwrap();
+        if e["type"] == "MODIFIED"
+            && revision(&e["object"]) == seen.last().map(|(_, r): &(String, String)| r.clone()).unwrap_or_default()
+        {
+            continue; // a status change of the same write
+        }
+        seen.push((e["type"].as_str().unwrap().to_string(), revision(&e["object"])));
+    }
+    let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"], "{seen:?}");
+    assert_eq!(seen[0].1, revision(&created), "A's version of the create is B's");
+    assert_eq!(seen[1].1, revision(&replaced), "A's version of the replace is B's");
+}

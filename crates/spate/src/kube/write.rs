@@ -1,0 +1,328 @@
+//! Writes: create (POST), replace (PUT, with optimistic concurrency), patch
+//! (JSON merge patch, JSON patch, server-side apply) and delete. Every write
+//! goes through admission; a refused write changes nothing.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use spate_api::{AdmissionError, FieldError, Kind};
+
+use super::resources::Def;
+use super::{Params, api_version, stored_kind};
+use crate::admin::Admin;
+use crate::control::{ApiError, Expect};
+use crate::objects::Rv;
+use crate::store::{Key, KeyExt};
+
+/// Patch types a custom resource takes (strategic merge patch is refused, as a CRD server refuses it).
+const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
+/// How often a patch computed on the live object is retried when another write got in first.
+const PATCH_RETRIES: usize = 5;
+
+/// The one object of a create or replace: JSON or YAML, or protobuf for the core kinds.
+fn body_document(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ty = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ty.starts_with(super::proto::CONTENT_TYPE) {
+        return super::proto::decode(body);
+    }
+    one_document(body)
+}
+
+fn one_document(body: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+    let mut docs = spate_api::parse_documents(text)?;
+    match docs.len() {
+        1 => Ok(docs.remove(0)),
+        n => Err(ApiError::BadRequest(format!("expected one object in the body, got {n}"))),
+    }
+}
+
+fn key(def: &Def, ns: Option<&str>, name: &str) -> Result<Key, ApiError> {
+    let kind = stored_kind(def).ok_or_else(|| ApiError::MethodNotAllowed(format!("{} are read-only", def.plural)))?;
+    let ns = if kind == Kind::Namespace { String::new() } else { ns.unwrap_or("default").to_string() };
+    Ok((kind, ns, name.to_string()))
+}
+
+/// Checks that `doc` is the path's kind (in one of its served versions) and
+/// namespace, fills the namespace in, and admits it.
+fn admit_compiled(
+    def: &Def,
+    version: &str,
+    ns: Option<&str>,
+    doc: &mut Value,
+) -> Result<(spate_api::Resource, spate_api::Compiled), ApiError> {
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let av = doc["apiVersion"].as_str().unwrap_or("");
+    let served = def.versions.iter().any(|v| api_version(def, v) == av);
+    if kind != def.kind || !served {
+        return Err(ApiError::BadRequest(format!(
+            "the body is a {kind} ({av}) but the path names {} ({})",
+            def.kind,
+            api_version(def, version)
+        )));
+    }
+    if let Some(ns) = ns.filter(|_| def.namespaced) {
+        match doc.pointer("/metadata/namespace").and_then(Value::as_str) {
+            None => {
+                if let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            }
+            Some(n) if n != ns => {
+                return Err(ApiError::BadRequest(format!(
+                    "the namespace of the body ({n}) does not match the namespace of the path ({ns})"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    spate_api::admit_document(doc, 0).map_err(|e| ApiError::Admission(AdmissionError::Invalid(e)))
+}
+
+/// The object after a write, as this instance now shows it.
+async fn written(st: &Admin, def: &Def, version: &str, key: &Key) -> Result<Value, ApiError> {
+    let mut o =
+        st.control.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
+    o["apiVersion"] = json!(api_version(def, version));
+    Ok(o)
+}
+
+/// Writes one admitted document; answers the object (the admitted one when dry).
+async fn store(
+    st: &Admin,
+    def: &Def,
+    version: &str,
+    doc: Value,
+    expect: Expect,
+    dry_run: bool,
+    ns: Option<&str>,
+) -> Result<Value, ApiError> {
+    let mut doc = doc;
+    let (resource, compiled) = admit_compiled(def, version, ns, &mut doc)?;
+    let key = resource.key();
+    let manifest = resource.manifest.clone();
+    st.control.write(vec![(resource, compiled)], &[expect], dry_run).await?;
+    if dry_run {
+        return Ok(manifest);
+    }
+    written(st, def, version, &key).await
+}
+
+pub async fn create(
+    st: &Admin,
+    def: &Def,
+    version: &str,
+    ns: Option<&str>,
+    headers: &HeaderMap,
+    params: &Params,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let doc = body_document(headers, body)?;
+    let o = store(st, def, version, doc, Expect::Absent, params.dry_run()?, ns).await?;
+    Ok((StatusCode::CREATED, Json(o)).into_response())
+}
+
+fn version_of(doc: &Value) -> Result<Option<Rv>, ApiError> {
+    match doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => Rv::parse(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest(format!("metadata.resourceVersion: '{v}' is not a valid version"))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn replace(
+    st: &Admin,
+    def: &Def,
+    version: &str,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    params: &Params,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let doc = body_document(headers, body)?;
+    check_name(&doc, name)?;
+    let Some(rv) = version_of(&doc)? else {
+        let who = format!("{} {}/{name}", def.kind, ns.unwrap_or(""));
+        return Err(ApiError::Admission(AdmissionError::Invalid(vec![FieldError::new(
+            None,
+            who,
+            "metadata.resourceVersion",
+            "must be specified for an update",
+        )])));
+    };
+    let o = store(st, def, version, doc, Expect::Revision(rv.rev), params.dry_run()?, ns).await?;
+    Ok(Json(o).into_response())
+}
+
+fn check_name(doc: &Value, name: &str) -> Result<(), ApiError> {
+    match doc.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(n) if n == name => Ok(()),
+        other => Err(ApiError::BadRequest(format!(
+            "the name of the body ({}) does not match the name of the path ({name})",
+            other.unwrap_or("none")
+        ))),
+    }
+}
+
+/// Server-side apply's merge: maps merge key by key, everything else is replaced.
+fn apply_merge(live: &mut Value, applied: &Value) {
+    match (live, applied) {
+        (Value::Object(l), Value::Object(a)) => {
+            for (k, v) in a {
+                match l.get_mut(k) {
+                    Some(existing) if existing.is_object() && v.is_object() => apply_merge(existing, v),
+                    _ => {
+                        l.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (l, a) => *l = a.clone(),
+    }
+}
+
+enum PatchKind {
+    Merge,
+    Json,
+    Apply,
+}
+
+fn patch_kind(headers: &HeaderMap) -> Result<PatchKind, ApiError> {
+    let ty = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match ty.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" => Ok(PatchKind::Merge),
+        "application/json-patch+json" => Ok(PatchKind::Json),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
+        _ => Err(ApiError::UnsupportedMediaType(PATCH_TYPES.into())),
+    }
+}
+
+/// The patched document, from the live object (without its status).
+fn patched(kind: &PatchKind, live: &Value, body: &[u8]) -> Result<Value, ApiError> {
+    let mut doc = live.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.remove("status");
+    }
+    match kind {
+        PatchKind::Merge => {
+            let p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("the merge patch is not JSON: {e}")))?;
+            json_patch::merge(&mut doc, &p);
+        }
+        PatchKind::Json => {
+            let p: json_patch::Patch = serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("the JSON patch does not parse: {e}")))?;
+            json_patch::patch(&mut doc, &p)
+                .map_err(|e| ApiError::BadRequest(format!("the JSON patch cannot be applied: {e}")))?;
+        }
+        PatchKind::Apply => apply_merge(&mut doc, &one_document(body)?),
+    }
+    Ok(doc)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn patch(
+    st: &Admin,
+    def: &Def,
+    version: &str,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    params: &Params,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let kind = patch_kind(headers)?;
+    let key = key(def, ns, name)?;
+    let dry_run = params.dry_run()?;
+    for _ in 0..PATCH_RETRIES {
+        let Some(live) = st.control.objects().get(&key) else {
+            // Server-side apply creates what is absent.
+            if let PatchKind::Apply = kind {
+                let doc = one_document(body)?;
+                check_name(&doc, name)?;
+                let o = store(st, def, version, doc, Expect::Absent, dry_run, ns).await?;
+                return Ok((StatusCode::CREATED, Json(o)).into_response());
+            }
+            return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
+        };
+        let doc = patched(&kind, &live, body)?;
+        check_name(&doc, name)?;
+        // A version in the patch is a precondition; otherwise the version read here.
+        let (expect, from_client) = match version_of(&serde_json::from_slice(body).unwrap_or(Value::Null))? {
+            Some(rv) => (rv, true),
+            None => (version_of(&live)?.unwrap_or_default(), false),
+        };
+        match store(st, def, version, doc, Expect::Revision(expect.rev), dry_run, ns).await {
+            Err(ApiError::Stale(_)) if !from_client => continue,
+            Ok(o) => return Ok(Json(o).into_response()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Stale(key))
+}
+
+pub async fn delete(
+    st: &Admin,
+    def: &Def,
+    version: &str,
+    ns: Option<&str>,
+    name: &str,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let key = key(def, ns, name)?;
+    let dry_run = params.dry_run()?;
+    if key.0 == Kind::Namespace {
+        return delete_namespace(st, name, dry_run).await;
+    }
+    let o = written(st, def, version, &key).await?;
+    if !dry_run {
+        st.control.delete(key.0, &key.1, &key.2).await?;
+    }
+    Ok(Json(o).into_response())
+}
+
+/// Deletes what a namespace holds, then the namespace.
+async fn delete_namespace(st: &Admin, name: &str, dry_run: bool) -> Result<Response, ApiError> {
+    let (all, _) = st.control.objects().list(None, Some(name));
+    let own = (Kind::Namespace, String::new(), name.to_string());
+    let stored = st.control.objects().get(&own);
+    if all.is_empty() && stored.is_none() && name != "default" {
+        return Err(ApiError::NotFound(format!("namespaces \"{name}\"")));
+    }
+    if !dry_run {
+        for o in &all {
+            let Some(kind) = Kind::all().find(|k| o["kind"] == k.name()) else { continue };
+            let n = o["metadata"]["name"].as_str().unwrap_or("");
+            // Derived objects go with their owners.
+            match st.control.delete(kind, name, n).await {
+                Ok(()) | Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if stored.is_some() {
+            st.control.delete(Kind::Namespace, "", name).await?;
+        }
+    }
+    let o = stored.unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));
+    Ok(Json(o).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_side_apply_merges_maps_and_replaces_lists() {
+        let mut live =
+            json!({"metadata": {"name": "t", "labels": {"a": "1"}}, "spec": {"broker": "b", "filters": [{"x": 1}]}});
+        apply_merge(&mut live, &json!({"metadata": {"labels": {"b": "2"}}, "spec": {"filters": [{"y": 2}]}}));
+        assert_eq!(
+            live,
+            json!({"metadata": {"name": "t", "labels": {"a": "1", "b": "2"}}, "spec": {"broker": "b", "filters": [{"y": 2}]}})
+        );
+    }
+}
