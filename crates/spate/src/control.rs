@@ -119,6 +119,9 @@ pub struct ControlPlane {
     data_auth: Option<Arc<crate::data_auth::DataAuth>>,
     /// Objects as clients read them, with versions and a change feed (never behind the store lock).
     objects: Arc<Objects>,
+    /// Tests hold every reconcile this long (milliseconds), to show reads do not wait for one.
+    #[cfg(test)]
+    pub reconcile_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What a write expects to find (Kubernetes' create, update and apply).
@@ -217,6 +220,8 @@ impl ControlPlane {
             kafka_sinks: Arc::default(),
             data_auth: None,
             objects: Arc::new(Objects::new()),
+            #[cfg(test)]
+            reconcile_delay_ms: std::sync::atomic::AtomicU64::new(0),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -528,6 +533,11 @@ impl ControlPlane {
     }
 
     async fn reconcile_locked(&self, store: &mut Store) {
+        #[cfg(test)]
+        {
+            let ms = self.reconcile_delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let mut desired = Desired::default();
         let mut services = vec![];
         let mut sources = vec![];

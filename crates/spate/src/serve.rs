@@ -1,14 +1,14 @@
-//! `spate serve`: wires the log backend, eventing, the control plane and the
-//! two HTTP routers, then runs until SIGINT/SIGTERM.
+//! `spate serve`: [`Server::build`] wires the log backend, eventing, serving,
+//! sources, the control plane and the two HTTP routers (composed here, in one
+//! place); [`Server::serve`] runs them until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spate_core::delivery::BackoffPolicy;
 use spate_delivery::Dispatcher;
 use spate_eventing::{Eventing, EventingConfig};
@@ -70,12 +70,13 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
         .write(true)
         .open(dir.join("LOCK"))
         .with_context(|| format!("opening {}/LOCK", dir.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!("data directory {} is in use by another spate process", dir.display());
+    match f.try_lock() {
+        Ok(()) => Ok(DirLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("data directory {} is in use by another spate process", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}/LOCK", dir.display())),
     }
-    Ok(DirLock(f))
 }
 
 /// A Service's backlog: what the eventing room has not yet delivered to it.
@@ -171,10 +172,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    Server::build(args, metrics).await?.serve().await
+}
+
+/// Checks the flags that need no IO, and reads and admits the manifests given with `-f`.
+fn check_args(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     if args.max_event_size < 64 * 1024 {
         bail!("--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)");
     }
-    let fsync = parse_fsync(&args.fsync)?;
     if !spate_api::BROKER_CLASSES.contains(&args.default_broker_class.as_str()) {
         bail!(
             "--default-broker-class: '{}' is not one of {}",
@@ -193,40 +199,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
             )
         })?;
     }
-    let traces = args.otlp_endpoint.as_deref().map(crate::otel::install).transpose()?;
-    let _lock = lock_data_dir(&args.data_dir)?;
-    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    Ok(manifests)
+}
 
-    let data_listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding the data plane to {}", args.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(&args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
-    let data_addr = data_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    let admin_tokens = match &args.admin_token_file {
-        Some(path) => crate::admin_auth::read_tokens(path)?,
-        None => vec![],
-    };
-    crate::admin_auth::check_binding(admin_addr, !admin_tokens.is_empty())?;
-    let admin_guard = crate::admin_auth::AdminGuard::new(admin_addr, &args.admin_host, admin_tokens);
-    let data_tls = tls_for(args.tls_cert.as_ref(), args.tls_key.as_ref(), ("--tls-cert", "--tls-key")).await?;
-    let admin_tls =
-        tls_for(args.admin_tls_cert.as_ref(), args.admin_tls_key.as_ref(), ("--admin-tls-cert", "--admin-tls-key"))
-            .await?;
+/// The two bound listeners, their addresses and certificates.
+struct Listeners {
+    data: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    data_tls: Option<Arc<Reloading>>,
+    admin_tls: Option<Arc<Reloading>>,
+}
 
-    let log_config = FileLogConfig {
-        fsync,
-        retention: Retention {
-            max_age: (args.retention_seconds > 0).then(|| Duration::from_secs(args.retention_seconds)),
-            max_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
-        },
-        ..FileLogConfig::default()
-    };
-    let backend = Arc::new(FileBackend::new(args.data_dir.join("logs"), log_config));
+impl Listeners {
+    async fn bind(args: &ServeArgs) -> anyhow::Result<Listeners> {
+        let data = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("binding the data plane to {}", args.listen))?;
+        let admin = tokio::net::TcpListener::bind(&args.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
+        let (data_addr, admin_addr) = (data.local_addr()?, admin.local_addr()?);
+        let data_tls = tls_for(args.tls_cert.as_ref(), args.tls_key.as_ref(), ("--tls-cert", "--tls-key")).await?;
+        let admin_tls =
+            tls_for(args.admin_tls_cert.as_ref(), args.admin_tls_key.as_ref(), ("--admin-tls-cert", "--admin-tls-key"))
+                .await?;
+        Ok(Listeners { data, admin, data_addr, admin_addr, data_tls, admin_tls })
+    }
+
+    /// The data plane's own base URL (what published addresses start with).
+    fn base_url(&self) -> String {
+        base_url(self.data_addr, self.data_tls.is_some())
+    }
+}
+
+/// The eventing room over the embedded log, with the shared engines it may use.
+fn build_eventing(
+    args: &ServeArgs,
+    base: &str,
+    backend: &Arc<FileBackend>,
+    nats: &Arc<NatsBackend>,
+    dispatcher: &Dispatcher,
+) -> Arc<Eventing> {
     let mut eventing_config = EventingConfig {
-        base_url: base_url(data_addr, data_tls.is_some()),
+        base_url: base.to_string(),
         max_in_flight: args.max_in_flight.max(1),
         default_broker_class: args.default_broker_class.clone(),
         ack_wait: Duration::from_secs(args.ack_wait_seconds.max(1)),
@@ -235,15 +252,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     eventing_config.default_delivery.retry = Some(args.default_retry);
     eventing_config.default_delivery.backoff_policy = Some(BackoffPolicy::Exponential);
     eventing_config.default_delivery.backoff_delay = Some(Duration::from_millis(args.default_backoff_ms));
-    // One dispatcher (one connection pool, one set of trusted CAs) for every delivery.
-    let dispatcher = Dispatcher::default();
-    let nats = Arc::new(NatsBackend::new(NatsConfig {
-        url: args.nats_url.clone(),
-        ca_file: args.nats_ca_file.clone(),
-        cluster: args.cluster_name.clone(),
-        ..NatsConfig::default()
-    }));
-    let eventing = Arc::new(
+    Arc::new(
         Eventing::new(eventing_config, backend.clone() as Arc<dyn LogBackend>, dispatcher.clone())
             .with_streams(nats.clone())
             .with_rabbit(Arc::new(Arc::new(spate_log::RabbitBackend::new(spate_log::RabbitConfig {
@@ -258,10 +267,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
                 // librdkafka's debug contexts, for diagnosing a consumer group (see the README).
                 debug: std::env::var("SPATE_KAFKA_DEBUG").ok().filter(|d| !d.is_empty()),
             })))),
-    );
+    )
+}
+
+/// Serving and sources; with a shared config store, the buckets for once-per-cluster work.
+async fn build_serving_and_sources(
+    args: &ServeArgs,
+    base: &str,
+    eventing: &Arc<Eventing>,
+    nats: &Arc<NatsBackend>,
+    dispatcher: &Dispatcher,
+) -> anyhow::Result<(Arc<Serving>, Arc<Sources>)> {
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),
-        base_url: base_url(data_addr, data_tls.is_some()),
+        base_url: base.to_string(),
         domain: args.domain.clone().unwrap_or_else(|| "localhost".into()),
         host_urls: args.domain.is_some(),
         cap: args.max_instances.max(1),
@@ -270,138 +289,201 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         ..ServingConfig::default()
     };
     let probe: Arc<dyn BacklogProbe> = Arc::new(EventingBacklog(eventing.clone()));
-    // The config store first: with NATS it waits (30 s at most) for NATS to answer.
-    let shared = config_store(&args, &nats).await?;
     let mut serving = Serving::new(serving_config, Some(probe)).context("starting serving")?;
-    // With a shared store: the buckets for once-per-cluster work and shared records.
-    let cluster = match args.config_store.as_str() {
-        "nats" => {
-            let n = nats.nats().await?;
-            let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
-                .await
-                .context("opening the claims bucket")?;
-            let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
-                .await
-                .context("opening the leases bucket")?;
-            let records = Arc::new(NatsConfigStore::open(n, "records").await.context("opening the records bucket")?);
-            serving = serving.with_shared_history(Arc::new(crate::cluster::NatsHistory(records.clone())));
-            Some((claims, leases, records))
-        }
-        _ => None,
-    };
-    let serving = Arc::new(serving);
     let sources_config = SourcesConfig {
         dir: args.data_dir.join("sources"),
-        public_url: args.public_url.clone().unwrap_or_else(|| base_url(data_addr, data_tls.is_some())),
+        public_url: args.public_url.clone().unwrap_or_else(|| base.to_string()),
         grace: Duration::from_secs(args.grace_seconds),
         default_delivery: eventing.config().default_delivery.clone(),
         default_backoff: Duration::from_millis(args.default_backoff_ms),
         max_event_size: args.max_event_size,
     };
     let mut sources = Sources::new(sources_config, dispatcher.clone()).context("starting sources")?;
-    if let Some((claims, leases, records)) = cluster {
-        let holder = format!("{}-{}", std::process::id(), base_url(data_addr, data_tls.is_some()));
-        let claims = crate::cluster::NatsClaims::new(claims, leases, records, holder);
-        sources = sources.with_claims(Arc::new(claims));
+    if args.config_store == "nats" {
+        let n = nats.nats().await?;
+        let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
+            .await
+            .context("opening the claims bucket")?;
+        let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
+            .await
+            .context("opening the leases bucket")?;
+        let records = Arc::new(NatsConfigStore::open(n, "records").await.context("opening the records bucket")?);
+        serving = serving.with_shared_history(Arc::new(crate::cluster::NatsHistory(records.clone())));
+        let holder = format!("{}-{base}", std::process::id());
+        sources = sources.with_claims(Arc::new(crate::cluster::NatsClaims::new(claims, leases, records, holder)));
     }
-    let sources = Arc::new(sources);
-    let mut control = ControlPlane::new(shared, eventing.clone(), serving.clone(), sources.clone(), dispatcher);
-    if let Some(t) = &data_tls
-        && let Some(authority) = spate_core::destination::https_authority(&base_url(data_addr, true))
-    {
-        control = control.with_own_tls(authority, t.clone());
-    }
-    let data_auth = match crate::oidc::Oidc::from_flags(
-        args.oidc_issuer.as_deref(),
-        args.oidc_jwks.as_deref(),
-        format!("spate:{}", base_url(data_addr, data_tls.is_some())),
-    )
-    .await?
-    {
-        Some(oidc) => {
-            let mode = crate::authz::Mode::parse(&args.authorization_mode).map_err(anyhow::Error::msg)?;
-            let auth = Arc::new(crate::data_auth::DataAuth::new(
-                oidc,
-                base_url(data_addr, data_tls.is_some()),
-                crate::authz::AuthState::new(mode),
-            ));
-            control.dispatcher().set_token_source(auth.clone());
+    Ok((Arc::new(serving), Arc::new(sources)))
+}
+
+/// Sender identity and EventPolicies (`--oidc-issuer`), wired into the control plane's dispatcher.
+async fn build_data_auth(
+    args: &ServeArgs,
+    base: &str,
+    control: &mut ControlPlane,
+) -> anyhow::Result<Option<Arc<crate::data_auth::DataAuth>>> {
+    let oidc =
+        crate::oidc::Oidc::from_flags(args.oidc_issuer.as_deref(), args.oidc_jwks.as_deref(), format!("spate:{base}"))
+            .await?;
+    let Some(oidc) = oidc else { return Ok(None) };
+    let mode = crate::authz::Mode::parse(&args.authorization_mode).map_err(anyhow::Error::msg)?;
+    let auth = Arc::new(crate::data_auth::DataAuth::new(oidc, base.to_string(), crate::authz::AuthState::new(mode)));
+    control.dispatcher().set_token_source(auth.clone());
+    Ok(Some(auth))
+}
+
+/// A server, built and ready to serve: the control plane has loaded the store,
+/// applied `-f` manifests and reconciled once; the routers are composed.
+pub struct Server {
+    pub control: Arc<ControlPlane>,
+    /// The data plane: ingress, Services, webhooks (no guard: the data plane authenticates senders itself).
+    pub data: axum::Router,
+    /// The admin API behind its guard.
+    pub admin: axum::Router,
+    listeners: Listeners,
+    limits: (crate::listener::Limits, crate::listener::Limits),
+    backend: Arc<FileBackend>,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    data_dir: PathBuf,
+    fsync: String,
+    _lock: DirLock,
+}
+
+impl Server {
+    /// Builds everything `spate serve` runs, without serving yet (tests call the routers directly).
+    pub async fn build(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<Server> {
+        let manifests = check_args(&args)?;
+        let fsync = parse_fsync(&args.fsync)?;
+        let traces = args.otlp_endpoint.as_deref().map(crate::otel::install).transpose()?;
+        let lock = lock_data_dir(&args.data_dir)?;
+        let listeners = Listeners::bind(&args).await?;
+        let admin_tokens = match &args.admin_token_file {
+            Some(path) => crate::admin_auth::read_tokens(path)?,
+            None => vec![],
+        };
+        crate::admin_auth::check_binding(listeners.admin_addr, !admin_tokens.is_empty())?;
+        let admin_guard = crate::admin_auth::AdminGuard::new(listeners.admin_addr, &args.admin_host, admin_tokens);
+        let log_config = FileLogConfig {
+            fsync,
+            retention: Retention {
+                max_age: (args.retention_seconds > 0).then(|| Duration::from_secs(args.retention_seconds)),
+                max_bytes: (args.retention_bytes > 0).then_some(args.retention_bytes),
+            },
+            ..FileLogConfig::default()
+        };
+        let backend = Arc::new(FileBackend::new(args.data_dir.join("logs"), log_config));
+        let base = listeners.base_url();
+        // One dispatcher (one connection pool, one set of trusted CAs) for every delivery.
+        let dispatcher = Dispatcher::default();
+        let nats = Arc::new(NatsBackend::new(NatsConfig {
+            url: args.nats_url.clone(),
+            ca_file: args.nats_ca_file.clone(),
+            cluster: args.cluster_name.clone(),
+            ..NatsConfig::default()
+        }));
+        let eventing = build_eventing(&args, &base, &backend, &nats, &dispatcher);
+        // The config store first: with NATS it waits (30 s at most) for NATS to answer.
+        let shared = config_store(&args, &nats).await?;
+        let (serving, sources) = build_serving_and_sources(&args, &base, &eventing, &nats, &dispatcher).await?;
+        let mut control = ControlPlane::new(shared, eventing.clone(), serving.clone(), sources.clone(), dispatcher);
+        if let Some(t) = &listeners.data_tls
+            && let Some(authority) = spate_core::destination::https_authority(&base)
+        {
+            control = control.with_own_tls(authority, t.clone());
+        }
+        let data_auth = build_data_auth(&args, &base, &mut control).await?;
+        if let Some(auth) = &data_auth {
             control = control.with_data_auth(auth.clone());
-            Some(auth)
         }
-        None => None,
-    };
-    let control = Arc::new(control);
-    // The config store's current state first, then our manifests, then every later change.
-    let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
-    if let Some(text) = &manifests {
-        let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        for a in applied {
-            tracing::info!(kind = a.kind, namespace = %a.namespace, name = %a.name, action = a.action, "applied");
+        let control = Arc::new(control);
+        // The config store's current state first, then our manifests, then every later change.
+        let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
+        if let Some(text) = &manifests {
+            let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            for a in applied {
+                tracing::info!(kind = a.kind, namespace = %a.namespace, name = %a.name, action = a.action, "applied");
+            }
         }
-    }
-    control.reconcile().await;
-    tokio::spawn(control.clone().follow(watch));
-
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-
-    let proxy = crate::proxy::Proxy { serving: serving.clone(), max_body: args.max_event_size };
-    let ingress = crate::ingress::router(crate::ingress::Ingress {
-        kafka_sinks: control.kafka_sinks(),
-        auth: data_auth,
-        eventing: eventing.clone(),
-        max_event_size: args.max_event_size,
-    })
-    .merge(crate::proxy::router(proxy.clone()))
-    .merge(crate::webhooks::router(sources.clone(), args.max_event_size))
-    .fallback(crate::ingress::no_route)
-    .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
-    let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics })
+        control.reconcile().await;
+        tokio::spawn(control.clone().follow(watch));
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        let proxy = crate::proxy::Proxy { serving: serving.clone(), max_body: args.max_event_size };
+        let data = crate::ingress::router(crate::ingress::Ingress {
+            kafka_sinks: control.kafka_sinks(),
+            auth: data_auth,
+            eventing: eventing.clone(),
+            max_event_size: args.max_event_size,
+        })
+        .merge(crate::proxy::router(proxy.clone()))
+        .merge(crate::webhooks::router(sources.clone(), args.max_event_size))
         .fallback(crate::ingress::no_route)
-        .layer(axum::middleware::from_fn_with_state(admin_guard, crate::admin_auth::guard));
-    // Tests and scripts read these two lines to find the servers.
-    println!("spate: data plane listening on {}", base_url(data_addr, data_tls.is_some()));
-    println!("spate: admin API listening on {}", base_url(admin_addr, admin_tls.is_some()));
-    tracing::info!(data_dir = %args.data_dir.display(), fsync = %args.fsync, "spate is ready");
+        .layer(axum::middleware::from_fn_with_state(proxy, crate::proxy::by_host));
+        let admin = crate::admin::router(crate::admin::Admin { control: control.clone(), metrics })
+            .fallback(crate::ingress::no_route)
+            .layer(axum::middleware::from_fn_with_state(admin_guard, crate::admin_auth::guard));
+        let limits = listener_limits(&args);
+        Ok(Server {
+            control,
+            data,
+            admin,
+            listeners,
+            limits,
+            backend,
+            traces,
+            data_dir: args.data_dir.clone(),
+            fsync: args.fsync.clone(),
+            _lock: lock,
+        })
+    }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (data_limits, admin_limits) = listener_limits(&args);
-    let acceptor = |t: &Option<Arc<Reloading>>| t.as_ref().map(|t| t.acceptor()).transpose();
-    let (data_acceptor, admin_acceptor) = (acceptor(&data_tls)?, acceptor(&admin_tls)?);
-    for t in data_tls.iter().chain(admin_tls.iter()) {
-        t.clone().watch();
+    /// Where the admin API listens (its guard checks `Host` against it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.listeners.admin_addr
     }
-    let data =
-        tokio::spawn(crate::listener::serve(data_listener, ingress, data_limits, stop_rx.clone(), data_acceptor));
-    let adm = tokio::spawn(crate::listener::serve(admin_listener, admin, admin_limits, stop_rx, admin_acceptor));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    /// Serves both listeners until SIGINT or SIGTERM, then stops in order: requests, workers, logs.
+    pub async fn serve(self) -> anyhow::Result<std::process::ExitCode> {
+        let Server { control, data, admin, listeners: l, limits, backend, traces, data_dir, fsync, _lock } = self;
+        // Tests and scripts read these two lines to find the servers.
+        println!("spate: data plane listening on {}", base_url(l.data_addr, l.data_tls.is_some()));
+        println!("spate: admin API listening on {}", base_url(l.admin_addr, l.admin_tls.is_some()));
+        tracing::info!(data_dir = %data_dir.display(), fsync = %fsync, "spate is ready");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let acceptor = |t: &Option<Arc<Reloading>>| t.as_ref().map(|t| t.acceptor()).transpose();
+        let (data_acceptor, admin_acceptor) = (acceptor(&l.data_tls)?, acceptor(&l.admin_tls)?);
+        for t in l.data_tls.iter().chain(l.admin_tls.iter()) {
+            t.clone().watch();
+        }
+        let serve_data = crate::listener::serve(l.data, data, limits.0, stop_rx.clone(), data_acceptor);
+        let serve_admin = crate::listener::serve(l.admin, admin, limits.1, stop_rx, admin_acceptor);
+        let (data_task, admin_task) = (tokio::spawn(serve_data), tokio::spawn(serve_admin));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("stopping: finishing requests, stopping workers, closing logs");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = data_task.await;
+            let _ = admin_task.await;
+        })
+        .await;
+        control.shutdown().await;
+        if let Some(p) = traces {
+            crate::otel::shutdown(p).await;
+        }
+        // Closing joins the writer threads and writes consumer positions: off the runtime.
+        let _ = tokio::task::spawn_blocking(move || backend.close_all()).await;
+        Ok(std::process::ExitCode::SUCCESS)
     }
-    tracing::info!("stopping: finishing requests, stopping workers, closing logs");
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        let _ = data.await;
-        let _ = adm.await;
-    })
-    .await;
-    control.shutdown().await;
-    if let Some(p) = traces {
-        crate::otel::shutdown(p).await;
-    }
-    // Closing joins the writer threads and writes consumer positions: off the runtime.
-    let closing = backend.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close_all()).await;
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// A stable name for this instance: its host and data directory (the same after a restart).
@@ -414,3 +496,7 @@ fn instance_name(data_dir: &std::path::Path) -> String {
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{}-{hash:012x}", host.trim())
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;
