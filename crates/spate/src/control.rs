@@ -641,7 +641,26 @@ impl ControlPlane {
         }
         *self.services.lock().expect("services") = service_statuses;
         let eventing_statuses = self.eventing.reconcile(&desired).await;
-        self.objects.set_derived(flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses));
+        let mut children = flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses);
+        for child in &mut children {
+            // Born with their owner: its creation time, and its uid in the owner reference.
+            let reference = &child["metadata"]["ownerReferences"][0];
+            let owner = Kind::all()
+                .find(|k| reference["kind"] == k.name())
+                .map(|k| {
+                    (
+                        k,
+                        child["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+                        reference["name"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .and_then(|key| store.entries.get(&key));
+            if let Some(owner) = owner {
+                child["metadata"]["creationTimestamp"] = json!(owner.created);
+                child["metadata"]["ownerReferences"][0]["uid"] = json!(owner.uid);
+            }
+        }
+        self.objects.set_derived(children);
         for st in eventing_statuses {
             // Eventing reports both channel kinds as Channel; the store knows which was applied.
             let kinds: &[Kind] = if st.kind == Kind::Channel {

@@ -113,6 +113,10 @@ async fn kubectl_applies_waits_lists_describes_explains_and_deletes() {
     let children = k.ok(&["get", "imc,sub"]);
     assert!(children.contains("inmemorychannel.messaging.knative.dev/seq-kn-sequence-0"), "{children}");
     assert!(children.contains("subscription.messaging.knative.dev/seq-kn-sequence-0"), "{children}");
+    let owned = k.ok(&["get", "imc", "seq-kn-sequence-0", "-o", "json"]);
+    let owned: serde_json::Value = serde_json::from_str(&owned).unwrap();
+    assert_eq!(owned["metadata"]["ownerReferences"][0]["kind"], "Sequence", "{owned}");
+    assert!(owned["metadata"]["creationTimestamp"].is_string(), "a flow's channel has its owner's age: {owned}");
     let all = k.ok(&["get", "all", "-A"]);
     for what in [
         "NAMESPACE",
@@ -124,6 +128,10 @@ async fn kubectl_applies_waits_lists_describes_explains_and_deletes() {
         assert!(all.contains(what), "get all -A lacks {what}:\n{all}");
     }
     assert!(k.ok(&["get", "ksvc"]).contains("fn"), "short names resolve through discovery");
+    // kn finds source kinds by their CRDs' labels.
+    let crds = k.ok(&["get", "crd", "-l", "duck.knative.dev/source=true", "-o", "name"]);
+    assert!(crds.contains("pingsources.sources.knative.dev"), "{crds}");
+    assert!(!crds.contains("brokers.eventing.knative.dev"), "{crds}");
     let described = k.ok(&["describe", "trigger", "t"]);
     assert!(described.contains("Conditions:") && described.contains("SubscriberResolved"), "{described}");
     assert!(described.contains("Events:") && described.contains("Ready is now True"), "{described}");

@@ -180,7 +180,7 @@ async fn route(
         (&Method::GET, Target::ResourceList(g, v)) => Ok(discovery::resource_list(&g, &v)),
         (&Method::GET, Target::Collection { def, version, ns }) => {
             if params.flag("watch")? {
-                read::watch(st, &def, &version, ns.as_deref(), None, headers, params).await
+                read::watch(st, &def, &version, ns.as_deref(), headers, params).await
             } else {
                 read::list(st, &def, &version, ns.as_deref(), headers, params).await
             }

@@ -138,6 +138,8 @@ struct Shape {
     ns: Option<String>,
     selector: Selector,
     table: bool,
+    /// The next Table event is the first (it carries the column definitions).
+    first: bool,
 }
 
 impl Shape {
@@ -147,12 +149,12 @@ impl Shape {
             && self.selector.matches(&e.object)
     }
 
-    fn line(&self, kind: &str, object: Value, first: &mut bool) -> String {
+    fn line(&mut self, kind: &str, object: Value) -> String {
         let object = in_version(&self.def, &self.version, object);
         let object = if self.table {
             let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-            let t = table::table(&self.def, std::slice::from_ref(&object), &rv, false, *first);
-            *first = false;
+            let t = table::table(&self.def, std::slice::from_ref(&object), &rv, false, self.first);
+            self.first = false;
             t
         } else {
             object
@@ -161,32 +163,45 @@ impl Shape {
     }
 }
 
+/// What a watch request asks for: where to start and for how long.
+struct WatchAsk {
+    from: Option<Rv>,
+    timeout: Duration,
+    bookmarks: bool,
+}
+
+impl WatchAsk {
+    fn parse(params: &Params) -> Result<WatchAsk, ApiError> {
+        if params.flag("sendInitialEvents")? {
+            return Err(ApiError::BadRequest("sendInitialEvents is not supported: list, then watch".into()));
+        }
+        let from = match params.str("resourceVersion") {
+            None | Some("0") => None,
+            Some(v) => Some(
+                Rv::parse(v)
+                    .ok_or_else(|| ApiError::BadRequest(format!("resourceVersion: '{v}' is not a valid version")))?,
+            ),
+        };
+        let timeout = match params.str("timeoutSeconds") {
+            Some(t) => Duration::from_secs(
+                t.parse().map_err(|_| ApiError::BadRequest(format!("timeoutSeconds: '{t}' is not a number")))?,
+            )
+            .min(MAX_WATCH),
+            None => MAX_WATCH,
+        };
+        Ok(WatchAsk { from, timeout, bookmarks: params.flag("allowWatchBookmarks")? })
+    }
+}
+
 pub async fn watch(
     st: &Admin,
     def: &Def,
     version: &str,
     ns: Option<&str>,
-    _name: Option<&str>,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Response, ApiError> {
-    if params.flag("sendInitialEvents")? {
-        return Err(ApiError::BadRequest("sendInitialEvents is not supported: list, then watch".into()));
-    }
-    let from = match params.str("resourceVersion") {
-        None | Some("0") => None,
-        Some(v) => Some(
-            Rv::parse(v)
-                .ok_or_else(|| ApiError::BadRequest(format!("resourceVersion: '{v}' is not a valid version")))?,
-        ),
-    };
-    let timeout = match params.str("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse().map_err(|_| ApiError::BadRequest(format!("timeoutSeconds: '{t}' is not a number")))?,
-        )
-        .min(MAX_WATCH),
-        None => MAX_WATCH,
-    };
+    let ask = WatchAsk::parse(params)?;
     let shape = Shape {
         def: def.clone(),
         version: version.to_string(),
@@ -194,69 +209,82 @@ pub async fn watch(
         selector: Selector::parse(params.str("labelSelector"), params.str("fieldSelector"))
             .map_err(ApiError::BadRequest)?,
         table: wants_table(headers),
+        first: true,
     };
-    let bookmarks = params.flag("allowWatchBookmarks")?;
     let objects = st.control.objects().clone();
     let (past, rx) = if matches!(def.res, Res::Stored(_)) {
-        let (past, rx) = objects.watch(from).map_err(|e| ApiError::Expired(format!("{} ({})", e.asked, e.oldest)))?;
+        let (past, rx) =
+            objects.watch(ask.from).map_err(|e| ApiError::Expired(format!("{} ({})", e.asked, e.oldest)))?;
         (past, Some(rx))
     } else {
         // Derived kinds, events and CRDs: their current objects, then nothing but bookmarks.
-        let now: Vec<Arc<WatchEvent>> = vec![];
-        (now, None)
+        (vec![], None)
     };
-    let mut first = true;
-    let mut initial: Vec<String> = past
-        .iter()
-        .filter(|e| shape.wants(e))
-        .map(|e| shape.line(e.kind.as_str(), e.object.clone(), &mut first))
-        .collect();
-    if rx.is_none() && from.is_none() {
-        for o in fetch(st, def, ns).await?.into_iter().filter(|o| shape.selector.matches(o)) {
-            initial.push(shape.line("ADDED", o, &mut first));
+    let mut shape = shape;
+    let mut initial = vec![];
+    for e in &past {
+        if shape.wants(e) {
+            initial.push(shape.line(e.kind.as_str(), e.object.clone()));
+        }
+    }
+    if rx.is_none() && ask.from.is_none() {
+        let current: Vec<Value> = fetch(st, def, ns).await?.into_iter().filter(|o| shape.selector.matches(o)).collect();
+        for o in current {
+            initial.push(shape.line("ADDED", o));
         }
     }
     let (tx, out) = tokio::sync::mpsc::channel::<String>(64);
-    tokio::spawn(async move {
-        for line in initial {
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = rx;
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-        tick.tick().await;
-        loop {
-            let next = async {
-                match rx.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = tick.tick(), if bookmarks => {
-                    let mark = json!({"type": "BOOKMARK", "object": {"kind": shape.def.kind,
-                        "apiVersion": api_version(&shape.def, &shape.version),
-                        "metadata": {"resourceVersion": objects.current().to_string()}}});
-                    if tx.send(format!("{mark}\n")).await.is_err() { return; }
-                }
-                e = next => match e {
-                    Ok(e) if shape.wants(&e) => {
-                        if tx.send(shape.line(e.kind.as_str(), e.object.clone(), &mut first)).await.is_err() { return; }
-                    }
-                    Ok(_) => {}
-                    // Fallen behind (or shut down): close, so the client lists again, as a real server does.
-                    Err(RecvError::Lagged(_) | RecvError::Closed) => return,
-                },
-            }
-        }
-    });
+    tokio::spawn(pump(initial, rx, shape, ask, objects, tx));
     let stream = futures_util::stream::unfold(out, |mut out| async move {
         let line = out.recv().await?;
         Some((Ok::<_, std::convert::Infallible>(line), out))
     });
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream))
         .into_response())
+}
+
+/// Sends a watch's lines: what happened already, then live changes and
+/// bookmarks, until the timeout, the client leaves or it falls behind.
+async fn pump(
+    initial: Vec<String>,
+    mut rx: Option<tokio::sync::broadcast::Receiver<Arc<WatchEvent>>>,
+    mut shape: Shape,
+    ask: WatchAsk,
+    objects: Arc<crate::objects::Objects>,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    for line in initial {
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + ask.timeout;
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.tick().await;
+    loop {
+        let next = async {
+            match rx.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let line = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = tick.tick(), if ask.bookmarks => {
+                let mark = json!({"type": "BOOKMARK", "object": {"kind": shape.def.kind,
+                    "apiVersion": api_version(&shape.def, &shape.version),
+                    "metadata": {"resourceVersion": objects.current().to_string()}}});
+                format!("{mark}\n")
+            }
+            e = next => match e {
+                Ok(e) if shape.wants(&e) => shape.line(e.kind.as_str(), e.object.clone()),
+                Ok(_) => continue,
+                // Fallen behind (or shut down): close, so the client lists again, as a real server does.
+                Err(RecvError::Lagged(_) | RecvError::Closed) => return,
+            },
+        };
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
 }
