@@ -165,6 +165,19 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Now, as RFC 3339 UTC with microseconds (event `time`, log timestamps).
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// Now, as RFC 3339 UTC to the second, as Kubernetes writes metadata times (`2026-11-21T10:00:00Z`).
+pub fn now_rfc3339_seconds() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = format_rfc3339(d.as_secs() as i64, 0);
+    format!("{}Z", &s[..19])
+}
+
 /// Formats unix time as RFC 3339 UTC with microseconds, e.g. `2026-11-21T10:00:00.123456Z`.
 pub fn format_rfc3339(unix_secs: i64, nanos: u32) -> String {
     let days = unix_secs.div_euclid(86_400);

@@ -3,7 +3,6 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt as _};
 use spate_delivery::trace;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use spate_api::BrokerConfig;
@@ -62,11 +61,6 @@ pub struct Broker {
     tap: Option<crate::tap::Tap>,
     /// What its engine was opened with (a Kafka broker's ConfigMap data and topic).
     pub settings: spate_log::StreamSettings,
-}
-
-fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    rules::format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
 }
 
 impl Broker {
@@ -186,7 +180,7 @@ impl Broker {
     }
 
     async fn store(&self, events: Vec<CloudEvent>) -> Result<(), PublishError> {
-        let now = now_rfc3339();
+        let now = rules::now_rfc3339();
         let n = events.len() as u64;
         let stamp = |mut ev: CloudEvent| {
             ev.set_extension(ext::ARRIVAL_TIME, ExtValue::String(now.clone()));

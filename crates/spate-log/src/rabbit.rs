@@ -39,7 +39,9 @@ fn short(s: &str) -> ShortString {
     let s = if s.len() <= 255 {
         s.to_string()
     } else {
-        let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let mut h = fnv::FnvHasher::default();
+        std::hash::Hasher::write(&mut h, s.as_bytes());
+        let hash = std::hash::Hasher::finish(&h);
         let mut cut = 200;
         while !s.is_char_boundary(cut) {
             cut -= 1;

@@ -191,12 +191,6 @@ pub struct Serving {
     reconciling: tokio::sync::Mutex<()>,
 }
 
-fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let s = spate_core::rules::format_rfc3339(d.as_secs() as i64, 0);
-    format!("{}Z", &s[..19])
-}
-
 impl Serving {
     /// Opens the serving state under `cfg.dir`, reaping instances an earlier
     /// run left behind (after `kill -9`).
@@ -352,7 +346,7 @@ impl Serving {
                         records.push(RevisionRecord {
                             name,
                             template: s.template_manifest.clone(),
-                            created: now_rfc3339(),
+                            created: spate_core::rules::now_rfc3339_seconds(),
                         });
                         changed = true;
                     }

@@ -133,7 +133,4 @@ pub fn uuid() -> String {
 }
 
 /// Now, as an RFC 3339 timestamp with milliseconds.
-pub fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    spate_core::rules::format_rfc3339(d.as_secs() as i64, d.subsec_millis() * 1_000_000)
-}
+pub use spate_core::rules::now_rfc3339;

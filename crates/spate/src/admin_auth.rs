@@ -185,10 +185,7 @@ impl AdminGuard {
 pub const SESSION_COOKIE: &str = "spate_session";
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The middleware: refuses what [`AdminGuard::refusal`] names, with the reason.

@@ -490,10 +490,9 @@ impl Server {
 fn instance_name(data_dir: &std::path::Path) -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let hash = dir
-        .to_string_lossy()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut h = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut h, dir.to_string_lossy().as_bytes());
+    let hash = std::hash::Hasher::finish(&h);
     format!("{}-{hash:012x}", host.trim())
 }
 

@@ -10,11 +10,7 @@ use spate_api::{Condition, Kind};
 use spate_eventing::ResourceStatus;
 use spate_serving::ServiceStatus;
 
-pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let s = spate_core::rules::format_rfc3339(d.as_secs() as i64, 0);
-    format!("{}Z", &s[..19])
-}
+pub use spate_core::rules::now_rfc3339_seconds as now_rfc3339;
 
 /// One condition; reason and message only when it does not hold.
 #[derive(Serialize)]
