@@ -191,6 +191,27 @@ pub struct Serving {
     reconciling: tokio::sync::Mutex<()>,
 }
 
+/// Why the latest revision of `s` cannot run at all, if it cannot.
+fn runnable(s: &ServiceConfig) -> Option<Condition> {
+    match &s.template.container {
+        c if c.argv.is_empty() => process::container_engine().err().map(|why| {
+            Condition::fail(
+                "ConfigurationsReady",
+                "ContainerEngineMissing",
+                format!("the container has only an image ({}) and no container engine can run it: {why}; give a command, or install docker or podman", c.image.as_deref().unwrap_or("?")),
+            )
+        }),
+        c => process::check_command(c).err().map(|why| Condition::fail("ConfigurationsReady", "CommandNotFound", why)),
+    }
+}
+
+/// A revision's traffic as (revision, percent, tag).
+type Traffic = Vec<(String, u32, Option<String>)>;
+/// A Service's status so far, and its traffic.
+type Plan = (ServiceStatus, Traffic);
+/// The revisions that should run: template, Service name and address.
+type WantRunning = HashMap<Key, (RevisionTemplate, String, String)>;
+
 impl Serving {
     /// Opens the serving state under `cfg.dir`, reaping instances an earlier
     /// run left behind (after `kill -9`).
@@ -314,138 +335,138 @@ impl Serving {
     /// Brings running revisions and routes in line with `desired` and returns each Service's status.
     pub async fn reconcile(&self, desired: &[ServiceConfig]) -> Vec<ServiceStatus> {
         let _g = self.reconciling.lock().await;
-        let mut out = vec![];
-        let mut want_running: HashMap<Key, (RevisionTemplate, String, String)> = HashMap::new();
-        // Each service's status so far, and its traffic as (revision, percent, tag).
-        type Traffic = Vec<(String, u32, Option<String>)>;
-        let mut plans: Vec<(ServiceStatus, Traffic)> = vec![];
         self.pull_history().await;
-        let mut publish = None;
-        {
-            let mut h = self.history.lock().expect("history");
-            let mut changed = false;
-            let wanted: std::collections::HashSet<String> =
-                desired.iter().map(|s| format!("{}/{}", s.namespace, s.name)).collect();
-            let before = h.services.len();
-            h.services.retain(|k, _| wanted.contains(k));
-            changed |= h.services.len() != before;
-            for s in desired {
-                let key = format!("{}/{}", s.namespace, s.name);
-                let records = h.services.entry(key).or_default();
-                let mut conds = vec![];
-                if records.last().is_none_or(|r| r.template != s.template_manifest) {
-                    let name =
-                        s.template.name.clone().unwrap_or_else(|| format!("{}-{:05}", s.name, records.len() + 1));
-                    if records.iter().any(|r| r.name == name) {
-                        conds.push(Condition::fail(
-                            "ConfigurationsReady",
-                            "RevisionNameTaken",
-                            format!("spec.template.metadata.name '{name}' already names a revision with a different template; choose a new name"),
-                        ));
-                    } else {
-                        records.push(RevisionRecord {
-                            name,
-                            template: s.template_manifest.clone(),
-                            created: spate_core::rules::now_rfc3339_seconds(),
-                        });
-                        changed = true;
-                    }
-                }
-                let latest = records.last().map(|r| r.name.clone());
-                let mut traffic = vec![];
-                for t in &s.traffic {
-                    let rev = match &t.revision {
-                        TrafficRevision::Latest => latest.clone(),
-                        TrafficRevision::Named(n) => records.iter().any(|r| &r.name == n).then(|| n.clone()),
-                    };
-                    match rev {
-                        Some(r) => traffic.push((r, t.percent, t.tag.clone())),
-                        None => conds.push(Condition::fail(
-                            "RoutesReady",
-                            "RevisionMissing",
-                            format!(
-                                "spec.traffic names revision '{}', which does not exist",
-                                match &t.revision {
-                                    TrafficRevision::Named(n) => n.as_str(),
-                                    TrafficRevision::Latest => "latest",
-                                }
-                            ),
-                        )),
-                    }
-                }
-                for (rev, _, _) in &traffic {
-                    let rk = (s.namespace.clone(), rev.clone());
-                    if want_running.contains_key(&rk) {
-                        continue;
-                    }
-                    let rec = records.iter().find(|r| &r.name == rev).expect("checked above");
-                    let template = if Some(rev) == latest.as_ref() && rec.template == s.template_manifest {
-                        Ok(s.template.clone())
-                    } else {
-                        spate_api::compile_template(&s.namespace, &s.name, &rec.template)
-                    };
-                    match template {
-                        Ok(t) => {
-                            want_running.insert(rk, (t, s.name.clone(), self.address(&s.namespace, &s.name)));
-                        }
-                        Err(e) => conds.push(Condition::fail(
-                            "RoutesReady",
-                            "RevisionInvalid",
-                            format!("revision {rev} no longer compiles: {e}"),
-                        )),
-                    }
-                }
-                // Can the latest revision run at all?
-                match &s.template.container {
-                    c if c.argv.is_empty() => {
-                        if let Err(why) = process::container_engine() {
-                            conds.push(Condition::fail(
-                                "ConfigurationsReady",
-                                "ContainerEngineMissing",
-                                format!("the container has only an image ({}) and no container engine can run it: {why}; give a command, or install docker or podman", c.image.as_deref().unwrap_or("?")),
-                            ));
-                        }
-                    }
-                    c => {
-                        if let Err(why) = process::check_command(c) {
-                            conds.push(Condition::fail("ConfigurationsReady", "CommandNotFound", why));
-                        }
-                    }
-                }
-                let revisions = records
-                    .iter()
-                    .map(|r| RevisionInfo {
-                        name: r.name.clone(),
-                        created: r.created.clone(),
-                        template: r.template.clone(),
-                        live: None,
-                    })
-                    .collect();
-                let st = ServiceStatus {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
-                    url: self.service_url(&s.namespace, &s.name, None),
-                    address: self.address(&s.namespace, &s.name),
-                    conditions: conds,
-                    traffic: vec![],
-                    latest_created: latest.clone(),
-                    latest_ready: None,
-                    revisions,
-                };
-                plans.push((st, traffic));
-            }
-            if changed && let Err(e) = self.save_history(&h) {
-                tracing::error!(error = %e, "cannot persist the revision history");
-            }
-            if changed && self.shared.is_some() {
-                publish = Some(serde_json::to_vec(&*h).expect("history serialises"));
-            }
-        }
+        let (plans, want_running, publish) = self.plan(desired);
         if let Some(bytes) = publish {
             self.push_history(bytes).await;
         }
+        self.converge(want_running);
+        let out = self.publish_routes(plans);
+        self.logs.lock().expect("logs").retain(|k, _| desired.iter().any(|s| s.namespace == k.0 && s.name == k.1));
+        out
+    }
 
-        // Start what should run, stop what should not.
+    /// Each Service's revisions (a changed template is a new one, kept in the
+    /// history), its traffic and conditions so far, and the revisions that
+    /// should run; the history to publish to the cluster if it changed.
+    fn plan(&self, desired: &[ServiceConfig]) -> (Vec<Plan>, WantRunning, Option<Vec<u8>>) {
+        let mut want_running: WantRunning = HashMap::new();
+        let mut plans = vec![];
+        let mut h = self.history.lock().expect("history");
+        let wanted: std::collections::HashSet<String> =
+            desired.iter().map(|s| format!("{}/{}", s.namespace, s.name)).collect();
+        let before = h.services.len();
+        h.services.retain(|k, _| wanted.contains(k));
+        let mut changed = h.services.len() != before;
+        for s in desired {
+            let records = h.services.entry(format!("{}/{}", s.namespace, s.name)).or_default();
+            let (plan, new_revision) = self.plan_service(s, records, &mut want_running);
+            changed |= new_revision;
+            plans.push(plan);
+        }
+        if changed && let Err(e) = self.save_history(&h) {
+            tracing::error!(error = %e, "cannot persist the revision history");
+        }
+        let publish = (changed && self.shared.is_some()).then(|| serde_json::to_vec(&*h).expect("history serialises"));
+        (plans, want_running, publish)
+    }
+
+    /// One Service's plan; true if it made a new revision.
+    fn plan_service(
+        &self,
+        s: &ServiceConfig,
+        records: &mut Vec<RevisionRecord>,
+        want_running: &mut WantRunning,
+    ) -> (Plan, bool) {
+        let mut changed = false;
+        let mut conds = vec![];
+        if records.last().is_none_or(|r| r.template != s.template_manifest) {
+            let name = s.template.name.clone().unwrap_or_else(|| format!("{}-{:05}", s.name, records.len() + 1));
+            if records.iter().any(|r| r.name == name) {
+                conds.push(Condition::fail(
+                    "ConfigurationsReady",
+                    "RevisionNameTaken",
+                    format!("spec.template.metadata.name '{name}' already names a revision with a different template; choose a new name"),
+                ));
+            } else {
+                records.push(RevisionRecord {
+                    name,
+                    template: s.template_manifest.clone(),
+                    created: spate_core::rules::now_rfc3339_seconds(),
+                });
+                changed = true;
+            }
+        }
+        let latest = records.last().map(|r| r.name.clone());
+        let mut traffic = vec![];
+        for t in &s.traffic {
+            let rev = match &t.revision {
+                TrafficRevision::Latest => latest.clone(),
+                TrafficRevision::Named(n) => records.iter().any(|r| &r.name == n).then(|| n.clone()),
+            };
+            match rev {
+                Some(r) => traffic.push((r, t.percent, t.tag.clone())),
+                None => conds.push(Condition::fail(
+                    "RoutesReady",
+                    "RevisionMissing",
+                    format!(
+                        "spec.traffic names revision '{}', which does not exist",
+                        match &t.revision {
+                            TrafficRevision::Named(n) => n.as_str(),
+                            TrafficRevision::Latest => "latest",
+                        }
+                    ),
+                )),
+            }
+        }
+        for (rev, _, _) in &traffic {
+            let rk = (s.namespace.clone(), rev.clone());
+            if want_running.contains_key(&rk) {
+                continue;
+            }
+            let rec = records.iter().find(|r| &r.name == rev).expect("checked above");
+            let template = if Some(rev) == latest.as_ref() && rec.template == s.template_manifest {
+                Ok(s.template.clone())
+            } else {
+                spate_api::compile_template(&s.namespace, &s.name, &rec.template)
+            };
+            match template {
+                Ok(t) => {
+                    want_running.insert(rk, (t, s.name.clone(), self.address(&s.namespace, &s.name)));
+                }
+                Err(e) => conds.push(Condition::fail(
+                    "RoutesReady",
+                    "RevisionInvalid",
+                    format!("revision {rev} no longer compiles: {e}"),
+                )),
+            }
+        }
+        conds.extend(runnable(s));
+        let revisions = records
+            .iter()
+            .map(|r| RevisionInfo {
+                name: r.name.clone(),
+                created: r.created.clone(),
+                template: r.template.clone(),
+                live: None,
+            })
+            .collect();
+        let st = ServiceStatus {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            url: self.service_url(&s.namespace, &s.name, None),
+            address: self.address(&s.namespace, &s.name),
+            conditions: conds,
+            traffic: vec![],
+            latest_created: latest.clone(),
+            latest_ready: None,
+            revisions,
+        };
+        ((st, traffic), changed)
+    }
+
+    /// Starts the revisions that should run and stops the others.
+    fn converge(&self, want_running: WantRunning) {
         let stale: Vec<Arc<Revision>> = {
             let mut running = self.running.lock().expect("running");
             let mut stale = vec![];
@@ -469,7 +490,11 @@ impl Serving {
         for r in stale {
             r.stop();
         }
+    }
 
+    /// Routes each Service's traffic to its running revisions; the final statuses.
+    fn publish_routes(&self, plans: Vec<Plan>) -> Vec<ServiceStatus> {
+        let mut out = vec![];
         let running = self.running.lock().expect("running").clone();
         let mut routes = HashMap::new();
         for (mut st, traffic) in plans {
@@ -504,7 +529,6 @@ impl Serving {
             out.push(st);
         }
         *self.routes.write().expect("routes") = routes;
-        self.logs.lock().expect("logs").retain(|k, _| desired.iter().any(|s| s.namespace == k.0 && s.name == k.1));
         out
     }
 

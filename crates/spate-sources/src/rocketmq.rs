@@ -52,7 +52,7 @@ fn client_runtime() -> Result<Arc<ClientRuntime>, String> {
             )
             .map_err(|e| format!("RocketMQ client runtime: {e}"))?;
             // The owner holds the runtime's threads: it lives as long as the process.
-            std::mem::forget(owner);
+            Box::leak(Box::new(owner));
             Ok(rt)
         })
         .clone()

@@ -538,86 +538,12 @@ impl ControlPlane {
             let ms = self.reconcile_delay_ms.load(Ordering::Relaxed);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let mut desired = Desired::default();
-        let mut services = vec![];
-        let mut sources = vec![];
-        let mut bindings = vec![];
-        let mut secrets: HashMap<(String, String), &SecretConfig> = HashMap::new();
-        let mut labels: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
-        let mut kafka_sinks = vec![];
-        for e in store.entries.values() {
-            match &e.compiled {
-                Compiled::Secret(s) => {
-                    secrets.insert((s.namespace.clone(), s.name.clone()), s);
-                }
-                Compiled::Source(s) => sources.push((**s).clone()),
-                Compiled::SinkBinding(b) => bindings.push(b.clone()),
-                Compiled::Broker(b) => desired.brokers.push(b.clone()),
-                Compiled::Trigger(t) => desired.triggers.push(t.clone()),
-                Compiled::Channel(c) => desired.channels.push(c.clone()),
-                Compiled::Subscription(s) => desired.subscriptions.push(s.clone()),
-                Compiled::Sequence(s) => desired.sequences.push(s.clone()),
-                Compiled::Parallel(p) => desired.parallels.push(p.clone()),
-                Compiled::KafkaSink(k) => {
-                    desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
-                    kafka_sinks.push(k.clone());
-                }
-                Compiled::ConfigMap(c) => {
-                    desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
-                }
-                Compiled::EventPolicy(_) | Compiled::EventType(_) | Compiled::Namespace => {}
-                Compiled::Service(s) => {
-                    desired
-                        .services
-                        .insert((s.namespace.clone(), s.name.clone()), self.serving.address(&s.namespace, &s.name));
-                    labels.insert(
-                        (s.namespace.clone(), s.name.clone()),
-                        spate_api::labels(&e.resource.manifest["metadata"]),
-                    );
-                    services.push(s.clone());
-                }
-            }
-        }
-        let mut cas: Vec<(String, String)> =
-            store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
-        if let Some((authority, tls)) = &self.own_tls {
-            cas.push((authority.clone(), tls.chain_pem()));
-        }
-        for e in self.dispatcher.set_trust(cas) {
-            tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
-        }
-        let wanted_sinks: Vec<WantedSink> = kafka_sinks
-            .into_iter()
-            .map(|config| {
-                let auth = match &config.auth_secret {
-                    None => Ok(Default::default()),
-                    Some(name) => {
-                        secrets.get(&(config.namespace.clone(), name.clone())).map(|s| s.data.clone()).ok_or_else(
-                            || format!("Secret {}/{name} (spec.auth.secret.ref) does not exist", config.namespace),
-                        )
-                    }
-                };
-                WantedSink { config, auth }
-            })
-            .collect();
-        let resolve = self.eventing.resolver(&desired);
-        let binding_statuses = crate::bindings::apply(&bindings, &mut services, &labels, &resolve);
-        let resolved: Vec<ResolvedSource> = sources
-            .into_iter()
-            .map(|config| {
-                let secrets = config
-                    .secret_refs()
-                    .into_iter()
-                    .map(|r| (r.clone(), secret_value(&secrets, &config.namespace, r)))
-                    .collect();
-                ResolvedSource {
-                    sink: resolve(&config.sink),
-                    dead_letter_sink: config.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()).map(&resolve),
-                    secrets,
-                    config,
-                }
-            })
-            .collect();
+        let mut w = self.wanted(store);
+        self.set_trust(store);
+        let wanted_sinks = wanted_sinks(std::mem::take(&mut w.kafka_sinks), &w.secrets);
+        let resolve = self.eventing.resolver(&w.desired);
+        let binding_statuses = crate::bindings::apply(&w.bindings, &mut w.services, &w.labels, &resolve);
+        let resolved = resolve_sources(std::mem::take(&mut w.sources), &w.secrets, &resolve);
         drop(resolve);
         for b in binding_statuses {
             if let Some(e) = store.entries.get_mut(&b.key) {
@@ -625,68 +551,23 @@ impl ControlPlane {
                 if let Some(u) = &b.sink_uri {
                     new["sinkUri"] = json!(u);
                 }
-                if strip_times(&e.status) != strip_times(&new) {
-                    e.status = new;
-                }
+                set_status(e, new);
             }
         }
-        let service_statuses = self.serving.reconcile(&services).await;
+        let service_statuses = self.serving.reconcile(&w.services).await;
         for st in &service_statuses {
             if let Some(e) = store.entries.get_mut(&(Kind::Service, st.namespace.clone(), st.name.clone())) {
-                let new = status::service(st, e.generation);
-                if strip_times(&e.status) != strip_times(&new) {
-                    e.status = new;
-                }
+                set_status(e, status::service(st, e.generation));
             }
         }
         *self.services.lock().expect("services") = service_statuses;
-        let eventing_statuses = self.eventing.reconcile(&desired).await;
-        let mut children = flow_children_json(&spate_eventing::flow_children(&desired), &eventing_statuses);
-        for child in &mut children {
-            // Born with their owner: its creation time, and its uid in the owner reference.
-            let reference = &child["metadata"]["ownerReferences"][0];
-            let owner = Kind::all()
-                .find(|k| reference["kind"] == k.name())
-                .map(|k| {
-                    (
-                        k,
-                        child["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
-                        reference["name"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .and_then(|key| store.entries.get(&key));
-            if let Some(owner) = owner {
-                child["metadata"]["creationTimestamp"] = json!(owner.created);
-                child["metadata"]["ownerReferences"][0]["uid"] = json!(owner.uid);
-            }
-        }
-        self.objects.set_derived(children);
-        for st in eventing_statuses {
-            // Eventing reports both channel kinds as Channel; the store knows which was applied.
-            let kinds: &[Kind] = if st.kind == Kind::Channel {
-                &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
-            } else {
-                &[st.kind]
-            };
-            let key = kinds
-                .iter()
-                .map(|k| (*k, st.namespace.clone(), st.name.clone()))
-                .find(|k| store.entries.contains_key(k));
-            if let Some(e) = key.and_then(|k| store.entries.get_mut(&k)) {
-                let new = status::resource(&st, e.generation);
-                // Keep transition times stable when a condition did not change.
-                if strip_times(&e.status) != strip_times(&new) {
-                    e.status = new;
-                }
-            }
-        }
+        let eventing_statuses = self.eventing.reconcile(&w.desired).await;
+        self.publish_children(store, &w.desired, &eventing_statuses);
+        note_eventing_statuses(store, eventing_statuses);
         for st in self.kafka_sinks.reconcile(wanted_sinks).await {
             let key = (Kind::KafkaSink, st.namespace.clone(), st.name.clone());
             if let Some(e) = store.entries.get_mut(&key) {
-                let new = status::kafka_sink(&st, e.generation, &desired.kafka_sinks[&(key.1, key.2)]);
-                if strip_times(&e.status) != strip_times(&new) {
-                    e.status = new;
-                }
+                set_status(e, status::kafka_sink(&st, e.generation, &w.desired.kafka_sinks[&(key.1, key.2)]));
             }
         }
         for st in self.sources.reconcile(&resolved).await {
@@ -705,6 +586,72 @@ impl ControlPlane {
         }
     }
 
+    /// What every room should run, from the stored entries.
+    fn wanted(&self, store: &Store) -> Wanted {
+        let mut w = Wanted::default();
+        for e in store.entries.values() {
+            match &e.compiled {
+                Compiled::Secret(s) => {
+                    w.secrets.insert((s.namespace.clone(), s.name.clone()), s.clone());
+                }
+                Compiled::Source(s) => w.sources.push((**s).clone()),
+                Compiled::SinkBinding(b) => w.bindings.push(b.clone()),
+                Compiled::Broker(b) => w.desired.brokers.push(b.clone()),
+                Compiled::Trigger(t) => w.desired.triggers.push(t.clone()),
+                Compiled::Channel(c) => w.desired.channels.push(c.clone()),
+                Compiled::Subscription(s) => w.desired.subscriptions.push(s.clone()),
+                Compiled::Sequence(s) => w.desired.sequences.push(s.clone()),
+                Compiled::Parallel(p) => w.desired.parallels.push(p.clone()),
+                Compiled::KafkaSink(k) => {
+                    w.desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
+                    w.kafka_sinks.push(k.clone());
+                }
+                Compiled::ConfigMap(c) => {
+                    w.desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
+                }
+                Compiled::EventPolicy(_) | Compiled::EventType(_) | Compiled::Namespace => {}
+                Compiled::Service(s) => {
+                    let key = (s.namespace.clone(), s.name.clone());
+                    w.desired.services.insert(key.clone(), self.serving.address(&s.namespace, &s.name));
+                    w.labels.insert(key, spate_api::labels(&e.resource.manifest["metadata"]));
+                    w.services.push(s.clone());
+                }
+            }
+        }
+        w
+    }
+
+    /// The CAs each https destination trusts (its `CACerts`, and this server's own chain).
+    fn set_trust(&self, store: &Store) {
+        let mut cas: Vec<(String, String)> =
+            store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
+        if let Some((authority, tls)) = &self.own_tls {
+            cas.push((authority.clone(), tls.chain_pem()));
+        }
+        for e in self.dispatcher.set_trust(cas) {
+            tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
+        }
+    }
+
+    /// The channels and subscriptions flows own, as derived objects born with their owner.
+    fn publish_children(&self, store: &Store, desired: &Desired, statuses: &[ResourceStatus]) {
+        let mut children = flow_children_json(&spate_eventing::flow_children(desired), statuses);
+        for child in &mut children {
+            // Born with their owner: its creation time, and its uid in the owner reference.
+            let reference = &child["metadata"]["ownerReferences"][0];
+            let namespace = child["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let name = reference["name"].as_str().unwrap_or("").to_string();
+            let owner = Kind::all()
+                .find(|k| reference["kind"] == k.name())
+                .and_then(|k| store.entries.get(&(k, namespace, name)));
+            if let Some(owner) = owner {
+                child["metadata"]["creationTimestamp"] = json!(owner.created);
+                child["metadata"]["ownerReferences"][0]["uid"] = json!(owner.uid);
+            }
+        }
+        self.objects.set_derived(children);
+    }
+
     fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
         format!("{}/kafkasinks/{}/{}", self.eventing.config().base_url.trim_end_matches('/'), k.namespace, k.name)
     }
@@ -713,6 +660,86 @@ impl ControlPlane {
         self.sources.shutdown().await;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
+    }
+}
+
+/// What the rooms should run, gathered from the stored entries at one reconcile.
+#[derive(Default)]
+struct Wanted {
+    desired: Desired,
+    services: Vec<spate_api::ServiceConfig>,
+    sources: Vec<spate_api::SourceConfig>,
+    bindings: Vec<spate_api::SinkBindingConfig>,
+    kafka_sinks: Vec<spate_api::KafkaSinkConfig>,
+    secrets: HashMap<(String, String), SecretConfig>,
+    labels: HashMap<(String, String), Vec<(String, String)>>,
+}
+
+/// A reconciled status, kept as it was when only transition times changed.
+fn set_status(e: &mut Entry, new: Value) {
+    if strip_times(&e.status) != strip_times(&new) {
+        e.status = new;
+    }
+}
+
+/// KafkaSinks with the credentials their `spec.auth.secret.ref` names (or what is missing).
+fn wanted_sinks(
+    sinks: Vec<spate_api::KafkaSinkConfig>,
+    secrets: &HashMap<(String, String), SecretConfig>,
+) -> Vec<WantedSink> {
+    sinks
+        .into_iter()
+        .map(|config| {
+            let auth = match &config.auth_secret {
+                None => Ok(Default::default()),
+                Some(name) => secrets
+                    .get(&(config.namespace.clone(), name.clone()))
+                    .map(|s| s.data.clone())
+                    .ok_or_else(|| format!("Secret {}/{name} (spec.auth.secret.ref) does not exist", config.namespace)),
+            };
+            WantedSink { config, auth }
+        })
+        .collect()
+}
+
+/// Sources with their sinks resolved and the Secret values they reference.
+fn resolve_sources(
+    sources: Vec<spate_api::SourceConfig>,
+    secrets: &HashMap<(String, String), SecretConfig>,
+    resolve: &dyn Fn(&spate_core::Destination) -> Result<String, String>,
+) -> Vec<ResolvedSource> {
+    sources
+        .into_iter()
+        .map(|config| {
+            let secrets = config
+                .secret_refs()
+                .into_iter()
+                .map(|r| (r.clone(), secret_value(secrets, &config.namespace, r)))
+                .collect();
+            ResolvedSource {
+                sink: resolve(&config.sink),
+                dead_letter_sink: config.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()).map(resolve),
+                secrets,
+                config,
+            }
+        })
+        .collect()
+}
+
+/// Brokers', triggers', channels' and flows' statuses onto their entries.
+fn note_eventing_statuses(store: &mut Store, statuses: Vec<ResourceStatus>) {
+    for st in statuses {
+        // Eventing reports every channel kind as Channel; the store knows which was applied.
+        let kinds: &[Kind] = if st.kind == Kind::Channel {
+            &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
+        } else {
+            &[st.kind]
+        };
+        let key =
+            kinds.iter().map(|k| (*k, st.namespace.clone(), st.name.clone())).find(|k| store.entries.contains_key(k));
+        if let Some(e) = key.and_then(|k| store.entries.get_mut(&k)) {
+            set_status(e, status::resource(&st, e.generation));
+        }
     }
 }
 
@@ -834,7 +861,7 @@ fn flow_children_json(children: &[spate_eventing::FlowChild], statuses: &[Resour
 
 /// A Secret's value for a `secretKeyRef` in `namespace`, or what is missing.
 fn secret_value(
-    secrets: &HashMap<(String, String), &SecretConfig>,
+    secrets: &HashMap<(String, String), SecretConfig>,
     namespace: &str,
     r: &SecretKeyRef,
 ) -> Result<Vec<u8>, String> {

@@ -41,112 +41,118 @@ pub fn render(kind: Kind, items: &[Value], format: OutputFormat, single: bool) -
             serde_saphyr::to_string(&v).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
         }
         OutputFormat::Table => {
-            let mut rows: Vec<Vec<String>> = vec![];
-            let header: Vec<&str> = match kind {
-                Kind::Broker => vec!["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
-                Kind::Trigger => vec!["NAMESPACE", "NAME", "BROKER", "SUBSCRIBER_URI", "READY", "REASON"],
-                Kind::Channel
-                | Kind::InMemoryChannel
-                | Kind::NatsJetStreamChannel
-                | Kind::KafkaChannel
-                | Kind::Sequence
-                | Kind::Parallel => {
-                    vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
-                }
-                Kind::Subscription => {
-                    vec!["NAMESPACE", "NAME", "CHANNEL", "SUBSCRIBER_URI", "REPLY_URI", "READY", "REASON"]
-                }
-                Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
-                Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
-                Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
-                Kind::Namespace => vec!["NAME", "STATUS"],
-                Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
-                Kind::EventType => vec!["NAMESPACE", "NAME", "TYPE", "SOURCE", "REFERENCE", "READY"],
-                Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
-                Kind::Source(_) | Kind::SinkBinding => SOURCE_HEADER.to_vec(),
-            };
-            rows.push(header.iter().map(ToString::to_string).collect());
-            for it in items {
-                let (r, reason) = ready(it);
-                let ns = s(it, "/metadata/namespace").to_string();
-                let name = s(it, "/metadata/name").to_string();
-                rows.push(match kind {
-                    Kind::Broker => {
-                        let class = it
-                            .pointer("/metadata/annotations")
-                            .and_then(|a| a.get(spate_api::BROKER_CLASS_ANNOTATION))
-                            .and_then(Value::as_str)
-                            .unwrap_or("-")
-                            .to_string();
-                        vec![ns, name, class, s(it, "/status/address/url").into(), r, reason]
-                    }
-                    Kind::Channel
-                    | Kind::InMemoryChannel
-                    | Kind::NatsJetStreamChannel
-                    | Kind::KafkaChannel
-                    | Kind::Sequence
-                    | Kind::Parallel => {
-                        vec![ns, name, s(it, "/status/address/url").into(), r, reason]
-                    }
-                    Kind::Subscription => vec![
-                        ns,
-                        name,
-                        s(it, "/spec/channel/name").into(),
-                        s(it, "/status/physicalSubscription/subscriberUri").into(),
-                        s(it, "/status/physicalSubscription/replyUri").into(),
-                        r,
-                        reason,
-                    ],
-                    Kind::Trigger => {
-                        vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason]
-                    }
-                    Kind::Service => vec![
-                        ns,
-                        name,
-                        s(it, "/status/url").into(),
-                        s(it, "/status/latestCreatedRevisionName").into(),
-                        s(it, "/status/latestReadyRevisionName").into(),
-                        r,
-                        reason,
-                    ],
-                    Kind::Secret => vec![
-                        ns,
-                        name,
-                        s(it, "/type").into(),
-                        it.get("data")
-                            .and_then(serde_json::Value::as_object)
-                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
-                            .unwrap_or_default(),
-                    ],
-                    Kind::ConfigMap => vec![
-                        ns,
-                        name,
-                        it.get("data")
-                            .and_then(serde_json::Value::as_object)
-                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
-                            .unwrap_or_default(),
-                    ],
-                    Kind::Namespace => vec![name, s(it, "/status/phase").into()],
-                    Kind::EventPolicy => {
-                        let from = it
-                            .pointer("/status/from")
-                            .and_then(Value::as_array)
-                            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
-                            .unwrap_or_default();
-                        vec![ns, name, from, r, reason]
-                    }
-                    Kind::KafkaSink => {
-                        vec![ns, name, s(it, "/spec/topic").into(), s(it, "/status/address/url").into(), r, reason]
-                    }
-                    Kind::EventType => {
-                        let reference = format!("{}/{}", s(it, "/spec/reference/kind"), s(it, "/spec/reference/name"));
-                        vec![ns, name, attribute(it, "type"), attribute(it, "source"), reference, r]
-                    }
-                    Kind::Source(_) | Kind::SinkBinding => source_row(kind, it),
-                });
-            }
+            let mut rows: Vec<Vec<String>> = vec![header(kind).iter().map(ToString::to_string).collect()];
+            rows.extend(items.iter().map(|it| row(kind, it)));
             table(rows, kind.plural())
         }
+    }
+}
+
+/// The column names of `spate get <kind>`.
+fn header(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::Broker => vec!["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
+        Kind::Trigger => vec!["NAMESPACE", "NAME", "BROKER", "SUBSCRIBER_URI", "READY", "REASON"],
+        Kind::Channel
+        | Kind::InMemoryChannel
+        | Kind::NatsJetStreamChannel
+        | Kind::KafkaChannel
+        | Kind::Sequence
+        | Kind::Parallel => {
+            vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
+        }
+        Kind::Subscription => {
+            vec!["NAMESPACE", "NAME", "CHANNEL", "SUBSCRIBER_URI", "REPLY_URI", "READY", "REASON"]
+        }
+        Kind::Service => vec!["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"],
+        Kind::Secret => vec!["NAMESPACE", "NAME", "TYPE", "KEYS"],
+        Kind::ConfigMap => vec!["NAMESPACE", "NAME", "KEYS"],
+        Kind::Namespace => vec!["NAME", "STATUS"],
+        Kind::EventPolicy => vec!["NAMESPACE", "NAME", "FROM", "READY", "REASON"],
+        Kind::EventType => vec!["NAMESPACE", "NAME", "TYPE", "SOURCE", "REFERENCE", "READY"],
+        Kind::KafkaSink => vec!["NAMESPACE", "NAME", "TOPIC", "URL", "READY", "REASON"],
+        Kind::Source(_) | Kind::SinkBinding => SOURCE_HEADER.to_vec(),
+    }
+}
+
+/// One object's row of `spate get <kind>`.
+fn row(kind: Kind, it: &Value) -> Vec<String> {
+    let (r, reason) = ready(it);
+    let ns = s(it, "/metadata/namespace").to_string();
+    let name = s(it, "/metadata/name").to_string();
+    match kind {
+        Kind::Broker => {
+            let class = it
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(spate_api::BROKER_CLASS_ANNOTATION))
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_string();
+            vec![ns, name, class, s(it, "/status/address/url").into(), r, reason]
+        }
+        Kind::Channel
+        | Kind::InMemoryChannel
+        | Kind::NatsJetStreamChannel
+        | Kind::KafkaChannel
+        | Kind::Sequence
+        | Kind::Parallel => {
+            vec![ns, name, s(it, "/status/address/url").into(), r, reason]
+        }
+        Kind::Subscription => vec![
+            ns,
+            name,
+            s(it, "/spec/channel/name").into(),
+            s(it, "/status/physicalSubscription/subscriberUri").into(),
+            s(it, "/status/physicalSubscription/replyUri").into(),
+            r,
+            reason,
+        ],
+        Kind::Trigger => {
+            vec![ns, name, s(it, "/spec/broker").into(), s(it, "/status/subscriberUri").into(), r, reason]
+        }
+        Kind::Service => vec![
+            ns,
+            name,
+            s(it, "/status/url").into(),
+            s(it, "/status/latestCreatedRevisionName").into(),
+            s(it, "/status/latestReadyRevisionName").into(),
+            r,
+            reason,
+        ],
+        Kind::Secret => vec![
+            ns,
+            name,
+            s(it, "/type").into(),
+            it.get("data")
+                .and_then(serde_json::Value::as_object)
+                .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+        ],
+        Kind::ConfigMap => vec![
+            ns,
+            name,
+            it.get("data")
+                .and_then(serde_json::Value::as_object)
+                .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+        ],
+        Kind::Namespace => vec![name, s(it, "/status/phase").into()],
+        Kind::EventPolicy => {
+            let from = it
+                .pointer("/status/from")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![ns, name, from, r, reason]
+        }
+        Kind::KafkaSink => {
+            vec![ns, name, s(it, "/spec/topic").into(), s(it, "/status/address/url").into(), r, reason]
+        }
+        Kind::EventType => {
+            let reference = format!("{}/{}", s(it, "/spec/reference/kind"), s(it, "/spec/reference/name"));
+            vec![ns, name, attribute(it, "type"), attribute(it, "source"), reference, r]
+        }
+        Kind::Source(_) | Kind::SinkBinding => source_row(kind, it),
     }
 }
 

@@ -33,7 +33,7 @@ fn client_runtime() -> Arc<ClientRuntime> {
         TelemetryHandle::noop(),
     )
     .unwrap();
-    std::mem::forget(owner);
+    Box::leak(Box::new(owner));
     rt
 }
 
