@@ -19,7 +19,7 @@ use crate::broker::PublishError;
 use crate::feed::Feed;
 use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
 use crate::trigger::{ReplyPlan, WorkerPlan};
-use crate::workers::{Source, Worker};
+use crate::workers::{Source, Worker, Workers};
 
 /// Name of step `i`'s channel and subscription in a Sequence.
 pub fn sequence_channel(sequence: &str, i: usize) -> String {
@@ -66,115 +66,128 @@ pub(crate) struct Expanded {
 }
 
 pub(crate) fn expand(desired: &Desired) -> Expanded {
-    let mut channels = desired.channels.clone();
-    let mut subscriptions = desired.subscriptions.clone();
-    let mut flows = vec![];
-    let sub = |ns: &str,
-               name: String,
-               channel: String,
-               subscriber: Option<Destination>,
-               reply: Option<Destination>,
-               delivery: Option<DeliverySpec>| {
-        SubscriptionConfig {
-            namespace: ns.into(),
-            name,
-            channel_kind: "InMemoryChannel".into(),
-            channel,
-            subscriber,
-            reply,
-            delivery,
-        }
-    };
+    let mut x =
+        Expanded { channels: desired.channels.clone(), subscriptions: desired.subscriptions.clone(), flows: vec![] };
     for s in &desired.sequences {
-        let ns = &s.namespace;
-        let mut flow = Flow {
-            kind: Kind::Sequence,
-            namespace: ns.clone(),
-            name: s.name.clone(),
-            channels: vec![],
-            subscriptions: vec![],
-        };
-        for (i, step) in s.steps.iter().enumerate() {
-            let ch = sequence_channel(&s.name, i);
-            channels.push(ChannelConfig {
-                namespace: ns.clone(),
-                name: ch.clone(),
-                storage: s.storage,
-                settings: s.settings.clone(),
-                delivery: None,
-            });
-            // Step k's reply feeds step k+1; the last step's goes to the Sequence's reply.
-            let reply = if i + 1 < s.steps.len() {
-                Some(channel_ref(ns, &sequence_channel(&s.name, i + 1)))
-            } else {
-                s.reply.clone()
-            };
-            subscriptions.push(sub(
-                ns,
-                ch.clone(),
-                ch.clone(),
-                Some(step.destination.clone()),
-                reply,
-                step.delivery.clone(),
-            ));
-            flow.channels.push(ch.clone());
-            flow.subscriptions.push(ch);
-        }
-        flows.push(flow);
+        expand_sequence(s, &mut x);
     }
     for p in &desired.parallels {
-        let ns = &p.namespace;
-        let ingress = parallel_ingress(&p.name);
-        let mut flow = Flow {
-            kind: Kind::Parallel,
+        expand_parallel(p, &mut x);
+    }
+    x
+}
+
+/// A subscription a flow owns, on one of its InMemoryChannels.
+fn flow_subscription(
+    ns: &str,
+    name: String,
+    channel: String,
+    subscriber: Option<Destination>,
+    reply: Option<Destination>,
+    delivery: Option<DeliverySpec>,
+) -> SubscriptionConfig {
+    SubscriptionConfig {
+        namespace: ns.into(),
+        name,
+        channel_kind: "InMemoryChannel".into(),
+        channel,
+        subscriber,
+        reply,
+        delivery,
+    }
+}
+
+/// A Sequence: one channel per step, each step's reply feeding the next.
+fn expand_sequence(s: &spate_api::SequenceConfig, x: &mut Expanded) {
+    let ns = &s.namespace;
+    let mut flow = Flow {
+        kind: Kind::Sequence,
+        namespace: ns.clone(),
+        name: s.name.clone(),
+        channels: vec![],
+        subscriptions: vec![],
+    };
+    for (i, step) in s.steps.iter().enumerate() {
+        let ch = sequence_channel(&s.name, i);
+        x.channels.push(ChannelConfig {
             namespace: ns.clone(),
-            name: p.name.clone(),
-            channels: vec![ingress.clone()],
-            subscriptions: vec![],
+            name: ch.clone(),
+            storage: s.storage,
+            settings: s.settings.clone(),
+            delivery: None,
+        });
+        // Step k's reply feeds step k+1; the last step's goes to the Sequence's reply.
+        let reply = if i + 1 < s.steps.len() {
+            Some(channel_ref(ns, &sequence_channel(&s.name, i + 1)))
+        } else {
+            s.reply.clone()
         };
-        channels.push(ChannelConfig {
+        x.subscriptions.push(flow_subscription(
+            ns,
+            ch.clone(),
+            ch.clone(),
+            Some(step.destination.clone()),
+            reply,
+            step.delivery.clone(),
+        ));
+        flow.channels.push(ch.clone());
+        flow.subscriptions.push(ch);
+    }
+    x.flows.push(flow);
+}
+
+/// A Parallel: an ingress channel, and per branch a filter subscription and a branch channel.
+fn expand_parallel(p: &spate_api::ParallelConfig, x: &mut Expanded) {
+    let ns = &p.namespace;
+    let ingress = parallel_ingress(&p.name);
+    let mut flow = Flow {
+        kind: Kind::Parallel,
+        namespace: ns.clone(),
+        name: p.name.clone(),
+        channels: vec![ingress.clone()],
+        subscriptions: vec![],
+    };
+    x.channels.push(ChannelConfig {
+        namespace: ns.clone(),
+        name: ingress.clone(),
+        storage: p.storage,
+        settings: p.settings.clone(),
+        delivery: None,
+    });
+    for (i, b) in p.branches.iter().enumerate() {
+        let branch = parallel_branch(&p.name, i);
+        let filter = parallel_filter(&p.name, i);
+        x.channels.push(ChannelConfig {
             namespace: ns.clone(),
-            name: ingress.clone(),
+            name: branch.clone(),
             storage: p.storage,
             settings: p.settings.clone(),
             delivery: None,
         });
-        for (i, b) in p.branches.iter().enumerate() {
-            let branch = parallel_branch(&p.name, i);
-            let filter = parallel_filter(&p.name, i);
-            channels.push(ChannelConfig {
-                namespace: ns.clone(),
-                name: branch.clone(),
-                storage: p.storage,
-                settings: p.settings.clone(),
-                delivery: None,
-            });
-            // The filter returns the event to let it through (its reply goes on to
-            // the branch channel) or nothing to stop it. No filter: everything passes.
-            subscriptions.push(sub(
-                ns,
-                filter.clone(),
-                ingress.clone(),
-                b.filter.clone(),
-                Some(channel_ref(ns, &branch)),
-                b.delivery.clone(),
-            ));
-            let reply = b.reply.clone().or_else(|| p.reply.clone());
-            subscriptions.push(sub(
-                ns,
-                branch.clone(),
-                branch.clone(),
-                Some(b.subscriber.clone()),
-                reply,
-                b.delivery.clone(),
-            ));
-            flow.channels.push(branch.clone());
-            flow.subscriptions.push(filter);
-            flow.subscriptions.push(branch);
-        }
-        flows.push(flow);
+        // The filter returns the event to let it through (its reply goes on to
+        // the branch channel) or nothing to stop it. No filter: everything passes.
+        x.subscriptions.push(flow_subscription(
+            ns,
+            filter.clone(),
+            ingress.clone(),
+            b.filter.clone(),
+            Some(channel_ref(ns, &branch)),
+            b.delivery.clone(),
+        ));
+        let reply = b.reply.clone().or_else(|| p.reply.clone());
+        x.subscriptions.push(flow_subscription(
+            ns,
+            branch.clone(),
+            branch.clone(),
+            Some(b.subscriber.clone()),
+            reply,
+            b.delivery.clone(),
+        ));
+        flow.channels.push(branch.clone());
+        flow.subscriptions.push(filter);
+        flow.subscriptions.push(branch);
     }
-    Expanded { channels, subscriptions, flows }
+    x.flows.push(flow);
 }
 
 /// Where a channel keeps its events.
@@ -354,8 +367,15 @@ impl Eventing {
     ) {
         let mut subs = self.subscriptions.lock().await;
         let want: HashSet<Key> = x.channels.iter().map(|c| (c.namespace.clone(), c.name.clone())).collect();
+        self.revive_draining(&want).await;
+        self.remove_gone_channels(&want, x, &mut subs).await;
+        let mut channel_status = self.open_channels(x).await;
+        let sub_status = self.place_subscriptions(x, names, &mut subs, &mut channel_status).await;
+        self.report_messaging(desired, x, &channel_status, &sub_status, out);
+    }
 
-        // Draining channels that are wanted again come back with their log.
+    /// Draining channels that are wanted again come back with their log.
+    async fn revive_draining(&self, want: &HashSet<Key>) {
         let mut draining = self.draining.lock().await;
         draining.retain(|_, d| !d.task.is_finished());
         let back: Vec<Key> = draining.keys().filter(|k| want.contains(*k)).cloned().collect();
@@ -365,9 +385,12 @@ impl Eventing {
                 self.channels.write().expect("channels lock").insert(k, ch);
             }
         }
+    }
 
-        // Channels that are gone: stop their subscriptions, delete their logs;
-        // a flow's channel with undelivered events (a step was removed) drains first.
+    /// Channels that are gone: their subscriptions stop and their logs are
+    /// deleted; a flow's channel with undelivered events (a step was removed) drains first.
+    async fn remove_gone_channels(&self, want: &HashSet<Key>, x: &Expanded, subs: &mut Workers) {
+        let mut draining = self.draining.lock().await;
         let gone: Vec<Arc<Channel>> = self
             .channels
             .read()
@@ -397,8 +420,10 @@ impl Eventing {
                 tracing::error!(channel = %format!("{ns}/{name}"), error = %e, "could not delete the channel's storage");
             }
         }
-        drop(draining);
+    }
 
+    /// Opens (or keeps) every wanted channel's storage; each channel's status.
+    async fn open_channels(&self, x: &Expanded) -> HashMap<Key, ResourceStatus> {
         let mut channel_status: HashMap<Key, ResourceStatus> = HashMap::new();
         for c in &x.channels {
             let key = (c.namespace.clone(), c.name.clone());
@@ -444,8 +469,18 @@ impl Eventing {
             st.address = Some(address);
             channel_status.insert(key, st);
         }
+        channel_status
+    }
 
-        // Subscriptions.
+    /// Places every wanted subscription on its channel; each one's status
+    /// (also added to its channel's children).
+    async fn place_subscriptions(
+        &self,
+        x: &Expanded,
+        names: &Addressables,
+        subs: &mut Workers,
+        channel_status: &mut HashMap<Key, ResourceStatus>,
+    ) -> HashMap<Key, ResourceStatus> {
         let want_subs: HashSet<Key> = x.subscriptions.iter().map(|s| (s.namespace.clone(), s.name.clone())).collect();
         subs.remove_except(&want_subs).await;
         let mut sub_status: HashMap<Key, ResourceStatus> = HashMap::new();
@@ -470,8 +505,18 @@ impl Eventing {
             }
             sub_status.insert(key, st);
         }
+        sub_status
+    }
 
-        // Statuses of what the user applied, then of the flows.
+    /// Statuses of what the user applied, then of the flows.
+    fn report_messaging(
+        &self,
+        desired: &Desired,
+        x: &Expanded,
+        channel_status: &HashMap<Key, ResourceStatus>,
+        sub_status: &HashMap<Key, ResourceStatus>,
+        out: &mut Vec<ResourceStatus>,
+    ) {
         for c in &desired.channels {
             if let Some(mut st) = channel_status.get(&(c.namespace.clone(), c.name.clone())).cloned() {
                 // Kind::Channel covers both; the binary reports the applied kind.

@@ -415,101 +415,119 @@ fn fsync_dir(dir: &Path) {
     }
 }
 
+/// A log's segments as found on disk: sealed ones from their summaries, the
+/// last one scanned; a torn tail truncated; a segment after a gap removed
+/// with everything after it. An empty log gets its first segment.
+fn recover_segments(name: &str, dir: &Path) -> Result<Vec<Segment>, LogError> {
+    let mut bases: Vec<Offset> = fs::read_dir(dir)
+        .map_err(|e| LogError::io(dir, e))?
+        .filter_map(|e| {
+            let n = e.ok()?.file_name().into_string().ok()?;
+            n.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    let mut segments = Vec::new();
+    let last = bases.len().saturating_sub(1);
+    for (i, base) in bases.iter().copied().enumerate() {
+        let path = seg_path(dir, base, "log");
+        // Sealed segments open from their summary; only the last one (and
+        // any sealed one without a valid summary) is read and checked.
+        let len = fs::metadata(&path).map_err(|e| LogError::io(&path, e))?.len();
+        let sealed = if i < last { read_sealed_index(&seg_path(dir, base, "idx"), base, len) } else { None };
+        let Scan { valid, end, last_ts, index } = match sealed {
+            Some(scan) => scan,
+            None => scan_segment(&path, base)?,
+        };
+        if let Some(prev) = segments.last().map(|s: &Segment| s.end)
+            && prev != base
+        {
+            // A gap means a later segment cannot be trusted: drop it and everything after.
+            tracing::warn!(log = name, segment = %path.display(), "segment does not follow its predecessor; removing it");
+            for b in &bases[i..] {
+                let _ = fs::remove_file(seg_path(dir, *b, "log"));
+                let _ = fs::remove_file(seg_path(dir, *b, "idx"));
+            }
+            break;
+        }
+        let file = open_rw(&path)?;
+        let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+        if valid < len {
+            tracing::warn!(log = name, segment = %path.display(), kept = valid, dropped = len - valid, "torn tail truncated");
+            file.set_len(valid).map_err(|e| LogError::io(&path, e))?;
+            file.sync_all().map_err(|e| LogError::io(&path, e))?;
+            // Any later segment now follows a gap.
+            if i < last {
+                for b in &bases[i + 1..] {
+                    let _ = fs::remove_file(seg_path(dir, *b, "log"));
+                    let _ = fs::remove_file(seg_path(dir, *b, "idx"));
+                }
+                segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
+                break;
+            }
+        }
+        segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
+    }
+    if segments.is_empty() {
+        let path = seg_path(dir, 0, "log");
+        let file = open_rw(&path)?;
+        fsync_dir(dir);
+        segments.push(Segment {
+            base: 0,
+            end: 0,
+            size: 0,
+            last_ts: 0,
+            file: Arc::new(file),
+            path,
+            index: vec![(0, 0)],
+        });
+    }
+    Ok(segments)
+}
+
+/// Each consumer's position, clamped to the recovered end (a torn tail it had passed is gone).
+fn recover_consumers(
+    name: &str,
+    dir: &Path,
+    segments: &[Segment],
+) -> Result<(HashMap<String, Consumer>, Offset), LogError> {
+    let mut consumers = HashMap::new();
+    let cdir = dir.join("consumers");
+    for e in fs::read_dir(&cdir).map_err(|e| LogError::io(&cdir, e))?.flatten() {
+        let p = e.path();
+        let Some(fname) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".off")) else {
+            continue;
+        };
+        let consumer = decode_consumer_name(fname);
+        let file = OpenOptions::new().read(true).write(true).open(&p).map_err(|e| LogError::io(&p, e))?;
+        let state = read_consumer_record(&file).unwrap_or_else(|| {
+                tracing::warn!(log = name, consumer = %consumer, "consumer offset unreadable; restarting it from the log start");
+                AckState::at(segments[0].base)
+            });
+        consumers.insert(consumer, Consumer::new(state, Some(Arc::new(file))));
+    }
+    let end = segments.last().expect("at least one segment").end;
+    for (consumer, c) in consumers.iter_mut() {
+        if c.state.committed > end {
+            // The tail this consumer had passed was lost (torn write): it resumes at the new end.
+            tracing::warn!(log = name, consumer = %consumer, committed = c.state.committed, end, "committed offset past the recovered end; clamped");
+            c.state = AckState::at(end);
+            if let Some(f) = &c.file {
+                let _ = f.write_all_at(&consumer_record(&c.state), 0);
+            }
+        } else {
+            c.state = std::mem::take(&mut c.state).normalized(end);
+        }
+    }
+    Ok((consumers, end))
+}
+
 impl FileLog {
     /// Opens (creating if needed) the log in `dir`, recovering from a torn tail.
     pub fn open(name: &str, dir: &Path, config: FileLogConfig) -> Result<Arc<FileLog>, LogError> {
         fs::create_dir_all(dir.join("consumers")).map_err(|e| LogError::io(dir, e))?;
-        let mut bases: Vec<Offset> = fs::read_dir(dir)
-            .map_err(|e| LogError::io(dir, e))?
-            .filter_map(|e| {
-                let n = e.ok()?.file_name().into_string().ok()?;
-                n.strip_suffix(".log")?.parse().ok()
-            })
-            .collect();
-        bases.sort_unstable();
-        let mut segments = Vec::new();
-        let last = bases.len().saturating_sub(1);
-        for (i, base) in bases.iter().copied().enumerate() {
-            let path = seg_path(dir, base, "log");
-            // Sealed segments open from their summary; only the last one (and
-            // any sealed one without a valid summary) is read and checked.
-            let len = fs::metadata(&path).map_err(|e| LogError::io(&path, e))?.len();
-            let sealed = if i < last { read_sealed_index(&seg_path(dir, base, "idx"), base, len) } else { None };
-            let Scan { valid, end, last_ts, index } = match sealed {
-                Some(scan) => scan,
-                None => scan_segment(&path, base)?,
-            };
-            if let Some(prev) = segments.last().map(|s: &Segment| s.end)
-                && prev != base
-            {
-                // A gap means a later segment cannot be trusted: drop it and everything after.
-                tracing::warn!(log = name, segment = %path.display(), "segment does not follow its predecessor; removing it");
-                for b in &bases[i..] {
-                    let _ = fs::remove_file(seg_path(dir, *b, "log"));
-                    let _ = fs::remove_file(seg_path(dir, *b, "idx"));
-                }
-                break;
-            }
-            let file = open_rw(&path)?;
-            let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
-            if valid < len {
-                tracing::warn!(log = name, segment = %path.display(), kept = valid, dropped = len - valid, "torn tail truncated");
-                file.set_len(valid).map_err(|e| LogError::io(&path, e))?;
-                file.sync_all().map_err(|e| LogError::io(&path, e))?;
-                // Any later segment now follows a gap.
-                if i < last {
-                    for b in &bases[i + 1..] {
-                        let _ = fs::remove_file(seg_path(dir, *b, "log"));
-                        let _ = fs::remove_file(seg_path(dir, *b, "idx"));
-                    }
-                    segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
-                    break;
-                }
-            }
-            segments.push(Segment { base, end, size: valid, last_ts, file: Arc::new(file), path, index });
-        }
-        if segments.is_empty() {
-            let path = seg_path(dir, 0, "log");
-            let file = open_rw(&path)?;
-            fsync_dir(dir);
-            segments.push(Segment {
-                base: 0,
-                end: 0,
-                size: 0,
-                last_ts: 0,
-                file: Arc::new(file),
-                path,
-                index: vec![(0, 0)],
-            });
-        }
-        let mut consumers = HashMap::new();
-        let cdir = dir.join("consumers");
-        for e in fs::read_dir(&cdir).map_err(|e| LogError::io(&cdir, e))?.flatten() {
-            let p = e.path();
-            let Some(fname) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".off")) else {
-                continue;
-            };
-            let name = decode_consumer_name(fname);
-            let file = OpenOptions::new().read(true).write(true).open(&p).map_err(|e| LogError::io(&p, e))?;
-            let state = read_consumer_record(&file).unwrap_or_else(|| {
-                tracing::warn!(log = name, consumer = %name, "consumer offset unreadable; restarting it from the log start");
-                AckState::at(segments[0].base)
-            });
-            consumers.insert(name, Consumer::new(state, Some(Arc::new(file))));
-        }
-        let end = segments.last().expect("at least one segment").end;
-        for (name, c) in consumers.iter_mut() {
-            if c.state.committed > end {
-                // The tail this consumer had passed was lost (torn write): it resumes at the new end.
-                tracing::warn!(log = name, consumer = %name, committed = c.state.committed, end, "committed offset past the recovered end; clamped");
-                c.state = AckState::at(end);
-                if let Some(f) = &c.file {
-                    let _ = f.write_all_at(&consumer_record(&c.state), 0);
-                }
-            } else {
-                c.state = std::mem::take(&mut c.state).normalized(end);
-            }
-        }
+        let segments = recover_segments(name, dir)?;
+        let (consumers, end) = recover_consumers(name, dir, &segments)?;
         let (end_tx, end_rx) = watch::channel(end);
         let shared = Arc::new(Mutex::new(Shared {
             segments,

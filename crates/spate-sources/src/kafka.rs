@@ -309,35 +309,10 @@ impl KafkaConsumer {
 
     pub(crate) async fn run(self, consumer: StreamConsumer<Ctx>, mut stop: watch::Receiver<bool>) {
         let consumer = Arc::new(consumer);
-        // Partitions are assigned here, not by the group coordinator: consumer `i` of `n`
-        // takes every n-th partition, starting from the group's committed offsets.
-        loop {
-            let c = consumer.clone();
-            let (spec, index) = (self.spec.clone(), self.index);
-            let assigned = tokio::task::spawn_blocking(move || assign(&c, &spec, index)).await;
-            match assigned {
-                Ok(Ok(n)) => {
-                    tracing::info!(source = %self.emitter.label, consumer = self.index, partitions = n, "Kafka partitions assigned");
-                    *self.emitter.stats.last_error.lock().expect("stats") = None;
-                    break;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(source = %self.emitter.label, error = %e, "cannot assign Kafka partitions yet; retrying");
-                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e);
-                }
-                Err(e) => {
-                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e.to_string());
-                }
-            }
-            let stopped = tokio::select! {
-                _ = wait_polling(&consumer, Duration::from_secs(2)) => false,
-                _ = stop.changed() => true,
-            };
-            if stopped {
-                // Closing can wait on the network: on the blocking pool.
-                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-                return;
-            }
+        if !self.wait_assigned(&consumer, &mut stop).await {
+            // Closing can wait on the network: on the blocking pool.
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            return;
         }
         let label = format!("{}#{}", self.emitter.label, self.index);
         let ordered = self.spec.ordered;
@@ -374,30 +349,7 @@ impl KafkaConsumer {
                             continue;
                         }
                     };
-                    let headers: Vec<(String, Vec<u8>)> = m
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-                        .unwrap_or_default();
-                    let key = (m.topic().to_string(), m.partition());
-                    let offset = m.offset();
-                    let ev = record_event(&self.spec.event_source, &Record {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset,
-                        key: m.key(),
-                        headers: &headers,
-                        timestamp_ms: m.timestamp().to_millis(),
-                        payload: m.payload(),
-                    });
-                    let p = parts.entry(key.clone()).or_insert_with(|| Part::at(offset));
-                    if offset < p.next() {
-                        // Redelivered after a rebalance or a seek: already open or already accepted.
-                        if p.acks.is_pending(offset as u64) || offset < p.committed {
-                            continue;
-                        }
-                    }
-                    p.acks.start(offset as u64);
-                    p.queue.push_back(Pending { offset, event: ev });
+                    let Some(key) = self.take(&m, &mut parts) else { continue };
                     uncommitted += 1;
                     self.start(&mut parts, &key, &mut tasks, &mut in_flight, ordered, &stop);
                 }
@@ -435,6 +387,73 @@ impl KafkaConsumer {
             drop(consumer);
         })
         .await;
+    }
+
+    /// Assigns this consumer its partitions, retrying until it works; false if stopped first.
+    async fn wait_assigned(&self, consumer: &Arc<StreamConsumer<Ctx>>, stop: &mut watch::Receiver<bool>) -> bool {
+        // Partitions are assigned here, not by the group coordinator: consumer `i` of `n`
+        // takes every n-th partition, starting from the group's committed offsets.
+        loop {
+            let c = consumer.clone();
+            let (spec, index) = (self.spec.clone(), self.index);
+            let assigned = tokio::task::spawn_blocking(move || assign(&c, &spec, index)).await;
+            match assigned {
+                Ok(Ok(n)) => {
+                    tracing::info!(source = %self.emitter.label, consumer = self.index, partitions = n, "Kafka partitions assigned");
+                    *self.emitter.stats.last_error.lock().expect("stats") = None;
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(source = %self.emitter.label, error = %e, "cannot assign Kafka partitions yet; retrying");
+                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e);
+                }
+                Err(e) => {
+                    *self.emitter.stats.last_error.lock().expect("stats") = Some(e.to_string());
+                }
+            }
+            let stopped = tokio::select! {
+                _ = wait_polling(consumer, Duration::from_secs(2)) => false,
+                _ = stop.changed() => true,
+            };
+            if stopped {
+                return false;
+            }
+        }
+    }
+
+    /// Queues one record as an event on its partition; the partition's key,
+    /// or `None` when the record was already open or accepted (a redelivery).
+    fn take(
+        &self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        parts: &mut HashMap<(String, i32), Part>,
+    ) -> Option<(String, i32)> {
+        let headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        let key = (m.topic().to_string(), m.partition());
+        let offset = m.offset();
+        let ev = record_event(
+            &self.spec.event_source,
+            &Record {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset,
+                key: m.key(),
+                headers: &headers,
+                timestamp_ms: m.timestamp().to_millis(),
+                payload: m.payload(),
+            },
+        );
+        let p = parts.entry(key.clone()).or_insert_with(|| Part::at(offset));
+        // Redelivered after a rebalance or a seek: already open or already accepted.
+        if offset < p.next() && (p.acks.is_pending(offset as u64) || offset < p.committed) {
+            return None;
+        }
+        p.acks.start(offset as u64);
+        p.queue.push_back(Pending { offset, event: ev });
+        Some(key)
     }
 
     /// Starts deliveries from `key`'s queue while the ordering allows.

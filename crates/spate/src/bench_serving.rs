@@ -64,8 +64,15 @@ pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::
         println!("\ncold start, zero to first response, {label}, {samples} services\n  {}", percentiles(took));
     }
 
-    // Warm: the activator's cost over calling the instance directly.
-    apply(service("warm", &rust, &[("autoscaling.knative.dev/min-scale", "1")])).await?;
+    warm(&client, admin, data, &rust).await?;
+    burst(a, &client, admin, data, &rust).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Warm: the activator's cost over calling the instance directly.
+async fn warm(client: &reqwest::Client, admin: &str, data: &str, rust: &[String]) -> anyhow::Result<()> {
+    let client = client.clone();
+    crate::bench::apply(admin, &service("warm", rust, &[("autoscaling.knative.dev/min-scale", "1")])).await?;
     let url = format!("{data}/services/default/warm");
     get(&client, &url).await?;
     let n = 2000;
@@ -100,13 +107,23 @@ pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::
         pv - pd
     );
 
-    // Burst: N clients at once against a service at zero (target 10 concurrent per instance).
+    Ok(())
+}
+
+/// Burst: N clients at once against a service at zero (target 10 concurrent per instance).
+async fn burst(
+    a: &BenchArgs,
+    client: &reqwest::Client,
+    admin: &str,
+    data: &str,
+    rust: &[String],
+) -> anyhow::Result<()> {
     let clients = a.concurrency;
     let secs = a.burst_seconds;
     // containerConcurrency 10: an instance takes at most 10, so the burst needs the autoscaler.
-    let burst = service("burst", &rust, &[("autoscaling.knative.dev/target", "10")])
+    let burst = service("burst", rust, &[("autoscaling.knative.dev/target", "10")])
         .replace("      containers:", "      containerConcurrency: 10\n      containers:");
-    apply(burst).await?;
+    crate::bench::apply(admin, &burst).await?;
     let url = format!("{data}/services/default/burst?sleep=20");
     let start = Instant::now();
     let until = start + Duration::from_secs(secs);
@@ -152,5 +169,5 @@ pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::
         percentiles(first2),
         percentiles(overall)
     );
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
