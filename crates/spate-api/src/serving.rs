@@ -311,7 +311,7 @@ pub(crate) fn container(w: &mut Walker, v: &Value, path: &str) -> Option<Contain
                 let p = format!("{}[{i}]", join(path, "env"));
                 let Some(em) = w.object(e, &p, &["name", "value", "valueFrom"]) else { continue };
                 let name = w.req_str(em, "name", &p);
-                let secret = crate::sources::secret_ref(w, em, "valueFrom", &p);
+                let secret = crate::walk::secret_ref(w, em, "valueFrom", &p);
                 let value = w.opt_str(em, "value", &p).unwrap_or("");
                 if let Some(n) = name {
                     if n == "PORT" {

@@ -160,6 +160,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from(d))
 }
 
+/// `{secretKeyRef: {name, key}}` at `path.key`: a value kept in a Secret.
+pub(crate) fn secret_ref(w: &mut Walker, m: &Map<String, Value>, key: &str, path: &str) -> Option<crate::SecretKeyRef> {
+    let v = m.get(key).filter(|v| !v.is_null())?;
+    let p = join(path, key);
+    let sm = w.object(v, &p, &["secretKeyRef"])?;
+    let Some(r) = sm.get("secretKeyRef") else {
+        w.error(&join(&p, "secretKeyRef"), "is required (a value comes from a Secret: {name, key})");
+        return None;
+    };
+    let rp = join(&p, "secretKeyRef");
+    let rm = w.object(r, &rp, &["name", "key", "optional"])?;
+    let name = w.req_str(rm, "name", &rp);
+    let k = w.req_str(rm, "key", &rp);
+    Some(crate::SecretKeyRef { name: name?.to_string(), key: k?.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! IO is limited to the log and the dispatcher handed in by the binary.
 
 mod broker;
+mod desired;
 mod durable;
 pub mod event_types;
 mod feed;
@@ -16,15 +17,22 @@ pub mod tap;
 mod trigger;
 mod workers;
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use spate_api::DeliverySpec;
+use spate_delivery::Dispatcher;
+use spate_log::{LogBackend, MemoryBackend, StreamBackend};
+use tokio::sync::Mutex;
+
 use spate_core::delivery::{BackoffPolicy, RetryPolicy};
+use workers::Workers;
 
 pub use broker::{Broker, PublishError};
+pub use desired::{Condition, Desired, ResourceStatus};
 pub use feed::Feed;
 pub use messaging::{Channel, FlowChild, flow_children, parallel_branch, parallel_ingress, sequence_channel};
-pub use reconcile::{Condition, Desired, Eventing, ResourceStatus};
 pub use trigger::{Failure, RECENT_FAILURES, TriggerStats};
 
 /// Server-wide eventing settings.
@@ -74,4 +82,51 @@ pub fn broker_log_name(namespace: &str, name: &str) -> String {
 /// Consumer name of a trigger on its broker's log.
 pub fn trigger_consumer(namespace: &str, name: &str) -> String {
     format!("trigger/{namespace}/{name}")
+}
+
+type Key = (String, String);
+
+/// The eventing room: running brokers, trigger workers, channels and
+/// subscriptions. Its halves are impl blocks of their own modules
+/// (`reconcile.rs` brokers and triggers, `messaging.rs` channels and flows).
+pub struct Eventing {
+    pub(crate) config: EventingConfig,
+    pub(crate) backend: Arc<dyn LogBackend>,
+    /// Channels that asked for memory storage (`spate.dev/channel-storage: memory`).
+    pub(crate) memory: Arc<MemoryBackend>,
+    pub(crate) dispatcher: Dispatcher,
+    /// `spate tail`'s listeners, shared by every broker and channel.
+    pub(crate) tap: crate::tap::Tap,
+    brokers: RwLock<HashMap<Key, Arc<Broker>>>,
+    pub(crate) triggers: Mutex<Workers>,
+    /// The shared engine (NATS JetStream), when the server has one.
+    pub(crate) streams: Option<Arc<dyn StreamBackend>>,
+    /// RabbitMQ (`RabbitMQBroker`), when configured.
+    pub(crate) rabbit: Option<Arc<dyn StreamBackend>>,
+    /// Kafka (`Kafka` brokers, KafkaChannels), when configured.
+    pub(crate) kafka: Option<Arc<dyn StreamBackend>>,
+    pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
+    pub(crate) subscriptions: Mutex<Workers>,
+    /// Channels removed from a flow, delivering what they still hold.
+    pub(crate) draining: Mutex<HashMap<Key, crate::messaging::Drain>>,
+}
+
+impl Eventing {
+    pub fn new(config: EventingConfig, backend: Arc<dyn LogBackend>, dispatcher: Dispatcher) -> Self {
+        Eventing {
+            config,
+            backend,
+            dispatcher,
+            memory: Arc::new(MemoryBackend::default()),
+            brokers: RwLock::new(HashMap::new()),
+            triggers: Mutex::new(Workers::default()),
+            streams: None,
+            rabbit: None,
+            kafka: None,
+            tap: Default::default(),
+            channels: RwLock::new(HashMap::new()),
+            subscriptions: Mutex::new(Workers::default()),
+            draining: Mutex::new(HashMap::new()),
+        }
+    }
 }

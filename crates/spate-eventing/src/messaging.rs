@@ -15,9 +15,10 @@ use spate_filter::Filter;
 use spate_log::{LogBackend, MessageStream, StreamBackend};
 use tokio::sync::watch;
 
+use crate::Eventing;
 use crate::broker::PublishError;
+use crate::desired::{Addressables, Condition, Desired, ResourceStatus};
 use crate::feed::Feed;
-use crate::reconcile::{Addressables, Condition, Desired, Eventing, ResourceStatus};
 use crate::trigger::{ReplyPlan, WorkerPlan};
 use crate::workers::{Source, Worker, Workers};
 

@@ -1,131 +1,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use spate_api::{
-    BrokerConfig, ChannelConfig, DeliverySpec, Kind, ParallelConfig, SequenceConfig, SubscriptionConfig, TriggerConfig,
-};
+use spate_api::{BrokerConfig, DeliverySpec, Kind, TriggerConfig};
 use spate_api::{DEFAULT_BROKER_CLASS, KAFKA_BROKER_CLASS, NATS_BROKER_CLASS, RABBITMQ_BROKER_CLASS};
 use spate_core::Destination;
-use spate_delivery::Dispatcher;
-use spate_log::{LogBackend, MemoryBackend, StreamBackend, StreamSettings};
-use tokio::sync::Mutex;
+use spate_log::{StreamBackend, StreamSettings};
 
 use crate::broker::{Broker, Storage};
-use crate::messaging::Channel;
+use crate::desired::{Addressables, Condition, Desired, ResourceStatus};
 use crate::trigger::{ReplyPlan, TriggerStats, WorkerPlan};
-use crate::workers::{Source, Workers};
-use crate::{EventingConfig, broker_log_name};
-
-/// What the control plane wants running.
-#[derive(Debug, Default, Clone)]
-pub struct Desired {
-    pub brokers: Vec<BrokerConfig>,
-    pub triggers: Vec<TriggerConfig>,
-    pub channels: Vec<ChannelConfig>,
-    pub subscriptions: Vec<SubscriptionConfig>,
-    pub sequences: Vec<SequenceConfig>,
-    pub parallels: Vec<ParallelConfig>,
-    /// Addressables other rooms run (Knative Services), by namespace and name, with their address.
-    pub services: HashMap<Key, String>,
-    /// KafkaSinks (run by the sources room), by namespace and name, with their address.
-    pub kafka_sinks: HashMap<Key, String>,
-    /// ConfigMaps' data by namespace and name (brokers' `spec.config`).
-    pub config_maps: HashMap<Key, std::collections::BTreeMap<String, String>>,
-}
-
-/// Names of the addressables that exist (desired), by kind, for resolving `ref`s.
-#[derive(Default)]
-pub(crate) struct Addressables {
-    pub brokers: HashSet<Key>,
-    pub channels: HashSet<Key>,
-    pub sequences: HashSet<Key>,
-    pub parallels: HashSet<Key>,
-    pub services: HashMap<Key, String>,
-    /// KafkaSinks (run by the sources room), by namespace and name, with their address.
-    pub kafka_sinks: HashMap<Key, String>,
-}
-
-pub use spate_api::Condition;
-
-/// Observed status of one resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceStatus {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-    /// `Ready` first, then the conditions it summarizes.
-    pub conditions: Vec<Condition>,
-    pub address: Option<String>,
-    pub subscriber_uri: Option<String>,
-    pub dead_letter_sink_uri: Option<String>,
-    pub reply_uri: Option<String>,
-    /// A channel's subscriptions (name, ready); a flow's channels and subscriptions.
-    pub children: Vec<ResourceStatus>,
-}
-
-impl ResourceStatus {
-    pub(crate) fn new(kind: Kind, namespace: &str, name: &str, parts: Vec<Condition>) -> Self {
-        ResourceStatus {
-            kind,
-            namespace: namespace.into(),
-            name: name.into(),
-            conditions: Condition::ready_first(parts),
-            address: None,
-            subscriber_uri: None,
-            dead_letter_sink_uri: None,
-            reply_uri: None,
-            children: vec![],
-        }
-    }
-    pub fn ready(&self) -> bool {
-        self.conditions.first().is_some_and(|c| c.ok)
-    }
-}
+use crate::workers::Source;
+use crate::{Eventing, EventingConfig, broker_log_name};
 
 type Key = (String, String);
 
-/// The eventing runtime: running brokers and trigger workers.
-pub struct Eventing {
-    pub(crate) config: EventingConfig,
-    pub(crate) backend: Arc<dyn LogBackend>,
-    /// Channels that asked for memory storage (`spate.dev/channel-storage: memory`).
-    pub(crate) memory: Arc<MemoryBackend>,
-    pub(crate) dispatcher: Dispatcher,
-    /// `spate tail`'s listeners, shared by every broker and channel.
-    pub(crate) tap: crate::tap::Tap,
-    brokers: RwLock<HashMap<Key, Arc<Broker>>>,
-    pub(crate) triggers: Mutex<Workers>,
-    /// The shared engine (NATS JetStream), when the server has one.
-    pub(crate) streams: Option<Arc<dyn StreamBackend>>,
-    /// RabbitMQ (`RabbitMQBroker`), when configured.
-    pub(crate) rabbit: Option<Arc<dyn StreamBackend>>,
-    /// Kafka (`Kafka` brokers, KafkaChannels), when configured.
-    pub(crate) kafka: Option<Arc<dyn StreamBackend>>,
-    pub(crate) channels: RwLock<HashMap<Key, Arc<Channel>>>,
-    pub(crate) subscriptions: Mutex<Workers>,
-    /// Channels removed from a flow, delivering what they still hold.
-    pub(crate) draining: Mutex<HashMap<Key, crate::messaging::Drain>>,
-}
-
 impl Eventing {
-    pub fn new(config: EventingConfig, backend: Arc<dyn LogBackend>, dispatcher: Dispatcher) -> Self {
-        Eventing {
-            config,
-            backend,
-            dispatcher,
-            memory: Arc::new(MemoryBackend::default()),
-            brokers: RwLock::new(HashMap::new()),
-            triggers: Mutex::new(Workers::default()),
-            streams: None,
-            rabbit: None,
-            kafka: None,
-            tap: Default::default(),
-            channels: RwLock::new(HashMap::new()),
-            subscriptions: Mutex::new(Workers::default()),
-            draining: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// Adds the shared engine that `NatsJetStreamBroker` brokers live on.
     /// Listens to every event brokers and channels store from now on.
     pub fn tap(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<crate::tap::Tapped>> {

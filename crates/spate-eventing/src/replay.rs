@@ -14,8 +14,8 @@ use spate_core::storage;
 use spate_log::{EventLog, LogError, Offset};
 use tokio::sync::mpsc;
 
+use crate::Eventing;
 use crate::broker::Storage;
-use crate::reconcile::Eventing;
 use crate::trigger::{Shared, deliver};
 
 /// Records read from the log at a time.

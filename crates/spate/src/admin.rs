@@ -34,8 +34,8 @@ pub fn router(state: Admin) -> Router {
         .route("/logs/{kind}/{ns}/{name}", get(logs))
         .route("/tail", get(tail))
         .route("/replay/{ns}/{name}", post(replay))
-        .merge(crate::kube::router())
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::kube::router().with_state(state.control))
 }
 
 /// The dashboard: one page built into the binary (no CDN), reading this API

@@ -8,6 +8,12 @@
 //! just before a request is sent to its arrival at the sink, carried in the
 //! `benchsent` extension (same machine, same clock).
 
+pub mod nats;
+mod proxy;
+mod raw;
+mod serving;
+pub mod sink;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +26,8 @@ use spate_core::{CloudEvent, ExtValue};
 
 use spate_api::Kind;
 
-use crate::bench_sink::Sink;
 use crate::cli::{BenchArgs, BenchTarget};
+use sink::Sink;
 
 pub(crate) fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
@@ -292,7 +298,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     if a.target == BenchTarget::Service {
         let Some(c) = &child else { bail!("--target service needs the in-process server (no --server)") };
-        return crate::bench_serving::run(&a, &admin, &c.data).await;
+        return serving::run(&a, &admin, &c.data).await;
     }
     if a.target == BenchTarget::Channel {
         if a.triggers > 1 || a.stopped_subscriber {
@@ -418,7 +424,7 @@ fn zero_cost_ceiling(engine: f64, http: f64) -> f64 {
 }
 
 async fn raw_baseline(a: &BenchArgs, sink: &Sink) -> anyhow::Result<Option<Raw>> {
-    use crate::bench_nats::{RawStream, raw_jetstream};
+    use nats::{RawStream, raw_jetstream};
     let cluster = bench_cluster();
     let (rate, engine, how) = match a.broker_class.as_str() {
         spate_api::NATS_BROKER_CLASS => (
@@ -427,12 +433,12 @@ async fn raw_baseline(a: &BenchArgs, sink: &Sink) -> anyhow::Result<Option<Raw>>
             "async-nats publish with ack + pull consume",
         ),
         spate_api::KAFKA_BROKER_CLASS => (
-            crate::bench_raw::raw_kafka(a, &a.kafka_bootstrap_servers, &format!("{cluster}.raw")).await?,
+            raw::raw_kafka(a, &a.kafka_bootstrap_servers, &format!("{cluster}.raw")).await?,
             "Kafka",
             "rdkafka acks=all produce + group consume, 10 partitions",
         ),
         spate_api::RABBITMQ_BROKER_CLASS => (
-            crate::bench_raw::raw_rabbit(a, &a.rabbitmq_url, &format!("{cluster}.raw")).await?,
+            raw::raw_rabbit(a, &a.rabbitmq_url, &format!("{cluster}.raw")).await?,
             "RabbitMQ",
             "lapin confirmed persistent publish + consume with ack, quorum queue",
         ),
@@ -573,7 +579,7 @@ async fn measure(
     if !a.no_baseline {
         baseline_rate = Some(baseline(a, sink, sink.url(), "baseline (straight to the sink)").await?);
         // The least an intermediary does: one forwarding hop, nothing stored.
-        let proxy = crate::bench_proxy::start(sink.url()).await?;
+        let proxy = proxy::start(sink.url()).await?;
         proxy_rate = Some(baseline(a, sink, &proxy.url, "forwarding proxy (hyper, one hop, nothing stored)").await?);
     }
     let t = through(a, sink, url, fanout, title).await?;

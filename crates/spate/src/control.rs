@@ -119,6 +119,9 @@ pub struct ControlPlane {
     data_auth: Option<Arc<crate::data_auth::DataAuth>>,
     /// Objects as clients read them, with versions and a change feed (never behind the store lock).
     objects: Arc<Objects>,
+    /// The last reconcile left resources waiting on an engine (`retry.rs`); `follow` reconciles again.
+    waiting: AtomicBool,
+    retry_wake: tokio::sync::Notify,
     /// Tests hold every reconcile this long (milliseconds), to show reads do not wait for one.
     #[cfg(test)]
     pub reconcile_delay_ms: std::sync::atomic::AtomicU64,
@@ -220,6 +223,8 @@ impl ControlPlane {
             kafka_sinks: Arc::default(),
             data_auth: None,
             objects: Arc::new(Objects::new()),
+            waiting: AtomicBool::new(false),
+            retry_wake: tokio::sync::Notify::new(),
             #[cfg(test)]
             reconcile_delay_ms: std::sync::atomic::AtomicU64::new(0),
             store: Mutex::new(Store::new()),
@@ -512,17 +517,38 @@ impl ControlPlane {
     }
 
     /// Follows the config store: every change (from any instance) updates the
-    /// cache, and each batch of changes is reconciled once.
+    /// cache, and each batch of changes is reconciled once. While a reconcile
+    /// leaves resources waiting on an engine, reconciles again with backoff.
     pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
-        while let Some(first) = rx.recv().await {
-            let mut store = self.store.lock().await;
-            let mut dirty = apply_change(&mut store, first);
-            while let Ok(more) = rx.try_recv() {
-                dirty |= apply_change(&mut store, more);
+        let mut retry = crate::retry::Retry::new(crate::retry::RETRY_MIN, crate::retry::RETRY_MAX);
+        let mut wait = None;
+        loop {
+            let timer = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = rx.recv() => {
+                    let Some(first) = change else { return };
+                    let mut store = self.store.lock().await;
+                    let mut dirty = apply_change(&mut store, first);
+                    while let Ok(more) = rx.try_recv() {
+                        dirty |= apply_change(&mut store, more);
+                    }
+                    if dirty {
+                        self.reconcile_locked(&mut store).await;
+                    }
+                }
+                () = timer => {
+                    tracing::info!("reconciling again: resources are waiting on an engine");
+                    let mut store = self.store.lock().await;
+                    self.reconcile_locked(&mut store).await;
+                }
+                () = self.retry_wake.notified(), if wait.is_none() => {}
             }
-            if dirty {
-                self.reconcile_locked(&mut store).await;
-            }
+            wait = retry.after(self.waiting.load(Ordering::Acquire));
         }
     }
 
@@ -583,6 +609,11 @@ impl ControlPlane {
         publish_event_type_status(store);
         for (key, e) in &store.entries {
             self.objects.set_status(key, &e.status);
+        }
+        let waiting = store.entries.values().any(|e| crate::retry::waiting(&e.status));
+        self.waiting.store(waiting, Ordering::Release);
+        if waiting {
+            self.retry_wake.notify_one();
         }
     }
 

@@ -1,5 +1,8 @@
 //! The data plane: `POST /<namespace>/<broker>` with Knative's status codes.
 
+mod display;
+mod functions;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -100,8 +103,8 @@ impl IntoResponse for IngressError {
 
 pub fn router(state: Ingress) -> Router {
     let helpers = Router::new()
-        .route("/_spate/display/{label}", any(crate::display::handler))
-        .nest("/_spate/fn", crate::functions::router(state.max_event_size))
+        .route("/_spate/display/{label}", any(display::handler))
+        .nest("/_spate/fn", functions::router(state.max_event_size))
         .layer(axum::middleware::from_fn_with_state(state.clone(), helper_guard));
     Router::new()
         .merge(helpers)

@@ -5,20 +5,13 @@ mod admin;
 mod admin_auth;
 mod authz;
 mod bench;
-mod bench_nats;
-mod bench_proxy;
-mod bench_raw;
-mod bench_serving;
-mod bench_sink;
 mod bindings;
 mod cli;
 mod client;
 mod cluster;
 mod control;
 mod data_auth;
-mod display;
 mod file_store;
-mod functions;
 mod ingress;
 mod kube;
 mod listener;
@@ -28,6 +21,7 @@ mod oidc;
 mod otel;
 mod output;
 mod proxy;
+mod retry;
 mod sealed;
 mod serve;
 mod status;
@@ -76,7 +70,7 @@ fn main() -> std::process::ExitCode {
             }),
             cli::Command::Bench(a) => bench::run(a).await,
             cli::Command::BenchPart(p) => match p.role {
-                cli::BenchRole::Sink => bench_sink::serve_child().await.map(|()| std::process::ExitCode::SUCCESS),
+                cli::BenchRole::Sink => bench::sink::serve_child().await.map(|()| std::process::ExitCode::SUCCESS),
                 cli::BenchRole::Load => {
                     bench::load_child(&p.bench, &p.url).await.map(|()| std::process::ExitCode::SUCCESS)
                 }

@@ -25,7 +25,7 @@ use spate_api::Kind;
 use spate_log::Change;
 use tokio::sync::{broadcast, watch};
 
-use crate::store::Key;
+use crate::store::{Key, redact_secret};
 
 /// How many changes a watch can resume from.
 pub const HISTORY: usize = 10_000;
@@ -146,16 +146,6 @@ pub fn object_of(record: &Value, rv: Rv) -> Value {
         redact_secret(&mut v);
     }
     v
-}
-
-/// Secret values never leave the data directory: the keys and sizes only.
-pub fn redact_secret(v: &mut Value) {
-    if let Some(d) = v.get_mut("data").and_then(Value::as_object_mut) {
-        for (_, val) in d.iter_mut() {
-            let n = val.as_str().map(|b| b.len() / 4 * 3).unwrap_or(0);
-            *val = json!(format!("<redacted, about {n} bytes>"));
-        }
-    }
 }
 
 /// `(Kind, namespace, name)` of a shared-store key `<Kind>.<namespace>.<name>`.

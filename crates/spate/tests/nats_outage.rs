@@ -170,3 +170,26 @@ async fn nats_restarted_under_load_loses_no_acknowledged_event_and_ingress_says_
     assert_eq!(accepted.len() as u64, TOTAL);
     assert!(retry_after_seen.load(Ordering::SeqCst), "503s carry Retry-After");
 }
+
+/// A NatsJetStreamBroker applied while NATS is down is not Ready (StorageUnavailable);
+/// once NATS answers it is Ready with no new apply (the NATS client reconnects and the
+/// stream is created on first use; engines that refuse the broker outright are covered by
+/// the control plane's retry: `rabbit::a_broker_applied_while_rabbitmq_is_unreachable_...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_applied_while_its_engine_is_down_becomes_ready_when_it_comes_back() {
+    let port = free_port();
+    let dir = tempdir();
+    let cluster = format!("late{}", std::process::id());
+    let url = format!("nats://127.0.0.1:{port}");
+    let s = Server::start(dir.path(), &["--nats-url", &url, "--cluster-name", &cluster]);
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: late\n  annotations:\n    eventing.knative.dev/broker.class: NatsJetStreamBroker\n";
+    s.apply_ok(broker).await;
+    let path = "/apis/eventing.knative.dev/v1/namespaces/default/brokers/late";
+    let ready = |v: &serde_json::Value| v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"));
+    let down = s.admin_json(path).await;
+    assert!(!ready(&down), "no engine, not Ready: {down}");
+    assert!(down.to_string().contains("StorageUnavailable"), "{down}");
+    let Some(_nats) = PrivateNats::start(port, tempfile::tempdir().unwrap()) else { return };
+    s.wait_json(path, "the broker Ready once NATS answers", ready).await;
+    assert_eq!(send(&s.broker_url("default", "late"), "after", "t", "{}").await, 202);
+}

@@ -69,3 +69,38 @@ async fn parallelism_one_keeps_order_and_the_queue_keeps_events_across_a_crash()
     assert!(got.len() >= 20);
     drop(s);
 }
+
+/// A RabbitMQBroker applied while RabbitMQ cannot be reached is not Ready
+/// (StorageUnavailable: its exchange cannot be declared); once RabbitMQ answers,
+/// the control plane reconciles again with backoff and the broker becomes Ready
+/// with no new apply. (RabbitMQ is reached through a forwarder that starts late.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_applied_while_rabbitmq_is_unreachable_becomes_ready_when_it_answers() {
+    if !rabbit_available() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempdir();
+    let cluster = format!("late{}", std::process::id());
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let s = Server::start(dir.path(), &["--rabbitmq-url", &url, "--cluster-name", &cluster]);
+    let b = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: late\n  annotations:\n    eventing.knative.dev/broker.class: RabbitMQBroker\n";
+    s.apply_ok(b).await;
+    let path = "/apis/eventing.knative.dev/v1/namespaces/default/brokers/late";
+    let ready = |v: &serde_json::Value| v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"));
+    let down = s.admin_json(path).await;
+    assert!(!ready(&down) && down.to_string().contains("StorageUnavailable"), "{down}");
+    // RabbitMQ becomes reachable on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    s.wait_json(path, "the broker Ready once RabbitMQ answers", ready).await;
+    assert_eq!(send(&s.broker_url("default", "late"), "after", "t", "{}").await, 202);
+}

@@ -292,20 +292,7 @@ fn ce_overrides(w: &mut Walker, v: Option<&Value>, path: &str) -> Vec<(String, S
     out
 }
 
-pub(crate) fn secret_ref(w: &mut Walker, m: &Map<String, Value>, key: &str, path: &str) -> Option<SecretKeyRef> {
-    let v = m.get(key).filter(|v| !v.is_null())?;
-    let p = join(path, key);
-    let sm = w.object(v, &p, &["secretKeyRef"])?;
-    let Some(r) = sm.get("secretKeyRef") else {
-        w.error(&join(&p, "secretKeyRef"), "is required (a value comes from a Secret: {name, key})");
-        return None;
-    };
-    let rp = join(&p, "secretKeyRef");
-    let rm = w.object(r, &rp, &["name", "key", "optional"])?;
-    let name = w.req_str(rm, "name", &rp);
-    let k = w.req_str(rm, "key", &rp);
-    Some(SecretKeyRef { name: name?.to_string(), key: k?.to_string() })
-}
+pub(crate) use crate::walk::secret_ref;
 
 pub(crate) fn strings(w: &mut Walker, m: &Map<String, Value>, key: &str, path: &str, required: bool) -> Vec<String> {
     let p = join(path, key);

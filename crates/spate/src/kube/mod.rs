@@ -25,14 +25,14 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::admin::Admin;
 use crate::control::ApiError;
+use crate::control::ControlPlane;
 use resources::{Def, Res};
 
 /// The Kubernetes version reported at `/version` (the machine's kubectl dispatcher picks its kubectl by it).
 pub const KUBE_MINOR: &str = "32";
 
-pub fn router() -> Router<Admin> {
+pub fn router() -> Router<std::sync::Arc<ControlPlane>> {
     Router::new()
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::api_versions))
@@ -146,7 +146,7 @@ pub fn wants_table(headers: &HeaderMap) -> bool {
 }
 
 async fn dispatch(
-    State(st): State<Admin>,
+    State(st): State<std::sync::Arc<ControlPlane>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -168,7 +168,7 @@ async fn dispatch(
 }
 
 async fn route(
-    st: &Admin,
+    st: &ControlPlane,
     method: &Method,
     target: Target,
     headers: &HeaderMap,

@@ -15,8 +15,8 @@ use tokio::sync::broadcast::error::RecvError;
 use super::resources::{Def, Res};
 use super::select::Selector;
 use super::{Params, api_version, table, wants_table};
-use crate::admin::Admin;
 use crate::control::ApiError;
+use crate::control::ControlPlane;
 use crate::objects::{Rv, WatchEvent};
 
 /// The longest a watch stays open; the default when the client gives no `timeoutSeconds`.
@@ -32,9 +32,9 @@ fn in_version(def: &Def, version: &str, mut o: Value) -> Value {
 }
 
 /// Namespaces: the stored ones, and those that exist because objects live in them.
-fn namespaces(st: &Admin, stored: Vec<Value>) -> Vec<Value> {
+fn namespaces(st: &ControlPlane, stored: Vec<Value>) -> Vec<Value> {
     let mut out = stored;
-    let (all, _) = st.control.objects().list(None, None);
+    let (all, _) = st.objects().list(None, None);
     let mut implicit: Vec<String> = all
         .iter()
         .filter_map(|o| o["metadata"]["namespace"].as_str().map(str::to_string))
@@ -55,18 +55,18 @@ fn namespaces(st: &Admin, stored: Vec<Value>) -> Vec<Value> {
 }
 
 /// Every object of a resource in `ns` (all if `None`).
-async fn fetch(st: &Admin, def: &Def, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
+async fn fetch(st: &ControlPlane, def: &Def, ns: Option<&str>) -> Result<Vec<Value>, ApiError> {
     Ok(match def.res {
-        Res::Stored(Kind::Namespace) => namespaces(st, st.control.get(Kind::Namespace, None, None).await?),
-        Res::Stored(k) => st.control.get(k, ns, None).await?,
-        Res::Derived(d) => st.control.get_derived(d, ns, None)?,
-        Res::Events => st.control.objects().events(ns),
+        Res::Stored(Kind::Namespace) => namespaces(st, st.get(Kind::Namespace, None, None).await?),
+        Res::Stored(k) => st.get(k, ns, None).await?,
+        Res::Derived(d) => st.get_derived(d, ns, None)?,
+        Res::Events => st.objects().events(ns),
         Res::Crds => super::openapi::crds(),
     })
 }
 
 pub async fn list(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -75,7 +75,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let selector =
         Selector::parse(params.str("labelSelector"), params.str("fieldSelector")).map_err(ApiError::BadRequest)?;
-    let rv = st.control.objects().current().to_string();
+    let rv = st.objects().current().to_string();
     let mut items: Vec<Value> = fetch(st, def, ns).await?.into_iter().filter(|o| selector.matches(o)).collect();
     let key = |o: &Value| {
         let s = |p: &str| o["metadata"][p].as_str().unwrap_or("").to_string();
@@ -107,7 +107,7 @@ pub async fn list(
 }
 
 pub async fn get(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -118,8 +118,8 @@ pub async fn get(
         Res::Stored(Kind::Namespace) | Res::Events | Res::Crds => {
             fetch(st, def, ns).await?.into_iter().find(|o| o["metadata"]["name"] == name)
         }
-        Res::Stored(k) => st.control.get(k, ns, Some(name)).await.ok().and_then(|mut v| v.drain(..).next()),
-        Res::Derived(d) => st.control.get_derived(d, ns, Some(name)).ok().and_then(|mut v| v.drain(..).next()),
+        Res::Stored(k) => st.get(k, ns, Some(name)).await.ok().and_then(|mut v| v.drain(..).next()),
+        Res::Derived(d) => st.get_derived(d, ns, Some(name)).ok().and_then(|mut v| v.drain(..).next()),
     };
     let group = if def.group.is_empty() { String::new() } else { format!(".{}", def.group) };
     let o = found.ok_or_else(|| ApiError::NotFound(format!("{}{group} \"{name}\"", def.plural)))?;
@@ -194,7 +194,7 @@ impl WatchAsk {
 }
 
 pub async fn watch(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -211,7 +211,7 @@ pub async fn watch(
         table: wants_table(headers),
         first: true,
     };
-    let objects = st.control.objects().clone();
+    let objects = st.objects().clone();
     let (past, rx) = if matches!(def.res, Res::Stored(_)) {
         let (past, rx) =
             objects.watch(ask.from).map_err(|e| ApiError::Expired(format!("{} ({})", e.asked, e.oldest)))?;

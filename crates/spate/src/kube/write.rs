@@ -10,7 +10,7 @@ use spate_api::{AdmissionError, FieldError, Kind};
 
 use super::resources::Def;
 use super::{Params, api_version, stored_kind};
-use crate::admin::Admin;
+use crate::control::ControlPlane;
 use crate::control::{ApiError, Expect};
 use crate::objects::Rv;
 use crate::store::{Key, KeyExt};
@@ -81,16 +81,15 @@ fn admit_compiled(
 }
 
 /// The object after a write, as this instance now shows it.
-async fn written(st: &Admin, def: &Def, version: &str, key: &Key) -> Result<Value, ApiError> {
-    let mut o =
-        st.control.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
+async fn written(st: &ControlPlane, def: &Def, version: &str, key: &Key) -> Result<Value, ApiError> {
+    let mut o = st.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
     o["apiVersion"] = json!(api_version(def, version));
     Ok(o)
 }
 
 /// Writes one admitted document; answers the object (the admitted one when dry).
 async fn store(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     doc: Value,
@@ -102,7 +101,7 @@ async fn store(
     let (resource, compiled) = admit_compiled(def, version, ns, &mut doc)?;
     let key = resource.key();
     let manifest = resource.manifest.clone();
-    st.control.write(vec![(resource, compiled)], &[expect], dry_run).await?;
+    st.write(vec![(resource, compiled)], &[expect], dry_run).await?;
     if dry_run {
         return Ok(manifest);
     }
@@ -110,7 +109,7 @@ async fn store(
 }
 
 pub async fn create(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -134,7 +133,7 @@ fn version_of(doc: &Value) -> Result<Option<Rv>, ApiError> {
 
 #[allow(clippy::too_many_arguments)]
 pub async fn replace(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -226,7 +225,7 @@ fn patched(kind: &PatchKind, live: &Value, body: &[u8]) -> Result<Value, ApiErro
 
 #[allow(clippy::too_many_arguments)]
 pub async fn patch(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -239,7 +238,7 @@ pub async fn patch(
     let key = key(def, ns, name)?;
     let dry_run = params.dry_run()?;
     for _ in 0..PATCH_RETRIES {
-        let Some(live) = st.control.objects().get(&key) else {
+        let Some(live) = st.objects().get(&key) else {
             // Server-side apply creates what is absent.
             if let PatchKind::Apply = kind {
                 let doc = one_document(body)?;
@@ -266,7 +265,7 @@ pub async fn patch(
 }
 
 pub async fn delete(
-    st: &Admin,
+    st: &ControlPlane,
     def: &Def,
     version: &str,
     ns: Option<&str>,
@@ -280,16 +279,16 @@ pub async fn delete(
     }
     let o = written(st, def, version, &key).await?;
     if !dry_run {
-        st.control.delete(key.0, &key.1, &key.2).await?;
+        st.delete(key.0, &key.1, &key.2).await?;
     }
     Ok(Json(o).into_response())
 }
 
 /// Deletes what a namespace holds, then the namespace.
-async fn delete_namespace(st: &Admin, name: &str, dry_run: bool) -> Result<Response, ApiError> {
-    let (all, _) = st.control.objects().list(None, Some(name));
+async fn delete_namespace(st: &ControlPlane, name: &str, dry_run: bool) -> Result<Response, ApiError> {
+    let (all, _) = st.objects().list(None, Some(name));
     let own = (Kind::Namespace, String::new(), name.to_string());
-    let stored = st.control.objects().get(&own);
+    let stored = st.objects().get(&own);
     if all.is_empty() && stored.is_none() && name != "default" {
         return Err(ApiError::NotFound(format!("namespaces \"{name}\"")));
     }
@@ -298,13 +297,13 @@ async fn delete_namespace(st: &Admin, name: &str, dry_run: bool) -> Result<Respo
             let Some(kind) = Kind::all().find(|k| o["kind"] == k.name()) else { continue };
             let n = o["metadata"]["name"].as_str().unwrap_or("");
             // Derived objects go with their owners.
-            match st.control.delete(kind, name, n).await {
+            match st.delete(kind, name, n).await {
                 Ok(()) | Err(ApiError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
         if stored.is_some() {
-            st.control.delete(Kind::Namespace, "", name).await?;
+            st.delete(Kind::Namespace, "", name).await?;
         }
     }
     let o = stored.unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::bench::percentiles;
+use super::percentiles;
 use crate::cli::BenchArgs;
 
 fn service(name: &str, command: &[String], annotations: &[(&str, &str)]) -> String {
@@ -48,7 +48,7 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
 pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::process::ExitCode> {
     let (rust, python) = functions(a)?;
     let client = reqwest::Client::builder().http1_only().tcp_nodelay(true).build()?;
-    let apply = |yaml: String| async move { crate::bench::apply(admin, &yaml).await };
+    let apply = |yaml: String| async move { super::apply(admin, &yaml).await };
 
     println!("spate bench: serving (functions: {} and {})", rust[0], python.join(" "));
     // Cold start: one request to each of several services at zero.
@@ -72,7 +72,7 @@ pub async fn run(a: &BenchArgs, admin: &str, data: &str) -> anyhow::Result<std::
 /// Warm: the activator's cost over calling the instance directly.
 async fn warm(client: &reqwest::Client, admin: &str, data: &str, rust: &[String]) -> anyhow::Result<()> {
     let client = client.clone();
-    crate::bench::apply(admin, &service("warm", rust, &[("autoscaling.knative.dev/min-scale", "1")])).await?;
+    super::apply(admin, &service("warm", rust, &[("autoscaling.knative.dev/min-scale", "1")])).await?;
     let url = format!("{data}/services/default/warm");
     get(&client, &url).await?;
     let n = 2000;
@@ -123,7 +123,7 @@ async fn burst(
     // containerConcurrency 10: an instance takes at most 10, so the burst needs the autoscaler.
     let burst = service("burst", rust, &[("autoscaling.knative.dev/target", "10")])
         .replace("      containers:", "      containerConcurrency: 10\n      containers:");
-    crate::bench::apply(admin, &burst).await?;
+    super::apply(admin, &burst).await?;
     let url = format!("{data}/services/default/burst?sleep=20");
     let start = Instant::now();
     let until = start + Duration::from_secs(secs);

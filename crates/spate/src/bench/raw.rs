@@ -1,7 +1,7 @@
 //! The raw engine baselines for `spate bench --broker-class Kafka|RabbitMQBroker`:
 //! a plain client producing (each awaiting the engine's acknowledgement) and
 //! consuming (acknowledging each) the same payloads, in the same run as
-//! Spate's end-to-end path. JetStream's is `bench_nats`.
+//! Spate's end-to-end path. JetStream's is `nats`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

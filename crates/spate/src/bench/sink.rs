@@ -73,7 +73,7 @@ impl BenchSink {
         if status != 202 {
             return Ok(resp);
         }
-        let now = crate::bench::now_nanos();
+        let now = super::now_nanos();
         let header = req.headers().get("ce-benchsent").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         // Binary: one event, its send time in the header. Structured: one event in
         // the JSON. A batch: every event of the array counts.
@@ -115,7 +115,7 @@ impl BenchSink {
         SinkReport {
             received: self.state.received.load(Ordering::SeqCst),
             last_at: match self.state.last_at.load(Ordering::SeqCst) {
-                0 => crate::bench::now_nanos(),
+                0 => super::now_nanos(),
                 n => n,
             },
             latencies: std::mem::take(&mut *self.state.latencies.lock().expect("lock")),

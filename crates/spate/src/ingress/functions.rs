@@ -25,7 +25,7 @@ use bytes::Bytes;
 use spate_core::CloudEvent;
 use spate_filter::Filter;
 
-use crate::ingress::read_body;
+use super::read_body;
 
 /// Compiled filters by query string; bounded (a misbehaving caller cannot grow it without limit).
 const CACHE_LIMIT: usize = 256;

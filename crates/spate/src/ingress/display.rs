@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::ingress::{Ingress, read_body};
+use super::{Ingress, read_body};
 
 pub async fn handler(State(st): State<Ingress>, Path(label): Path<String>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_body(&headers, body, st.max_event_size).await {
