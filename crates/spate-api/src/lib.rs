@@ -66,6 +66,54 @@ pub const BROKER_CLASSES: &[&str] =
     &[DEFAULT_BROKER_CLASS, NATS_BROKER_CLASS, KAFKA_BROKER_CLASS, RABBITMQ_BROKER_CLASS];
 /// Knative's Kafka broker class: a topic per broker, a consumer group per trigger.
 pub const KAFKA_BROKER_CLASS: &str = "Kafka";
+/// Where a broker class keeps its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// The embedded log in the data directory.
+    EmbeddedLog,
+    Nats,
+    Kafka,
+    RabbitMq,
+}
+
+/// The broker classes Spate runs: one table from class name to engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerClass {
+    MtChannelBased,
+    NatsJetStream,
+    Kafka,
+    RabbitMq,
+}
+
+impl BrokerClass {
+    const TABLE: [(BrokerClass, &'static str, Engine); 4] = [
+        (BrokerClass::MtChannelBased, DEFAULT_BROKER_CLASS, Engine::EmbeddedLog),
+        (BrokerClass::NatsJetStream, NATS_BROKER_CLASS, Engine::Nats),
+        (BrokerClass::Kafka, KAFKA_BROKER_CLASS, Engine::Kafka),
+        (BrokerClass::RabbitMq, RABBITMQ_BROKER_CLASS, Engine::RabbitMq),
+    ];
+
+    /// The class Knative's annotation names (`Kafka`, `NatsJetStreamBroker`, ...), if Spate runs it.
+    pub fn parse(name: &str) -> Option<BrokerClass> {
+        Self::TABLE.iter().find(|(_, n, _)| *n == name).map(|(c, _, _)| *c)
+    }
+
+    /// Its name in `eventing.knative.dev/broker.class`.
+    pub fn name(self) -> &'static str {
+        Self::TABLE.iter().find(|(c, _, _)| *c == self).map(|(_, n, _)| *n).expect("every class is in the table")
+    }
+
+    pub fn engine(self) -> Engine {
+        Self::TABLE.iter().find(|(c, _, _)| *c == self).map(|(_, _, e)| *e).expect("every class is in the table")
+    }
+}
+
+impl std::fmt::Display for BrokerClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A `Kafka`-class broker on an existing topic (neither created nor deleted).
 pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
 

@@ -32,7 +32,9 @@ use workers::Workers;
 pub use broker::{Broker, PublishError};
 pub use desired::{Condition, Desired, ResourceStatus};
 pub use feed::Feed;
-pub use messaging::{Channel, FlowChild, flow_children, parallel_branch, parallel_ingress, sequence_channel};
+pub use messaging::{
+    Channel, FlowChild, flow_channels, flow_children, parallel_branch, parallel_ingress, sequence_channel,
+};
 pub use trigger::{Failure, RECENT_FAILURES, TriggerStats};
 
 /// Server-wide eventing settings.
@@ -45,7 +47,7 @@ pub struct EventingConfig {
     /// Events in flight per trigger unless the trigger says otherwise.
     pub max_in_flight: usize,
     /// The class of brokers without `eventing.knative.dev/broker.class` (`--default-broker-class`).
-    pub default_broker_class: String,
+    pub default_broker_class: spate_api::BrokerClass,
     /// How long a message held by an instance may go without a sign of life
     /// before the engine hands it to another (a crashed instance's messages).
     pub ack_wait: Duration,
@@ -62,7 +64,7 @@ impl Default for EventingConfig {
                 ..DeliverySpec::default()
             },
             max_in_flight: 100,
-            default_broker_class: spate_api::DEFAULT_BROKER_CLASS.to_string(),
+            default_broker_class: spate_api::BrokerClass::MtChannelBased,
             ack_wait: Duration::from_secs(30),
         }
     }

@@ -34,6 +34,14 @@ pub fn parallel_ingress(parallel: &str) -> String {
 pub fn parallel_branch(parallel: &str, i: usize) -> String {
     format!("{parallel}-kn-parallel-{i}")
 }
+/// A flow's channels (this module owns their names): the one the flow is
+/// addressed at, then its inner ones, which only the flow's own subscriptions feed.
+pub fn flow_channels(kind: Kind, flow: &str, parts: usize) -> (String, Vec<String>) {
+    match kind {
+        Kind::Parallel => (parallel_ingress(flow), (0..parts).map(|i| parallel_branch(flow, i)).collect()),
+        _ => (sequence_channel(flow, 0), (1..parts).map(|i| sequence_channel(flow, i)).collect()),
+    }
+}
 fn parallel_filter(parallel: &str, i: usize) -> String {
     format!("{parallel}-kn-parallel-filter-{i}")
 }
@@ -276,12 +284,12 @@ impl ChannelStorageBackend {
     }
 }
 
-/// The engine settings a channel opens with: a KafkaChannel's topic is
-/// `knative-messaging-kafka.<namespace>.<name>`, as Knative names it.
+/// The engine settings a channel opens with: a KafkaChannel's topic is the one
+/// the Kafka backend names for it (Knative's `knative-messaging-kafka.<ns>.<name>`).
 fn channel_settings(c: &ChannelConfig) -> spate_log::StreamSettings {
     let mut s = c.settings.clone();
     if c.storage == ChannelStorage::Kafka {
-        s.insert(spate_log::kafka::keys::TOPIC.into(), format!("knative-messaging-kafka.{}.{}", c.namespace, c.name));
+        s.insert(spate_log::kafka::keys::TOPIC.into(), spate_log::kafka::channel_topic(&c.namespace, &c.name));
     }
     s
 }

@@ -1,8 +1,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use spate_api::{BrokerClass, Engine};
 use spate_api::{BrokerConfig, DeliverySpec, Kind, TriggerConfig};
-use spate_api::{DEFAULT_BROKER_CLASS, KAFKA_BROKER_CLASS, NATS_BROKER_CLASS, RABBITMQ_BROKER_CLASS};
 use spate_core::Destination;
 use spate_log::{StreamBackend, StreamSettings};
 
@@ -34,12 +34,12 @@ impl Eventing {
     }
 
     /// The shared engine a stream-backed broker class runs on.
-    fn class_backend(&self, class: &str) -> Option<&Arc<dyn StreamBackend>> {
-        match class {
-            NATS_BROKER_CLASS => self.streams.as_ref(),
-            RABBITMQ_BROKER_CLASS => self.rabbit.as_ref(),
-            KAFKA_BROKER_CLASS => self.kafka.as_ref(),
-            _ => None,
+    fn class_backend(&self, class: Option<BrokerClass>) -> Option<&Arc<dyn StreamBackend>> {
+        match class?.engine() {
+            Engine::Nats => self.streams.as_ref(),
+            Engine::RabbitMq => self.rabbit.as_ref(),
+            Engine::Kafka => self.kafka.as_ref(),
+            Engine::EmbeddedLog => None,
         }
     }
 
@@ -221,9 +221,13 @@ impl Eventing {
         }
     }
 
-    /// The broker's class, or the server's default class.
-    pub fn broker_class<'a>(&'a self, b: &'a BrokerConfig) -> &'a str {
-        b.class.as_deref().unwrap_or(&self.config.default_broker_class)
+    /// The broker's class, or the server's default class; `None` for a class Spate does not run
+    /// (admission refuses those, so only a record from another version can carry one).
+    pub fn broker_class(&self, b: &BrokerConfig) -> Option<BrokerClass> {
+        match &b.class {
+            Some(name) => BrokerClass::parse(name),
+            None => Some(self.config.default_broker_class),
+        }
     }
 
     /// Runs `b` on its class's storage unless an equal broker already runs.
@@ -239,16 +243,25 @@ impl Eventing {
             return Ok(());
         }
         let log_name = broker_log_name(&b.namespace, &b.name);
-        let broker = match self.broker_class(b) {
-            DEFAULT_BROKER_CLASS => {
+        let Some(class) = self.broker_class(b) else {
+            let other = b.class.as_deref().unwrap_or_default();
+            return Err((
+                "ClassNotSupported",
+                format!(
+                    "broker class {other} is not implemented (MTChannelBasedBroker, NatsJetStreamBroker, Kafka and RabbitMQBroker are)"
+                ),
+            ));
+        };
+        let broker = match class.engine() {
+            Engine::EmbeddedLog => {
                 let log = match existing.as_ref().and_then(|x| x.feed().map(|f| f.log.clone())) {
                     Some(log) => log,
                     None => self.backend.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
                 };
                 Broker::new(b.clone(), log, address.to_string()).with_tap(self.tap.clone())
             }
-            class @ (NATS_BROKER_CLASS | RABBITMQ_BROKER_CLASS | KAFKA_BROKER_CLASS) => {
-                let Some(streams) = self.class_backend(class) else {
+            Engine::Nats | Engine::RabbitMq | Engine::Kafka => {
+                let Some(streams) = self.class_backend(Some(class)) else {
                     return Err(("BackendNotConfigured", format!("this server has no backend for {class}")));
                 };
                 let stream = match existing.as_ref().filter(|x| x.settings == settings).and_then(|x| x.stream()) {
@@ -261,14 +274,6 @@ impl Eventing {
                 Broker::on_stream(b.clone(), stream, address.to_string())
                     .with_settings(settings)
                     .with_tap(self.tap.clone())
-            }
-            other => {
-                return Err((
-                    "ClassNotSupported",
-                    format!(
-                        "broker class {other} is not implemented (MTChannelBasedBroker, NatsJetStreamBroker, Kafka and RabbitMQBroker are)"
-                    ),
-                ));
             }
         };
         self.brokers.write().expect("brokers lock").insert((b.namespace.clone(), b.name.clone()), Arc::new(broker));
@@ -286,7 +291,7 @@ impl Eventing {
     ) -> Result<StreamSettings, (&'static str, String)> {
         use spate_log::kafka::keys;
         let mut s = StreamSettings::new();
-        if self.broker_class(b) != KAFKA_BROKER_CLASS {
+        if self.broker_class(b) != Some(BrokerClass::Kafka) {
             return Ok(s);
         }
         if let Some(r) = &b.config {
@@ -313,7 +318,7 @@ impl Eventing {
                 s.insert(keys::EXTERNAL.into(), "true".into());
             }
             None => {
-                s.insert(keys::TOPIC.into(), format!("knative-broker-{}-{}", b.namespace, b.name));
+                s.insert(keys::TOPIC.into(), spate_log::kafka::broker_topic(&b.namespace, &b.name));
             }
         }
         Ok(s)

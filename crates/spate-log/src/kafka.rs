@@ -59,6 +59,17 @@ pub mod keys {
     pub const EXTERNAL: &str = "external";
 }
 
+/// Knative's topic of a `Kafka`-class Broker: `knative-broker-<namespace>-<name>`.
+/// (This module owns Kafka topic names; the eventing room asks for them.)
+pub fn broker_topic(namespace: &str, name: &str) -> String {
+    format!("knative-broker-{namespace}-{name}")
+}
+
+/// Knative's topic of a KafkaChannel: `knative-messaging-kafka.<namespace>.<name>`.
+pub fn channel_topic(namespace: &str, name: &str) -> String {
+    format!("knative-messaging-kafka.{namespace}.{name}")
+}
+
 /// Partitions of a topic Spate creates when nothing says otherwise (Knative's default).
 pub const DEFAULT_PARTITIONS: i32 = 10;
 

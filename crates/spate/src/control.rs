@@ -112,7 +112,7 @@ pub struct ControlPlane {
     dispatcher: spate_delivery::Dispatcher,
     /// The data plane's own `host:port` and certificate when it serves HTTPS:
     /// deliveries to Spate's own addresses trust its chain.
-    own_tls: Option<(String, Arc<crate::tls::Reloading>)>,
+    own_tls: Option<(String, OwnChain)>,
     /// KafkaSinks: their producers, shared with the data plane.
     kafka_sinks: Arc<KafkaSinks>,
     /// Sender identity and EventPolicies on the data plane, when `--oidc-issuer` is set.
@@ -126,6 +126,9 @@ pub struct ControlPlane {
     #[cfg(test)]
     pub reconcile_delay_ms: std::sync::atomic::AtomicU64,
 }
+
+/// The data plane's current certificate chain (PEM), as the listener serves it (it may be renewed).
+pub type OwnChain = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What a write expects to find (Kubernetes' create, update and apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,8 +207,8 @@ impl ControlPlane {
     }
 
     /// Deliveries to `authority` (the data plane's own, served over HTTPS) trust `tls`'s chain.
-    pub fn with_own_tls(mut self, authority: String, tls: Arc<crate::tls::Reloading>) -> Self {
-        self.own_tls = Some((authority, tls));
+    pub fn with_own_tls(mut self, authority: String, chain: OwnChain) -> Self {
+        self.own_tls = Some((authority, chain));
         self
     }
 
@@ -321,9 +324,9 @@ impl ControlPlane {
         expect: &[Expect],
         dry_run: bool,
     ) -> Result<Vec<Applied>, ApiError> {
-        let default_class = self.eventing.config().default_broker_class.clone();
+        let default_class = self.eventing.config().default_broker_class.name();
         for (r, c) in &mut admitted {
-            spate_api::default_broker_class(r, c, &default_class);
+            spate_api::default_broker_class(r, c, default_class);
         }
         let mut store = self.store.lock().await;
         check_expectations(&store, &admitted, expect)?;
@@ -656,8 +659,8 @@ impl ControlPlane {
     fn set_trust(&self, store: &Store) {
         let mut cas: Vec<(String, String)> =
             store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
-        if let Some((authority, tls)) = &self.own_tls {
-            cas.push((authority.clone(), tls.chain_pem()));
+        if let Some((authority, chain)) = &self.own_tls {
+            cas.push((authority.clone(), chain()));
         }
         for e in self.dispatcher.set_trust(cas) {
             tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
@@ -849,8 +852,8 @@ fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
             Compiled::Broker(_) => (Target::Broker, ns, name),
             Compiled::KafkaSink(_) => (Target::KafkaSink, ns, name),
             Compiled::Channel(_) => (Target::Channel, ns, name),
-            Compiled::Sequence(_) => (Target::Channel, ns, spate_eventing::sequence_channel(&name, 0)),
-            Compiled::Parallel(_) => (Target::Channel, ns, spate_eventing::parallel_ingress(&name)),
+            Compiled::Sequence(_) => (Target::Channel, ns, spate_eventing::flow_channels(Kind::Sequence, &name, 0).0),
+            Compiled::Parallel(_) => (Target::Channel, ns, spate_eventing::flow_channels(Kind::Parallel, &name, 0).0),
             _ => continue,
         };
         if let (Some(a), Some(address)) = (snap.addressables.get(&key), e.status.get_mut("address")) {

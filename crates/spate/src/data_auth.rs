@@ -155,7 +155,7 @@ pub fn build_snapshot<'a>(
     mode: crate::authz::Mode,
 ) -> Snapshot {
     use spate_api::event_policy::{PolicyTarget, audience};
-    use spate_api::{ChannelStorage, Compiled};
+    use spate_api::{ChannelStorage, Compiled, Kind};
 
     use crate::authz::Policy;
 
@@ -196,21 +196,19 @@ pub fn build_snapshot<'a>(
                 add(Target::Channel, name, "messaging.knative.dev", &kind, None)
             }
             Compiled::Sequence(s) => {
-                let kind = channel_kind(s.storage);
-                let flow = Some(id("flows.knative.dev", "sequence", &name));
-                add(Target::Channel, spate_eventing::sequence_channel(&name, 0), "messaging.knative.dev", kind, flow);
-                for i in 1..s.steps.len() {
-                    let chan = spate_eventing::sequence_channel(&name, i);
+                let (ingress, inner) = spate_eventing::flow_channels(Kind::Sequence, &name, s.steps.len());
+                let (kind, flow) = (channel_kind(s.storage), Some(id("flows.knative.dev", "sequence", &name)));
+                add(Target::Channel, ingress, "messaging.knative.dev", kind, flow);
+                for chan in inner {
                     add(Target::Channel, chan.clone(), "messaging.knative.dev", kind, None);
                     internal(chan, kind, &name);
                 }
             }
             Compiled::Parallel(p) => {
-                let kind = channel_kind(p.storage);
-                let flow = Some(id("flows.knative.dev", "parallel", &name));
-                add(Target::Channel, spate_eventing::parallel_ingress(&name), "messaging.knative.dev", kind, flow);
-                for i in 0..p.branches.len() {
-                    let chan = spate_eventing::parallel_branch(&name, i);
+                let (ingress, inner) = spate_eventing::flow_channels(Kind::Parallel, &name, p.branches.len());
+                let (kind, flow) = (channel_kind(p.storage), Some(id("flows.knative.dev", "parallel", &name)));
+                add(Target::Channel, ingress, "messaging.knative.dev", kind, flow);
+                for chan in inner {
                     add(Target::Channel, chan.clone(), "messaging.knative.dev", kind, None);
                     internal(chan, kind, &name);
                 }

@@ -181,7 +181,7 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     if args.max_event_size < 64 * 1024 {
         bail!("--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)");
     }
-    if !spate_api::BROKER_CLASSES.contains(&args.default_broker_class.as_str()) {
+    if spate_api::BrokerClass::parse(&args.default_broker_class).is_none() {
         bail!(
             "--default-broker-class: '{}' is not one of {}",
             args.default_broker_class,
@@ -245,7 +245,8 @@ fn build_eventing(
     let mut eventing_config = EventingConfig {
         base_url: base.to_string(),
         max_in_flight: args.max_in_flight.max(1),
-        default_broker_class: args.default_broker_class.clone(),
+        default_broker_class: spate_api::BrokerClass::parse(&args.default_broker_class)
+            .unwrap_or(spate_api::BrokerClass::MtChannelBased),
         ack_wait: Duration::from_secs(args.ack_wait_seconds.max(1)),
         ..EventingConfig::default()
     };
@@ -388,7 +389,8 @@ impl Server {
         if let Some(t) = &listeners.data_tls
             && let Some(authority) = spate_core::destination::https_authority(&base)
         {
-            control = control.with_own_tls(authority, t.clone());
+            let tls = t.clone();
+            control = control.with_own_tls(authority, Arc::new(move || tls.chain_pem()));
         }
         let data_auth = build_data_auth(&args, &base, &mut control).await?;
         if let Some(auth) = &data_auth {
