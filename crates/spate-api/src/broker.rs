@@ -64,3 +64,50 @@ pub fn compile(w: &mut Walker, spec: &Value, namespace: &str, name: &str, metada
         external_topic,
     })
 }
+
+/// The ConfigMap key naming the channel a channel-based broker (MTChannelBasedBroker) runs on.
+pub const CHANNEL_TEMPLATE_KEY: &str = "channel-template-spec";
+
+/// A channel-based broker's `channel-template-spec`: the channel kind and its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelTemplate {
+    pub kind: crate::Kind,
+    pub spec: Value,
+}
+
+/// Reads a `channel-template-spec` (YAML: `apiVersion`, `kind`, `spec`); the error says what is
+/// wrong with it, naming the key.
+pub fn channel_template(text: &str) -> Result<ChannelTemplate, String> {
+    let v: Value =
+        serde_saphyr::from_str(text).map_err(|e| format!("{CHANNEL_TEMPLATE_KEY} is not valid YAML: {e}"))?;
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+    let (kind, api_version) = (s("kind"), s("apiVersion"));
+    let known =
+        crate::Kind::from_manifest(kind, api_version).ok().filter(|k| k.is_channel() && *k != crate::Kind::Channel);
+    let Some(kind) = known else {
+        return Err(format!(
+            "{CHANNEL_TEMPLATE_KEY} names {kind} ({api_version}); Spate backs channel-based brokers with \
+             InMemoryChannel (messaging.knative.dev/v1), KafkaChannel (messaging.knative.dev/v1beta1) or \
+             NatsJetStreamChannel (messaging.knative.dev/v1alpha1)"
+        ));
+    };
+    Ok(ChannelTemplate { kind, spec: v.get("spec").cloned().unwrap_or(Value::Null) })
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    #[test]
+    fn channel_templates_name_a_channel_kind_spate_runs() {
+        let t = channel_template(
+            "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nspec:\n  numPartitions: 3\n  replicationFactor: 1\n",
+        )
+        .unwrap();
+        assert_eq!(t.kind, crate::Kind::KafkaChannel);
+        assert_eq!(t.spec["numPartitions"], 3);
+        let err = channel_template("apiVersion: messaging.knative.dev/v1alpha1\nkind: RocketMQChannel\n").unwrap_err();
+        assert!(err.contains("channel-template-spec names RocketMQChannel"), "{err}");
+        assert!(channel_template("kind: [").unwrap_err().contains("not valid YAML"));
+    }
+}

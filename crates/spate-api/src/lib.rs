@@ -22,7 +22,7 @@ mod walk;
 
 use serde_json::Value;
 
-pub use broker::{BrokerConfig, ConfigRef};
+pub use broker::{BrokerConfig, CHANNEL_TEMPLATE_KEY, ChannelTemplate, ConfigRef, channel_template};
 pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
 pub use kafka_sink::{ConfigMapConfig, KafkaContentMode, KafkaSinkConfig};

@@ -61,6 +61,8 @@ pub struct Broker {
     tap: Option<crate::tap::Tap>,
     /// What its engine was opened with (a Kafka broker's ConfigMap data and topic).
     pub settings: spate_log::StreamSettings,
+    /// The engine it runs on (its class's, or its channel template's).
+    pub engine: spate_api::Engine,
 }
 
 impl Broker {
@@ -76,6 +78,7 @@ impl Broker {
             storage: Storage::Log { log, feed },
             tap: None,
             settings: Default::default(),
+            engine: spate_api::Engine::EmbeddedLog,
         }
     }
 
@@ -83,7 +86,21 @@ impl Broker {
     pub fn on_stream(config: BrokerConfig, stream: Arc<dyn MessageStream>, address: String) -> Self {
         let label = format!("{}/{}", config.namespace, config.name);
         let events_in = metrics::counter!("spate_events_in_total", "broker" => label);
-        Broker { config, address, events_in, storage: Storage::Stream(stream), tap: None, settings: Default::default() }
+        Broker {
+            config,
+            address,
+            events_in,
+            storage: Storage::Stream(stream),
+            tap: None,
+            settings: Default::default(),
+            engine: spate_api::Engine::Nats,
+        }
+    }
+
+    /// Records the engine its stream is on.
+    pub fn with_engine(mut self, engine: spate_api::Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Records the settings its engine was opened with.

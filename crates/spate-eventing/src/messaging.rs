@@ -645,7 +645,7 @@ pub struct FlowChild {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
-    /// `Sequence` or `Parallel`, and its name.
+    /// `Sequence`, `Parallel` or (a channel-based broker's backing channel) `Broker`, and its name.
     pub owner_kind: Kind,
     pub owner: String,
     /// A subscription's channel (kind, name).

@@ -14,6 +14,11 @@ use crate::{Eventing, EventingConfig, broker_log_name};
 
 type Key = (String, String);
 
+/// The channel backing a channel-based broker, as Knative names it: `<broker>-kne-trigger`.
+pub fn broker_channel_name(broker: &str) -> String {
+    format!("{broker}-kne-trigger")
+}
+
 impl Eventing {
     /// Adds the shared engine that `NatsJetStreamBroker` brokers live on.
     /// Listens to every event brokers and channels store from now on.
@@ -34,8 +39,8 @@ impl Eventing {
     }
 
     /// The shared engine a stream-backed broker class runs on.
-    fn class_backend(&self, class: Option<BrokerClass>) -> Option<&Arc<dyn StreamBackend>> {
-        match class?.engine() {
+    fn engine_backend(&self, engine: Engine) -> Option<&Arc<dyn StreamBackend>> {
+        match engine {
             Engine::Nats => self.streams.as_ref(),
             Engine::RabbitMq => self.rabbit.as_ref(),
             Engine::Kafka => self.kafka.as_ref(),
@@ -185,7 +190,7 @@ impl Eventing {
             let Some(broker) = self.brokers.write().expect("brokers lock").remove(&key) else { continue };
             self.tap.types.forget(&key.0, &key.1, "Broker");
             let log_name = broker_log_name(&key.0, &key.1);
-            let removed = match (&broker.storage, self.class_backend(self.broker_class(&broker.config))) {
+            let removed = match (&broker.storage, self.engine_backend(broker.engine)) {
                 (Storage::Log { .. }, _) => self.backend.remove(&log_name).await,
                 (Storage::Stream(_), Some(streams)) => streams.remove(&log_name).await,
                 (Storage::Stream(_), None) => Ok(()),
@@ -238,11 +243,70 @@ impl Eventing {
         config_maps: &HashMap<Key, BTreeMap<String, String>>,
     ) -> Result<(), (&'static str, String)> {
         let existing = self.broker(&b.namespace, &b.name);
-        let settings = self.broker_settings(b, config_maps)?;
-        if existing.as_ref().is_some_and(|x| x.config == *b && x.settings == settings) {
+        let (engine, settings) = self.broker_engine(b, config_maps)?;
+        if existing.as_ref().is_some_and(|x| x.config == *b && x.settings == settings && x.engine == engine) {
             return Ok(());
         }
         let log_name = broker_log_name(&b.namespace, &b.name);
+        let broker = match engine {
+            Engine::EmbeddedLog => {
+                let log = match existing.as_ref().and_then(|x| x.feed().map(|f| f.log.clone())) {
+                    Some(log) => log,
+                    None => self.backend.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                };
+                Broker::new(b.clone(), log, address.to_string()).with_tap(self.tap.clone())
+            }
+            Engine::Nats | Engine::RabbitMq | Engine::Kafka => {
+                let Some(streams) = self.engine_backend(engine) else {
+                    return Err(("BackendNotConfigured", format!("this server has no backend for {engine:?}")));
+                };
+                let same = existing.as_ref().filter(|x| x.settings == settings && x.engine == engine);
+                let stream = match same.and_then(|x| x.stream()) {
+                    Some(s) => s.clone(),
+                    None => streams
+                        .open_with(&log_name, &settings)
+                        .await
+                        .map_err(|e| ("StorageUnavailable", e.to_string()))?,
+                };
+                Broker::on_stream(b.clone(), stream, address.to_string())
+                    .with_settings(settings)
+                    .with_engine(engine)
+                    .with_tap(self.tap.clone())
+            }
+        };
+        self.brokers.write().expect("brokers lock").insert((b.namespace.clone(), b.name.clone()), Arc::new(broker));
+        Ok(())
+    }
+
+    /// The channels backing channel-based brokers on a shared engine (from a channel
+    /// template), as children of their brokers (`<broker>-kne-trigger`).
+    pub fn broker_children(&self) -> Vec<crate::FlowChild> {
+        let brokers = self.brokers.read().expect("brokers lock");
+        brokers
+            .values()
+            .filter(|b| {
+                b.engine != Engine::EmbeddedLog && self.broker_class(&b.config) == Some(BrokerClass::MtChannelBased)
+            })
+            .map(|b| crate::FlowChild {
+                kind: if b.engine == Engine::Kafka { Kind::KafkaChannel } else { Kind::NatsJetStreamChannel },
+                namespace: b.config.namespace.clone(),
+                name: broker_channel_name(&b.config.name),
+                owner_kind: Kind::Broker,
+                owner: b.config.name.clone(),
+                channel: None,
+            })
+            .collect()
+    }
+
+    /// The engine a broker runs on, and what it opens it with: its class's engine, or, for a
+    /// channel-based broker (MTChannelBasedBroker) whose `spec.config` ConfigMap holds a
+    /// `channel-template-spec`, the engine of that channel kind (as Knative backs such a broker
+    /// with a channel of the template's kind).
+    fn broker_engine(
+        &self,
+        b: &BrokerConfig,
+        config_maps: &HashMap<Key, BTreeMap<String, String>>,
+    ) -> Result<(Engine, StreamSettings), (&'static str, String)> {
         let Some(class) = self.broker_class(b) else {
             let other = b.class.as_deref().unwrap_or_default();
             return Err((
@@ -252,32 +316,38 @@ impl Eventing {
                 ),
             ));
         };
-        let broker = match class.engine() {
-            Engine::EmbeddedLog => {
-                let log = match existing.as_ref().and_then(|x| x.feed().map(|f| f.log.clone())) {
-                    Some(log) => log,
-                    None => self.backend.open(&log_name).await.map_err(|e| ("StorageUnavailable", e.to_string()))?,
-                };
-                Broker::new(b.clone(), log, address.to_string()).with_tap(self.tap.clone())
+        if class != BrokerClass::MtChannelBased {
+            return Ok((class.engine(), self.broker_settings(b, config_maps)?));
+        }
+        // A missing ConfigMap (Knative's defaults, `config-br-default-channel`, are not applied
+        // here) or one without a template: the embedded log, as an InMemoryChannel-backed broker.
+        let template = b
+            .config
+            .as_ref()
+            .filter(|r| r.kind == "ConfigMap")
+            .and_then(|r| config_maps.get(&(r.namespace.clone(), r.name.clone())))
+            .and_then(|data| data.get(spate_api::CHANNEL_TEMPLATE_KEY));
+        let Some(text) = template else { return Ok((Engine::EmbeddedLog, StreamSettings::new())) };
+        let t = spate_api::channel_template(text).map_err(|e| ("ChannelTemplateNotSupported", e))?;
+        let mut s = StreamSettings::new();
+        let engine = match t.kind {
+            Kind::KafkaChannel => {
+                use spate_log::kafka::keys;
+                let channel = broker_channel_name(&b.name);
+                s.insert(keys::TOPIC.into(), spate_log::kafka::channel_topic(&b.namespace, &channel));
+                for (field, key) in
+                    [("numPartitions", keys::PARTITIONS), ("replicationFactor", keys::REPLICATION_FACTOR)]
+                {
+                    if let Some(n) = t.spec.get(field).and_then(|v| v.as_u64()) {
+                        s.insert(key.into(), n.to_string());
+                    }
+                }
+                Engine::Kafka
             }
-            Engine::Nats | Engine::RabbitMq | Engine::Kafka => {
-                let Some(streams) = self.class_backend(Some(class)) else {
-                    return Err(("BackendNotConfigured", format!("this server has no backend for {class}")));
-                };
-                let stream = match existing.as_ref().filter(|x| x.settings == settings).and_then(|x| x.stream()) {
-                    Some(s) => s.clone(),
-                    None => streams
-                        .open_with(&log_name, &settings)
-                        .await
-                        .map_err(|e| ("StorageUnavailable", e.to_string()))?,
-                };
-                Broker::on_stream(b.clone(), stream, address.to_string())
-                    .with_settings(settings)
-                    .with_tap(self.tap.clone())
-            }
+            Kind::NatsJetStreamChannel => Engine::Nats,
+            _ => Engine::EmbeddedLog,
         };
-        self.brokers.write().expect("brokers lock").insert((b.namespace.clone(), b.name.clone()), Arc::new(broker));
-        Ok(())
+        Ok((engine, s))
     }
 
     /// What a `Kafka` broker's engine reads: its ConfigMap's data (`spec.config`:

@@ -669,7 +669,9 @@ impl ControlPlane {
 
     /// The channels and subscriptions flows own, as derived objects born with their owner.
     fn publish_children(&self, store: &Store, desired: &Desired, statuses: &[ResourceStatus]) {
-        let mut children = flow_children_json(&spate_eventing::flow_children(desired), statuses);
+        let mut owned = spate_eventing::flow_children(desired);
+        owned.extend(self.eventing.broker_children());
+        let mut children = flow_children_json(&owned, statuses);
         for child in &mut children {
             // Born with their owner: its creation time, and its uid in the owner reference.
             let reference = &child["metadata"]["ownerReferences"][0];

@@ -831,3 +831,37 @@ async fn a_member_at_its_in_flight_bound_still_hands_partitions_over_when_anothe
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The seed's own manifest: an MTChannelBasedBroker whose `spec.config` names
+/// `knative-eventing/config-br-kafka-channel`, a KafkaChannel template. Its events sit in
+/// the backing channel's Kafka topic (Knative's `knative-messaging-kafka.<ns>.<broker>-kne-trigger`),
+/// reach the trigger's subscriber, and the channel is listed as the broker's child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_based_broker_on_a_kafka_channel_template_keeps_its_events_in_kafka() {
+    let Some(addr) = broker_addr() else { return };
+    let ns = unique("cbb").replace('-', "");
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &["--kafka-bootstrap-servers", &addr]);
+    let sink = Sink::start().await;
+    let yaml = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: config-br-kafka-channel, namespace: knative-eventing}}\ndata:\n  channel-template-spec: |\n    apiVersion: messaging.knative.dev/v1beta1\n    kind: KafkaChannel\n    spec:\n      numPartitions: 3\n      replicationFactor: 1\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: default\n  namespace: {ns}\n  annotations: {{eventing.knative.dev/broker.class: MTChannelBasedBroker}}\nspec:\n  config: {{apiVersion: v1, kind: ConfigMap, name: config-br-kafka-channel, namespace: knative-eventing}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: all, namespace: {ns}}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
+        sink.url
+    );
+    s.apply_ok(&yaml).await;
+    let b = s
+        .wait_json(&format!("/apis/eventing.knative.dev/v1/namespaces/{ns}/brokers/default"), "broker Ready", |v| {
+            v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"))
+        })
+        .await;
+    assert!(b["status"]["address"]["url"].is_string(), "{b}");
+    post_all(&s.broker_url(&ns, "default"), (0..100).map(|i| format!("c{i}"))).await;
+    sink.wait_until("100 events", |g| g.len() >= 100).await;
+    let topic = format!("knative-messaging-kafka.{ns}.default-kne-trigger");
+    let records = read_records(&addr, &topic, 100);
+    let ids: HashSet<&str> = records.iter().filter_map(|(_, h, _)| h.get("ce_id").map(String::as_str)).collect();
+    assert_eq!(ids.len(), 100, "the events are records of the backing KafkaChannel's topic");
+    let channel = s
+        .admin_json(&format!("/apis/messaging.knative.dev/v1beta1/namespaces/{ns}/kafkachannels/default-kne-trigger"))
+        .await;
+    assert_eq!(channel["metadata"]["ownerReferences"][0]["kind"], "Broker", "{channel}");
+}

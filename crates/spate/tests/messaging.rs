@@ -570,3 +570,34 @@ async fn a_flows_channels_and_subscriptions_are_listed_with_their_owner() {
         assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{plural} after the delete: {list}");
     }
 }
+
+/// A channel-based broker whose template names a channel kind Spate lacks is not Ready, with
+/// the reason, rather than silently running on another channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_template_naming_a_kind_spate_lacks_is_a_condition() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &[]);
+    s.apply_ok("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-br-odd-channel, namespace: knative-eventing}\ndata:\n  channel-template-spec: |\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: RocketMQChannel\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: odd\nspec:\n  config: {apiVersion: v1, kind: ConfigMap, name: config-br-odd-channel, namespace: knative-eventing}\n").await;
+    let b = s.admin_json("/apis/eventing.knative.dev/v1/namespaces/default/brokers/odd").await;
+    assert_eq!(b["status"]["conditions"][0]["status"], "False", "{b}");
+    let text = b["status"]["conditions"].to_string();
+    assert!(text.contains("ChannelTemplateNotSupported") && text.contains("RocketMQChannel"), "{b}");
+    // On a NATS template (when NATS runs here), the broker's events are in a JetStream stream.
+    if !nats_available() {
+        return;
+    }
+    let nats = NatsCluster::new("cbbnats");
+    let dir = tempdir();
+    let args = ["--nats-url".to_string(), nats_url(), "--cluster-name".to_string(), nats.name.clone()];
+    let s = Server::start(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let sink = Sink::start().await;
+    s.apply_ok(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: config-br-nats-channel, namespace: knative-eventing}}\ndata:\n  channel-template-spec: |\n    apiVersion: messaging.knative.dev/v1alpha1\n    kind: NatsJetStreamChannel\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: onnats\nspec:\n  config: {{apiVersion: v1, kind: ConfigMap, name: config-br-nats-channel, namespace: knative-eventing}}\n---\n{}", trigger("t", "onnats", "", &sink.url, ""))).await;
+    s.wait_json("/apis/eventing.knative.dev/v1/namespaces/default/brokers/onnats", "broker Ready", |v| {
+        v.pointer("/status/conditions/0/status") == Some(&serde_json::json!("True"))
+    })
+    .await;
+    assert_eq!(send(&s.broker_url("default", "onnats"), "n1", "t", "{}").await, 202);
+    sink.wait_for_id("n1").await;
+    let streams = nats.streams().await;
+    assert!(streams.iter().any(|n| n.contains("onnats")), "the broker's stream is on NATS: {streams:?}");
+}
