@@ -111,3 +111,84 @@ mod template_tests {
         assert!(channel_template("kind: [").unwrap_err().contains("not valid YAML"));
     }
 }
+
+/// Knative's broker defaults: ConfigMap `config-br-defaults` in `knative-eventing`, key
+/// `default-br-config` (YAML: `clusterDefault` and `namespaceDefaults.<ns>`, each with
+/// `brokerClass` and a config reference `apiVersion`/`kind`/`name`/`namespace`).
+pub const BROKER_DEFAULTS: (&str, &str, &str) = ("knative-eventing", "config-br-defaults", "default-br-config");
+
+/// The class and config a Broker that names none gets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerDefault {
+    pub class: Option<String>,
+    pub config: Option<ConfigRef>,
+}
+
+/// `default-br-config`, read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerDefaults {
+    pub cluster: BrokerDefault,
+    pub namespaces: std::collections::BTreeMap<String, BrokerDefault>,
+}
+
+impl BrokerDefaults {
+    /// Reads `default-br-config`; the error names the key and what is wrong.
+    pub fn parse(text: &str) -> Result<BrokerDefaults, String> {
+        let key = BROKER_DEFAULTS.2;
+        let v: Value = serde_saphyr::from_str(text).map_err(|e| format!("{key} is not valid YAML: {e}"))?;
+        let entry = |e: &Value, at: &str| -> Result<BrokerDefault, String> {
+            let s = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
+            let class = s("brokerClass");
+            if let Some(c) = &class
+                && crate::BrokerClass::parse(c).is_none()
+            {
+                return Err(format!("{key}: {at}.brokerClass '{c}' is not a broker class Spate runs"));
+            }
+            let config = match (s("kind"), s("name")) {
+                (Some(kind), Some(name)) => Some(ConfigRef {
+                    kind,
+                    name,
+                    namespace: s("namespace").unwrap_or_else(|| BROKER_DEFAULTS.0.into()),
+                }),
+                _ => None,
+            };
+            Ok(BrokerDefault { class, config })
+        };
+        let cluster = match v.get("clusterDefault") {
+            Some(e) => entry(e, "clusterDefault")?,
+            None => BrokerDefault::default(),
+        };
+        let mut namespaces = std::collections::BTreeMap::new();
+        for (ns, e) in v.get("namespaceDefaults").and_then(Value::as_object).into_iter().flatten() {
+            namespaces.insert(ns.clone(), entry(e, &format!("namespaceDefaults.{ns}"))?);
+        }
+        Ok(BrokerDefaults { cluster, namespaces })
+    }
+
+    /// What a Broker of `namespace` defaults to: its namespace's entry, else the cluster's.
+    pub fn for_namespace(&self, namespace: &str) -> &BrokerDefault {
+        self.namespaces.get(namespace).unwrap_or(&self.cluster)
+    }
+}
+
+#[cfg(test)]
+mod defaults_tests {
+    use super::*;
+
+    #[test]
+    fn namespace_defaults_override_the_cluster_default() {
+        let d = BrokerDefaults::parse(
+            "clusterDefault:\n  brokerClass: MTChannelBasedBroker\n  apiVersion: v1\n  kind: ConfigMap\n  name: config-br-default-channel\nnamespaceDefaults:\n  team:\n    brokerClass: Kafka\n    kind: ConfigMap\n    name: kafka-broker-config\n    namespace: team\n",
+        )
+        .unwrap();
+        assert_eq!(d.for_namespace("other").class.as_deref(), Some("MTChannelBasedBroker"));
+        assert_eq!(d.for_namespace("other").config.as_ref().unwrap().namespace, "knative-eventing");
+        let team = d.for_namespace("team");
+        assert_eq!(
+            (team.class.as_deref(), team.config.as_ref().unwrap().name.as_str()),
+            (Some("Kafka"), "kafka-broker-config")
+        );
+        let err = BrokerDefaults::parse("clusterDefault: {brokerClass: Nope}").unwrap_err();
+        assert!(err.contains("clusterDefault.brokerClass 'Nope'"), "{err}");
+    }
+}

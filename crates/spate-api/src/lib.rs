@@ -22,7 +22,10 @@ mod walk;
 
 use serde_json::Value;
 
-pub use broker::{BrokerConfig, CHANNEL_TEMPLATE_KEY, ChannelTemplate, ConfigRef, channel_template};
+pub use broker::{
+    BROKER_DEFAULTS, BrokerConfig, BrokerDefault, BrokerDefaults, CHANNEL_TEMPLATE_KEY, ChannelTemplate, ConfigRef,
+    channel_template,
+};
 pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
 pub use kafka_sink::{ConfigMapConfig, KafkaContentMode, KafkaSinkConfig};
@@ -137,20 +140,28 @@ impl Resource {
 }
 
 /// The server's defaulting (Knative's defaulting webhook): a Broker without
-/// `eventing.knative.dev/broker.class` gets `default_class` written into its
-/// manifest and config, so its storage never changes with a later
-/// `--default-broker-class`.
-pub fn default_broker_class(resource: &mut Resource, compiled: &mut Compiled, default_class: &str) {
+/// `eventing.knative.dev/broker.class` gets `default.class` (else
+/// `server_class`) written into its manifest and config, and one without
+/// `spec.config` gets `default.config`, so its storage never changes with a
+/// later default.
+pub fn default_broker(resource: &mut Resource, compiled: &mut Compiled, default: &BrokerDefault, server_class: &str) {
     let Compiled::Broker(b) = compiled else { return };
-    if b.class.is_some() {
-        return;
-    }
-    b.class = Some(default_class.to_string());
-    if let Some(meta) = resource.manifest.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
-        if let Some(a) = annotations.as_object_mut() {
-            a.insert(BROKER_CLASS_ANNOTATION.to_string(), Value::String(default_class.to_string()));
+    if b.class.is_none() {
+        let class = default.class.clone().unwrap_or_else(|| server_class.to_string());
+        b.class = Some(class.clone());
+        if let Some(meta) = resource.manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+            let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(BROKER_CLASS_ANNOTATION.to_string(), Value::String(class));
+            }
         }
+    }
+    if b.config.is_none()
+        && let Some(r) = &default.config
+    {
+        b.config = Some(r.clone());
+        resource.manifest["spec"]["config"] =
+            serde_json::json!({"apiVersion": "v1", "kind": r.kind, "name": r.name, "namespace": r.namespace});
     }
 }
 

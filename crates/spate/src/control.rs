@@ -324,11 +324,8 @@ impl ControlPlane {
         expect: &[Expect],
         dry_run: bool,
     ) -> Result<Vec<Applied>, ApiError> {
-        let default_class = self.eventing.config().default_broker_class.name();
-        for (r, c) in &mut admitted {
-            spate_api::default_broker_class(r, c, default_class);
-        }
         let mut store = self.store.lock().await;
+        self.default_brokers(&store, &mut admitted)?;
         check_expectations(&store, &admitted, expect)?;
         let mut applied = vec![];
         let mut changed = vec![];
@@ -376,6 +373,46 @@ impl ControlPlane {
             }
         }
         result.map(|()| applied)
+    }
+
+    /// Knative's defaulting of Brokers that name no class or config: `config-br-defaults`
+    /// (applied now or stored), else `--default-broker-class`. An update keeps the class the
+    /// stored broker was given (it is immutable). A `config-br-defaults` that does not read is
+    /// refused, naming its key.
+    fn default_brokers(&self, store: &Store, admitted: &mut [(spate_api::Resource, Compiled)]) -> Result<(), ApiError> {
+        let (ns, name, key) = spate_api::BROKER_DEFAULTS;
+        let is_defaults = |c: &Compiled| matches!(c, Compiled::ConfigMap(m) if m.namespace == ns && m.name == name);
+        let text = admitted
+            .iter()
+            .map(|(_, c)| c)
+            .chain(store.entries.get(&(Kind::ConfigMap, ns.to_string(), name.to_string())).map(|e| &e.compiled))
+            .find(|c| is_defaults(c))
+            .and_then(|c| match c {
+                Compiled::ConfigMap(m) => m.data.get(key).cloned(),
+                _ => None,
+            });
+        let defaults = match text.as_deref().map(spate_api::BrokerDefaults::parse) {
+            None => spate_api::BrokerDefaults::default(),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                let who = format!("ConfigMap {ns}/{name}");
+                return Err(ApiError::Admission(spate_api::AdmissionError::Invalid(vec![FieldError::new(
+                    None,
+                    who,
+                    &format!("data.{key}"),
+                    e,
+                )])));
+            }
+        };
+        let server_class = self.eventing.config().default_broker_class.name();
+        for (r, c) in admitted.iter_mut() {
+            let mut default = defaults.for_namespace(&r.namespace).clone();
+            if let Some(Compiled::Broker(old)) = store.entries.get(&r.key()).map(|e| &e.compiled) {
+                default.class = old.class.clone().or(default.class);
+            }
+            spate_api::default_broker(r, c, &default, server_class);
+        }
+        Ok(())
     }
 
     /// Writes changed entries to the config store (compare and swap on each

@@ -701,3 +701,35 @@ async fn a_brokers_class_is_defaulted_once_and_kept_across_a_changed_server_defa
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("CLASS") && table.contains("MTChannelBasedBroker"), "{table}");
 }
+
+/// Knative's `knative-eventing/config-br-defaults`: a Broker naming no class or config gets its
+/// namespace's default (else the cluster default), written into it once; an update keeps the
+/// class it was given; a `default-br-config` that does not read is refused, naming its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_defaults_come_from_config_br_defaults() {
+    let dir = tempdir();
+    let s = Server::start(dir.path(), &["--nats-url", "nats://127.0.0.1:1"]);
+    let defaults = |team_class: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: config-br-defaults, namespace: knative-eventing}}\ndata:\n  default-br-config: |\n    clusterDefault:\n      brokerClass: MTChannelBasedBroker\n      apiVersion: v1\n      kind: ConfigMap\n      name: config-br-default-channel\n      namespace: knative-eventing\n    namespaceDefaults:\n      team:\n        brokerClass: {team_class}\n"
+        )
+    };
+    let b = |name: &str, ns: &str| {
+        format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  namespace: {ns}\n")
+    };
+    s.apply_ok(&[defaults("NatsJetStreamBroker"), b("a", "default"), b("b", "team")].join("---\n")).await;
+    let class = |v: &serde_json::Value| v["metadata"]["annotations"]["eventing.knative.dev/broker.class"].clone();
+    let a = s.get("brokers", "default", "a").await;
+    assert_eq!(class(&a), "MTChannelBasedBroker", "{a}");
+    assert_eq!(a["spec"]["config"]["name"], "config-br-default-channel", "{a}");
+    let team = s.get("brokers", "team", "b").await;
+    assert_eq!(class(&team), "NatsJetStreamBroker", "{team}");
+    // New defaults: the existing broker keeps its class when applied again.
+    s.apply_ok(&[defaults("Kafka"), b("b", "team")].join("---\n")).await;
+    assert_eq!(class(&s.get("brokers", "team", "b").await), "NatsJetStreamBroker");
+    s.apply_ok(&b("c", "team")).await;
+    assert_eq!(class(&s.get("brokers", "team", "c").await), "Kafka", "a new broker takes the new default");
+    let (code, v) = s.apply(&defaults("Nope")).await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("data.default-br-config"), "{v}");
+}
