@@ -387,3 +387,35 @@ async fn bad_requests_are_refused_with_a_status_and_change_nothing() {
     let list = s.admin_json("/apis/eventing.knative.dev/v1/triggers").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
 }
+
+/// EventType is served in v1beta3 (stored), v1beta2 and v1beta1 (spec.type, spec.source,
+/// spec.schema), converted both ways; kubectl prints each version's columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_are_served_in_every_version_knative_serves() {
+    let dir = tempdir();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    let old = serde_json::json!({"apiVersion": "eventing.knative.dev/v1beta2", "kind": "EventType",
+        "metadata": {"name": "orders"}, "spec": {"type": "order.created", "source": "/shop",
+        "reference": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "default"}}});
+    let base = |v: &str| format!("{}/apis/eventing.knative.dev/{v}/namespaces/default/eventtypes", s.admin);
+    let r = client().post(base("v1beta2")).json(&old).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (created["apiVersion"].as_str(), &created["spec"]["type"]),
+        (Some("eventing.knative.dev/v1beta2"), &old["spec"]["type"])
+    );
+    let stored = s.admin_json("/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes/orders").await;
+    let attrs = stored["spec"]["attributes"].as_array().unwrap();
+    assert!(attrs.iter().any(|a| a["name"] == "type" && a["value"] == "order.created"), "{stored}");
+    let v1beta1 = s.admin_json("/apis/eventing.knative.dev/v1beta1/namespaces/default/eventtypes/orders").await;
+    assert_eq!(v1beta1["spec"]["source"], "/shop", "{v1beta1}");
+    if !kubectl_available() {
+        return;
+    }
+    let k = Kubectl::new(dir.path(), &s.admin, &[]);
+    let table = k.ok(&["get", "eventtypes.v1beta2.eventing.knative.dev"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&header[..4], ["NAME", "TYPE", "SOURCE", "SCHEMA"], "{table}");
+    assert!(table.contains("order.created"), "{table}");
+}

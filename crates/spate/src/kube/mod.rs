@@ -7,6 +7,7 @@
 //! Paths are parsed here into a [`Target`]; `read.rs` answers reads and
 //! watches, `write.rs` writes, `discovery.rs` and `openapi.rs` describe.
 
+mod convert;
 mod discovery;
 mod openapi;
 mod proto;

@@ -25,7 +25,8 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 
 /// Shows `o` in the requested version of its kind.
 fn in_version(def: &Def, version: &str, mut o: Value) -> Value {
-    if matches!(def.res, Res::Stored(_)) {
+    if let Res::Stored(kind) = def.res {
+        o = super::convert::to_served(kind, version, o);
         o["apiVersion"] = json!(api_version(def, version));
     }
     o

@@ -93,10 +93,26 @@ pub fn all() -> Vec<Def> {
     out
 }
 
-/// The resource at `/apis/<group>/<version>/<plural>` (group "" or "core": `/api/v1`).
+/// The resource at `/apis/<group>/<version>/<plural>` (group "" or "core": `/api/v1`), with
+/// that version's printer columns.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<Def> {
     let group = if group == "core" { "" } else { group };
-    all().into_iter().find(|d| d.group == group && d.plural == plural && d.versions.contains(&version))
+    let mut def =
+        all().into_iter().find(|d| d.group == group && d.plural == plural && d.versions.contains(&version))?;
+    if def.res == Res::Stored(Kind::EventType) && version != Kind::EventType.version() {
+        // v1beta2 and v1beta1 EventTypes have `spec.type`, `spec.source`, `spec.schema`.
+        def.columns = vec![
+            col("Type", "string", ".spec.type"),
+            col("Source", "string", ".spec.source"),
+            col("Schema", "string", ".spec.schema"),
+            col("Reference Name", "string", ".spec.reference.name"),
+            col("Reference Kind", "string", ".spec.reference.kind"),
+            col("Description", "string", ".spec.description"),
+            READY,
+            REASON,
+        ];
+    }
+    Some(def)
 }
 
 fn stored(kind: Kind) -> Def {
@@ -199,6 +215,8 @@ fn other_versions(kind: Kind) -> Vec<&'static str> {
     let also: &[&str] = match kind {
         Kind::Source(k) => k.def().also_accepts,
         Kind::SinkBinding => &["sources.knative.dev/v1beta1"],
+        // Converted on the way in and out (`convert.rs`): their spec has another shape.
+        Kind::EventType => &["eventing.knative.dev/v1beta2", "eventing.knative.dev/v1beta1"],
         _ => &[],
     };
     also.iter().filter_map(|av| av.strip_prefix(group)?.strip_prefix('/')).collect()

@@ -77,12 +77,18 @@ fn admit_compiled(
             Some(_) => {}
         }
     }
+    if let Some(kind) = stored_kind(def) {
+        *doc = super::convert::to_stored(kind, std::mem::take(doc));
+    }
     spate_api::admit_document(doc, 0).map_err(|e| ApiError::Admission(AdmissionError::Invalid(e)))
 }
 
 /// The object after a write, as this instance now shows it.
 async fn written(st: &ControlPlane, def: &Def, version: &str, key: &Key) -> Result<Value, ApiError> {
     let mut o = st.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
+    if let Some(kind) = stored_kind(def) {
+        o = super::convert::to_served(kind, version, o);
+    }
     o["apiVersion"] = json!(api_version(def, version));
     Ok(o)
 }
@@ -103,7 +109,9 @@ async fn store(
     let manifest = resource.manifest.clone();
     st.write(vec![(resource, compiled)], &[expect], dry_run).await?;
     if dry_run {
-        return Ok(manifest);
+        let mut shown = super::convert::to_served(key.0, version, manifest);
+        shown["apiVersion"] = json!(api_version(def, version));
+        return Ok(shown);
     }
     written(st, def, version, &key).await
 }
@@ -248,6 +256,9 @@ pub async fn patch(
             }
             return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
         };
+        // Patched as the client sees it, in the version it names.
+        let mut live = super::convert::to_served(key.0, version, live);
+        live["apiVersion"] = json!(api_version(def, version));
         let doc = patched(&kind, &live, body)?;
         check_name(&doc, name)?;
         // A version in the patch is a precondition; otherwise the version read here.
