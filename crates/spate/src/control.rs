@@ -320,9 +320,20 @@ impl ControlPlane {
     /// once written, this instance's objects show them (a writer reads its writes).
     pub async fn write(
         &self,
+        admitted: Vec<(spate_api::Resource, Compiled)>,
+        expect: &[Expect],
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, ApiError> {
+        self.write_applied(admitted, expect, dry_run, None).await
+    }
+
+    /// [`ControlPlane::write`], recording what a field manager applied (server-side apply).
+    pub async fn write_applied(
+        &self,
         mut admitted: Vec<(spate_api::Resource, Compiled)>,
         expect: &[Expect],
         dry_run: bool,
+        by_manager: Option<(String, Value)>,
     ) -> Result<Vec<Applied>, ApiError> {
         let mut store = self.store.lock().await;
         self.default_brokers(&store, &mut admitted)?;
@@ -331,9 +342,10 @@ impl ControlPlane {
         let mut changed = vec![];
         for (resource, compiled) in admitted {
             let key = resource.key();
+            let same_applied = |old: &Entry| by_manager.as_ref().is_none_or(|(m, doc)| old.applied.get(m) == Some(doc));
             let action = match store.entries.get(&key) {
                 None => "created",
-                Some(old) if old.resource.manifest == resource.manifest => "unchanged",
+                Some(old) if old.resource.manifest == resource.manifest && same_applied(old) => "unchanged",
                 Some(_) => "configured",
             };
             applied.push(Applied {
@@ -346,11 +358,30 @@ impl ControlPlane {
             if dry_run || action == "unchanged" {
                 continue;
             }
-            let (generation, uid, created, revision) = match store.entries.get(&key) {
-                Some(old) => (old.generation + 1, old.uid.clone(), old.created.clone(), old.revision),
-                None => (1, new_uid(), status::now_rfc3339(), 0),
+            let (generation, uid, created, revision, mut managers) = match store.entries.get(&key) {
+                // Generation counts spec changes only (not a manager's record).
+                Some(old) => (
+                    old.generation + u64::from(old.resource.manifest != resource.manifest),
+                    old.uid.clone(),
+                    old.created.clone(),
+                    old.revision,
+                    old.applied.clone(),
+                ),
+                None => (1, new_uid(), status::now_rfc3339(), 0, Default::default()),
             };
-            changed.push(Entry { resource, compiled, status: Value::Null, generation, uid, created, revision });
+            if let Some((m, doc)) = &by_manager {
+                managers.insert(m.clone(), doc.clone());
+            }
+            changed.push(Entry {
+                resource,
+                compiled,
+                status: Value::Null,
+                generation,
+                uid,
+                created,
+                revision,
+                applied: managers,
+            });
         }
         let keys: Vec<Key> = changed.iter().map(|e| e.resource.key()).collect();
         let added: Vec<bool> = changed.iter().map(|e| e.generation == 1).collect();
@@ -451,6 +482,11 @@ impl ControlPlane {
             self.sources.resource_changed(api_change(&key, ApiOp::Delete, e.object()));
         }
         Ok(())
+    }
+
+    /// What field manager `manager` last applied to `key` (server-side apply).
+    pub async fn applied(&self, key: &Key, manager: &str) -> Option<Value> {
+        self.store.lock().await.entries.get(key).and_then(|e| e.applied.get(manager).cloned())
     }
 
     /// Objects as clients read them, with their versions and change feed.
@@ -1005,7 +1041,11 @@ fn apply_change(store: &mut Store, change: Change) -> bool {
             match store.entries.get_mut(&key) {
                 // Our own write coming back, or an older one: nothing to do.
                 Some(old) if old.revision >= v.revision => false,
-                Some(old) if old.resource.manifest == entry.resource.manifest && old.generation == entry.generation => {
+                Some(old)
+                    if old.resource.manifest == entry.resource.manifest
+                        && old.generation == entry.generation
+                        && old.applied == entry.applied =>
+                {
                     old.revision = v.revision;
                     false
                 }

@@ -28,6 +28,8 @@ pub struct Entry {
     pub created: String,
     /// The shared store's revision of this entry (0 with the file store, or not yet written).
     pub revision: u64,
+    /// Server-side apply: what each field manager last applied (so fields it drops are removed).
+    pub applied: BTreeMap<String, Value>,
 }
 
 impl Entry {
@@ -41,7 +43,12 @@ impl Entry {
         {
             m.remove("data");
         }
-        json!({"manifest": manifest, "generation": self.generation, "uid": self.uid, "created": self.created})
+        let mut r =
+            json!({"manifest": manifest, "generation": self.generation, "uid": self.uid, "created": self.created});
+        if !self.applied.is_empty() && (self.resource.kind != Kind::Secret || with_secret_values) {
+            r["applied"] = json!(self.applied);
+        }
+        r
     }
 
     /// Re-admits a stored record (a manifest that no longer passes admission is refused).
@@ -55,6 +62,7 @@ impl Entry {
             resource,
             compiled,
             revision,
+            applied: record["applied"].as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default(),
         })
     }
 

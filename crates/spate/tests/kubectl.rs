@@ -198,6 +198,22 @@ async fn kubectl_watch_namespaces_server_side_apply_and_refusals() {
     let out = k.ok(&["apply", "--server-side", "-n", "team", "-f", &b]);
     assert!(out.contains("serverside-applied"), "{out}");
     assert!(k.ok(&["get", "brokers", "-n", "team"]).contains("team-broker"));
+    // Server-side apply removes what the manager no longer applies.
+    let t = |filter: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: ssa\nspec:\n  broker: team-broker\n{filter}  subscriber:\n    uri: http://127.0.0.1:9/x\n"
+        )
+    };
+    let ssa = manifest(dir.path(), "ssa.yaml", &t("  filter:\n    attributes:\n      type: a\n"));
+    k.ok(&["apply", "--server-side", "-n", "team", "-f", &ssa]);
+    let got: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "trigger", "ssa", "-n", "team", "-o", "json"])).unwrap();
+    assert_eq!(got["spec"]["filter"]["attributes"]["type"], "a", "{got}");
+    let ssa = manifest(dir.path(), "ssa.yaml", &t(""));
+    k.ok(&["apply", "--server-side", "-n", "team", "-f", &ssa]);
+    let got: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "trigger", "ssa", "-n", "team", "-o", "json"])).unwrap();
+    assert!(got["spec"].get("filter").is_none(), "the dropped filter is removed: {got}");
     // Deleting the namespace deletes what it holds.
     k.ok(&["delete", "namespace", "team"]);
     let (found, text) = k.run(&["get", "broker", "team-broker", "-n", "team"]);

@@ -103,11 +103,24 @@ async fn store(
     dry_run: bool,
     ns: Option<&str>,
 ) -> Result<Value, ApiError> {
+    store_applied(st, def, version, doc, (expect, dry_run), ns, None).await
+}
+
+/// [`store`], recording what a field manager applied (server-side apply).
+async fn store_applied(
+    st: &ControlPlane,
+    def: &Def,
+    version: &str,
+    doc: Value,
+    (expect, dry_run): (Expect, bool),
+    ns: Option<&str>,
+    by_manager: Option<(String, Value)>,
+) -> Result<Value, ApiError> {
     let mut doc = doc;
     let (resource, compiled) = admit_compiled(def, version, ns, &mut doc)?;
     let key = resource.key();
     let manifest = resource.manifest.clone();
-    st.write(vec![(resource, compiled)], &[expect], dry_run).await?;
+    st.write_applied(vec![(resource, compiled)], &[expect], dry_run, by_manager).await?;
     if dry_run {
         let mut shown = super::convert::to_served(key.0, version, manifest);
         shown["apiVersion"] = json!(api_version(def, version));
@@ -192,6 +205,37 @@ fn apply_merge(live: &mut Value, applied: &Value) {
     }
 }
 
+/// Server-side apply's removals: what a manager applied before and no longer applies is
+/// removed (maps by key; identity fields are kept).
+fn remove_dropped(live: &mut Value, before: &Value, now: &Value, top: bool) {
+    let (Some(l), Some(b)) = (live.as_object_mut(), before.as_object()) else { return };
+    for (k, old) in b {
+        if top && matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+            if k == "metadata"
+                && let (Some(lm), Some(nm)) = (l.get_mut(k), now.get(k))
+            {
+                for part in ["labels", "annotations"] {
+                    if let (Some(lv), Some(ov)) = (lm.get_mut(part), old.get(part)) {
+                        remove_dropped(lv, ov, nm.get(part).unwrap_or(&Value::Null), false);
+                    }
+                }
+            }
+            continue;
+        }
+        match now.get(k) {
+            None => {
+                l.remove(k);
+            }
+            Some(n) if n.is_object() && old.is_object() => {
+                if let Some(lv) = l.get_mut(k) {
+                    remove_dropped(lv, old, n, false);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 enum PatchKind {
     Merge,
     Json,
@@ -251,7 +295,11 @@ pub async fn patch(
             if let PatchKind::Apply = kind {
                 let doc = one_document(body)?;
                 check_name(&doc, name)?;
-                let o = store(st, def, version, doc, Expect::Absent, dry_run, ns).await?;
+                let manager = params
+                    .str("fieldManager")
+                    .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?;
+                let by_manager = Some((manager.to_string(), doc.clone()));
+                let o = store_applied(st, def, version, doc, (Expect::Absent, dry_run), ns, by_manager).await?;
                 return Ok((StatusCode::CREATED, Json(o)).into_response());
             }
             return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
@@ -259,14 +307,27 @@ pub async fn patch(
         // Patched as the client sees it, in the version it names.
         let mut live = super::convert::to_served(key.0, version, live);
         live["apiVersion"] = json!(api_version(def, version));
-        let doc = patched(&kind, &live, body)?;
+        let mut doc = patched(&kind, &live, body)?;
+        let by_manager = match kind {
+            PatchKind::Apply => {
+                let manager = params
+                    .str("fieldManager")
+                    .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?;
+                let applied = one_document(body)?;
+                if let Some(before) = st.applied(&key, manager).await {
+                    remove_dropped(&mut doc, &before, &applied, true);
+                }
+                Some((manager.to_string(), applied))
+            }
+            _ => None,
+        };
         check_name(&doc, name)?;
         // A version in the patch is a precondition; otherwise the version read here.
         let (expect, from_client) = match version_of(&serde_json::from_slice(body).unwrap_or(Value::Null))? {
             Some(rv) => (rv, true),
             None => (version_of(&live)?.unwrap_or_default(), false),
         };
-        match store(st, def, version, doc, Expect::Revision(expect.rev), dry_run, ns).await {
+        match store_applied(st, def, version, doc, (Expect::Revision(expect.rev), dry_run), ns, by_manager).await {
             Err(ApiError::Stale(_)) if !from_client => continue,
             Ok(o) => return Ok(Json(o).into_response()),
             Err(e) => return Err(e),
@@ -324,6 +385,25 @@ async fn delete_namespace(st: &ControlPlane, name: &str, dry_run: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_side_apply_removes_what_its_manager_no_longer_applies() {
+        let before = json!({"apiVersion": "v", "kind": "Trigger", "metadata": {"name": "t", "labels": {"a": "1", "b": "2"}},
+            "spec": {"broker": "b", "filter": {"attributes": {"type": "x"}}}});
+        let now = json!({"apiVersion": "v", "kind": "Trigger", "metadata": {"name": "t", "labels": {"a": "1"}}, "spec": {"broker": "b"}});
+        let mut live = before.clone();
+        live["spec"]["delivery"] = json!({"retry": 3});
+        live["metadata"]["labels"]["other"] = json!("kept");
+        remove_dropped(&mut live, &before, &now, true);
+        apply_merge(&mut live, &now);
+        assert_eq!(
+            live["spec"],
+            json!({"broker": "b", "delivery": {"retry": 3}}),
+            "the filter it dropped is gone; others' fields stay"
+        );
+        assert_eq!(live["metadata"]["labels"], json!({"a": "1", "other": "kept"}));
+        assert_eq!(live["metadata"]["name"], "t");
+    }
 
     #[test]
     fn server_side_apply_merges_maps_and_replaces_lists() {
