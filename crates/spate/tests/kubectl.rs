@@ -396,6 +396,44 @@ async fn bad_requests_are_refused_with_a_status_and_change_nothing() {
     );
     let r = call(reqwest::Method::POST, base.clone(), "application/json", huge).await.unwrap();
     assert_eq!(r.status(), 413);
+    // fieldValidation: Strict refuses an unknown field (400), Warn (the default) drops it with a
+    // Warning header, Ignore drops it silently.
+    let typo = |name: &str| {
+        serde_json::json!({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": name},
+            "spec": {"broker": "default", "subscriber": {"uri": "http://127.0.0.1:9/x"}, "filtr": {}}})
+    };
+    let (code, reason, message) = status(
+        call(
+            reqwest::Method::POST,
+            format!("{base}?fieldValidation=Strict"),
+            "application/json",
+            typo("s").to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"), "{message}");
+    assert!(message.contains(r#"strict decoding error: unknown field "spec.filtr""#), "{message}");
+    let r = call(reqwest::Method::POST, base.clone(), "application/json", typo("w").to_string()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let warning = r.headers().get("warning").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(warning.starts_with("299 - ") && warning.contains("spec.filtr"), "{warning}");
+    let created: serde_json::Value = r.json().await.unwrap();
+    assert!(created["spec"].get("filtr").is_none(), "{created}");
+    let r = call(
+        reqwest::Method::POST,
+        format!("{base}?fieldValidation=Ignore"),
+        "application/json",
+        typo("i").to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("warning").is_none());
+    for n in ["w", "i"] {
+        assert_eq!(client().delete(format!("{base}/{n}")).send().await.unwrap().status(), 200);
+    }
     // None of them changed the stored trigger but the one good replace.
     let after = s.admin_json("/apis/eventing.knative.dev/v1/namespaces/default/triggers/t").await;
     assert_eq!(after["spec"]["subscriber"]["uri"], "http://127.0.0.1:9/newer", "{after}");

@@ -15,6 +15,109 @@ use crate::control::{ApiError, Expect};
 use crate::objects::Rv;
 use crate::store::{Key, KeyExt};
 
+/// `fieldValidation`: what an unknown field in a written object does. Kubernetes' default is Warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Refused: 400 with `strict decoding error: unknown field "<path>"`.
+    Strict,
+    /// Dropped, with a `Warning` header naming it.
+    Warn,
+    /// Dropped silently.
+    Ignore,
+}
+
+impl Validation {
+    fn of(params: &Params) -> Result<Validation, ApiError> {
+        match params.str("fieldValidation") {
+            None | Some("Warn") => Ok(Validation::Warn),
+            Some("Strict") => Ok(Validation::Strict),
+            Some("Ignore") => Ok(Validation::Ignore),
+            Some(v) => Err(ApiError::BadRequest(format!("fieldValidation: '{v}' is not one of Strict, Warn, Ignore"))),
+        }
+    }
+}
+
+/// How a write is made: what it expects to find, dry or not, and how unknown fields are met.
+#[derive(Clone, Copy)]
+struct How {
+    expect: Expect,
+    dry_run: bool,
+    validation: Validation,
+}
+
+/// Removes the field at a walker path (`spec.filters[0].foo`) from `doc`.
+fn remove_path(doc: &mut Value, path: &str) {
+    let mut parts: Vec<(String, Option<usize>)> = vec![];
+    for seg in path.split('.') {
+        match seg.split_once('[') {
+            Some((name, rest)) => parts.push((name.to_string(), rest.trim_end_matches(']').parse().ok())),
+            None => parts.push((seg.to_string(), None)),
+        }
+    }
+    let Some((last, last_index)) = parts.pop() else { return };
+    let mut cur = doc;
+    for (name, index) in parts {
+        let Some(next) = cur.get_mut(&name) else { return };
+        cur = match index {
+            Some(i) => match next.get_mut(i) {
+                Some(v) => v,
+                None => return,
+            },
+            None => next,
+        };
+    }
+    if last_index.is_none()
+        && let Some(o) = cur.as_object_mut()
+    {
+        o.remove(&last);
+    }
+}
+
+/// Admits `doc`, meeting unknown fields as `validation` says; the warnings to send back.
+fn admit_validated(
+    doc: &mut Value,
+    validation: Validation,
+    kind: &str,
+    version: &str,
+) -> Result<(spate_api::Resource, spate_api::Compiled, Vec<String>), ApiError> {
+    let mut warnings = vec![];
+    loop {
+        let errs = match spate_api::admit_document(doc, 0) {
+            Ok((r, c)) => return Ok((r, c, warnings)),
+            Err(errs) => errs,
+        };
+        let unknown: Vec<String> =
+            errs.iter().filter(|e| e.message.starts_with("unknown field")).map(|e| e.path.clone()).collect();
+        if unknown.is_empty() || (validation == Validation::Strict && unknown.len() < errs.len()) {
+            return Err(ApiError::Admission(AdmissionError::Invalid(errs)));
+        }
+        if validation == Validation::Strict {
+            let fields: Vec<String> = unknown.iter().map(|p| format!("unknown field \"{p}\"")).collect();
+            return Err(ApiError::BadRequest(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                fields.join(", ")
+            )));
+        }
+        for p in &unknown {
+            remove_path(doc, p);
+            if validation == Validation::Warn {
+                warnings.push(format!("unknown field \"{p}\""));
+            }
+        }
+    }
+}
+
+/// A response with Kubernetes `Warning` headers (kubectl prints them).
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            r.headers_mut().append("warning", v);
+        }
+    }
+    r
+}
+
 /// Patch types a custom resource takes (strategic merge patch is refused, as a CRD server refuses it).
 const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
 /// How often a patch computed on the live object is retried when another write got in first.
@@ -51,7 +154,8 @@ fn admit_compiled(
     version: &str,
     ns: Option<&str>,
     doc: &mut Value,
-) -> Result<(spate_api::Resource, spate_api::Compiled), ApiError> {
+    validation: Validation,
+) -> Result<(spate_api::Resource, spate_api::Compiled, Vec<String>), ApiError> {
     let kind = doc["kind"].as_str().unwrap_or("");
     let av = doc["apiVersion"].as_str().unwrap_or("");
     let served = def.versions.iter().any(|v| api_version(def, v) == av);
@@ -80,7 +184,7 @@ fn admit_compiled(
     if let Some(kind) = stored_kind(def) {
         *doc = super::convert::to_stored(kind, std::mem::take(doc));
     }
-    spate_api::admit_document(doc, 0).map_err(|e| ApiError::Admission(AdmissionError::Invalid(e)))
+    admit_validated(doc, validation, def.kind, version)
 }
 
 /// The object after a write, as this instance now shows it.
@@ -99,11 +203,10 @@ async fn store(
     def: &Def,
     version: &str,
     doc: Value,
-    expect: Expect,
-    dry_run: bool,
+    how: How,
     ns: Option<&str>,
-) -> Result<Value, ApiError> {
-    store_applied(st, def, version, doc, (expect, dry_run), ns, None).await
+) -> Result<(Value, Vec<String>), ApiError> {
+    store_applied(st, def, version, doc, how, ns, None).await
 }
 
 /// [`store`], recording what a field manager applied (server-side apply).
@@ -112,21 +215,21 @@ async fn store_applied(
     def: &Def,
     version: &str,
     doc: Value,
-    (expect, dry_run): (Expect, bool),
+    how: How,
     ns: Option<&str>,
     by_manager: Option<(String, Value)>,
-) -> Result<Value, ApiError> {
+) -> Result<(Value, Vec<String>), ApiError> {
     let mut doc = doc;
-    let (resource, compiled) = admit_compiled(def, version, ns, &mut doc)?;
+    let (resource, compiled, warnings) = admit_compiled(def, version, ns, &mut doc, how.validation)?;
     let key = resource.key();
     let manifest = resource.manifest.clone();
-    st.write_applied(vec![(resource, compiled)], &[expect], dry_run, by_manager).await?;
-    if dry_run {
+    st.write_applied(vec![(resource, compiled)], &[how.expect], how.dry_run, by_manager).await?;
+    if how.dry_run {
         let mut shown = super::convert::to_served(key.0, version, manifest);
         shown["apiVersion"] = json!(api_version(def, version));
-        return Ok(shown);
+        return Ok((shown, warnings));
     }
-    written(st, def, version, &key).await
+    Ok((written(st, def, version, &key).await?, warnings))
 }
 
 pub async fn create(
@@ -139,8 +242,9 @@ pub async fn create(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let doc = body_document(headers, body)?;
-    let o = store(st, def, version, doc, Expect::Absent, params.dry_run()?, ns).await?;
-    Ok((StatusCode::CREATED, Json(o)).into_response())
+    let how = How { expect: Expect::Absent, dry_run: params.dry_run()?, validation: Validation::of(params)? };
+    let (o, warnings) = store(st, def, version, doc, how, ns).await?;
+    Ok(with_warnings((StatusCode::CREATED, Json(o)).into_response(), &warnings))
 }
 
 fn version_of(doc: &Value) -> Result<Option<Rv>, ApiError> {
@@ -174,8 +278,9 @@ pub async fn replace(
             "must be specified for an update",
         )])));
     };
-    let o = store(st, def, version, doc, Expect::Revision(rv.rev), params.dry_run()?, ns).await?;
-    Ok(Json(o).into_response())
+    let how = How { expect: Expect::Revision(rv.rev), dry_run: params.dry_run()?, validation: Validation::of(params)? };
+    let (o, warnings) = store(st, def, version, doc, how, ns).await?;
+    Ok(with_warnings(Json(o).into_response(), &warnings))
 }
 
 fn check_name(doc: &Value, name: &str) -> Result<(), ApiError> {
@@ -289,6 +394,7 @@ pub async fn patch(
     let kind = patch_kind(headers)?;
     let key = key(def, ns, name)?;
     let dry_run = params.dry_run()?;
+    let validation = Validation::of(params)?;
     for _ in 0..PATCH_RETRIES {
         let Some(live) = st.objects().get(&key) else {
             // Server-side apply creates what is absent.
@@ -299,8 +405,9 @@ pub async fn patch(
                     .str("fieldManager")
                     .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?;
                 let by_manager = Some((manager.to_string(), doc.clone()));
-                let o = store_applied(st, def, version, doc, (Expect::Absent, dry_run), ns, by_manager).await?;
-                return Ok((StatusCode::CREATED, Json(o)).into_response());
+                let how = How { expect: Expect::Absent, dry_run, validation };
+                let (o, warnings) = store_applied(st, def, version, doc, how, ns, by_manager).await?;
+                return Ok(with_warnings((StatusCode::CREATED, Json(o)).into_response(), &warnings));
             }
             return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
         };
@@ -327,9 +434,10 @@ pub async fn patch(
             Some(rv) => (rv, true),
             None => (version_of(&live)?.unwrap_or_default(), false),
         };
-        match store_applied(st, def, version, doc, (Expect::Revision(expect.rev), dry_run), ns, by_manager).await {
+        let how = How { expect: Expect::Revision(expect.rev), dry_run, validation };
+        match store_applied(st, def, version, doc, how, ns, by_manager).await {
             Err(ApiError::Stale(_)) if !from_client => continue,
-            Ok(o) => return Ok(Json(o).into_response()),
+            Ok((o, warnings)) => return Ok(with_warnings(Json(o).into_response(), &warnings)),
             Err(e) => return Err(e),
         }
     }
