@@ -111,6 +111,18 @@ pub fn parse(core: bool, segs: &[&str]) -> Result<Target, ApiError> {
     }
 }
 
+/// One request to a resource: the control plane, the resource and the version asked for, the
+/// namespace in the path, the headers and the query.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub st: &'a ControlPlane,
+    pub def: &'a Def,
+    pub version: &'a str,
+    pub ns: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub params: &'a Params,
+}
+
 /// The query parameters a request may carry.
 #[derive(Debug, Default)]
 pub struct Params(HashMap<String, String>);
@@ -179,33 +191,30 @@ async fn route(
     match (method, target) {
         (&Method::GET, Target::Group(g)) => discovery::group(&g),
         (&Method::GET, Target::ResourceList(g, v)) => Ok(discovery::resource_list(&g, &v)),
-        (&Method::GET, Target::Collection { def, version, ns }) => {
-            if params.flag("watch")? {
-                read::watch(st, &def, &version, ns.as_deref(), headers, params).await
-            } else {
-                read::list(st, &def, &version, ns.as_deref(), headers, params).await
-            }
-        }
-        (&Method::GET, Target::Item { def, version, ns, name, .. }) => {
-            read::get(st, &def, &version, ns.as_deref(), &name, headers).await
-        }
-        (_, Target::Item { def, .. } | Target::Collection { def, .. }) if def.read_only => {
+        (_, Target::Item { def, .. } | Target::Collection { def, .. }) if def.read_only && method != Method::GET => {
             Err(ApiError::MethodNotAllowed(format!("{} are read-only (derived by Spate)", def.plural)))
         }
-        (_, Target::Item { status: true, .. }) => Err(ApiError::MethodNotAllowed(
+        (m, Target::Item { status: true, .. }) if m != Method::GET => Err(ApiError::MethodNotAllowed(
             "the status subresource is written by Spate's reconcilers, not by clients".into(),
         )),
-        (&Method::POST, Target::Collection { def, version, ns }) => {
-            write::create(st, &def, &version, ns.as_deref(), headers, params, &body).await
+        (_, Target::Collection { def, version, ns }) => {
+            let c = Call { st, def: &def, version: &version, ns: ns.as_deref(), headers, params };
+            match *method {
+                Method::GET if params.flag("watch")? => read::watch(&c).await,
+                Method::GET => read::list(&c).await,
+                Method::POST => write::create(&c, &body).await,
+                ref m => Err(ApiError::MethodNotAllowed(format!("{m} is not supported here"))),
+            }
         }
-        (&Method::PUT, Target::Item { def, version, ns, name, .. }) => {
-            write::replace(st, &def, &version, ns.as_deref(), &name, headers, params, &body).await
-        }
-        (&Method::PATCH, Target::Item { def, version, ns, name, .. }) => {
-            write::patch(st, &def, &version, ns.as_deref(), &name, headers, params, &body).await
-        }
-        (&Method::DELETE, Target::Item { def, version, ns, name, .. }) => {
-            write::delete(st, &def, &version, ns.as_deref(), &name, params).await
+        (_, Target::Item { def, version, ns, name, .. }) => {
+            let c = Call { st, def: &def, version: &version, ns: ns.as_deref(), headers, params };
+            match *method {
+                Method::GET => read::get(&c, &name).await,
+                Method::PUT => write::replace(&c, &name, &body).await,
+                Method::PATCH => write::patch(&c, &name, &body).await,
+                Method::DELETE => write::delete(&c, &name).await,
+                ref m => Err(ApiError::MethodNotAllowed(format!("{m} is not supported here"))),
+            }
         }
         (m, _) => Err(ApiError::MethodNotAllowed(format!("{m} is not supported here"))),
     }

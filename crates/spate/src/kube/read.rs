@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use spate_api::Kind;
@@ -14,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::resources::{Def, Res};
 use super::select::Selector;
-use super::{Params, api_version, table, wants_table};
+use super::{Call, Params, api_version, table, wants_table};
 use crate::control::ApiError;
 use crate::control::ControlPlane;
 use crate::objects::{Rv, WatchEvent};
@@ -66,14 +65,8 @@ async fn fetch(st: &ControlPlane, def: &Def, ns: Option<&str>) -> Result<Vec<Val
     })
 }
 
-pub async fn list(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<Response, ApiError> {
+pub async fn list(c: &Call<'_>) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, params } = *c;
     let selector =
         Selector::parse(params.str("labelSelector"), params.str("fieldSelector")).map_err(ApiError::BadRequest)?;
     let rv = st.objects().current().to_string();
@@ -107,14 +100,8 @@ pub async fn list(
     .into_response())
 }
 
-pub async fn get(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn get(c: &Call<'_>, name: &str) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, .. } = *c;
     let found = match def.res {
         Res::Stored(Kind::Namespace) | Res::Events | Res::Crds => {
             fetch(st, def, ns).await?.into_iter().find(|o| o["metadata"]["name"] == name)
@@ -194,14 +181,8 @@ impl WatchAsk {
     }
 }
 
-pub async fn watch(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<Response, ApiError> {
+pub async fn watch(c: &Call<'_>) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, params } = *c;
     let ask = WatchAsk::parse(params)?;
     let shape = Shape {
         def: def.clone(),

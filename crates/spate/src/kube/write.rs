@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use spate_api::{AdmissionError, FieldError, Kind};
 
 use super::resources::Def;
-use super::{Params, api_version, stored_kind};
+use super::{Call, Params, api_version, stored_kind};
 use crate::control::ControlPlane;
 use crate::control::{ApiError, Expect};
 use crate::objects::Rv;
@@ -232,15 +232,8 @@ async fn store_applied(
     Ok((written(st, def, version, &key).await?, warnings))
 }
 
-pub async fn create(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    headers: &HeaderMap,
-    params: &Params,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+pub async fn create(c: &Call<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, params } = *c;
     let doc = body_document(headers, body)?;
     let how = How { expect: Expect::Absent, dry_run: params.dry_run()?, validation: Validation::of(params)? };
     let (o, warnings) = store(st, def, version, doc, how, ns).await?;
@@ -256,17 +249,8 @@ fn version_of(doc: &Value) -> Result<Option<Rv>, ApiError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn replace(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    name: &str,
-    headers: &HeaderMap,
-    params: &Params,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+pub async fn replace(c: &Call<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, params } = *c;
     let doc = body_document(headers, body)?;
     check_name(&doc, name)?;
     let Some(rv) = version_of(&doc)? else {
@@ -380,17 +364,8 @@ fn patched(kind: &PatchKind, live: &Value, body: &[u8]) -> Result<Value, ApiErro
     Ok(doc)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn patch(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    name: &str,
-    headers: &HeaderMap,
-    params: &Params,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+pub async fn patch(c: &Call<'_>, name: &str, body: &[u8]) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, headers, params } = *c;
     let kind = patch_kind(headers)?;
     let key = key(def, ns, name)?;
     let dry_run = params.dry_run()?;
@@ -444,14 +419,8 @@ pub async fn patch(
     Err(ApiError::Stale(key))
 }
 
-pub async fn delete(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    ns: Option<&str>,
-    name: &str,
-    params: &Params,
-) -> Result<Response, ApiError> {
+pub async fn delete(c: &Call<'_>, name: &str) -> Result<Response, ApiError> {
+    let Call { st, def, version, ns, params, .. } = *c;
     let key = key(def, ns, name)?;
     let dry_run = params.dry_run()?;
     if key.0 == Kind::Namespace {
