@@ -225,6 +225,16 @@ pub fn api_version(def: &Def, version: &str) -> String {
     if def.group.is_empty() { version.to_string() } else { format!("{}/{version}", def.group) }
 }
 
+/// Shows a stored object `o` in the requested version of its kind (converted where that version's
+/// shape differs). Reads, watches and write answers all go through here.
+pub fn in_version(def: &Def, version: &str, mut o: serde_json::Value) -> serde_json::Value {
+    if let Res::Stored(kind) = def.res {
+        o = convert::to_served(kind, version, o);
+        o["apiVersion"] = serde_json::json!(api_version(def, version));
+    }
+    o
+}
+
 /// The stored kind behind a definition, if it is one.
 pub fn stored_kind(def: &Def) -> Option<spate_api::Kind> {
     match def.res {

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::resources::{Def, Res};
 use super::select::Selector;
-use super::{Call, Params, api_version, table, wants_table};
+use super::{Call, Params, api_version, in_version, table, wants_table};
 use crate::control::ApiError;
 use crate::control::ControlPlane;
 use crate::objects::{Rv, WatchEvent};
@@ -21,15 +21,6 @@ use crate::objects::{Rv, WatchEvent};
 /// The longest a watch stays open; the default when the client gives no `timeoutSeconds`.
 const MAX_WATCH: Duration = Duration::from_secs(3600);
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
-
-/// Shows `o` in the requested version of its kind.
-fn in_version(def: &Def, version: &str, mut o: Value) -> Value {
-    if let Res::Stored(kind) = def.res {
-        o = super::convert::to_served(kind, version, o);
-        o["apiVersion"] = json!(api_version(def, version));
-    }
-    o
-}
 
 /// Namespaces: the stored ones, and those that exist because objects live in them.
 fn namespaces(st: &ControlPlane, stored: Vec<Value>) -> Vec<Value> {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use spate_api::{AdmissionError, FieldError, Kind};
 
 use super::resources::Def;
-use super::{Call, Params, api_version, stored_kind};
+use super::{Call, Params, api_version, in_version, stored_kind};
 use crate::control::ControlPlane;
 use crate::control::{ApiError, Expect};
 use crate::objects::Rv;
@@ -107,6 +107,11 @@ fn admit_validated(
     }
 }
 
+/// The `fieldManager` an apply patch must name.
+fn field_manager(params: &Params) -> Result<&str, ApiError> {
+    params.str("fieldManager").ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))
+}
+
 /// A response with Kubernetes `Warning` headers (kubectl prints them).
 fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     for w in warnings {
@@ -189,28 +194,13 @@ fn admit_compiled(
 
 /// The object after a write, as this instance now shows it.
 async fn written(st: &ControlPlane, def: &Def, version: &str, key: &Key) -> Result<Value, ApiError> {
-    let mut o = st.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
-    if let Some(kind) = stored_kind(def) {
-        o = super::convert::to_served(kind, version, o);
-    }
-    o["apiVersion"] = json!(api_version(def, version));
-    Ok(o)
+    let o = st.objects().get(key).ok_or_else(|| ApiError::NotFound(format!("{} \"{}\"", key.resource(), key.2)))?;
+    Ok(in_version(def, version, o))
 }
 
-/// Writes one admitted document; answers the object (the admitted one when dry).
+/// Writes one admitted document, recording what a field manager applied (server-side apply);
+/// answers the object (the admitted one when dry) and the warnings to send.
 async fn store(
-    st: &ControlPlane,
-    def: &Def,
-    version: &str,
-    doc: Value,
-    how: How,
-    ns: Option<&str>,
-) -> Result<(Value, Vec<String>), ApiError> {
-    store_applied(st, def, version, doc, how, ns, None).await
-}
-
-/// [`store`], recording what a field manager applied (server-side apply).
-async fn store_applied(
     st: &ControlPlane,
     def: &Def,
     version: &str,
@@ -225,9 +215,7 @@ async fn store_applied(
     let manifest = resource.manifest.clone();
     st.write_applied(vec![(resource, compiled)], &[how.expect], how.dry_run, by_manager).await?;
     if how.dry_run {
-        let mut shown = super::convert::to_served(key.0, version, manifest);
-        shown["apiVersion"] = json!(api_version(def, version));
-        return Ok((shown, warnings));
+        return Ok((in_version(def, version, manifest), warnings));
     }
     Ok((written(st, def, version, &key).await?, warnings))
 }
@@ -236,7 +224,7 @@ pub async fn create(c: &Call<'_>, body: &[u8]) -> Result<Response, ApiError> {
     let Call { st, def, version, ns, headers, params } = *c;
     let doc = body_document(headers, body)?;
     let how = How { expect: Expect::Absent, dry_run: params.dry_run()?, validation: Validation::of(params)? };
-    let (o, warnings) = store(st, def, version, doc, how, ns).await?;
+    let (o, warnings) = store(st, def, version, doc, how, ns, None).await?;
     Ok(with_warnings((StatusCode::CREATED, Json(o)).into_response(), &warnings))
 }
 
@@ -263,7 +251,7 @@ pub async fn replace(c: &Call<'_>, name: &str, body: &[u8]) -> Result<Response, 
         )])));
     };
     let how = How { expect: Expect::Revision(rv.rev), dry_run: params.dry_run()?, validation: Validation::of(params)? };
-    let (o, warnings) = store(st, def, version, doc, how, ns).await?;
+    let (o, warnings) = store(st, def, version, doc, how, ns, None).await?;
     Ok(with_warnings(Json(o).into_response(), &warnings))
 }
 
@@ -376,25 +364,20 @@ pub async fn patch(c: &Call<'_>, name: &str, body: &[u8]) -> Result<Response, Ap
             if let PatchKind::Apply = kind {
                 let doc = one_document(body)?;
                 check_name(&doc, name)?;
-                let manager = params
-                    .str("fieldManager")
-                    .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?;
+                let manager = field_manager(params)?;
                 let by_manager = Some((manager.to_string(), doc.clone()));
                 let how = How { expect: Expect::Absent, dry_run, validation };
-                let (o, warnings) = store_applied(st, def, version, doc, how, ns, by_manager).await?;
+                let (o, warnings) = store(st, def, version, doc, how, ns, by_manager).await?;
                 return Ok(with_warnings((StatusCode::CREATED, Json(o)).into_response(), &warnings));
             }
             return Err(ApiError::NotFound(format!("{} \"{name}\"", key.resource())));
         };
         // Patched as the client sees it, in the version it names.
-        let mut live = super::convert::to_served(key.0, version, live);
-        live["apiVersion"] = json!(api_version(def, version));
+        let live = in_version(def, version, live);
         let mut doc = patched(&kind, &live, body)?;
         let by_manager = match kind {
             PatchKind::Apply => {
-                let manager = params
-                    .str("fieldManager")
-                    .ok_or_else(|| ApiError::BadRequest("fieldManager is required for apply requests".into()))?;
+                let manager = field_manager(params)?;
                 let applied = one_document(body)?;
                 if let Some(before) = st.applied(&key, manager).await {
                     remove_dropped(&mut doc, &before, &applied, true);
@@ -410,7 +393,7 @@ pub async fn patch(c: &Call<'_>, name: &str, body: &[u8]) -> Result<Response, Ap
             None => (version_of(&live)?.unwrap_or_default(), false),
         };
         let how = How { expect: Expect::Revision(expect.rev), dry_run, validation };
-        match store_applied(st, def, version, doc, how, ns, by_manager).await {
+        match store(st, def, version, doc, how, ns, by_manager).await {
             Err(ApiError::Stale(_)) if !from_client => continue,
             Ok((o, warnings)) => return Ok(with_warnings(Json(o).into_response(), &warnings)),
             Err(e) => return Err(e),
