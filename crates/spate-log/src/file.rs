@@ -9,18 +9,21 @@
 //! - `consumers/<name>.off`: a consumer's committed offset and its CRC, then its acknowledged
 //!   ranges above that offset and their CRC.
 //!
-//! One writer thread per log owns the active segment. Appenders queue requests;
-//! the writer drains every queued request, writes them with one `write`, and,
-//! under `FsyncPolicy::Always`, one `fdatasync` before acknowledging them all
-//! (group commit). Records become visible to readers only once acknowledged.
+//! One writer per log owns the active segment, but no thread: appenders queue
+//! requests in the log's inbox and the first one into an idle inbox schedules
+//! a drain on the blocking pool, which writes every queued request with one
+//! `write` and, under `FsyncPolicy::Always`, one `fdatasync` before
+//! acknowledging them all (group commit), until the inbox is empty. An idle log
+//! costs no thread; one process-wide housekeeping thread runs the timed work
+//! (interval fsync, retention) of every open log. Records become visible to
+//! readers only once acknowledged.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,13 +118,128 @@ struct AppendReq {
     reply: oneshot::Sender<Result<Offset, LogError>>,
 }
 
-/// What the writer thread is asked to do.
+/// What the writer is asked to do.
 enum Job {
     Append(AppendReq),
     /// Write the pending consumer positions ([`Committer::flush`]) after the
-    /// appends queued with it: under load the writer is awake anyway, so a
-    /// commit costs no thread wake-up (on the blocking pool it cost one each).
+    /// appends queued with it: under load a drain runs anyway, so a commit
+    /// costs no extra blocking-pool task.
     Flush,
+}
+
+/// Jobs waiting for the log's writer, and whether a drain is scheduled.
+struct Inbox {
+    queue: Mutex<Queue>,
+    /// Appends that may wait before `LogError::Full` is returned.
+    depth: usize,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// A drain is scheduled or running: the next job needs none of its own.
+    draining: bool,
+    closed: bool,
+}
+
+/// Why a job was not queued.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Inbox {
+    /// Queues `job`; true if the caller must schedule a drain (the inbox was idle).
+    fn push(&self, job: Job) -> Result<bool, Refused> {
+        let mut q = self.queue.lock().expect("inbox lock");
+        if q.closed {
+            return Err(Refused::Closed);
+        }
+        if q.jobs.len() >= self.depth {
+            return Err(Refused::Full);
+        }
+        q.jobs.push_back(job);
+        Ok(!std::mem::replace(&mut q.draining, true))
+    }
+
+    /// The next batch (at least one job, then more up to 8 MiB of payload) and
+    /// whether it asks for a flush; `None`, marking the inbox idle, when empty.
+    fn take(&self) -> Option<(Vec<AppendReq>, bool)> {
+        let mut q = self.queue.lock().expect("inbox lock");
+        if q.jobs.is_empty() {
+            q.draining = false;
+            return None;
+        }
+        let (mut batch, mut bytes, mut flush) = (vec![], 0usize, false);
+        while bytes < 8 * 1024 * 1024 {
+            match q.jobs.pop_front() {
+                Some(Job::Append(r)) => {
+                    bytes += r.payloads.iter().map(Bytes::len).sum::<usize>();
+                    batch.push(r);
+                }
+                Some(Job::Flush) => flush = true,
+                None => break,
+            }
+        }
+        Some((batch, flush))
+    }
+}
+
+/// Writes queued jobs, in queue order, until the inbox is empty. Taking jobs
+/// under the writer's lock keeps batches in order whoever drains.
+fn drain(inbox: &Inbox, writer: &Mutex<Writer>) {
+    let mut w = writer.lock().expect("writer lock");
+    while let Some((batch, flush)) = inbox.take() {
+        w.handle(batch, flush);
+    }
+}
+
+/// Runs a drain on the blocking pool (on a short-lived thread without a runtime).
+fn schedule_drain(inbox: Arc<Inbox>, writer: Arc<Mutex<Writer>>) {
+    let run = move || drain(&inbox, &writer);
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(run)),
+        Err(_) => {
+            if let Err(e) = std::thread::Builder::new().name("log-drain".into()).spawn(run) {
+                tracing::error!(error = %e, "cannot start a thread to write the log");
+            }
+        }
+    }
+}
+
+/// Every open log's writer, for the one housekeeping thread.
+type Writers = Mutex<Vec<Weak<Mutex<Writer>>>>;
+
+/// How often the housekeeping thread looks at each open log.
+const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
+
+/// Registers a writer with the process-wide housekeeping thread (started on
+/// first use), which runs each idle writer's timed work: an interval fsync
+/// that is due, retention. A busy writer runs it after its batch instead.
+fn housekeep(writer: &Arc<Mutex<Writer>>) {
+    static WRITERS: OnceLock<Writers> = OnceLock::new();
+    let writers = WRITERS.get_or_init(|| {
+        let started = std::thread::Builder::new().name("log-housekeeping".into()).spawn(|| {
+            loop {
+                std::thread::sleep(HOUSEKEEPING_TICK);
+                let Some(all) = WRITERS.get() else { continue };
+                let live: Vec<Arc<Mutex<Writer>>> = {
+                    let mut g = all.lock().expect("housekeeping lock");
+                    g.retain(|w| w.strong_count() > 0);
+                    g.iter().filter_map(Weak::upgrade).collect()
+                };
+                for w in live {
+                    if let Ok(mut w) = w.try_lock() {
+                        w.housekeeping();
+                    }
+                }
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the log housekeeping thread: retention and interval fsync run only after writes");
+        }
+        Mutex::new(Vec::new())
+    });
+    writers.lock().expect("housekeeping lock").push(Arc::downgrade(writer));
 }
 
 /// A log stored in files. Clone the `Arc` to share it.
@@ -129,9 +247,9 @@ pub struct FileLog {
     name: String,
     dir: PathBuf,
     shared: Arc<Mutex<Shared>>,
-    tx: Mutex<Option<SyncSender<Job>>>,
+    inbox: Arc<Inbox>,
     end_rx: watch::Receiver<Offset>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Arc<Mutex<Writer>>,
     committer: Committer,
 }
 
@@ -279,8 +397,8 @@ impl Consumer {
     }
 }
 
-/// Writes consumer positions on the log's writer thread (the blocking pool when
-/// its queue is full or it has stopped), never on a runtime worker.
+/// Writes consumer positions in the log's drain (on the blocking pool by
+/// itself when the inbox is full or closed), never on a runtime worker.
 /// Coalescing: while a write runs, further commits replace a consumer's
 /// pending position, so a burst costs one write per consumer.
 #[derive(Clone)]
@@ -539,13 +657,15 @@ impl FileLog {
             closed: false,
         }));
         let committer = Committer { dir: dir.to_path_buf(), shared: shared.clone(), io: Arc::new(Mutex::new(())) };
-        let (tx, rx) = sync_channel(config.queue_depth);
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), draining: false, closed: false }),
+            depth: config.queue_depth,
+        });
         let writer = Writer {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             config,
             shared: shared.clone(),
-            rx,
             committer: committer.clone(),
             end_tx,
             next: end,
@@ -554,31 +674,43 @@ impl FileLog {
             dirty: false,
             last_sync: Instant::now(),
             last_retention: Instant::now(),
+            closed: false,
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("log-{name}"))
-            .spawn(move || writer.run())
-            .map_err(|e| LogError::io(dir, e))?;
+        let writer = Arc::new(Mutex::new(writer));
+        housekeep(&writer);
         Ok(Arc::new(FileLog {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             shared,
-            tx: Mutex::new(Some(tx)),
+            inbox,
             end_rx,
-            writer: Mutex::new(Some(handle)),
+            writer,
             committer,
         }))
     }
 
-    /// Stops the writer after it has finished queued appends, and writes
-    /// every pending consumer position. Blocks: call it off the runtime.
+    /// Refuses further appends, writes the queued ones (here, or waits for the
+    /// drain writing them), syncs, and writes every pending consumer position.
+    /// Blocks: call it off the runtime.
     pub fn close(&self) {
-        self.tx.lock().expect("log tx lock").take();
-        if let Some(h) = self.writer.lock().expect("writer lock").take() {
-            let _ = h.join();
+        self.inbox.queue.lock().expect("inbox lock").closed = true;
+        {
+            let mut w = self.writer.lock().expect("writer lock");
+            while let Some((batch, flush)) = self.inbox.take() {
+                w.handle(batch, flush);
+            }
+            w.finish();
         }
         self.shared.lock().expect("log lock").closed = true;
         self.committer.flush();
+    }
+
+    /// Queues a job, scheduling a drain if the inbox was idle.
+    fn submit(&self, job: Job) -> Result<(), Refused> {
+        if self.inbox.push(job)? {
+            schedule_drain(self.inbox.clone(), self.writer.clone());
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -708,14 +840,10 @@ impl Drop for FileLog {
 impl EventLog for FileLog {
     fn append(&self, payloads: Vec<Bytes>) -> BoxFuture<'_, Result<Offset, LogError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = match self.tx.lock().expect("log tx lock").as_ref() {
-            None => Err(LogError::Closed(self.name.clone())),
-            Some(tx) => match tx.try_send(Job::Append(AppendReq { payloads, reply })) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(_)) => Err(LogError::Full),
-                Err(TrySendError::Disconnected(_)) => Err(LogError::Closed(self.name.clone())),
-            },
-        };
+        let sent = self.submit(Job::Append(AppendReq { payloads, reply })).map_err(|r| match r {
+            Refused::Full => LogError::Full,
+            Refused::Closed => LogError::Closed(self.name.clone()),
+        });
         let name = self.name.clone();
         Box::pin(async move {
             sent?;
@@ -779,11 +907,10 @@ impl EventLog for FileLog {
         }
         let start = !std::mem::replace(&mut g.flushing, true);
         drop(g);
-        // On the writer thread, after its current batch; on the blocking pool when
-        // its queue is full or it has stopped (inline without a runtime, as `blocking` does).
-        let queued = start
-            && tokio::runtime::Handle::try_current().is_ok()
-            && self.tx.lock().expect("log tx lock").as_ref().is_some_and(|tx| tx.try_send(Job::Flush).is_ok());
+        // In the log's drain, after the appends queued before it; on the blocking pool
+        // by itself when the inbox is full or closed (inline without a runtime, as
+        // `blocking` does).
+        let queued = start && tokio::runtime::Handle::try_current().is_ok() && self.submit(Job::Flush).is_ok();
         if start && !queued {
             let committer = self.committer.clone();
             let flush = crate::blocking(self.dir.display().to_string(), move || {
@@ -835,7 +962,6 @@ struct Writer {
     dir: PathBuf,
     config: FileLogConfig,
     shared: Arc<Mutex<Shared>>,
-    rx: Receiver<Job>,
     committer: Committer,
     end_tx: watch::Sender<Offset>,
     next: Offset,
@@ -845,52 +971,37 @@ struct Writer {
     dirty: bool,
     last_sync: Instant,
     last_retention: Instant,
+    /// The log was closed: no more housekeeping (its directory may be going).
+    closed: bool,
 }
 
 impl Writer {
-    fn run(mut self) {
-        let tick = match self.config.fsync {
-            FsyncPolicy::Interval(d) => d.min(Duration::from_secs(1)),
-            _ => Duration::from_secs(1),
-        };
-        loop {
-            let first = match self.rx.recv_timeout(tick) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.housekeeping();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let (mut batch, mut bytes, mut flush) = (vec![], 0usize, false);
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Append(r) => {
-                        bytes += r.payloads.iter().map(Bytes::len).sum::<usize>();
-                        batch.push(r);
-                    }
-                    Job::Flush => flush = true,
-                }
-                if bytes < 8 * 1024 * 1024 {
-                    next = self.rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.write_batch(batch);
-            }
-            if flush {
-                self.committer.flush();
-            }
-            self.housekeeping();
+    /// Writes one batch taken from the inbox, then the consumer positions if
+    /// asked, then any timed work that is due.
+    fn handle(&mut self, batch: Vec<AppendReq>, flush: bool) {
+        if !batch.is_empty() {
+            self.write_batch(batch);
         }
+        if flush {
+            self.committer.flush();
+        }
+        self.housekeeping();
+    }
+
+    /// At close: syncs what an interval policy left unsynced; no more housekeeping.
+    fn finish(&mut self) {
         if self.dirty {
             let g = self.shared.lock().expect("log lock");
             let _ = g.segments.last().expect("segment").file.sync_data();
+            self.dirty = false;
         }
+        self.closed = true;
     }
 
     fn housekeeping(&mut self) {
+        if self.closed {
+            return;
+        }
         if let FsyncPolicy::Interval(d) = self.config.fsync
             && self.dirty
             && self.last_sync.elapsed() >= d

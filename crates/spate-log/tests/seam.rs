@@ -109,3 +109,35 @@ fn a_commit_resolves_only_once_its_position_is_written() {
         busy.await.unwrap();
     });
 }
+
+/// Threads of this process (Linux), to show that open logs cost none.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn open_logs_cost_no_thread_each() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FileBackend::new(tmp.path(), config());
+    let logs = 300;
+    rt.block_on(async {
+        // Warm up: the runtime's blocking pool and the housekeeping thread exist before counting.
+        backend.open("warm").await.unwrap().append(vec![Bytes::from("x")]).await.unwrap();
+    });
+    let before = thread_count();
+    rt.block_on(async {
+        for i in 0..logs {
+            let log = backend.open(&format!("b{i}")).await.unwrap();
+            assert_eq!(log.append(vec![Bytes::from(format!("e{i}"))]).await.unwrap(), 0);
+            log.commit("t", 1).await.unwrap();
+        }
+    });
+    let after = thread_count();
+    assert!(before > 0, "/proc/self/task is readable");
+    // The blocking pool may grow by a few threads (it ran the opens and drains),
+    // never by one per log (the writer thread per log made it `logs` more).
+    assert!(after < before + 64, "{logs} open logs took {} threads ({before} -> {after})", after - before);
+    let closing = std::thread::spawn(move || backend.close_all());
+    closing.join().unwrap();
+}

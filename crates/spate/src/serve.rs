@@ -482,7 +482,7 @@ impl Server {
         if let Some(p) = traces {
             crate::otel::shutdown(p).await;
         }
-        // Closing joins the writer threads and writes consumer positions: off the runtime.
+        // Closing writes what each log has queued and every consumer position: off the runtime.
         let _ = tokio::task::spawn_blocking(move || backend.close_all()).await;
         Ok(std::process::ExitCode::SUCCESS)
     }
