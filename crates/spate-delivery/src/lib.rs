@@ -117,6 +117,12 @@ pub struct DeliveryRequest<'a> {
     /// Counts each retry as it starts (`describe`'s live retries), not
     /// once the event's outcome is final: an event retried for an hour shows.
     pub retries: Option<&'a AtomicU64>,
+    /// Attempts an earlier run already made at this event (its position
+    /// recorded them): the retry budget and the backoff continue from there.
+    pub spent: u32,
+    /// Told the number of attempts made so far after each failed one that
+    /// will be retried, so the caller can record it for a restart.
+    pub on_retry: Option<&'a (dyn Fn(u32) + Send + Sync)>,
 }
 
 /// The result of one HTTP attempt.
@@ -326,7 +332,7 @@ impl Dispatcher {
         // DEAD_LETTER_MIN_RETRIES retries: one failed try must not drop an event.
         let mut dls_policy = req.policy.clone();
         dls_policy.retry = dls_policy.retry.max(DEAD_LETTER_MIN_RETRIES);
-        let dls_req = DeliveryRequest { policy: &dls_policy, ..*req };
+        let dls_req = DeliveryRequest { policy: &dls_policy, spent: 0, on_retry: None, ..*req };
         let span = trace::enabled().then(|| {
             let attrs = vec![KeyValue::new("error.type", last.describe())];
             trace::start(format!("dead-letter {}", req.label), SpanKind::Internal, &trace::context_of(ev), attrs)
@@ -359,7 +365,7 @@ impl Dispatcher {
         replies: Option<&dyn ReplySink>,
     ) -> Result<u32, (u32, Attempt)> {
         let policy = req.policy;
-        let mut attempt_no = 0u32;
+        let mut attempt_no = req.spent;
         loop {
             attempt_no += 1;
             let span = trace::enabled().then(|| attempt_span(ev, req.label, url, attempt_no));
@@ -396,6 +402,9 @@ impl Dispatcher {
             metrics::counter!("spate_delivery_retries_total", "sender" => req.label.to_string()).increment(1);
             if let Some(r) = req.retries {
                 r.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(record) = req.on_retry {
+                record(attempt_no);
             }
             let retry_after = match &a {
                 Attempt::Response { headers, .. } => {

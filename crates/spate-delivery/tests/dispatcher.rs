@@ -76,6 +76,8 @@ async fn deliver(url: &str, policy: &RetryPolicy, dls: Option<&str>, replies: &d
         dead_letter_sink: dls.as_ref(),
         label: "test",
         retries: None,
+        spent: 0,
+        on_retry: None,
     };
     d.deliver(&event(), &req, replies).await
 }
@@ -232,6 +234,8 @@ async fn subscriber_headers_and_formats() {
             dead_letter_sink: None,
             label: "t",
             retries: None,
+            spent: 0,
+            on_retry: None,
         };
         assert!(matches!(d.deliver(&event(), &req, &DiscardReplies).await, Outcome::Delivered { .. }));
     }
@@ -351,6 +355,8 @@ async fn retries_are_counted_as_they_start_not_when_the_outcome_is_final() {
         dead_letter_sink: None,
         label: "t",
         retries: Some(&retries),
+        spent: 0,
+        on_retry: None,
     };
     let d = Dispatcher::default();
     let ev = event();

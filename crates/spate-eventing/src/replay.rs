@@ -123,7 +123,7 @@ impl Eventing {
                     count(&mut p, ok);
                 }
                 let shared = &shared;
-                running.push(async move { deliver(shared, &ev).await });
+                running.push(async move { deliver(shared, &ev, Default::default()).await });
             }
             while let Some(ok) = running.next().await {
                 count(&mut p, ok);

@@ -179,9 +179,12 @@ impl Run {
         }
         let shared = self.shared.clone();
         let acker = m.acker;
+        // Each earlier hand-out (an instance that died holding it) made at least
+        // one attempt: the retry budget continues from there, not from zero.
+        let budget = crate::trigger::Budget { spent: m.delivered.saturating_sub(1), on_retry: None };
         running.push(Box::pin(async move {
             // A panic (a bug) still ends the event.
-            let outcome = std::panic::AssertUnwindSafe(deliver(&shared, &ev)).catch_unwind().await;
+            let outcome = std::panic::AssertUnwindSafe(deliver(&shared, &ev, budget)).catch_unwind().await;
             if outcome.is_err() {
                 metrics::counter!("spate_events_dropped_total", "sender" => shared.label.clone(), "reason" => "delivery_panicked").increment(1);
                 tracing::error!(trigger = %shared.label, "a delivery panicked; the event is dropped and counted");

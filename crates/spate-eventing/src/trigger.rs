@@ -159,6 +159,8 @@ impl ReplySink for UrlReply<'_> {
                 dead_letter_sink: None,
                 label: &label,
                 retries: None,
+                spent: 0,
+                on_retry: None,
             };
             match self.dispatcher.deliver(&reply, &req, &DiscardReplies).await {
                 Outcome::Delivered { .. } => Ok(()),
@@ -258,6 +260,9 @@ struct State {
     /// Delivery tasks and the offset each one carries (to finish it even if it panics).
     tasks: JoinSet<Offset>,
     offsets: HashMap<tokio::task::Id, Offset>,
+    /// Attempts the delivery tasks made, told as they retry: recorded in the
+    /// next commit, so a restart continues each event's retry budget.
+    retried: Arc<std::sync::Mutex<Vec<(Offset, u32)>>>,
     shared: Arc<Shared>,
     backlog: metrics::Gauge,
 }
@@ -313,6 +318,9 @@ impl State {
     /// finished ranges above it) unless a write is under way; never waits for
     /// storage. [`State::written`] takes the result.
     fn commit(&mut self, log: &Arc<dyn spate_log::EventLog>) {
+        for (offset, attempts) in std::mem::take(&mut *self.retried.lock().expect("retried lock")) {
+            self.acks.record_attempts(offset, attempts);
+        }
         let generation = self.acks.generation();
         if self.writing.is_none() && generation != self.committed_generation {
             // Rebuild the position only when the bookkeeping changed since the last write.
@@ -359,8 +367,10 @@ impl State {
         }
         self.acks.start(offset);
         let shared = self.shared.clone();
+        let (spent, retried) = (self.acks.spent(offset), self.retried.clone());
         let handle = self.tasks.spawn(async move {
-            deliver(&shared, &ev).await;
+            let record = move |n: u32| retried.lock().expect("retried lock").push((offset, n));
+            deliver(&shared, &ev, Budget { spent, on_retry: Some(&record) }).await;
             offset
         });
         self.offsets.insert(handle.id(), offset);
@@ -376,6 +386,8 @@ impl State {
             _ = stop.changed() => return false,
             r = writing(&mut self.writing) => self.written(r),
             Some(done) = self.tasks.join_next_with_id(), if running => self.finished(done),
+            // Records the attempts of deliveries being retried while none finishes.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
         self.commit(log);
         true
@@ -414,6 +426,7 @@ impl Run {
             durability: Default::default(),
             tasks: JoinSet::new(),
             offsets: HashMap::new(),
+            retried: Default::default(),
             shared,
             backlog,
         };
@@ -546,8 +559,16 @@ impl Run {
     }
 }
 
+/// Attempts a delivery records for a restart: made before it (`spent`), and
+/// where to say each failed attempt that will be retried.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Budget<'a> {
+    pub spent: u32,
+    pub on_retry: Option<&'a (dyn Fn(u32) + Send + Sync)>,
+}
+
 /// Delivers one event by the plan; true if the subscriber took it.
-pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
+pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent, budget: Budget<'_>) -> bool {
     let (plan, label, stats) = (&s.plan, s.label.as_str(), &s.stats);
     let ttl = ev.extension_i64(ext::BROKER_TTL).unwrap_or(i64::from(ext::DEFAULT_BROKER_TTL));
     let (broker_reply, url_reply);
@@ -570,6 +591,8 @@ pub(crate) async fn deliver(s: &Shared, ev: &CloudEvent) -> bool {
         dead_letter_sink: plan.dead_letter_url.as_ref(),
         label,
         retries: Some(&stats.retries),
+        spent: budget.spent,
+        on_retry: budget.on_retry,
     };
     if spate_delivery::trace::enabled() {
         // The trigger's filter matched this event (the spans of its delivery follow).

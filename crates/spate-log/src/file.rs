@@ -489,35 +489,49 @@ impl Committer {
 }
 
 /// The consumer file: the committed offset and its CRC (12 bytes; the format
-/// before acknowledged ranges existed), then the ranges and their CRC. Written
-/// with one positioned write. A torn range block is ignored (redelivery only).
+/// before acknowledged ranges existed), then the ranges and their CRC, then the
+/// attempts already made at unfinished offsets and their CRC (absent in files
+/// written before). Written with one positioned write; a torn block is ignored
+/// (redelivery, or a retry budget started again: never loss).
 fn consumer_record(state: &AckState) -> Vec<u8> {
     let mut b = offset_record(state.committed).to_vec();
     let start = b.len();
     state.encode_ranges(&mut b);
     let crc = crc::update(0, &b[start..]);
     b.extend_from_slice(&crc.to_le_bytes());
+    let start = b.len();
+    state.encode_attempts(&mut b);
+    let crc = crc::update(0, &b[start..]);
+    b.extend_from_slice(&crc.to_le_bytes());
     b
+}
+
+/// Largest consumer file: the offset, then both blocks at their most entries.
+const MAX_CONSUMER_RECORD: u64 =
+    12 + (8 + 16 * crate::acks::MAX_ACK_RANGES as u64) + (8 + 12 * crate::acks::MAX_ACK_RANGES as u64);
+
+/// One CRC-checked block (`count: u32`, `count` entries of `entry` bytes, CRC):
+/// the block's body and what follows it; `None` if torn, corrupt or absent.
+fn crc_block(b: &[u8], entry: usize) -> Option<(&[u8], &[u8])> {
+    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let len = 4 + entry.checked_mul(n)?;
+    let (body, crc) = (b.get(..len)?, b.get(len..len + 4)?);
+    (crc == crc::update(0, body).to_le_bytes()).then(|| (body, &b[len + 4..]))
 }
 
 /// Reads a consumer file; `None` if even the committed offset is unreadable.
 fn read_consumer_record(file: &File) -> Option<AckState> {
-    let len = file.metadata().ok()?.len().min(12 + 8 + 16 * crate::acks::MAX_ACK_RANGES as u64) as usize;
+    let len = file.metadata().ok()?.len().min(MAX_CONSUMER_RECORD) as usize;
     let mut b = vec![0u8; len];
     file.read_exact_at(&mut b, 0).ok()?;
     if b.len() < 12 || b[8..12] != crc::update(0, &b[..8]).to_le_bytes() {
         return None;
     }
     let committed = u64::from_le_bytes(b[..8].try_into().expect("8"));
-    let rest = &b[12..];
-    let acked = (|| {
-        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let body = rest.get(..4 + 16 * n)?;
-        let crc = rest.get(4 + 16 * n..8 + 16 * n)?;
-        (crc == crc::update(0, body).to_le_bytes()).then(|| AckState::decode_ranges(body)).flatten()
-    })()
-    .unwrap_or_default();
-    Some(AckState { committed, acked })
+    let Some((ranges, rest)) = crc_block(&b[12..], 16) else { return Some(AckState::at(committed)) };
+    let acked = AckState::decode_ranges(ranges).unwrap_or_default();
+    let attempts = crc_block(rest, 12).and_then(|(body, _)| AckState::decode_attempts(body)).unwrap_or_default();
+    Some(AckState { committed, acked, attempts })
 }
 
 fn offset_record(offset: Offset) -> [u8; 12] {

@@ -792,7 +792,8 @@ impl Pump {
             tx: self.tx.clone(),
             _permit: permit,
         });
-        let _ = self.tx.send(Message { payload: held.payload.clone(), acker: Arc::new(KafkaAcker(held)) });
+        let _ =
+            self.tx.send(Message { payload: held.payload.clone(), acker: Arc::new(KafkaAcker(held)), delivered: 1 });
     }
 }
 
@@ -835,7 +836,8 @@ impl Acker for KafkaAcker {
     fn nack(&self, delay: Duration) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            let again = Message { payload: self.0.payload.clone(), acker: Arc::new(KafkaAcker(self.0.clone())) };
+            let again =
+                Message { payload: self.0.payload.clone(), acker: Arc::new(KafkaAcker(self.0.clone())), delivered: 1 };
             self.0.tx.send(again).map_err(|_| unavailable("consumer", "stopped"))
         })
     }

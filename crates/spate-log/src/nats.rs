@@ -278,8 +278,10 @@ impl StreamConsumer for NatsConsumer {
         Box::pin(async move {
             match self.messages.next().await {
                 Some(Ok(m)) => {
+                    // JetStream counts hand-outs: a message another instance held when it died says so.
+                    let delivered = m.info().map_or(1, |i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32);
                     let (m, acker) = m.split();
-                    Ok(Message { payload: m.payload, acker: Arc::new(NatsAcker(acker)) })
+                    Ok(Message { payload: m.payload, acker: Arc::new(NatsAcker(acker)), delivered })
                 }
                 Some(Err(e)) => Err(unavailable("consume", e)),
                 None => Err(LogError::Unavailable("NATS: the consumer's message stream ended".into())),

@@ -298,7 +298,9 @@ impl StreamConsumer for RabbitConsumer {
     fn next(&mut self) -> BoxFuture<'_, Result<Message, LogError>> {
         Box::pin(async move {
             match self.consumer.next().await {
-                Some(Ok(d)) => Ok(Message { payload: Bytes::from(d.data), acker: Arc::new(RabbitAcker(d.acker)) }),
+                Some(Ok(d)) => {
+                    Ok(Message { payload: Bytes::from(d.data), acker: Arc::new(RabbitAcker(d.acker)), delivered: 1 })
+                }
                 Some(Err(e)) => Err(unavailable("consume", e)),
                 None => Err(LogError::Unavailable("RabbitMQ: the consumer was cancelled".into())),
             }

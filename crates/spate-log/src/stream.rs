@@ -28,6 +28,9 @@ pub struct ConsumerOptions {
 pub struct Message {
     pub payload: Bytes,
     pub acker: Arc<dyn Acker>,
+    /// How many times the engine has handed this message out, this one
+    /// included (1 where the engine does not count, or the first time).
+    pub delivered: u32,
 }
 
 /// Per-message acknowledgement.

@@ -18,14 +18,14 @@ fn positions_are_visible_at_once_and_survive_reopen_and_removed_ones_stay_gone()
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let n = 5000u64;
-    let last = AckState { committed: n - 3, acked: vec![(n - 1, n)] };
+    let last = AckState { committed: n - 3, acked: vec![(n - 1, n)], attempts: vec![(n - 3, 7)] };
     let backend = FileBackend::new(tmp.path(), config());
     rt.block_on(async {
         let log = backend.open("b").await.unwrap();
         log.append((0..n).map(|i| Bytes::from(i.to_string())).collect()).await.unwrap();
         // A burst of commits, as a busy trigger makes them: each visible at once.
         for i in 0..n - 3 {
-            let state = AckState { committed: i, acked: vec![(i + 2, i + 3)] };
+            let state = AckState { committed: i, acked: vec![(i + 2, i + 3)], ..AckState::default() };
             log.commit_state("ns/t", state.clone()).await.unwrap();
             assert_eq!(log.committed_state("ns/t").await.unwrap(), Some(state));
         }
@@ -99,7 +99,7 @@ fn a_commit_resolves_only_once_its_position_is_written() {
             })
         };
         for i in 1..200u64 {
-            let state = AckState { committed: i, acked: vec![(i + 2, i + 3)] };
+            let state = AckState { committed: i, acked: vec![(i + 2, i + 3)], ..AckState::default() };
             log.commit_state("ns/t", state.clone()).await.unwrap();
             // The consumer file as a crash would find it: its first 8 bytes are the committed offset.
             let file = std::fs::read(dir.join("consumers").join("ns_2ft.off")).expect("the consumer's file");

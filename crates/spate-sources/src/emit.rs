@@ -73,6 +73,8 @@ impl Emitter {
             dead_letter_sink: self.dead_letter_sink.as_ref(),
             label: &self.label,
             retries: None,
+            spent: 0,
+            on_retry: None,
         };
         let outcome = self.dispatcher.deliver(&ev, &req, &DiscardReplies).await;
         let (counter, result) = match &outcome {

@@ -164,3 +164,38 @@ async fn kill_9_under_load_loses_no_accepted_event() {
     assert_eq!(per_kill.iter().sum::<usize>(), duplicates, "every duplicate follows a kill");
     drop(server);
 }
+
+/// A kill -9 in the middle of an event's retries does not give it a fresh
+/// budget: the attempts made are part of the trigger's written position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_continues_an_events_retry_budget() {
+    const RETRY: usize = 4;
+    let sink = Sink::with(Arc::new(|_, _| StatusCode::INTERNAL_SERVER_ERROR.into_response()), Duration::ZERO).await;
+    let dls = Sink::start().await;
+    let dir = tempdir();
+    let (dp, ap) = (free_port(), free_port());
+    let (listen, admin) = (format!("127.0.0.1:{dp}"), format!("127.0.0.1:{ap}"));
+    let mut s = Server::start_on(dir.path(), &listen, &admin, &[]);
+    let delivery = format!(
+        "  delivery:\n    retry: {RETRY}\n    backoffPolicy: linear\n    backoffDelay: PT1S\n    deadLetterSink:\n      uri: {}\n",
+        dls.url
+    );
+    s.apply_ok(&[broker("default", ""), trigger("t", "default", "", &sink.url, &delivery)].join("---\n")).await;
+    assert_eq!(send(&s.broker_url("default", "default"), "e0", "t", "{}").await, 202);
+    // Attempts 1 and 2 failed and the worker recorded them (its commit tick is 1 s;
+    // the wait before attempt 3 is 2 s); kill -9 when attempt 3 arrives.
+    sink.wait_until("three attempts", |g| g.len() >= 3).await;
+    s.kill();
+    let before = sink.count();
+    let s = Server::start_on(dir.path(), &listen, &admin, &[]);
+    dls.wait_until("the event dead-lettered after the restart", |g| !g.is_empty()).await;
+    let attempts = sink.count();
+    assert!(attempts > before, "the restarted server attempted the event again");
+    // The budget is RETRY + 1 attempts; a restart may add the one in flight when it hit.
+    assert!(
+        attempts <= RETRY + 2,
+        "{attempts} attempts in all ({before} before the kill) against a budget of {}: the restart reset it",
+        RETRY + 1
+    );
+    drop(s);
+}
