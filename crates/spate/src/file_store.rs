@@ -27,9 +27,28 @@ pub struct FileConfigStore {
     saves: std::sync::atomic::AtomicU64,
 }
 
+/// One stored record as compact JSON (with its Secret values, and its
+/// `revision`): a parsed `Value` costs several times its text, and the store
+/// only hands records out as bytes.
+#[derive(Clone)]
+struct Record {
+    json: Bytes,
+    revision: u64,
+    /// A Secret: its values go to their own file, never to `resources.json`.
+    secret: bool,
+}
+
+impl Record {
+    fn new(record: &Value, revision: u64) -> Record {
+        let mut v = serde_json::to_vec(record).expect("JSON values serialize");
+        v.shrink_to_fit();
+        Record { json: Bytes::from(v), revision, secret: identity(record).0 == "Secret" }
+    }
+}
+
 struct Inner {
-    /// Key → (record with Secret values, revision).
-    records: BTreeMap<String, (Value, u64)>,
+    /// Key → record.
+    records: BTreeMap<String, Record>,
     last_revision: u64,
     watchers: Vec<mpsc::UnboundedSender<Change>>,
 }
@@ -81,7 +100,7 @@ impl FileConfigStore {
             }
             let rev = record.get("revision").and_then(Value::as_u64).unwrap_or(i as u64 + 1);
             last_revision = last_revision.max(rev);
-            records.insert(resource_key(&kind, &ns, &name), (record, rev));
+            records.insert(resource_key(&kind, &ns, &name), Record::new(&record, rev));
         }
         Ok(FileConfigStore {
             dir: dir.to_path_buf(),
@@ -91,24 +110,31 @@ impl FileConfigStore {
     }
 
     /// Writes every Secret's values, removes those of deleted Secrets, then `resources.json`.
-    fn save(&self, records: &BTreeMap<String, (Value, u64)>, revision: u64) -> Result<(), StoreError> {
+    fn save(&self, records: &BTreeMap<String, Record>, revision: u64) -> Result<(), StoreError> {
         let mut keep = HashSet::new();
-        // Only Secrets are copied (to take their values out); every other record is written as it is.
-        let mut saved: Vec<std::borrow::Cow<'_, Value>> = Vec::with_capacity(records.len());
-        for (record, _) in records.values() {
-            let (kind, ns, name) = identity(record);
-            if kind != "Secret" {
-                saved.push(std::borrow::Cow::Borrowed(record));
+        // `{"revision": N, "resources": [record, ...]}`, each record as stored (compact);
+        // only Secrets are parsed, to take their values out.
+        let size: usize = records.values().map(|r| r.json.len() + 1).sum();
+        let mut bytes = Vec::with_capacity(size + 64);
+        bytes.extend_from_slice(format!("{{\"revision\":{revision},\"resources\":[").as_bytes());
+        for (i, r) in records.values().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            if !r.secret {
+                bytes.extend_from_slice(&r.json);
                 continue;
             }
-            let mut record = record.clone();
+            let mut record: Value = serde_json::from_slice(&r.json).expect("stored records are JSON");
+            let (_, ns, name) = identity(&record);
             let file = secret_file(&self.dir, &ns, &name);
             let data = record["manifest"].as_object_mut().and_then(|m| m.remove("data")).unwrap_or(Value::Null);
             write_private(&file, &serde_json::to_vec(&data).expect("JSON"))
                 .map_err(|source| StoreError::Write { path: file.display().to_string(), source })?;
             keep.insert(file);
-            saved.push(std::borrow::Cow::Owned(record));
+            bytes.extend_from_slice(&serde_json::to_vec(&record).expect("JSON values serialize"));
         }
+        bytes.extend_from_slice(b"]}");
         if let Ok(files) = std::fs::read_dir(self.dir.join("secrets")) {
             for f in files.flatten() {
                 if !keep.contains(&f.path()) {
@@ -117,8 +143,6 @@ impl FileConfigStore {
             }
         }
         let path = self.dir.join("resources.json");
-        let bytes = serde_json::to_vec_pretty(&serde_json::json!({"revision": revision, "resources": saved}))
-            .expect("JSON values serialize");
         // Manifests can hold tokens in annotations or env: owner-only, like Secrets.
         write_private(&path, &bytes)
             .map_err(|source| StoreError::Write { path: path.display().to_string(), source })?;
@@ -139,7 +163,7 @@ impl FileConfigStore {
         }
         let mut g = self.inner.lock().expect("file store");
         for (key, _, expected) in &records {
-            if g.records.get(key).map_or(0, |(_, rev)| *rev) != *expected {
+            if g.records.get(key).map_or(0, |r| r.revision) != *expected {
                 return Err(ConfigError::Conflict { key: key.clone() });
             }
         }
@@ -147,11 +171,14 @@ impl FileConfigStore {
         let mut revision = g.last_revision;
         let mut revisions = Vec::with_capacity(records.len());
         let mut previous = Vec::with_capacity(records.len());
-        for (key, record, _) in &mut records {
+        let mut written = Vec::with_capacity(records.len());
+        for (key, mut record, _) in records {
             revision += 1;
             record["revision"] = revision.into();
-            previous.push((key.clone(), g.records.insert(key.clone(), (record.clone(), revision))));
+            let r = Record::new(&record, revision);
+            previous.push((key.clone(), g.records.insert(key.clone(), r.clone())));
             revisions.push(revision);
+            written.push((key, r));
         }
         if let Err(e) = self.save(&g.records, revision) {
             for (key, old) in previous.into_iter().rev() {
@@ -163,8 +190,8 @@ impl FileConfigStore {
             return Err(unavailable(e));
         }
         g.last_revision = revision;
-        for ((key, record, _), rev) in records.iter().zip(&revisions) {
-            Self::notify(&mut g, Change::Put(versioned(key, record, *rev)));
+        for (key, r) in &written {
+            Self::notify(&mut g, Change::Put(versioned(key, r)));
         }
         Ok(revisions)
     }
@@ -178,14 +205,14 @@ fn unavailable(e: StoreError) -> ConfigError {
     ConfigError::Unavailable(e.to_string())
 }
 
-fn versioned(key: &str, record: &Value, revision: u64) -> Versioned {
-    Versioned { key: key.to_string(), value: Bytes::from(serde_json::to_vec(record).expect("JSON")), revision }
+fn versioned(key: &str, r: &Record) -> Versioned {
+    Versioned { key: key.to_string(), value: r.json.clone(), revision: r.revision }
 }
 
 impl ConfigStore for FileConfigStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<Versioned>, ConfigError>> {
         let g = self.inner.lock().expect("file store");
-        let out = g.records.iter().map(|(k, (r, rev))| versioned(k, r, *rev)).collect();
+        let out = g.records.iter().map(|(k, r)| versioned(k, r)).collect();
         Box::pin(async move { Ok(out) })
     }
 
@@ -221,8 +248,8 @@ impl ConfigStore for FileConfigStore {
     fn watch(&self) -> BoxFuture<'_, Result<mpsc::UnboundedReceiver<Change>, ConfigError>> {
         let mut g = self.inner.lock().expect("file store");
         let (tx, rx) = mpsc::unbounded_channel();
-        for (k, (r, rev)) in &g.records {
-            let _ = tx.send(Change::Put(versioned(k, r, *rev)));
+        for (k, r) in &g.records {
+            let _ = tx.send(Change::Put(versioned(k, r)));
         }
         let _ = tx.send(Change::Synced);
         g.watchers.push(tx);

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 use spate_api::Kind;
 use spate_log::Change;
@@ -81,13 +82,29 @@ impl EventType {
     }
 }
 
-/// One change: the object after it (before it, for a deletion).
+/// One change: the object after it (before it, for a deletion), kept as
+/// compact JSON (a parsed `Value` costs several times its text: with ten
+/// thousand objects and their history that was most of the server's memory).
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
     pub kind: EventType,
     pub key: Key,
     pub rv: Rv,
-    pub object: Value,
+    json: Bytes,
+}
+
+impl WatchEvent {
+    /// The object, parsed.
+    pub fn object(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+/// An object as compact JSON, without spare capacity.
+fn compact(object: &Value) -> Bytes {
+    let mut v = serde_json::to_vec(object).unwrap_or_default();
+    v.shrink_to_fit();
+    Bytes::from(v)
 }
 
 /// A watch: the changes already made (since the version asked), then the live feed.
@@ -100,11 +117,21 @@ pub struct Expired {
     pub oldest: Rv,
 }
 
+/// An object as the map keeps it: its latest change, shared with the history.
 struct Stored {
-    object: Value,
-    rv: Rv,
+    latest: Arc<WatchEvent>,
     /// Owned by another object (a flow's channels and subscriptions): not in the config store.
     derived: bool,
+}
+
+impl Stored {
+    fn rv(&self) -> Rv {
+        self.latest.rv
+    }
+
+    fn object(&self) -> Value {
+        self.latest.object()
+    }
 }
 
 struct Inner {
@@ -115,8 +142,8 @@ struct Inner {
     current: Rv,
     /// Still loading the store's initial state (no history is kept).
     syncing: bool,
-    /// Condition transitions as core `v1` Events, newest last.
-    events: VecDeque<Value>,
+    /// Condition transitions as core `v1` Events (compact JSON), newest last.
+    events: VecDeque<Bytes>,
     events_made: u64,
 }
 
@@ -208,10 +235,10 @@ impl Objects {
                 let mut object = object_of(&record, Rv::of(v.revision));
                 let Some(key) = key_of(&object) else { return };
                 let kind = match g.objects.get(&key) {
-                    Some(old) if old.rv.rev >= v.revision => return,
+                    Some(old) if old.rv().rev >= v.revision => return,
                     Some(old) => {
-                        if let Some(st) = old.object.get("status") {
-                            object["status"] = st.clone();
+                        if let Some(st) = old.object().get_mut("status") {
+                            object["status"] = st.take();
                         }
                         EventType::Modified
                     }
@@ -223,7 +250,7 @@ impl Objects {
                 let Some(key) = parse_key(key) else { return };
                 let Some(old) = g.objects.get(&key) else { return };
                 let rv = if *revision > g.current.rev { Rv::of(*revision) } else { g.next_status() };
-                let object = old.object.clone();
+                let object = old.object();
                 self.record(&mut g, EventType::Deleted, key, object, rv, false);
             }
         }
@@ -240,15 +267,15 @@ impl Objects {
     fn record(&self, g: &mut Inner, kind: EventType, key: Key, mut object: Value, rv: Rv, derived: bool) {
         set_rv(&mut object, rv);
         g.current = g.current.max(rv);
+        let event = Arc::new(WatchEvent { kind, key: key.clone(), rv, json: compact(&object) });
         if kind == EventType::Deleted {
             g.objects.remove(&key);
         } else {
-            g.objects.insert(key.clone(), Stored { object: object.clone(), rv, derived });
+            g.objects.insert(key, Stored { latest: event.clone(), derived });
         }
         if g.syncing {
             return;
         }
-        let event = Arc::new(WatchEvent { kind, key, rv, object });
         g.history.push_back(event.clone());
         while g.history.len() > HISTORY {
             if let Some(old) = g.history.pop_front() {
@@ -262,10 +289,10 @@ impl Objects {
     pub fn set_status(&self, key: &Key, status: &Value) {
         let mut g = self.lock();
         let Some(old) = g.objects.get(key) else { return };
-        if old.object.get("status").unwrap_or(&Value::Null) == status {
+        let mut object = old.object();
+        if object.get("status").unwrap_or(&Value::Null) == status {
             return;
         }
-        let mut object = old.object.clone();
         let before = object.get("status").cloned().unwrap_or(Value::Null);
         object["status"] = status.clone();
         let rv = g.next_status();
@@ -276,7 +303,8 @@ impl Objects {
     /// The Events of `namespace` (all if `None`), oldest first.
     pub fn events(&self, namespace: Option<&str>) -> Vec<Value> {
         let g = self.lock();
-        g.events.iter().filter(|e| namespace.is_none_or(|n| e["metadata"]["namespace"] == n)).cloned().collect()
+        let parsed = g.events.iter().filter_map(|e| serde_json::from_slice::<Value>(e).ok());
+        parsed.filter(|e| namespace.is_none_or(|n| e["metadata"]["namespace"] == n)).collect()
     }
 
     /// Replaces the derived objects (owned by others) with `objects`: added, changed and gone.
@@ -286,7 +314,7 @@ impl Objects {
         let gone: Vec<Key> =
             g.objects.iter().filter(|(k, s)| s.derived && !wanted.contains_key(*k)).map(|(k, _)| k.clone()).collect();
         for key in gone {
-            let object = g.objects[&key].object.clone();
+            let object = g.objects[&key].object();
             let rv = g.next_status();
             self.record(&mut g, EventType::Deleted, key, object, rv, true);
         }
@@ -295,8 +323,8 @@ impl Objects {
                 // A stored object of the same name wins over a derived one.
                 Some(old) if !old.derived => continue,
                 Some(old) => {
-                    set_rv(&mut object, old.rv);
-                    if old.object == object {
+                    set_rv(&mut object, old.rv());
+                    if old.object() == object {
                         continue;
                     }
                     EventType::Modified
@@ -315,13 +343,13 @@ impl Objects {
             .objects
             .iter()
             .filter(|((k, ns, _), _)| kind.is_none_or(|w| w == *k) && namespace.is_none_or(|w| w == ns))
-            .map(|(_, s)| s.object.clone())
+            .map(|(_, s)| s.object())
             .collect();
         (items, g.current)
     }
 
     pub fn get(&self, key: &Key) -> Option<Value> {
-        self.lock().objects.get(key).map(|s| s.object.clone())
+        self.lock().objects.get(key).map(Stored::object)
     }
 
     /// The store revision of a stored (not derived) object.
@@ -344,7 +372,8 @@ impl Objects {
                 .objects
                 .iter()
                 .map(|(k, s)| {
-                    Arc::new(WatchEvent { kind: EventType::Added, key: k.clone(), rv: s.rv, object: s.object.clone() })
+                    let json = s.latest.json.clone();
+                    Arc::new(WatchEvent { kind: EventType::Added, key: k.clone(), rv: s.rv(), json })
                 })
                 .collect(),
             Some(v) if v < g.floor => return Err(Expired { asked: v, oldest: g.floor }),
@@ -399,14 +428,14 @@ impl Inner {
             let reason =
                 if reason.is_empty() { format!("{ty}{}", if st == "True" { "" } else { "Not" }) } else { reason };
             let message = if message.is_empty() { format!("{ty} is now {st}") } else { message };
-            self.events.push_back(json!({"apiVersion": "v1", "kind": "Event",
+            self.events.push_back(compact(&json!({"apiVersion": "v1", "kind": "Event",
                 "metadata": {"name": format!("{}.{:x}", meta["name"].as_str().unwrap_or(""), self.events_made),
                     "namespace": meta["namespace"], "creationTimestamp": now, "uid": uuid::Uuid::new_v4().to_string()},
                 "involvedObject": {"apiVersion": object["apiVersion"], "kind": object["kind"], "name": meta["name"],
                     "namespace": meta["namespace"], "uid": meta["uid"]},
                 "reason": reason, "message": message, "type": if warning { "Warning" } else { "Normal" },
                 "count": 1, "firstTimestamp": now, "lastTimestamp": now,
-                "source": {"component": "spate"}, "reportingComponent": "spate"}));
+                "source": {"component": "spate"}, "reportingComponent": "spate"})));
             if self.events.len() > EVENTS {
                 self.events.pop_front();
             }
@@ -422,7 +451,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use spate_log::Versioned;
 
     fn put(name: &str, rev: u64, spec: Value) -> Change {
@@ -479,7 +507,7 @@ mod tests {
         // The status survives a spec change; a watch from the list's version replays all four.
         let (past, _) = o.watch(Some(rv)).unwrap();
         assert_eq!(past.len(), 4);
-        assert_eq!(past[2].object["status"], json!({"conditions": []}));
+        assert_eq!(past[2].object()["status"], json!({"conditions": []}));
     }
 
     #[test]

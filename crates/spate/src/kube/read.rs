@@ -125,7 +125,7 @@ impl Shape {
     fn wants(&self, e: &WatchEvent) -> bool {
         Some(e.key.0) == super::stored_kind(&self.def)
             && self.ns.as_ref().is_none_or(|n| *n == e.key.1)
-            && self.selector.matches(&e.object)
+            && self.selector.matches(&e.object())
     }
 
     fn line(&mut self, kind: &str, object: Value) -> String {
@@ -197,7 +197,7 @@ pub async fn watch(c: &Call<'_>) -> Result<Response, ApiError> {
     let mut initial = vec![];
     for e in &past {
         if shape.wants(e) {
-            initial.push(shape.line(e.kind.as_str(), e.object.clone()));
+            initial.push(shape.line(e.kind.as_str(), e.object()));
         }
     }
     if rx.is_none() && ask.from.is_none() {
@@ -250,7 +250,7 @@ async fn pump(
                 format!("{mark}\n")
             }
             e = next => match e {
-                Ok(e) if shape.wants(&e) => shape.line(e.kind.as_str(), e.object.clone()),
+                Ok(e) if shape.wants(&e) => shape.line(e.kind.as_str(), e.object()),
                 Ok(_) => continue,
                 // Fallen behind (or shut down): close, so the client lists again, as a real server does.
                 Err(RecvError::Lagged(_) | RecvError::Closed) => return,
