@@ -11,6 +11,6 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_spate_under_load_loses_nothing_and_redelivers_within_the_bound() {
     let (args, _cluster) = class_args(Class::Embedded, "fault-embedded").expect("the embedded log needs no server");
-    let plan = faults::Plan::from_env();
+    let plan = faults::Plan::from_env().unspaced();
     faults::kill_spate("embedded", args, plan, faults::Bounds::both(plan.in_flight)).await;
 }

@@ -24,22 +24,31 @@ pub struct Plan {
     pub senders: usize,
     /// `--max-in-flight`: the bound on what one fault may deliver twice, per trigger.
     pub in_flight: usize,
+    /// The least time between two faults: past the ack wait on a shared engine
+    /// (it hands a dead instance's messages out after it), none on the embedded log.
+    pub spacing: Duration,
 }
 
 impl Plan {
     /// Short in CI, long under `SPATE_TORTURE=1`.
     pub fn from_env() -> Plan {
         if std::env::var_os("SPATE_TORTURE").is_some() {
-            Plan { events: 60_000, faults: 10, senders: 32, in_flight: 100 }
+            Plan { events: 150_000, faults: 10, senders: 32, in_flight: 100, spacing: ENGINE_SPACING }
         } else {
-            Plan { events: 20_000, faults: 3, senders: 32, in_flight: 100 }
+            Plan { events: 30_000, faults: 3, senders: 32, in_flight: 100, spacing: ENGINE_SPACING }
         }
+    }
+
+    /// For a backend without an ack wait (the embedded log redelivers as it restarts).
+    pub fn unspaced(self) -> Plan {
+        Plan { spacing: Duration::ZERO, ..self }
     }
 }
 
 /// `--ack-wait-seconds` of every server in the suite: how soon a shared engine
 /// hands a killed instance's messages to another; faults are spaced past it.
 pub const ACK_WAIT_SECONDS: u64 = 2;
+const ENGINE_SPACING: Duration = Duration::from_secs(ACK_WAIT_SECONDS + 2);
 
 /// The stuck trigger's subscriber never answers this event.
 pub const STUCK_ID: &str = "ev-100";
@@ -144,9 +153,18 @@ impl Load {
         }
         let last = *self.last_fault.lock().unwrap();
         if let Some(at) = last {
-            let spacing = Duration::from_secs(ACK_WAIT_SECONDS + 2);
-            tokio::time::sleep(spacing.saturating_sub(at.elapsed())).await;
+            tokio::time::sleep(plan.spacing.saturating_sub(at.elapsed())).await;
         }
+        // A fault after the senders finished would test a kill without load.
+        let acked = self.count.load(Ordering::SeqCst);
+        assert!(
+            acked < plan.events,
+            "fault {} came after the load ended ({acked} of {} events acked): too few events for {} faults spaced {:?} apart at this rate",
+            k + 1,
+            plan.events,
+            plan.faults,
+            plan.spacing
+        );
         *self.last_fault.lock().unwrap() = Some(Instant::now());
     }
 
