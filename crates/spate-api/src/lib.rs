@@ -12,6 +12,7 @@ pub mod event_policy;
 pub mod event_type;
 pub mod kafka_sink;
 mod kind;
+pub mod manifests;
 mod messaging;
 mod meta;
 mod serving;
@@ -30,6 +31,7 @@ pub use delivery::{DeliverySpec, check_pem_certificates, trusted_cas};
 pub use errors::{AdmissionError, FieldError};
 pub use kafka_sink::{ConfigMapConfig, KafkaContentMode, KafkaSinkConfig};
 pub use kind::Kind;
+pub use manifests::{Derived, read_manifests};
 pub use messaging::{
     ChannelConfig, ChannelStorage, ParallelBranch, ParallelConfig, SequenceConfig, SequenceStep, SubscriptionConfig,
 };

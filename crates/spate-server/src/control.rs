@@ -100,6 +100,9 @@ pub struct Applied {
 
 pub struct ControlPlane {
     store: Mutex<Store>,
+    /// One reconcile at a time. Held across the rooms' reconciles, which run
+    /// without the store lock: writes and reads of the store never wait for a room.
+    reconciling: Mutex<()>,
     eventing: Arc<Eventing>,
     serving: Arc<Serving>,
     sources: Arc<Sources>,
@@ -142,38 +145,7 @@ pub enum Expect {
     Revision(u64),
 }
 
-/// Read-only kinds derived from Services, as Knative shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Derived {
-    Revision,
-    Configuration,
-    Route,
-}
-
-impl Derived {
-    pub fn from_plural(s: &str) -> Option<Derived> {
-        match s.to_ascii_lowercase().as_str() {
-            "revision" | "revisions" | "rev" => Some(Derived::Revision),
-            "configuration" | "configurations" | "config" => Some(Derived::Configuration),
-            "route" | "routes" => Some(Derived::Route),
-            _ => None,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Derived::Revision => "Revision",
-            Derived::Configuration => "Configuration",
-            Derived::Route => "Route",
-        }
-    }
-    pub fn plural(self) -> &'static str {
-        match self {
-            Derived::Revision => "revisions",
-            Derived::Configuration => "configurations",
-            Derived::Route => "routes",
-        }
-    }
-}
+pub use spate_api::Derived;
 
 fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -230,6 +202,7 @@ impl ControlPlane {
             retry_wake: tokio::sync::Notify::new(),
             #[cfg(test)]
             reconcile_delay_ms: std::sync::atomic::AtomicU64::new(0),
+            reconciling: Mutex::new(()),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
@@ -393,9 +366,11 @@ impl ControlPlane {
             if let Some(rev) = last {
                 self.objects.seen(rev).await;
             }
-            self.reconcile_locked(&mut store).await;
+            drop(store);
+            self.reconcile_all().await;
             // ApiServerSources hear of what this instance wrote (so each change once per cluster).
             let watched = if self.sources.watches_changes() { keys.into_iter().zip(added).collect() } else { vec![] };
+            let store = self.store.lock().await;
             for (key, added) in watched {
                 if let Some(e) = store.entries.get(&key) {
                     let op = if added { ApiOp::Add } else { ApiOp::Update };
@@ -477,7 +452,8 @@ impl ControlPlane {
         self.config.delete(&Entry::shared_key(&key)).await?;
         self.objects.gone(&key).await;
         let gone = store.entries.remove(&key);
-        self.reconcile_locked(&mut store).await;
+        drop(store);
+        self.reconcile_all().await;
         if let Some(e) = gone.filter(|_| self.sources.watches_changes()) {
             self.sources.resource_changed(api_change(&key, ApiOp::Delete, e.object()));
         }
@@ -613,14 +589,14 @@ impl ControlPlane {
                     while let Ok(more) = rx.try_recv() {
                         dirty |= apply_change(&mut store, more);
                     }
+                    drop(store);
                     if dirty {
-                        self.reconcile_locked(&mut store).await;
+                        self.reconcile_all().await;
                     }
                 }
                 () = timer => {
                     tracing::info!("reconciling again: resources are waiting on an engine");
-                    let mut store = self.store.lock().await;
-                    self.reconcile_locked(&mut store).await;
+                    self.reconcile_all().await;
                 }
                 () = self.retry_wake.notified(), if wait.is_none() => {}
             }
@@ -629,24 +605,46 @@ impl ControlPlane {
     }
 
     pub async fn reconcile(&self) {
-        let mut store = self.store.lock().await;
-        self.reconcile_locked(&mut store).await;
+        self.reconcile_all().await;
         self.ready.store(true, Ordering::Release);
     }
 
-    async fn reconcile_locked(&self, store: &mut Store) {
-        #[cfg(test)]
-        {
-            let ms = self.reconcile_delay_ms.load(Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
-        let mut w = self.wanted(store);
-        self.set_trust(store);
+    /// Every room's reconcile, one reconcile at a time: what each room should
+    /// run is taken from the store under its lock, the rooms run without it,
+    /// and their statuses are written back under it. A status is written only
+    /// to an entry whose generation is still the one reconciled (a write made
+    /// meanwhile reconciles again and reports then), so `observedGeneration`
+    /// never claims a spec the rooms have not run.
+    async fn reconcile_all(&self) {
+        let _one = self.reconciling.lock().await;
+        let (mut w, generations) = {
+            let store = self.store.lock().await;
+            let w = self.wanted(&store);
+            self.set_trust(&store);
+            let generations: HashMap<Key, u64> = store.entries.iter().map(|(k, e)| (k.clone(), e.generation)).collect();
+            (w, generations)
+        };
         let wanted_sinks = wanted_sinks(std::mem::take(&mut w.kafka_sinks), &w.secrets);
         let resolve = self.eventing.resolver(&w.desired);
         let binding_statuses = crate::bindings::apply(&w.bindings, &mut w.services, &w.labels, &resolve);
         let resolved = resolve_sources(std::mem::take(&mut w.sources), &w.secrets, &resolve);
         drop(resolve);
+        #[cfg(test)]
+        {
+            let ms = self.reconcile_delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let service_statuses = self.serving.reconcile(&w.services).await;
+        let eventing_statuses = self.eventing.reconcile(&w.desired).await;
+        let sink_statuses = self.kafka_sinks.reconcile(wanted_sinks).await;
+        let source_statuses = self.sources.reconcile(&resolved).await;
+        let mut store = self.store.lock().await;
+        let changed_meanwhile: Vec<(Key, Value)> = store
+            .entries
+            .iter()
+            .filter(|(k, e)| generations.get(*k) != Some(&e.generation))
+            .map(|(k, e)| (k.clone(), e.status.clone()))
+            .collect();
         for b in binding_statuses {
             if let Some(e) = store.entries.get_mut(&b.key) {
                 let mut new = json!({"observedGeneration": e.generation, "conditions": status::conditions_json(&b.conditions, &status::now_rfc3339())});
@@ -656,23 +654,21 @@ impl ControlPlane {
                 set_status(e, new);
             }
         }
-        let service_statuses = self.serving.reconcile(&w.services).await;
         for st in &service_statuses {
             if let Some(e) = store.entries.get_mut(&(Kind::Service, st.namespace.clone(), st.name.clone())) {
                 set_status(e, status::service(st, e.generation));
             }
         }
         *self.services.lock().expect("services") = service_statuses;
-        let eventing_statuses = self.eventing.reconcile(&w.desired).await;
-        self.publish_children(store, &w.desired, &eventing_statuses);
-        note_eventing_statuses(store, eventing_statuses);
-        for st in self.kafka_sinks.reconcile(wanted_sinks).await {
+        self.publish_children(&store, &w.desired, &eventing_statuses);
+        note_eventing_statuses(&mut store, eventing_statuses);
+        for st in sink_statuses {
             let key = (Kind::KafkaSink, st.namespace.clone(), st.name.clone());
             if let Some(e) = store.entries.get_mut(&key) {
                 set_status(e, status::kafka_sink(&st, e.generation, &w.desired.kafka_sinks[&(key.1, key.2)]));
             }
         }
-        for st in self.sources.reconcile(&resolved).await {
+        for st in source_statuses {
             if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
                 e.status = source_status_json(&st, e.generation, &e.status);
             }
@@ -680,9 +676,14 @@ impl ControlPlane {
         if let Some(auth) = &self.data_auth {
             let mode = auth.snapshot().auth.mode;
             auth.set(crate::data_auth::build_snapshot(store.entries.values(), mode));
-            publish_auth_status(store, &auth.snapshot());
+            publish_auth_status(&mut store, &auth.snapshot());
         }
-        publish_event_type_status(store);
+        publish_event_type_status(&mut store);
+        for (key, status) in changed_meanwhile {
+            if let Some(e) = store.entries.get_mut(&key) {
+                e.status = status;
+            }
+        }
         for (key, e) in &store.entries {
             self.objects.set_status(key, &e.status);
         }

@@ -19,7 +19,7 @@ use spate_log::{
 use spate_serving::{BacklogProbe, Serving, ServingConfig};
 use spate_sources::{Sources, SourcesConfig};
 
-use crate::cli::ServeArgs;
+use crate::config::ServeArgs;
 use crate::control::ControlPlane;
 use crate::tls::{Reloading, TlsFiles};
 
@@ -32,31 +32,6 @@ pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
             _ => bail!("--fsync: '{other}' is not one of always, never, interval:<milliseconds> (e.g. interval:10)"),
         },
     })
-}
-
-/// Reads manifest files and directories (`.yaml`, `.yml`, `.json`, sorted) into one text.
-pub fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<String> {
-    let mut docs = vec![];
-    for p in paths {
-        if p.as_os_str() == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading standard input")?;
-            docs.push(s);
-        } else if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("reading directory {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-                .collect();
-            files.sort();
-            for f in files {
-                docs.push(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?);
-            }
-        } else {
-            docs.push(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
-        }
-    }
-    Ok(docs.join("\n---\n"))
 }
 
 /// Holds an exclusive lock on the data directory for the life of the server.
@@ -190,7 +165,7 @@ fn check_args(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     }
     spate_log::nats::check_cluster_name(&args.cluster_name).map_err(|e| anyhow::anyhow!("--cluster-name: {e}"))?;
     // Read and validate the manifests before touching anything.
-    let manifests = if args.files.is_empty() { None } else { Some(read_manifests(&args.files)?) };
+    let manifests = if args.files.is_empty() { None } else { Some(spate_api::read_manifests(&args.files)?) };
     if let Some(text) = &manifests {
         spate_api::admit_text(text).map_err(|e| {
             anyhow::anyhow!(

@@ -6,21 +6,26 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::Server;
-use crate::cli::{Cli, Command};
+use crate::config::ServeArgs;
+
+/// The flags of `spate serve`, parsed as the CLI parses them.
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
 
 async fn build(dir: &std::path::Path, extra: &[&str]) -> Server {
     let data = dir.to_str().unwrap();
-    let mut argv =
-        vec!["spate", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let mut argv = vec!["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     argv.extend(extra);
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().resolve() else { unreachable!() };
+    let args = <Flags as clap::Parser>::try_parse_from(argv).unwrap().serve;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
-    Server::build(*args, metrics).await.unwrap()
+    Server::build(args, metrics).await.unwrap()
 }
 
 fn request(s: &Server, method: &str, path: &str, body: Option<&Value>) -> Request<Body> {
@@ -126,12 +131,12 @@ async fn the_guard_and_the_data_plane_answer_in_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_do_not_wait_for_a_slow_reconcile() {
+async fn reads_and_writes_do_not_wait_for_a_slow_reconcile() {
     let dir = tempfile::tempdir().unwrap();
     let s = build(dir.path(), &[]).await;
     let (st, _) = call(&s.admin, request(&s, "POST", TRIGGERS, Some(&trigger("other", "http://127.0.0.1:9/o")))).await;
     assert_eq!(st, StatusCode::CREATED);
-    // Every reconcile from now on takes 3 s, and one starts now (holding the store lock).
+    // Every reconcile from now on takes 3 s in its rooms, and one starts now.
     s.control.reconcile_delay_ms.store(3000, Ordering::Relaxed);
     let slow = {
         let (admin, req) =
@@ -151,6 +156,24 @@ async fn reads_do_not_wait_for_a_slow_reconcile() {
     took.sort();
     let p99 = took[took.len() * 99 / 100 - 1];
     assert!(p99 < Duration::from_millis(50), "GET p99 {p99:?} while a reconcile is held");
+    // Writes do not wait either: the rooms run outside the store lock, so another
+    // trigger is stored (and readable) while the first reconcile is still held.
+    let third = {
+        let (admin, req) =
+            (s.admin.clone(), request(&s, "POST", TRIGGERS, Some(&trigger("third", "http://127.0.0.1:9/t"))));
+        tokio::spawn(async move { call(&admin, req).await })
+    };
+    let stored_by = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (st, _) = call(&s.admin, request(&s, "GET", &format!("{TRIGGERS}/third"), None)).await;
+        if st == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < stored_by, "a write waited for the held reconcile");
+        tokio::task::yield_now().await;
+    }
+    assert!(!slow.is_finished(), "the second write was stored while the first reconcile was held");
     s.control.reconcile_delay_ms.store(0, Ordering::Relaxed);
     assert_eq!(slow.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(third.await.unwrap().0, StatusCode::CREATED);
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use axum::body::Bytes;
+use bytes::Bytes;
 use spate_core::{CloudEvent, ExtValue};
 
 use spate_api::Kind;

@@ -12,8 +12,7 @@ use spate_api::Kind;
 use spate_core::{CloudEvent, ExtValue};
 
 use crate::cli::{ApplyArgs, DeleteArgs, GetArgs, LogsArgs, OutputFormat, SendArgs, SendMode, ValidateArgs};
-use crate::control::Derived;
-use crate::serve::read_manifests;
+use spate_api::{Derived, read_manifests};
 
 type Exit = anyhow::Result<std::process::ExitCode>;
 
@@ -612,4 +611,29 @@ pub async fn send(a: SendArgs) -> Exit {
         println!("event {base_id} sent to {url}");
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A kubeconfig for this server: cluster (with the CA's certificates, if
+/// given), user (with the token, if any) and a context using both.
+pub fn kubeconfig(a: &crate::cli::KubeconfigArgs) -> anyhow::Result<String> {
+    use base64::Engine;
+    let mut cluster = serde_json::json!({"server": a.server.server});
+    if let Some(path) = &a.ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading --ca-file {}: {e}", path.display()))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!("--ca-file {} holds no PEM certificate", path.display());
+        }
+        cluster["certificate-authority-data"] =
+            serde_json::json!(base64::engine::general_purpose::STANDARD.encode(pem));
+    }
+    let user = match &a.token {
+        Some(t) => serde_json::json!({"token": t}),
+        None => serde_json::json!({}),
+    };
+    let config = serde_json::json!({"apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "spate", "cluster": cluster}],
+        "users": [{"name": "spate", "user": user}],
+        "contexts": [{"name": "spate", "context": {"cluster": "spate", "user": "spate", "namespace": a.namespace}}],
+        "current-context": "spate"});
+    Ok(serde_saphyr::to_string(&config)?)
 }

@@ -1,33 +1,11 @@
 //! `spate`: Knative Eventing in one binary. This file only parses the command
-//! line and hands over; each subcommand lives in its own module.
+//! line and hands over: `serve` to the server library (`spate-server`), every
+//! other subcommand to the CLI's modules, which talk to a server over HTTP only.
 
-mod admin;
-mod admin_auth;
-mod authz;
 mod bench;
-mod bindings;
 mod cli;
 mod client;
-mod cluster;
-mod control;
-mod data_auth;
-mod file_store;
-mod ingress;
-mod kube;
-mod listener;
-mod live;
-mod objects;
-mod oidc;
-mod otel;
 mod output;
-mod proxy;
-mod retry;
-mod sealed;
-mod serve;
-mod status;
-mod store;
-mod tls;
-mod webhooks;
 
 use clap::Parser;
 
@@ -54,7 +32,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            cli::Command::Serve(a) => serve::run(*a).await,
+            cli::Command::Serve(a) => spate_server::serve::run(*a).await,
             cli::Command::Apply(a) => client::apply(a).await,
             cli::Command::Delete(a) => client::delete(a).await,
             cli::Command::Get(a) => client::get(a).await,
@@ -64,7 +42,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Tail(a) => client::tail(a).await,
             cli::Command::Replay(a) => client::replay(a).await,
             cli::Command::Validate(a) => client::validate(a),
-            cli::Command::Kubeconfig(a) => kube::kubeconfig(&a).map(|text| {
+            cli::Command::Kubeconfig(a) => client::kubeconfig(&a).map(|text| {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
             }),
