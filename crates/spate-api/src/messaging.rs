@@ -22,8 +22,13 @@ pub enum ChannelStorage {
 }
 
 /// Engine settings of a channel (KafkaChannel: its topic's partitions,
-/// replication and retention, under the Kafka broker ConfigMap's keys).
-pub type ChannelSettings = std::collections::BTreeMap<String, String>;
+/// replication and retention); empty for other kinds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelSettings {
+    pub partitions: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub retention_ms: Option<u64>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelConfig {
@@ -98,21 +103,19 @@ fn storage(w: &mut Walker, metadata: &Value) -> ChannelStorage {
 /// `numPartitions` (default 1), `replicationFactor` (default 1), `retentionDuration`
 /// (ISO 8601; default: the Kafka server's), as topic settings.
 fn kafka_channel_settings(w: &mut Walker, m: &serde_json::Map<String, Value>, path: &str) -> ChannelSettings {
-    let mut out = ChannelSettings::new();
     let partitions = w.opt_u32(m, "numPartitions", path).unwrap_or(1);
     if partitions == 0 {
         w.error(&join(path, "numPartitions"), "must be at least 1");
     }
-    out.insert("default.topic.partitions".into(), partitions.max(1).to_string());
     let replication = w.opt_u32(m, "replicationFactor", path).unwrap_or(1);
     if replication == 0 {
         w.error(&join(path, "replicationFactor"), "must be at least 1");
     }
-    out.insert("default.topic.replication.factor".into(), replication.max(1).to_string());
-    if let Some(d) = w.opt_duration(m, "retentionDuration", path) {
-        out.insert("retention.ms".into(), d.as_millis().to_string());
+    ChannelSettings {
+        partitions: Some(partitions.max(1)),
+        replication_factor: Some(replication.max(1)),
+        retention_ms: w.opt_duration(m, "retentionDuration", path).map(|d| d.as_millis() as u64),
     }
-    out
 }
 
 const KAFKA_CHANNEL_FIELDS: &[&str] =
@@ -147,7 +150,7 @@ fn channel_template(w: &mut Walker, v: Option<&Value>, path: &str) -> Option<(Ch
     };
     let settings = match storage {
         Some(ChannelStorage::Kafka) => kafka_channel_settings(w, spec.unwrap_or(&empty), &spec_path),
-        _ => ChannelSettings::new(),
+        _ => ChannelSettings::default(),
     };
     storage.map(|s| (s, settings))
 }
@@ -169,13 +172,13 @@ pub fn compile_channel(
     let m = w.object(spec, "spec", allowed)?;
     let template = match kind {
         crate::Kind::Channel => channel_template(w, m.get("channelTemplate"), "spec.channelTemplate"),
-        crate::Kind::NatsJetStreamChannel => Some((ChannelStorage::Nats, ChannelSettings::new())),
+        crate::Kind::NatsJetStreamChannel => Some((ChannelStorage::Nats, ChannelSettings::default())),
         crate::Kind::KafkaChannel => Some((ChannelStorage::Kafka, kafka_channel_settings(w, m, "spec"))),
         _ => None,
     };
     let delivery = m.get("delivery").and_then(|d| delivery::parse(w, d, "spec.delivery", ns));
     let annotated = storage(w, metadata);
-    let (storage, settings) = template.unwrap_or((annotated, ChannelSettings::new()));
+    let (storage, settings) = template.unwrap_or((annotated, ChannelSettings::default()));
     Some(ChannelConfig { namespace: ns.into(), name: name.into(), storage, settings, delivery })
 }
 
@@ -248,7 +251,7 @@ pub fn compile_sequence(
         _ => w.error("spec.steps", "must be a non-empty list of destinations"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::new()));
+    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::default()));
     Some(SequenceConfig { namespace: ns.into(), name: name.into(), steps, storage, settings, reply })
 }
 
@@ -285,6 +288,6 @@ pub fn compile_parallel(
         _ => w.error("spec.branches", "must be a non-empty list of branches"),
     }
     let reply = m.get("reply").and_then(|d| delivery::destination(w, d, "spec.reply", ns));
-    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::new()));
+    let (storage, settings) = template.unwrap_or_else(|| (storage(w, metadata), ChannelSettings::default()));
     Some(ParallelConfig { namespace: ns.into(), name: name.into(), branches, storage, settings, reply })
 }

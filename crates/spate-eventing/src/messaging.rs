@@ -287,11 +287,18 @@ impl ChannelStorageBackend {
 /// The engine settings a channel opens with: a KafkaChannel's topic is the one
 /// the Kafka backend names for it (Knative's `knative-messaging-kafka.<ns>.<name>`).
 fn channel_settings(c: &ChannelConfig) -> spate_log::StreamSettings {
-    let mut s = c.settings.clone();
-    if c.storage == ChannelStorage::Kafka {
-        s.insert(spate_log::kafka::keys::TOPIC.into(), spate_log::kafka::channel_topic(&c.namespace, &c.name));
+    if c.storage != ChannelStorage::Kafka {
+        return spate_log::StreamSettings::default();
     }
-    s
+    let bounded =
+        |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX).min(spate_log::kafka::MAX_TOPIC_SETTING));
+    spate_log::StreamSettings {
+        topic: Some(spate_log::kafka::channel_topic(&c.namespace, &c.name)),
+        partitions: bounded(c.settings.partitions),
+        replication_factor: bounded(c.settings.replication_factor),
+        retention_ms: c.settings.retention_ms.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+        ..spate_log::StreamSettings::default()
+    }
 }
 
 /// A channel removed from a flow that still had undelivered events: its

@@ -327,21 +327,23 @@ impl Eventing {
             .filter(|r| r.kind == "ConfigMap")
             .and_then(|r| config_maps.get(&(r.namespace.clone(), r.name.clone())))
             .and_then(|data| data.get(spate_api::CHANNEL_TEMPLATE_KEY));
-        let Some(text) = template else { return Ok((Engine::EmbeddedLog, StreamSettings::new())) };
+        let Some(text) = template else { return Ok((Engine::EmbeddedLog, StreamSettings::default())) };
         let t = spate_api::channel_template(text).map_err(|e| ("ChannelTemplateNotSupported", e))?;
-        let mut s = StreamSettings::new();
+        let mut s = StreamSettings::default();
         let engine = match t.kind {
             Kind::KafkaChannel => {
-                use spate_log::kafka::keys;
                 let channel = broker_channel_name(&b.name);
-                s.insert(keys::TOPIC.into(), spate_log::kafka::channel_topic(&b.namespace, &channel));
-                for (field, key) in
-                    [("numPartitions", keys::PARTITIONS), ("replicationFactor", keys::REPLICATION_FACTOR)]
-                {
-                    if let Some(n) = t.spec.get(field).and_then(|v| v.as_u64()) {
-                        s.insert(key.into(), n.to_string());
+                s.topic = Some(spate_log::kafka::channel_topic(&b.namespace, &channel));
+                let number = |field: &str| match t.spec.get(field) {
+                    None => Ok(None),
+                    Some(v) => {
+                        spate_log::kafka::topic_number(&format!("channel-template-spec spec.{field}"), &v.to_string())
+                            .map(Some)
+                            .map_err(|e| ("ChannelTemplateNotSupported", e))
                     }
-                }
+                };
+                s.partitions = number("numPartitions")?;
+                s.replication_factor = number("replicationFactor")?;
                 Engine::Kafka
             }
             Kind::NatsJetStreamChannel => Engine::Nats,
@@ -359,8 +361,8 @@ impl Eventing {
         b: &BrokerConfig,
         config_maps: &HashMap<Key, BTreeMap<String, String>>,
     ) -> Result<StreamSettings, (&'static str, String)> {
-        use spate_log::kafka::keys;
-        let mut s = StreamSettings::new();
+        use spate_log::kafka::{keys, retention_ms, topic_number};
+        let mut s = StreamSettings::default();
         if self.broker_class(b) != Some(BrokerClass::Kafka) {
             return Ok(s);
         }
@@ -377,19 +379,25 @@ impl Eventing {
                     format!("ConfigMap {}/{} (spec.config) does not exist", r.namespace, r.name),
                 ));
             };
+            // Knative's keys, bounded here; a wrong value names its key and the ConfigMap.
+            let invalid =
+                |e: String| ("ConfigInvalid", format!("ConfigMap {}/{} (spec.config): {e}", r.namespace, r.name));
             for (k, v) in data {
-                let k = if k == "default.topic.config.retention.ms" { keys::RETENTION_MS } else { k.as_str() };
-                s.insert(k.to_string(), v.clone());
+                match k.as_str() {
+                    keys::BOOTSTRAP_SERVERS => s.bootstrap_servers = Some(v.clone()),
+                    keys::PARTITIONS => s.partitions = Some(topic_number(k, v).map_err(invalid)?),
+                    keys::REPLICATION_FACTOR => s.replication_factor = Some(topic_number(k, v).map_err(invalid)?),
+                    keys::RETENTION_MS | "retention.ms" => s.retention_ms = Some(retention_ms(k, v).map_err(invalid)?),
+                    _ => {}
+                }
             }
         }
         match &b.external_topic {
             Some(t) => {
-                s.insert(keys::TOPIC.into(), t.clone());
-                s.insert(keys::EXTERNAL.into(), "true".into());
+                s.topic = Some(t.clone());
+                s.external = true;
             }
-            None => {
-                s.insert(keys::TOPIC.into(), spate_log::kafka::broker_topic(&b.namespace, &b.name));
-            }
+            None => s.topic = Some(spate_log::kafka::broker_topic(&b.namespace, &b.name)),
         }
         Ok(s)
     }

@@ -48,15 +48,12 @@ use crate::{BoxFuture, LogError};
 pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Settings keys a Kafka stream reads (Knative's Kafka broker ConfigMap keys, plus the topic).
+/// Knative's Kafka broker ConfigMap keys (the eventing room reads them into `StreamSettings`).
 pub mod keys {
-    pub const TOPIC: &str = "topic";
     pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
     pub const PARTITIONS: &str = "default.topic.partitions";
     pub const REPLICATION_FACTOR: &str = "default.topic.replication.factor";
-    pub const RETENTION_MS: &str = "retention.ms";
-    /// `"true"`: the topic exists already and is neither created nor deleted by Spate.
-    pub const EXTERNAL: &str = "external";
+    pub const RETENTION_MS: &str = "default.topic.config.retention.ms";
 }
 
 /// Knative's topic of a `Kafka`-class Broker: `knative-broker-<namespace>-<name>`.
@@ -123,8 +120,8 @@ impl KafkaBackend {
 
     fn bootstrap(&self, settings: &StreamSettings) -> Result<String, LogError> {
         settings
-            .get(keys::BOOTSTRAP_SERVERS)
-            .cloned()
+            .bootstrap_servers
+            .clone()
             .or_else(|| self.config.bootstrap_servers.clone())
             .filter(|b| !b.trim().is_empty())
             .ok_or_else(|| {
@@ -197,12 +194,20 @@ impl ConsumerContext for Logged {}
 /// Kafka server allocate without bound.
 pub const MAX_TOPIC_SETTING: i32 = 10_000;
 
-/// A topic setting from a ConfigMap: a whole number from 1 to [`MAX_TOPIC_SETTING`].
-fn number(settings: &StreamSettings, key: &str, default: i32) -> Result<i32, LogError> {
-    let Some(v) = settings.get(key) else { return Ok(default) };
-    match v.trim().parse::<i32>() {
+/// A topic's partitions or replicas as a ConfigMap gives them (`key: text`): a
+/// whole number from 1 to [`MAX_TOPIC_SETTING`], or why not, naming the key and value.
+pub fn topic_number(key: &str, text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i32>() {
         Ok(n) if (1..=MAX_TOPIC_SETTING).contains(&n) => Ok(n),
-        _ => Err(LogError::Unavailable(format!("{key}: '{v}' is not a whole number from 1 to {MAX_TOPIC_SETTING}"))),
+        _ => Err(format!("{key}: '{text}' is not a whole number from 1 to {MAX_TOPIC_SETTING}")),
+    }
+}
+
+/// A topic's `retention.ms` as a ConfigMap gives it: milliseconds, or -1 (kept for ever).
+pub fn retention_ms(key: &str, text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= -1 => Ok(n),
+        _ => Err(format!("{key}: '{text}' is not a number of milliseconds (or -1)")),
     }
 }
 
@@ -212,23 +217,21 @@ mod tests {
 
     #[test]
     fn topic_settings_are_bounded_and_named_when_wrong() {
-        let mut s = StreamSettings::new();
-        assert_eq!(number(&s, keys::PARTITIONS, 10).unwrap(), 10);
-        for bad in ["0", "-3", "99999999", "ten"] {
-            s.insert(keys::PARTITIONS.into(), bad.into());
-            let e = number(&s, keys::PARTITIONS, 10).unwrap_err().to_string();
-            assert!(e.contains(keys::PARTITIONS) && e.contains(bad), "{e}");
+        for bad in ["0", "-3", "99999999", "ten", ""] {
+            let e = topic_number(keys::PARTITIONS, bad).unwrap_err();
+            assert!(e.contains(keys::PARTITIONS) && e.contains(&format!("'{bad}'")), "{e}");
         }
-        s.insert(keys::PARTITIONS.into(), " 12 ".into());
-        assert_eq!(number(&s, keys::PARTITIONS, 10).unwrap(), 12);
+        assert_eq!(topic_number(keys::PARTITIONS, " 12 ").unwrap(), 12);
+        assert_eq!(retention_ms(keys::RETENTION_MS, "-1").unwrap(), -1);
+        assert!(retention_ms(keys::RETENTION_MS, "a week").unwrap_err().contains("'a week'"));
     }
 }
 
 /// Creates `topic` unless it exists.
 async fn ensure_topic(bootstrap: &str, topic: &str, settings: &StreamSettings) -> Result<(), LogError> {
-    let partitions = number(settings, keys::PARTITIONS, DEFAULT_PARTITIONS)?;
-    let replication = number(settings, keys::REPLICATION_FACTOR, 1)?;
-    let retention = settings.get(keys::RETENTION_MS).cloned();
+    let partitions = settings.partitions.unwrap_or(DEFAULT_PARTITIONS);
+    let replication = settings.replication_factor.unwrap_or(1);
+    let retention = settings.retention_ms.map(|r| r.to_string());
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     if let Some(r) = &retention {
         new = new.set("retention.ms", r);
@@ -249,8 +252,7 @@ async fn ensure_topic(bootstrap: &str, topic: &str, settings: &StreamSettings) -
 
 impl StreamBackend for Arc<KafkaBackend> {
     fn open(&self, name: &str) -> BoxFuture<'_, Result<Arc<dyn MessageStream>, LogError>> {
-        let mut settings = StreamSettings::new();
-        settings.insert(keys::TOPIC.into(), name.to_string());
+        let settings = StreamSettings { topic: Some(name.to_string()), ..StreamSettings::default() };
         let name = name.to_string();
         Box::pin(async move { self.open_with(&name, &settings).await })
     }
@@ -263,8 +265,8 @@ impl StreamBackend for Arc<KafkaBackend> {
         let (name, settings) = (name.to_string(), settings.clone());
         Box::pin(async move {
             let bootstrap = self.bootstrap(&settings)?;
-            let topic = settings.get(keys::TOPIC).cloned().unwrap_or_else(|| name.clone());
-            let external = settings.get(keys::EXTERNAL).is_some_and(|v| v == "true");
+            let topic = settings.topic.clone().unwrap_or_else(|| name.clone());
+            let external = settings.external;
             let topic = if external { topic } else { self.config.prefixed(&topic) };
             if !external {
                 ensure_topic(&bootstrap, &topic, &settings).await?;
@@ -292,7 +294,7 @@ impl StreamBackend for Arc<KafkaBackend> {
     /// tansu deleted it; a process crash is worse than a topic left behind.
     fn remove(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
         let settings = self.opened.lock().expect("opened lock").remove(name);
-        if let Some(topic) = settings.as_ref().and_then(|s| s.get(keys::TOPIC)) {
+        if let Some(topic) = settings.as_ref().and_then(|s| s.topic.as_ref()) {
             tracing::info!(topic = %self.config.prefixed(topic), "the Kafka topic is kept (delete it with Kafka's tools)");
         }
         Box::pin(std::future::ready(Ok(())))
@@ -782,6 +784,13 @@ impl Pump {
                 return;
             }
         };
+        // Offsets of a partition come dense here (idempotent producer, no compaction):
+        // a jump means records the commit would pass without delivering. Said loudly.
+        if offset > tracker.next() {
+            let skipped = offset - tracker.next();
+            tracing::warn!(topic = %self.topic, partition, from = tracker.next(), to = offset, skipped, "Kafka handed out a record past a gap in the partition's offsets");
+            metrics::counter!("spate_kafka_offset_gaps_total", "topic" => self.topic.clone()).increment(1);
+        }
         tracker.start(offset);
         drop(st);
         let held = Arc::new(Held {

@@ -74,10 +74,25 @@ pub trait MessageStream: Send + Sync + 'static {
     }
 }
 
-/// Per-stream settings an engine reads (Kafka: the topic, its brokers,
-/// partitions and replication, from a Broker's ConfigMap). Engines ignore
-/// keys they do not know.
-pub type StreamSettings = std::collections::BTreeMap<String, String>;
+/// Per-stream settings an engine reads (Kafka: the topic, its brokers, and how
+/// a topic Spate creates is made, from a Broker's ConfigMap or a KafkaChannel's
+/// spec). Already parsed and bounded by whoever read them; engines ignore the
+/// fields they do not use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// The topic; default: the stream's name.
+    pub topic: Option<String>,
+    /// The topic exists and is someone else's: neither created nor deleted by Spate.
+    pub external: bool,
+    /// Bootstrap servers; default: the backend's (`--kafka-bootstrap-servers`).
+    pub bootstrap_servers: Option<String>,
+    /// Partitions of a topic Spate creates; default `kafka::DEFAULT_PARTITIONS`.
+    pub partitions: Option<i32>,
+    /// Replicas of a topic Spate creates; default 1.
+    pub replication_factor: Option<i32>,
+    /// `retention.ms` of a topic Spate creates; default: the Kafka server's.
+    pub retention_ms: Option<i64>,
+}
 
 /// Opens streams by name. One per engine.
 pub trait StreamBackend: Send + Sync + 'static {

@@ -12,6 +12,7 @@ mod cluster;
 pub mod config;
 mod control;
 mod data_auth;
+pub mod error;
 mod file_store;
 mod ingress;
 mod kube;
@@ -30,3 +31,4 @@ mod tls;
 mod webhooks;
 
 pub use config::ServeArgs;
+pub use error::ServeError;

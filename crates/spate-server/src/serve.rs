@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spate_core::delivery::BackoffPolicy;
 use spate_delivery::Dispatcher;
@@ -21,15 +20,20 @@ use spate_sources::{Sources, SourcesConfig};
 
 use crate::config::ServeArgs;
 use crate::control::ControlPlane;
+use crate::error::ServeError;
 use crate::tls::{Reloading, TlsFiles};
 
-pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
+pub fn parse_fsync(s: &str) -> Result<FsyncPolicy, ServeError> {
     Ok(match s {
         "always" => FsyncPolicy::Always,
         "never" => FsyncPolicy::Never,
         other => match other.strip_prefix("interval:").and_then(|ms| ms.trim_end_matches("ms").parse::<u64>().ok()) {
             Some(ms) if ms > 0 => FsyncPolicy::Interval(Duration::from_millis(ms)),
-            _ => bail!("--fsync: '{other}' is not one of always, never, interval:<milliseconds> (e.g. interval:10)"),
+            _ => {
+                return Err(ServeError::Invalid(format!(
+                    "--fsync: '{other}' is not one of always, never, interval:<milliseconds> (e.g. interval:10)"
+                )));
+            }
         },
     })
 }
@@ -37,20 +41,20 @@ pub fn parse_fsync(s: &str) -> anyhow::Result<FsyncPolicy> {
 /// Holds an exclusive lock on the data directory for the life of the server.
 struct DirLock(#[allow(dead_code)] std::fs::File);
 
-fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+fn lock_data_dir(dir: &Path) -> Result<DirLock, ServeError> {
+    std::fs::create_dir_all(dir).map_err(ServeError::io(format!("creating data directory {}", dir.display())))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("LOCK"))
-        .with_context(|| format!("opening {}/LOCK", dir.display()))?;
+        .map_err(ServeError::io(format!("opening {}/LOCK", dir.display())))?;
     match f.try_lock() {
         Ok(()) => Ok(DirLock(f)),
         Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("data directory {} is in use by another spate process", dir.display())
+            Err(ServeError::Invalid(format!("data directory {} is in use by another spate process", dir.display())))
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}/LOCK", dir.display())),
+        Err(std::fs::TryLockError::Error(e)) => Err(ServeError::io(format!("locking {}/LOCK", dir.display()))(e)),
     }
 }
 
@@ -68,7 +72,7 @@ async fn tls_for(
     cert: Option<&PathBuf>,
     key: Option<&PathBuf>,
     names: (&'static str, &'static str),
-) -> anyhow::Result<Option<Arc<Reloading>>> {
+) -> Result<Option<Arc<Reloading>>, ServeError> {
     match TlsFiles::from_flags(cert, key, names)? {
         Some(files) => Ok(Some(Reloading::load(files).await?)),
         None => Ok(None),
@@ -106,11 +110,9 @@ fn listener_limits(args: &ServeArgs) -> (crate::listener::Limits, crate::listene
 }
 
 /// `--config-store`: `file` (resources.json in the data dir) or `nats` (a KV bucket shared by the cluster).
-async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Arc<dyn ConfigStore>> {
+async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> Result<Arc<dyn ConfigStore>, ServeError> {
     match args.config_store.as_str() {
-        "file" => {
-            Ok(Arc::new(crate::file_store::FileConfigStore::open(&args.data_dir).context("loading stored resources")?))
-        }
+        "file" => Ok(Arc::new(crate::file_store::FileConfigStore::open(&args.data_dir)?)),
         "nats" => {
             // NATS may still be starting: try for 30 s, then say what is wrong.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -128,7 +130,10 @@ async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Ar
                         return Ok(Arc::new(crate::sealed::SealedSecrets::new(Arc::new(store), key)));
                     }
                     Err(e) if std::time::Instant::now() > deadline => {
-                        bail!("--config-store nats: cannot open the resources bucket at {}: {e}", args.nats_url)
+                        return Err(ServeError::Invalid(format!(
+                            "--config-store nats: cannot open the resources bucket at {}: {e}",
+                            args.nats_url
+                        )));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "waiting for NATS (--config-store nats)");
@@ -137,41 +142,45 @@ async fn config_store(args: &ServeArgs, nats: &NatsBackend) -> anyhow::Result<Ar
                 }
             }
         }
-        other => bail!("--config-store: '{other}' is not one of file, nats"),
+        other => Err(ServeError::Invalid(format!("--config-store: '{other}' is not one of file, nats"))),
     }
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(args: ServeArgs) -> Result<std::process::ExitCode, ServeError> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPATE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| ServeError::Invalid(format!("installing the metrics recorder: {e}")))?;
     Server::build(args, metrics).await?.serve().await
 }
 
 /// Checks the flags that need no IO, and reads and admits the manifests given with `-f`.
-fn check_args(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+fn check_args(args: &ServeArgs) -> Result<Option<String>, ServeError> {
     if args.max_event_size < 64 * 1024 {
-        bail!("--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)");
+        return Err(ServeError::Invalid(
+            "--max-event-size must be at least 65536 bytes (CloudEvents requires receivers to accept 64 KiB events)"
+                .into(),
+        ));
     }
     if spate_api::BrokerClass::parse(&args.default_broker_class).is_none() {
-        bail!(
+        return Err(ServeError::Invalid(format!(
             "--default-broker-class: '{}' is not one of {}",
             args.default_broker_class,
             spate_api::BROKER_CLASSES.join(", ")
-        );
+        )));
     }
-    spate_log::nats::check_cluster_name(&args.cluster_name).map_err(|e| anyhow::anyhow!("--cluster-name: {e}"))?;
+    spate_log::nats::check_cluster_name(&args.cluster_name)
+        .map_err(|e| ServeError::Invalid(format!("--cluster-name: {e}")))?;
     // Read and validate the manifests before touching anything.
     let manifests = if args.files.is_empty() { None } else { Some(spate_api::read_manifests(&args.files)?) };
     if let Some(text) = &manifests {
         spate_api::admit_text(text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}",
-                args.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
+            let files = args.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            ServeError::Invalid(format!("{files}: {e}"))
         })?;
     }
     Ok(manifests)
@@ -188,14 +197,15 @@ struct Listeners {
 }
 
 impl Listeners {
-    async fn bind(args: &ServeArgs) -> anyhow::Result<Listeners> {
+    async fn bind(args: &ServeArgs) -> Result<Listeners, ServeError> {
         let data = tokio::net::TcpListener::bind(&args.listen)
             .await
-            .with_context(|| format!("binding the data plane to {}", args.listen))?;
+            .map_err(ServeError::io(format!("binding the data plane to {}", args.listen)))?;
         let admin = tokio::net::TcpListener::bind(&args.admin_listen)
             .await
-            .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
-        let (data_addr, admin_addr) = (data.local_addr()?, admin.local_addr()?);
+            .map_err(ServeError::io(format!("binding the admin API to {}", args.admin_listen)))?;
+        let addr = |l: &tokio::net::TcpListener| l.local_addr().map_err(ServeError::io("reading a bound address"));
+        let (data_addr, admin_addr) = (addr(&data)?, addr(&admin)?);
         let data_tls = tls_for(args.tls_cert.as_ref(), args.tls_key.as_ref(), ("--tls-cert", "--tls-key")).await?;
         let admin_tls =
             tls_for(args.admin_tls_cert.as_ref(), args.admin_tls_key.as_ref(), ("--admin-tls-cert", "--admin-tls-key"))
@@ -253,7 +263,7 @@ async fn build_serving_and_sources(
     eventing: &Arc<Eventing>,
     nats: &Arc<NatsBackend>,
     dispatcher: &Dispatcher,
-) -> anyhow::Result<(Arc<Serving>, Arc<Sources>)> {
+) -> Result<(Arc<Serving>, Arc<Sources>), ServeError> {
     let serving_config = ServingConfig {
         dir: args.data_dir.join("serving"),
         base_url: base.to_string(),
@@ -265,7 +275,7 @@ async fn build_serving_and_sources(
         ..ServingConfig::default()
     };
     let probe: Arc<dyn BacklogProbe> = Arc::new(EventingBacklog(eventing.clone()));
-    let mut serving = Serving::new(serving_config, Some(probe)).context("starting serving")?;
+    let mut serving = Serving::new(serving_config, Some(probe))?;
     let sources_config = SourcesConfig {
         dir: args.data_dir.join("sources"),
         public_url: args.public_url.clone().unwrap_or_else(|| base.to_string()),
@@ -274,16 +284,18 @@ async fn build_serving_and_sources(
         default_backoff: Duration::from_millis(args.default_backoff_ms),
         max_event_size: args.max_event_size,
     };
-    let mut sources = Sources::new(sources_config, dispatcher.clone()).context("starting sources")?;
+    let mut sources = Sources::new(sources_config, dispatcher.clone()).map_err(ServeError::io("starting sources"))?;
     if args.config_store == "nats" {
-        let n = nats.nats().await?;
+        let n = nats.nats().await.map_err(ServeError::storage(format!("connecting to NATS at {}", args.nats_url)))?;
         let claims = NatsConfigStore::open_with_ttl(n, "claims", Duration::from_secs(600))
             .await
-            .context("opening the claims bucket")?;
+            .map_err(ServeError::config("opening the claims bucket"))?;
         let leases = NatsConfigStore::open_with_ttl(n, "leases", crate::cluster::LEASE_TTL)
             .await
-            .context("opening the leases bucket")?;
-        let records = Arc::new(NatsConfigStore::open(n, "records").await.context("opening the records bucket")?);
+            .map_err(ServeError::config("opening the leases bucket"))?;
+        let records =
+            NatsConfigStore::open(n, "records").await.map_err(ServeError::config("opening the records bucket"))?;
+        let records = Arc::new(records);
         serving = serving.with_shared_history(Arc::new(crate::cluster::NatsHistory(records.clone())));
         let holder = format!("{}-{base}", std::process::id());
         sources = sources.with_claims(Arc::new(crate::cluster::NatsClaims::new(claims, leases, records, holder)));
@@ -296,12 +308,12 @@ async fn build_data_auth(
     args: &ServeArgs,
     base: &str,
     control: &mut ControlPlane,
-) -> anyhow::Result<Option<Arc<crate::data_auth::DataAuth>>> {
+) -> Result<Option<Arc<crate::data_auth::DataAuth>>, ServeError> {
     let oidc =
         crate::oidc::Oidc::from_flags(args.oidc_issuer.as_deref(), args.oidc_jwks.as_deref(), format!("spate:{base}"))
             .await?;
     let Some(oidc) = oidc else { return Ok(None) };
-    let mode = crate::authz::Mode::parse(&args.authorization_mode).map_err(anyhow::Error::msg)?;
+    let mode = crate::authz::Mode::parse(&args.authorization_mode).map_err(ServeError::Invalid)?;
     let auth = Arc::new(crate::data_auth::DataAuth::new(oidc, base.to_string(), crate::authz::AuthState::new(mode)));
     control.dispatcher().set_token_source(auth.clone());
     Ok(Some(auth))
@@ -326,7 +338,7 @@ pub struct Server {
 
 impl Server {
     /// Builds everything `spate serve` runs, without serving yet (tests call the routers directly).
-    pub async fn build(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<Server> {
+    pub async fn build(args: ServeArgs, metrics: PrometheusHandle) -> Result<Server, ServeError> {
         let manifests = check_args(&args)?;
         let fsync = parse_fsync(&args.fsync)?;
         let traces = args.otlp_endpoint.as_deref().map(crate::otel::install).transpose()?;
@@ -373,9 +385,10 @@ impl Server {
         }
         let control = Arc::new(control);
         // The config store's current state first, then our manifests, then every later change.
-        let watch = control.sync().await.map_err(|e| anyhow::anyhow!("reading the stored resources: {e}"))?;
+        let watch =
+            control.sync().await.map_err(|e| ServeError::Invalid(format!("reading the stored resources: {e}")))?;
         if let Some(text) = &manifests {
-            let applied = control.apply(text, false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let applied = control.apply(text, false).await.map_err(|e| ServeError::Invalid(e.to_string()))?;
             for a in applied {
                 tracing::info!(kind = a.kind, namespace = %a.namespace, name = %a.name, action = a.action, "applied");
             }
@@ -425,7 +438,7 @@ impl Server {
     }
 
     /// Serves both listeners until SIGINT or SIGTERM, then stops in order: requests, workers, logs.
-    pub async fn serve(self) -> anyhow::Result<std::process::ExitCode> {
+    pub async fn serve(self) -> Result<std::process::ExitCode, ServeError> {
         let Server { control, data, admin, listeners: l, limits, backend, traces, data_dir, fsync, _lock } = self;
         // Tests and scripts read these two lines to find the servers.
         println!("spate: data plane listening on {}", base_url(l.data_addr, l.data_tls.is_some()));
@@ -441,7 +454,7 @@ impl Server {
         let serve_admin = crate::listener::serve(l.admin, admin, limits.1, stop_rx, admin_acceptor);
         let (data_task, admin_task) = (tokio::spawn(serve_data), tokio::spawn(serve_admin));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
+            .map_err(ServeError::io("installing the SIGTERM handler"))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},

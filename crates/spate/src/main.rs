@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            cli::Command::Serve(a) => spate_server::serve::run(*a).await,
+            cli::Command::Serve(a) => spate_server::serve::run(*a).await.map_err(anyhow::Error::from),
             cli::Command::Apply(a) => client::apply(a).await,
             cli::Command::Delete(a) => client::delete(a).await,
             cli::Command::Get(a) => client::get(a).await,
