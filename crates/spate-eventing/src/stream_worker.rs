@@ -32,6 +32,16 @@ const RECREATE_AFTER: Duration = Duration::from_secs(10);
 /// must not (the engine hands the message out again: at least once).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Finding or creating the durable consumer may take this long before it is tried again.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A consumer that handed out nothing for this long, while this worker holds
+/// nothing and the engine says messages wait for the trigger, is made again:
+/// a pull subscription can outlive the engine's restart without erring and
+/// without ever handing out another message (seen after kill -9 of nats-server).
+const STALLED_AFTER: Duration = Duration::from_secs(30);
+const STALL_CHECK: Duration = Duration::from_secs(10);
+
 /// Acknowledges within [`ACK_TIMEOUT`]; `what` names the operation in errors.
 async fn bounded(what: &str, op: BoxFuture<'_, Result<(), spate_log::LogError>>) -> Result<(), String> {
     match tokio::time::timeout(ACK_TIMEOUT, op).await {
@@ -112,14 +122,24 @@ impl Run {
         // Since when the consumer has been missing: it is re-created only if it
         // stays missing this long (long enough for a deletion elsewhere to stop this worker).
         let mut missing_since: Option<Instant> = None;
+        let mut stall_check = tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_message = tokio::time::Instant::now();
         loop {
             let Some(c) = consumer.as_mut() else {
                 let since = *missing_since.get_or_insert_with(Instant::now);
                 let create = since.elapsed() >= RECREATE_AFTER;
-                match self.stream.consumer(&label, self.options.clone(), create).await {
+                let found =
+                    tokio::time::timeout(CONSUMER_TIMEOUT, self.stream.consumer(&label, self.options.clone(), create))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(spate_log::LogError::Unavailable("finding the consumer timed out".into()))
+                        });
+                match found {
                     Ok(c) => {
                         consumer = Some(c);
                         missing_since = None;
+                        last_message = tokio::time::Instant::now();
                     }
                     Err(e) => {
                         if let Some(suppressed) = errors.allow() {
@@ -140,8 +160,16 @@ impl Run {
                 _ = stop.changed() => break,
                 Some(id) = running.next(), if !running.is_empty() => settle(&mut held, &mut running, id, &label).await,
                 _ = beat.tick() => keep_claims(&held, every).await,
+                _ = stall_check.tick(), if running.is_empty() && last_message.elapsed() >= STALLED_AFTER => {
+                    last_message = tokio::time::Instant::now();
+                    if let Some(waiting) = self.waiting_for(&label).await {
+                        tracing::warn!(trigger = %label, waiting, "the consumer handed out nothing for 30 s while messages wait; making it again");
+                        consumer = None;
+                    }
+                }
                 m = c.next(), if room => match m {
                     Ok(m) => {
+                        last_message = tokio::time::Instant::now();
                         if let Some(acker) = self.take(m, &mut running, next_id).await {
                             held.insert(next_id, Held { since: Instant::now(), acker });
                             next_id += 1;
@@ -159,6 +187,14 @@ impl Run {
         }
         // Unacknowledged messages return to the engine (another instance takes them).
         drop(running);
+    }
+
+    /// How many messages the engine says wait for this trigger, if any (and if it answers in time).
+    async fn waiting_for(&self, label: &str) -> Option<u64> {
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.backlog(label)).await {
+            Ok(Ok(n)) if n > 0 => Some(n),
+            _ => None,
+        }
     }
 
     /// Filters one message; a match joins `running` as delivery `id`, and its

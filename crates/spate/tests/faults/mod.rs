@@ -53,6 +53,11 @@ const ENGINE_SPACING: Duration = Duration::from_secs(ACK_WAIT_SECONDS + 2);
 /// The stuck trigger's subscriber never answers this event.
 pub const STUCK_ID: &str = "ev-100";
 
+/// The senders' pace, all together (events per second): above the 1,500 the suite must
+/// hold, and bounded, so that a backend whose ingress is far faster than its
+/// consumers after a fault (Kafka) does not pile up more than the run can drain.
+const RATE: f64 = 2_500.0;
+
 /// One trigger's counts over the whole run, with duplicates split by fault.
 #[derive(Debug)]
 pub struct Tally {
@@ -97,6 +102,7 @@ impl Load {
         let count = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let urls = Arc::new(urls);
+        let paced_from = tokio::time::Instant::now();
         let handles = (0..plan.senders)
             .map(|s| {
                 let (next, acked, count, urls) = (next.clone(), acked.clone(), count.clone(), urls.clone());
@@ -108,6 +114,7 @@ impl Load {
                             return;
                         }
                         let i = next.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep_until(paced_from + Duration::from_secs_f64(i as f64 / RATE)).await;
                         let id = format!("ev-{i}");
                         let mut attempt = 0usize;
                         loop {
