@@ -612,7 +612,7 @@ impl ControlPlane {
     /// Every room's reconcile, one reconcile at a time: what each room should
     /// run is taken from the store under its lock, the rooms run without it,
     /// and their statuses are written back under it. A status is written only
-    /// to an entry whose generation is still the one reconciled (a write made
+    /// to an entry whose generation (and uid) is still the one reconciled (a write made
     /// meanwhile reconciles again and reports then), so `observedGeneration`
     /// never claims a spec the rooms have not run.
     async fn reconcile_all(&self) {
@@ -621,7 +621,9 @@ impl ControlPlane {
             let store = self.store.lock().await;
             let w = self.wanted(&store);
             self.set_trust(&store);
-            let generations: HashMap<Key, u64> = store.entries.iter().map(|(k, e)| (k.clone(), e.generation)).collect();
+            // Generation and uid: an object deleted and created again meanwhile is another object.
+            let generations: HashMap<Key, (u64, String)> =
+                store.entries.iter().map(|(k, e)| (k.clone(), (e.generation, e.uid.clone()))).collect();
             (w, generations)
         };
         let wanted_sinks = wanted_sinks(std::mem::take(&mut w.kafka_sinks), &w.secrets);
@@ -642,7 +644,7 @@ impl ControlPlane {
         let changed_meanwhile: Vec<(Key, Value)> = store
             .entries
             .iter()
-            .filter(|(k, e)| generations.get(*k) != Some(&e.generation))
+            .filter(|(k, e)| generations.get(*k).is_none_or(|(g, uid)| *g != e.generation || *uid != e.uid))
             .map(|(k, e)| (k.clone(), e.status.clone()))
             .collect();
         for b in binding_statuses {
