@@ -6,8 +6,6 @@
 //! its counters and `tail` outcomes. It covers the events stored before it
 //! started; later ones reach the trigger as usual.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use spate_core::storage;
@@ -100,7 +98,7 @@ impl Eventing {
             ReplayFrom::TimeMs(t) => offset_at(log.as_ref(), t, start, end).await?,
         };
         let in_flight = plan.max_in_flight.max(1);
-        let shared = Shared::new(Arc::new(plan), self.dispatcher.clone(), Some(broker.clone()), stats);
+        let shared = Shared::new(plan, self.dispatcher.clone(), Some(broker.clone()), stats);
         let mut p = ReplayProgress { from_offset: first, total: end - first, ..Default::default() };
         // The range first: a caller learns the replay started (or why not) before any delivery.
         progress.send(p).await.map_err(|_| ReplayError::Stopped)?;

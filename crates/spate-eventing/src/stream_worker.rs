@@ -52,7 +52,8 @@ async fn bounded(what: &str, op: BoxFuture<'_, Result<(), spate_log::LogError>>)
 }
 
 pub(crate) struct StreamWorker {
-    pub plan: WorkerPlan,
+    /// Shared with the running task (one copy per trigger).
+    pub plan: Arc<WorkerPlan>,
     pub stream: Arc<dyn MessageStream>,
     pub stats: Arc<TriggerStats>,
     stop: watch::Sender<bool>,
@@ -77,7 +78,8 @@ impl StreamWorker {
         }
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(TriggerStats::default());
-        let shared = Shared::new(Arc::new(plan.clone()), dispatcher, broker, stats.clone());
+        let plan = Arc::new(plan);
+        let shared = Shared::new(plan.clone(), dispatcher, broker, stats.clone());
         let run = Run { shared, stream: stream.clone(), options };
         let handle = tokio::spawn(run.run(first.ok(), stop_rx));
         StreamWorker { plan, stream, stats, stop, handle }

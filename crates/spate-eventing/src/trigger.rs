@@ -98,7 +98,8 @@ impl TriggerStats {
 }
 
 pub(crate) struct TriggerWorker {
-    pub plan: WorkerPlan,
+    /// Shared with the running task (one copy per trigger).
+    pub plan: Arc<WorkerPlan>,
     /// The feed (log and router) this worker reads through.
     pub feed: Arc<Feed>,
     pub stats: Arc<TriggerStats>,
@@ -125,7 +126,8 @@ impl TriggerWorker {
         }
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(TriggerStats::default());
-        let run = Run { plan: Arc::new(plan.clone()), feed: feed.clone(), broker, dispatcher, stats: stats.clone() };
+        let plan = Arc::new(plan);
+        let run = Run { plan: plan.clone(), feed: feed.clone(), broker, dispatcher, stats: stats.clone() };
         let handle = tokio::spawn(run.run(stop_rx));
         TriggerWorker { plan, feed, stats, stop, handle }
     }

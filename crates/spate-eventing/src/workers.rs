@@ -46,7 +46,7 @@ impl Workers {
                 if let Some(old) = self.stream.remove(&key) {
                     old.stop().await;
                 }
-                if self.log.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.feed, feed)) {
+                if self.log.get(&key).is_some_and(|w| *w.plan == plan && Arc::ptr_eq(&w.feed, feed)) {
                     return;
                 }
                 if let Some(old) = self.log.remove(&key) {
@@ -58,7 +58,7 @@ impl Workers {
                 if let Some(old) = self.log.remove(&key) {
                     old.stop().await;
                 }
-                if self.stream.get(&key).is_some_and(|w| w.plan == plan && Arc::ptr_eq(&w.stream, stream)) {
+                if self.stream.get(&key).is_some_and(|w| *w.plan == plan && Arc::ptr_eq(&w.stream, stream)) {
                     return;
                 }
                 if let Some(old) = self.stream.remove(&key) {

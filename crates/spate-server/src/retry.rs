@@ -72,7 +72,7 @@ mod tests {
         assert!(!waiting(&serde_json::Value::Null));
     }
 
-    /// The follow loop's timing on tokio's paused clock: retries at 1, 2, 4 s while waiting.
+    /// A controller's retry timing on tokio's paused clock: retries at 1, 2, 4 s while waiting.
     #[tokio::test(start_paused = true)]
     async fn retries_follow_the_backoff_on_the_clock() {
         let start = tokio::time::Instant::now();

@@ -385,8 +385,7 @@ impl Server {
         }
         let control = Arc::new(control);
         // The config store's current state first, then our manifests, then every later change.
-        let watch =
-            control.sync().await.map_err(|e| ServeError::Invalid(format!("reading the stored resources: {e}")))?;
+        control.start().await.map_err(|e| ServeError::Invalid(format!("reading the stored resources: {e}")))?;
         if let Some(text) = &manifests {
             let applied = control.apply(text, false).await.map_err(|e| ServeError::Invalid(e.to_string()))?;
             for a in applied {
@@ -394,7 +393,6 @@ impl Server {
             }
         }
         control.reconcile().await;
-        tokio::spawn(control.clone().follow(watch));
         let upkeep = metrics.clone();
         tokio::spawn(async move {
             loop {

@@ -11,6 +11,7 @@ use tower::ServiceExt;
 
 use super::Server;
 use crate::config::ServeArgs;
+use crate::control::Room;
 
 /// The flags of `spate serve`, parsed as the CLI parses them.
 #[derive(clap::Parser)]
@@ -137,7 +138,7 @@ async fn reads_and_writes_do_not_wait_for_a_slow_reconcile() {
     let (st, _) = call(&s.admin, request(&s, "POST", TRIGGERS, Some(&trigger("other", "http://127.0.0.1:9/o")))).await;
     assert_eq!(st, StatusCode::CREATED);
     // Every reconcile from now on takes 3 s in its rooms, and one starts now.
-    s.control.reconcile_delay_ms.store(3000, Ordering::Relaxed);
+    s.control.reconcile_delay_ms[Room::Eventing as usize].store(3000, Ordering::Relaxed);
     let slow = {
         let (admin, req) =
             (s.admin.clone(), request(&s, "POST", TRIGGERS, Some(&trigger("slow", "http://127.0.0.1:9/s"))));
@@ -173,7 +174,38 @@ async fn reads_and_writes_do_not_wait_for_a_slow_reconcile() {
         tokio::task::yield_now().await;
     }
     assert!(!slow.is_finished(), "the second write was stored while the first reconcile was held");
-    s.control.reconcile_delay_ms.store(0, Ordering::Relaxed);
+    s.control.reconcile_delay_ms[Room::Eventing as usize].store(0, Ordering::Relaxed);
     assert_eq!(slow.await.unwrap().0, StatusCode::CREATED);
     assert_eq!(third.await.unwrap().0, StatusCode::CREATED);
+}
+
+/// One controller per room: while the eventing room's reconcile is held, a
+/// SinkBinding (the serving room's) is reconciled and reports its status, and
+/// the held Trigger's write completes once its room lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_room_holds_no_other_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = build(dir.path(), &[]).await;
+    s.control.reconcile_delay_ms[Room::Eventing as usize].store(3000, Ordering::Relaxed);
+    let held = {
+        let (admin, req) =
+            (s.admin.clone(), request(&s, "POST", TRIGGERS, Some(&trigger("held", "http://127.0.0.1:9/h"))));
+        tokio::spawn(async move { call(&admin, req).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "the Trigger's write waits for the eventing room");
+    let binding = json!({"apiVersion": "sources.knative.dev/v1", "kind": "SinkBinding", "metadata": {"name": "bind"},
+        "spec": {"subject": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "selector": {"matchLabels": {"app": "x"}}},
+                 "sink": {"uri": "http://127.0.0.1:9/sink"}}});
+    let path = "/apis/sources.knative.dev/v1/namespaces/default/sinkbindings";
+    let (st, created) = call(&s.admin, request(&s, "POST", path, Some(&binding))).await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    assert!(!held.is_finished(), "the SinkBinding was reconciled while the eventing room was held");
+    let (_, got) = call(&s.admin, request(&s, "GET", &format!("{path}/bind"), None)).await;
+    assert_eq!(got["status"]["sinkUri"], "http://127.0.0.1:9/sink", "{got}");
+    assert_eq!(got["status"]["observedGeneration"], 1, "{got}");
+    s.control.reconcile_delay_ms[Room::Eventing as usize].store(0, Ordering::Relaxed);
+    assert_eq!(held.await.unwrap().0, StatusCode::CREATED);
+    let (_, t) = call(&s.admin, request(&s, "GET", &format!("{TRIGGERS}/held"), None)).await;
+    assert_eq!(t["status"]["observedGeneration"], 1, "the Trigger's room reported it: {t}");
 }

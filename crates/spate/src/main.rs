@@ -12,6 +12,8 @@ use clap::Parser;
 /// glibc's allocator spent ~15% of server CPU in malloc/free/consolidation under
 /// load (perf); mimalloc's thread-local free lists remove most of it. Built
 /// without transparent huge pages (`no_thp`): idle memory stays in 4 KiB pages.
+/// `--features system-alloc` keeps glibc's, for heap profilers (heaptrack).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

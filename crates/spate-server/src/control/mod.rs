@@ -1,20 +1,29 @@
-//! The control plane: admission, the resource store, reconciliation and status.
+//! The control plane: admission and writes to the resource store (`mod.rs`),
+//! the controllers that reconcile it, one per room (`rooms.rs`, fed by
+//! `queue.rs`), and the statuses they write back (`statuses.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use spate_api::{AdmissionError, Compiled, Condition, FieldError, Kind, SecretConfig, SecretKeyRef};
-use spate_eventing::{Desired, Eventing, ResourceStatus};
+use spate_api::{AdmissionError, Compiled, FieldError, Kind};
+use spate_eventing::Eventing;
 use spate_serving::{ServiceStatus, Serving};
+use spate_sources::Sources;
 use spate_sources::apiserver::Op as ApiOp;
-use spate_sources::kafka_sink::{KafkaSinks, WantedSink};
-use spate_sources::{ResolvedSource, SourceStatus, Sources};
+use spate_sources::kafka_sink::KafkaSinks;
 use thiserror::Error;
 use tokio::sync::Mutex;
+
+mod queue;
+mod rooms;
+mod statuses;
+
+#[cfg(test)]
+pub use rooms::Room;
+use statuses::{mark_unavailable, source_status_json};
 
 use crate::objects::Objects;
 use crate::status;
@@ -100,15 +109,16 @@ pub struct Applied {
 
 pub struct ControlPlane {
     store: Mutex<Store>,
-    /// One reconcile at a time. Held across the rooms' reconciles, which run
-    /// without the store lock: writes and reads of the store never wait for a room.
-    reconciling: Mutex<()>,
+    /// The controllers' work queues, one per room (`rooms.rs`).
+    queues: rooms::Queues,
     eventing: Arc<Eventing>,
     serving: Arc<Serving>,
     sources: Arc<Sources>,
     /// The last reconciled status of each Service (for Revisions, Configurations and Routes).
     services: std::sync::Mutex<Vec<ServiceStatus>>,
     ready: AtomicBool,
+    /// Shutting down: the controllers reconcile no more.
+    stopping: AtomicBool,
     /// Where resources live: the data-dir file, or a NATS KV bucket shared by a cluster.
     config: Arc<dyn ConfigStore>,
     /// The dispatcher every delivery goes through: told which CAs each https destination trusts.
@@ -122,12 +132,9 @@ pub struct ControlPlane {
     data_auth: Option<Arc<crate::data_auth::DataAuth>>,
     /// Objects as clients read them, with versions and a change feed (never behind the store lock).
     objects: Arc<Objects>,
-    /// The last reconcile left resources waiting on an engine (`retry.rs`); `follow` reconciles again.
-    waiting: AtomicBool,
-    retry_wake: tokio::sync::Notify,
-    /// Tests hold every reconcile this long (milliseconds), to show reads do not wait for one.
+    /// Tests hold each room's reconciles this long (milliseconds, by [`Room`]), to show nothing waits for one.
     #[cfg(test)]
-    pub reconcile_delay_ms: std::sync::atomic::AtomicU64,
+    pub reconcile_delay_ms: [std::sync::atomic::AtomicU64; 5],
 }
 
 /// The data plane's current certificate chain (PEM), as the listener serves it (it may be renewed).
@@ -198,17 +205,16 @@ impl ControlPlane {
             kafka_sinks: Arc::default(),
             data_auth: None,
             objects: Arc::new(Objects::new()),
-            waiting: AtomicBool::new(false),
-            retry_wake: tokio::sync::Notify::new(),
             #[cfg(test)]
-            reconcile_delay_ms: std::sync::atomic::AtomicU64::new(0),
-            reconciling: Mutex::new(()),
+            reconcile_delay_ms: Default::default(),
+            queues: rooms::Queues::default(),
             store: Mutex::new(Store::new()),
             eventing,
             serving,
             sources,
             services: std::sync::Mutex::new(vec![]),
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             config,
         }
     }
@@ -348,7 +354,7 @@ impl ControlPlane {
             changed.push(Entry {
                 resource,
                 compiled,
-                status: Value::Null,
+                status: Default::default(),
                 generation,
                 uid,
                 created,
@@ -367,7 +373,7 @@ impl ControlPlane {
                 self.objects.seen(rev).await;
             }
             drop(store);
-            self.reconcile_all().await;
+            self.reconciled(&keys).await;
             // ApiServerSources hear of what this instance wrote (so each change once per cluster).
             let watched = if self.sources.watches_changes() { keys.into_iter().zip(added).collect() } else { vec![] };
             let store = self.store.lock().await;
@@ -453,7 +459,7 @@ impl ControlPlane {
         self.objects.gone(&key).await;
         let gone = store.entries.remove(&key);
         drop(store);
-        self.reconcile_all().await;
+        self.reconciled(std::slice::from_ref(&key)).await;
         if let Some(e) = gone.filter(|_| self.sources.watches_changes()) {
             self.sources.resource_changed(api_change(&key, ApiOp::Delete, e.object()));
         }
@@ -542,10 +548,11 @@ impl ControlPlane {
     }
 
     /// Loads the config store's current state into the cache (before the
-    /// first reconcile), then returns the changes to follow with
-    /// [`ControlPlane::follow`]. The objects view follows the store at once,
-    /// on its own task, never waiting for the store lock.
-    pub async fn sync(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, ApiError> {
+    /// first reconcile), then starts the controllers (one per room) and the
+    /// follower that feeds them every later change. The objects view follows
+    /// the store at once, on its own task, never waiting for the store lock.
+    /// Call [`ControlPlane::reconcile`] next: it runs the first reconcile.
+    pub async fn start(self: &Arc<Self>) -> Result<(), ApiError> {
         let mut rx = self.config.watch().await?;
         let mut store = self.store.lock().await;
         while let Some(change) = rx.recv().await {
@@ -555,6 +562,7 @@ impl ControlPlane {
             }
             apply_change(&mut store, change);
         }
+        drop(store);
         let (tx, out) = tokio::sync::mpsc::unbounded_channel();
         let objects = self.objects.clone();
         tokio::spawn(async move {
@@ -565,293 +573,51 @@ impl ControlPlane {
                 }
             }
         });
-        Ok(out)
+        for room in rooms::Room::ALL {
+            tokio::spawn(self.clone().control(room));
+        }
+        tokio::spawn(self.clone().follow(out));
+        Ok(())
     }
 
     /// Follows the config store: every change (from any instance) updates the
-    /// cache, and each batch of changes is reconciled once. While a reconcile
-    /// leaves resources waiting on an engine, reconciles again with backoff.
-    pub async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
-        let mut retry = crate::retry::Retry::new(crate::retry::RETRY_MIN, crate::retry::RETRY_MAX);
-        let mut wait = None;
-        loop {
-            let timer = async {
-                match wait {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                change = rx.recv() => {
-                    let Some(first) = change else { return };
-                    let mut store = self.store.lock().await;
-                    let mut dirty = apply_change(&mut store, first);
-                    while let Ok(more) = rx.try_recv() {
-                        dirty |= apply_change(&mut store, more);
-                    }
-                    drop(store);
-                    if dirty {
-                        self.reconcile_all().await;
-                    }
-                }
-                () = timer => {
-                    tracing::info!("reconciling again: resources are waiting on an engine");
-                    self.reconcile_all().await;
-                }
-                () = self.retry_wake.notified(), if wait.is_none() => {}
+    /// cache, and each changed object is queued with the rooms that read it.
+    async fn follow(self: Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        while let Some(first) = rx.recv().await {
+            let mut store = self.store.lock().await;
+            let mut keys: Vec<Key> = apply_change(&mut store, first).into_iter().collect();
+            while let Ok(more) = rx.try_recv() {
+                keys.extend(apply_change(&mut store, more));
             }
-            wait = retry.after(self.waiting.load(Ordering::Acquire));
+            drop(store);
+            self.queues.add(&keys);
         }
     }
 
+    /// The first reconcile: every room once. The server is ready after it.
     pub async fn reconcile(&self) {
-        self.reconcile_all().await;
+        let tickets = self.queues.kick_all();
+        self.queues.wait(&tickets).await;
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Every room's reconcile, one reconcile at a time: what each room should
-    /// run is taken from the store under its lock, the rooms run without it,
-    /// and their statuses are written back under it. A status is written only
-    /// to an entry whose generation (and uid) is still the one reconciled (a write made
-    /// meanwhile reconciles again and reports then), so `observedGeneration`
-    /// never claims a spec the rooms have not run.
-    async fn reconcile_all(&self) {
-        let _one = self.reconciling.lock().await;
-        let (mut w, generations) = {
-            let store = self.store.lock().await;
-            let w = self.wanted(&store);
-            self.set_trust(&store);
-            // Generation and uid: an object deleted and created again meanwhile is another object.
-            let generations: HashMap<Key, (u64, String)> =
-                store.entries.iter().map(|(k, e)| (k.clone(), (e.generation, e.uid.clone()))).collect();
-            (w, generations)
-        };
-        let wanted_sinks = wanted_sinks(std::mem::take(&mut w.kafka_sinks), &w.secrets);
-        let resolve = self.eventing.resolver(&w.desired);
-        let binding_statuses = crate::bindings::apply(&w.bindings, &mut w.services, &w.labels, &resolve);
-        let resolved = resolve_sources(std::mem::take(&mut w.sources), &w.secrets, &resolve);
-        drop(resolve);
-        #[cfg(test)]
-        {
-            let ms = self.reconcile_delay_ms.load(Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        }
-        let service_statuses = self.serving.reconcile(&w.services).await;
-        let eventing_statuses = self.eventing.reconcile(&w.desired).await;
-        let sink_statuses = self.kafka_sinks.reconcile(wanted_sinks).await;
-        let source_statuses = self.sources.reconcile(&resolved).await;
-        let mut store = self.store.lock().await;
-        let changed_meanwhile: Vec<(Key, Value)> = store
-            .entries
-            .iter()
-            .filter(|(k, e)| generations.get(*k).is_none_or(|(g, uid)| *g != e.generation || *uid != e.uid))
-            .map(|(k, e)| (k.clone(), e.status.clone()))
-            .collect();
-        for b in binding_statuses {
-            if let Some(e) = store.entries.get_mut(&b.key) {
-                let mut new = json!({"observedGeneration": e.generation, "conditions": status::conditions_json(&b.conditions, &status::now_rfc3339())});
-                if let Some(u) = &b.sink_uri {
-                    new["sinkUri"] = json!(u);
-                }
-                set_status(e, new);
-            }
-        }
-        for st in &service_statuses {
-            if let Some(e) = store.entries.get_mut(&(Kind::Service, st.namespace.clone(), st.name.clone())) {
-                set_status(e, status::service(st, e.generation));
-            }
-        }
-        *self.services.lock().expect("services") = service_statuses;
-        self.publish_children(&store, &w.desired, &eventing_statuses);
-        note_eventing_statuses(&mut store, eventing_statuses);
-        for st in sink_statuses {
-            let key = (Kind::KafkaSink, st.namespace.clone(), st.name.clone());
-            if let Some(e) = store.entries.get_mut(&key) {
-                set_status(e, status::kafka_sink(&st, e.generation, &w.desired.kafka_sinks[&(key.1, key.2)]));
-            }
-        }
-        for st in source_statuses {
-            if let Some(e) = store.entries.get_mut(&(st.kind, st.namespace.clone(), st.name.clone())) {
-                e.status = source_status_json(&st, e.generation, &e.status);
-            }
-        }
-        if let Some(auth) = &self.data_auth {
-            let mode = auth.snapshot().auth.mode;
-            auth.set(crate::data_auth::build_snapshot(store.entries.values(), mode));
-            publish_auth_status(&mut store, &auth.snapshot());
-        }
-        publish_event_type_status(&mut store);
-        for (key, status) in changed_meanwhile {
-            if let Some(e) = store.entries.get_mut(&key) {
-                e.status = status;
-            }
-        }
-        for (key, e) in &store.entries {
-            self.objects.set_status(key, &e.status);
-        }
-        let waiting = store.entries.values().any(|e| crate::retry::waiting(&e.status));
-        self.waiting.store(waiting, Ordering::Release);
-        if waiting {
-            self.retry_wake.notify_one();
-        }
+    /// Queues changed objects with the rooms that read them and waits for those
+    /// rooms to reconcile them (a writer sees its objects' statuses).
+    async fn reconciled(&self, keys: &[Key]) {
+        let tickets = self.queues.add(keys);
+        self.queues.wait(&tickets).await;
     }
 
-    /// What every room should run, from the stored entries.
-    fn wanted(&self, store: &Store) -> Wanted {
-        let mut w = Wanted::default();
-        for e in store.entries.values() {
-            match &e.compiled {
-                Compiled::Secret(s) => {
-                    w.secrets.insert((s.namespace.clone(), s.name.clone()), s.clone());
-                }
-                Compiled::Source(s) => w.sources.push((**s).clone()),
-                Compiled::SinkBinding(b) => w.bindings.push(b.clone()),
-                Compiled::Broker(b) => w.desired.brokers.push(b.clone()),
-                Compiled::Trigger(t) => w.desired.triggers.push(t.clone()),
-                Compiled::Channel(c) => w.desired.channels.push(c.clone()),
-                Compiled::Subscription(s) => w.desired.subscriptions.push(s.clone()),
-                Compiled::Sequence(s) => w.desired.sequences.push(s.clone()),
-                Compiled::Parallel(p) => w.desired.parallels.push(p.clone()),
-                Compiled::KafkaSink(k) => {
-                    w.desired.kafka_sinks.insert((k.namespace.clone(), k.name.clone()), self.kafka_sink_address(k));
-                    w.kafka_sinks.push(k.clone());
-                }
-                Compiled::ConfigMap(c) => {
-                    w.desired.config_maps.insert((c.namespace.clone(), c.name.clone()), c.data.clone());
-                }
-                Compiled::EventPolicy(_) | Compiled::EventType(_) | Compiled::Namespace => {}
-                Compiled::Service(s) => {
-                    let key = (s.namespace.clone(), s.name.clone());
-                    w.desired.services.insert(key.clone(), self.serving.address(&s.namespace, &s.name));
-                    w.labels.insert(key, spate_api::labels(&e.resource.manifest["metadata"]));
-                    w.services.push(s.clone());
-                }
-            }
-        }
-        w
-    }
-
-    /// The CAs each https destination trusts (its `CACerts`, and this server's own chain).
-    fn set_trust(&self, store: &Store) {
-        let mut cas: Vec<(String, String)> =
-            store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
-        if let Some((authority, chain)) = &self.own_tls {
-            cas.push((authority.clone(), chain()));
-        }
-        for e in self.dispatcher.set_trust(cas) {
-            tracing::warn!(error = %e, "destination CA certificates unusable; the system roots apply");
-        }
-    }
-
-    /// The channels and subscriptions flows own, as derived objects born with their owner.
-    fn publish_children(&self, store: &Store, desired: &Desired, statuses: &[ResourceStatus]) {
-        let mut owned = spate_eventing::flow_children(desired);
-        owned.extend(self.eventing.broker_children());
-        let mut children = flow_children_json(&owned, statuses);
-        for child in &mut children {
-            // Born with their owner: its creation time, and its uid in the owner reference.
-            let reference = &child["metadata"]["ownerReferences"][0];
-            let namespace = child["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-            let name = reference["name"].as_str().unwrap_or("").to_string();
-            let owner = Kind::all()
-                .find(|k| reference["kind"] == k.name())
-                .and_then(|k| store.entries.get(&(k, namespace, name)));
-            if let Some(owner) = owner {
-                child["metadata"]["creationTimestamp"] = json!(owner.created);
-                child["metadata"]["ownerReferences"][0]["uid"] = json!(owner.uid);
-            }
-        }
-        self.objects.set_derived(children);
-    }
-
-    fn kafka_sink_address(&self, k: &spate_api::KafkaSinkConfig) -> String {
-        format!("{}/kafkasinks/{}/{}", self.eventing.config().base_url.trim_end_matches('/'), k.namespace, k.name)
-    }
-
+    /// Stops the controllers (a reconcile under way finishes first), then the rooms.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for room in rooms::Room::ALL {
+            let _one = self.queues.of(room).running().await;
+            self.queues.of(room).close();
+        }
         self.sources.shutdown().await;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
-    }
-}
-
-/// What the rooms should run, gathered from the stored entries at one reconcile.
-#[derive(Default)]
-struct Wanted {
-    desired: Desired,
-    services: Vec<spate_api::ServiceConfig>,
-    sources: Vec<spate_api::SourceConfig>,
-    bindings: Vec<spate_api::SinkBindingConfig>,
-    kafka_sinks: Vec<spate_api::KafkaSinkConfig>,
-    secrets: HashMap<(String, String), SecretConfig>,
-    labels: HashMap<(String, String), Vec<(String, String)>>,
-}
-
-/// A reconciled status, kept as it was when only transition times changed.
-fn set_status(e: &mut Entry, new: Value) {
-    if strip_times(&e.status) != strip_times(&new) {
-        e.status = new;
-    }
-}
-
-/// KafkaSinks with the credentials their `spec.auth.secret.ref` names (or what is missing).
-fn wanted_sinks(
-    sinks: Vec<spate_api::KafkaSinkConfig>,
-    secrets: &HashMap<(String, String), SecretConfig>,
-) -> Vec<WantedSink> {
-    sinks
-        .into_iter()
-        .map(|config| {
-            let auth = match &config.auth_secret {
-                None => Ok(Default::default()),
-                Some(name) => secrets
-                    .get(&(config.namespace.clone(), name.clone()))
-                    .map(|s| s.data.clone())
-                    .ok_or_else(|| format!("Secret {}/{name} (spec.auth.secret.ref) does not exist", config.namespace)),
-            };
-            WantedSink { config, auth }
-        })
-        .collect()
-}
-
-/// Sources with their sinks resolved and the Secret values they reference.
-fn resolve_sources(
-    sources: Vec<spate_api::SourceConfig>,
-    secrets: &HashMap<(String, String), SecretConfig>,
-    resolve: &dyn Fn(&spate_core::Destination) -> Result<String, String>,
-) -> Vec<ResolvedSource> {
-    sources
-        .into_iter()
-        .map(|config| {
-            let secrets = config
-                .secret_refs()
-                .into_iter()
-                .map(|r| (r.clone(), secret_value(secrets, &config.namespace, r)))
-                .collect();
-            ResolvedSource {
-                sink: resolve(&config.sink),
-                dead_letter_sink: config.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()).map(resolve),
-                secrets,
-                config,
-            }
-        })
-        .collect()
-}
-
-/// Brokers', triggers', channels' and flows' statuses onto their entries.
-fn note_eventing_statuses(store: &mut Store, statuses: Vec<ResourceStatus>) {
-    for st in statuses {
-        // Eventing reports every channel kind as Channel; the store knows which was applied.
-        let kinds: &[Kind] = if st.kind == Kind::Channel {
-            &[Kind::Channel, Kind::InMemoryChannel, Kind::NatsJetStreamChannel, Kind::KafkaChannel]
-        } else {
-            &[st.kind]
-        };
-        let key =
-            kinds.iter().map(|k| (*k, st.namespace.clone(), st.name.clone())).find(|k| store.entries.contains_key(k));
-        if let Some(e) = key.and_then(|k| store.entries.get_mut(&k)) {
-            set_status(e, status::resource(&st, e.generation));
-        }
     }
 }
 
@@ -881,154 +647,24 @@ fn check_expectations(
     if conflicts.is_empty() { Ok(()) } else { Err(ApiError::Conflict(conflicts)) }
 }
 
-/// With sender identity on: each addressable's `status.address.audience`, and each
-/// An EventType is Ready when the addressable it references exists
-/// (Knative's `ReferenceExists`); it has no other runtime.
-fn publish_event_type_status(store: &mut Store) {
-    let exists: std::collections::HashSet<(String, String, String)> = store
-        .entries
-        .values()
-        .map(|e| (e.resource.kind.name().to_string(), e.resource.namespace.clone(), e.resource.name.clone()))
-        .collect();
-    for e in store.entries.values_mut() {
-        let Compiled::EventType(t) = &e.compiled else { continue };
-        let cond = match &t.reference {
-            Some((_, kind, name)) if !exists.contains(&(kind.clone(), t.namespace.clone(), name.clone())) => {
-                Condition::fail(
-                    "ReferenceExists",
-                    "ReferenceNotFound",
-                    format!("{kind} {}/{name} does not exist", t.namespace),
-                )
-            }
-            _ => Condition::ok("ReferenceExists"),
-        };
-        let new = json!({"observedGeneration": e.generation,
-            "conditions": status::conditions_json(&Condition::ready_first(vec![cond]), &status::now_rfc3339())});
-        if strip_times(&e.status) != strip_times(&new) {
-            e.status = new;
-        }
-    }
-}
-
-/// EventPolicy's `status.from` (its resolved subjects) and Ready condition.
-fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot) {
-    use crate::data_auth::Target;
-    for e in store.entries.values_mut() {
-        let (ns, name) = (e.resource.namespace.clone(), e.resource.name.clone());
-        if e.resource.kind == Kind::EventPolicy {
-            let from =
-                snap.auth.policies.get(&ns).into_iter().flatten().find(|p| p.name == name).map(|p| p.subjects.clone());
-            let conditions = Condition::ready_first(vec![Condition::ok("SubjectsResolved")]);
-            let new = json!({"observedGeneration": e.generation, "from": from.unwrap_or_default(),
-                "conditions": status::conditions_json(&conditions, &status::now_rfc3339())});
-            if strip_times(&e.status) != strip_times(&new) {
-                e.status = new;
-            }
-            continue;
-        }
-        let key = match &e.compiled {
-            Compiled::Broker(_) => (Target::Broker, ns, name),
-            Compiled::KafkaSink(_) => (Target::KafkaSink, ns, name),
-            Compiled::Channel(_) => (Target::Channel, ns, name),
-            Compiled::Sequence(_) => (Target::Channel, ns, spate_eventing::flow_channels(Kind::Sequence, &name, 0).0),
-            Compiled::Parallel(_) => (Target::Channel, ns, spate_eventing::flow_channels(Kind::Parallel, &name, 0).0),
-            _ => continue,
-        };
-        if let (Some(a), Some(address)) = (snap.addressables.get(&key), e.status.get_mut("address")) {
-            address["audience"] = json!(a.audience);
-        }
-    }
-}
-
-/// The objects of the channels and subscriptions flows own: Knative's shape,
-/// `metadata.ownerReferences` naming the flow, the status the flow reported.
-fn flow_children_json(children: &[spate_eventing::FlowChild], statuses: &[ResourceStatus]) -> Vec<Value> {
-    children
-        .iter()
-        .map(|c| {
-            let is_sub = c.kind == Kind::Subscription;
-            let status = statuses
-                .iter()
-                .filter(|s| s.namespace == c.namespace && s.name == c.owner)
-                .flat_map(|s| s.children.iter())
-                .find(|ch| ch.name == c.name && (ch.kind == Kind::Subscription) == is_sub);
-            let mut o = json!({
-                "apiVersion": c.kind.api_version(),
-                "kind": c.kind.name(),
-                "metadata": {"name": c.name, "namespace": c.namespace, "ownerReferences": [{
-                    "apiVersion": c.owner_kind.api_version(), "kind": c.owner_kind.name(), "name": c.owner,
-                    "controller": true, "blockOwnerDeletion": true}]},
-                "spec": {},
-            });
-            if let Some((kind, name)) = &c.channel {
-                o["spec"]["channel"] = json!({"apiVersion": "messaging.knative.dev/v1", "kind": kind, "name": name});
-            }
-            if let Some(st) = status {
-                o["status"] = status::flow_child(st);
-            }
-            o
-        })
-        .collect()
-}
-
-/// A Secret's value for a `secretKeyRef` in `namespace`, or what is missing.
-fn secret_value(
-    secrets: &HashMap<(String, String), SecretConfig>,
-    namespace: &str,
-    r: &SecretKeyRef,
-) -> Result<Vec<u8>, String> {
-    let s = secrets
-        .get(&(namespace.to_string(), r.name.clone()))
-        .ok_or_else(|| format!("Secret {namespace}/{} does not exist", r.name))?;
-    s.data.get(&r.key).cloned().ok_or_else(|| format!("Secret {namespace}/{} has no key '{}'", r.name, r.key))
-}
-
 fn api_change(key: &Key, op: ApiOp, object: Value) -> spate_sources::apiserver::Change {
     spate_sources::apiserver::Change { kind: key.0, namespace: key.1.clone(), name: key.2.clone(), op, object }
 }
 
-/// A source's status: its conditions (transition times kept while unchanged) and fields.
-fn source_status_json(st: &SourceStatus, generation: u64, old: &Value) -> Value {
-    let now = status::now_rfc3339();
-    let mut s = st.fields();
-    s["observedGeneration"] = json!(generation);
-    s["conditions"] = status::conditions_json(&st.conditions, &now);
-    if let (Some(new), Some(prev)) = (s["conditions"].as_array_mut(), old.get("conditions").and_then(Value::as_array)) {
-        for c in new.iter_mut() {
-            if let Some(p) = prev.iter().find(|p| p["type"] == c["type"] && p["status"] == c["status"]) {
-                c["lastTransitionTime"] = p["lastTransitionTime"].clone();
-            }
-        }
-    }
-    s
-}
-
-fn strip_times(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
-        for c in cs {
-            if let Some(o) = c.as_object_mut() {
-                o.remove("lastTransitionTime");
-            }
-        }
-    }
-    v
-}
-
-/// Applies one change of the shared store to the local cache; true if it changed anything.
-fn apply_change(store: &mut Store, change: Change) -> bool {
+/// Applies one change of the shared store to the local cache; the object it changed, if any.
+fn apply_change(store: &mut Store, change: Change) -> Option<Key> {
     match change {
-        Change::Synced => false,
+        Change::Synced => None,
         Change::Delete { key: shared_key, .. } => {
-            let key = store.entries.keys().find(|k| Entry::shared_key(k) == shared_key).cloned();
-            key.and_then(|k| store.entries.remove(&k)).is_some()
+            let key = store.entries.keys().find(|k| Entry::shared_key(k) == shared_key).cloned()?;
+            store.entries.remove(&key).map(|_| key)
         }
         Change::Put(v) => {
             let record: Value = match serde_json::from_slice(&v.value) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(key = %v.key, error = %e, "shared resource is not JSON; skipped");
-                    return false;
+                    return None;
                 }
             };
             let entry = match Entry::from_record(&record, 0, v.revision) {
@@ -1037,38 +673,26 @@ fn apply_change(store: &mut Store, change: Change) -> bool {
                     for e in errs {
                         tracing::error!(key = %v.key, error = %e, "shared resource does not pass admission here; skipped");
                     }
-                    return false;
+                    return None;
                 }
             };
             let key = entry.resource.key();
             match store.entries.get_mut(&key) {
                 // Our own write coming back, or an older one: nothing to do.
-                Some(old) if old.revision >= v.revision => false,
+                Some(old) if old.revision >= v.revision => None,
                 Some(old)
                     if old.resource.manifest == entry.resource.manifest
                         && old.generation == entry.generation
                         && old.applied == entry.applied =>
                 {
                     old.revision = v.revision;
-                    false
+                    None
                 }
                 _ => {
-                    store.entries.insert(key, entry);
-                    true
+                    store.entries.insert(key.clone(), entry);
+                    Some(key)
                 }
             }
-        }
-    }
-}
-
-/// Turns `Ready` (and the ingress condition) False with `StorageUnavailable`.
-fn mark_unavailable(status: &mut Value, problem: &str) {
-    let Some(conds) = status.get_mut("conditions").and_then(Value::as_array_mut) else { return };
-    for c in conds.iter_mut() {
-        if matches!(c["type"].as_str(), Some("Ready" | "IngressReady" | "ChannelServiceReady")) {
-            c["status"] = json!("False");
-            c["reason"] = json!("StorageUnavailable");
-            c["message"] = json!(problem);
         }
     }
 }
