@@ -299,13 +299,31 @@ impl StreamConsumer for RabbitConsumer {
         Box::pin(async move {
             match self.consumer.next().await {
                 Some(Ok(d)) => {
-                    Ok(Message { payload: Bytes::from(d.data), acker: Arc::new(RabbitAcker(d.acker)), delivered: 1 })
+                    let delivered = delivery_count(d.properties.headers().as_ref()).saturating_add(1);
+                    Ok(Message { payload: Bytes::from(d.data), acker: Arc::new(RabbitAcker(d.acker)), delivered })
                 }
                 Some(Err(e)) => Err(unavailable("consume", e)),
                 None => Err(LogError::Unavailable("RabbitMQ: the consumer was cancelled".into())),
             }
         })
     }
+}
+
+/// How many times a quorum queue handed the message out before (its
+/// `x-delivery-count` header: returned by a nack or by a consumer that went
+/// away); 0 the first time, or when the header is absent or not a count.
+fn delivery_count(headers: Option<&FieldTable>) -> u32 {
+    let count = headers.and_then(|h| h.inner().get("x-delivery-count")).and_then(|v| match v {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    });
+    count.map_or(0, |n| n.clamp(0, i64::from(u32::MAX - 1)) as u32)
 }
 
 struct RabbitAcker(lapin::Acker);
@@ -330,7 +348,57 @@ impl Acker for RabbitAcker {
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::*;
+
+    #[test]
+    fn the_delivery_count_header_is_read_in_any_integer_width_and_never_panics() {
+        let with = |v: AMQPValue| {
+            let mut t = FieldTable::default();
+            t.insert("x-delivery-count".into(), v);
+            delivery_count(Some(&t))
+        };
+        assert_eq!(delivery_count(None), 0);
+        assert_eq!(delivery_count(Some(&FieldTable::default())), 0);
+        assert_eq!(with(AMQPValue::LongLongInt(3)), 3);
+        assert_eq!(with(AMQPValue::LongInt(2)), 2);
+        assert_eq!(with(AMQPValue::ShortShortUInt(1)), 1);
+        assert_eq!(with(AMQPValue::LongLongInt(-5)), 0, "a negative count is no count");
+        assert_eq!(with(AMQPValue::LongLongInt(i64::MAX)), u32::MAX - 1, "bounded: +1 cannot overflow");
+        assert_eq!(with(AMQPValue::LongString("7".into())), 0, "not an integer: not a count");
+    }
+
+    /// RabbitMQ's quorum queue counts hand-outs: a message nacked (or left by a
+    /// consumer that went away) comes back with `x-delivery-count`, so a
+    /// restarted worker continues the retry budget instead of starting over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_handed_out_again_says_how_often_it_was_handed_out() {
+        let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        if tokio::net::TcpStream::connect("127.0.0.1:5672").await.is_err() {
+            assert!(std::env::var_os("CI").is_none(), "RabbitMQ is not answering on 127.0.0.1:5672");
+            eprintln!("skipped: RabbitMQ is not answering on 127.0.0.1:5672");
+            return;
+        }
+        let cluster = format!("dc{}", std::process::id());
+        let backend = Arc::new(RabbitBackend::new(RabbitConfig { url: url.into(), cluster }));
+        let stream = backend.open("count").await.unwrap();
+        let options = ConsumerOptions { max_in_flight: 1, ack_wait: Duration::from_secs(30) };
+        let mut consumer = stream.consumer("c", options.clone(), true).await.unwrap();
+        stream.publish(vec![(Bytes::from_static(b"e"), "id-1".into())]).await.unwrap();
+        let first = consumer.next().await.unwrap();
+        assert_eq!(first.delivered, 1);
+        first.acker.nack(Duration::ZERO).await.unwrap();
+        let second = consumer.next().await.unwrap();
+        assert_eq!(second.delivered, 2, "nacked once: handed out twice");
+        // A consumer that goes away without an ack (a killed instance) returns it too.
+        drop(second);
+        drop(consumer);
+        let mut again = stream.consumer("c", options, false).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_secs(30), again.next()).await.expect("returned").unwrap();
+        assert_eq!(third.delivered, 3, "returned by a consumer that went away: handed out three times");
+        third.acker.ack().await.unwrap();
+        stream.remove_consumer("c").await.unwrap();
+        backend.remove("count").await.unwrap();
+    }
 
     #[test]
     fn long_names_are_shortened_uniquely_and_never_panic() {
