@@ -41,6 +41,8 @@ const CONSUMER_TIMEOUT: Duration = Duration::from_secs(15);
 /// without ever handing out another message (seen after kill -9 of nats-server).
 const STALLED_AFTER: Duration = Duration::from_secs(30);
 const STALL_CHECK: Duration = Duration::from_secs(10);
+/// A stall is confirmed by a second look this much later: what waits has not gone down.
+const STALL_CONFIRM: Duration = Duration::from_secs(2);
 
 /// Acknowledges within [`ACK_TIMEOUT`]; `what` names the operation in errors.
 async fn bounded(what: &str, op: BoxFuture<'_, Result<(), spate_log::LogError>>) -> Result<(), String> {
@@ -127,6 +129,8 @@ impl Run {
         let mut stall_check = tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_message = tokio::time::Instant::now();
+        // Stalls in a row (30 s each with messages waiting and none handed out).
+        let mut stalls = 0u32;
         loop {
             let Some(c) = consumer.as_mut() else {
                 let since = *missing_since.get_or_insert_with(Instant::now);
@@ -164,14 +168,15 @@ impl Run {
                 _ = beat.tick() => keep_claims(&held, every).await,
                 _ = stall_check.tick(), if running.is_empty() && last_message.elapsed() >= STALLED_AFTER => {
                     last_message = tokio::time::Instant::now();
-                    if let Some(waiting) = self.waiting_for(&label).await {
-                        tracing::warn!(trigger = %label, waiting, "the consumer handed out nothing for 30 s while messages wait; making it again");
+                    stalls = self.unstall(&label, stalls).await;
+                    if stalls > 0 {
                         consumer = None;
                     }
                 }
                 m = c.next(), if room => match m {
                     Ok(m) => {
                         last_message = tokio::time::Instant::now();
+                        stalls = 0;
                         if let Some(acker) = self.take(m, &mut running, next_id).await {
                             held.insert(next_id, Held { since: Instant::now(), acker });
                             next_id += 1;
@@ -191,9 +196,39 @@ impl Run {
         drop(running);
     }
 
-    /// How many messages the engine says wait for this trigger, if any (and if it answers in time).
-    async fn waiting_for(&self, label: &str) -> Option<u64> {
-        match tokio::time::timeout(Duration::from_secs(5), self.stream.backlog(label)).await {
+    /// After [`STALLED_AFTER`] with nothing handed out and nothing held: if the
+    /// engine says messages could be handed out, the subscription is made again
+    /// (the caller drops it); if that already happened once in a row, the
+    /// engine's consumer itself is made again from its acknowledgement floor
+    /// (nats-server 2.9 restored a consumer after its own kill -9 that kept
+    /// saying messages wait and never handed them out). Returns the stalls in a row.
+    async fn unstall(&self, label: &str, stalls: u32) -> u32 {
+        let Some(waiting) = self.deliverable(label).await else { return 0 };
+        // Someone is pulling (another instance, under light traffic): not stalled.
+        tokio::time::sleep(STALL_CONFIRM).await;
+        if self.deliverable(label).await.is_none_or(|again| again < waiting) {
+            return 0;
+        }
+        if stalls == 0 {
+            tracing::warn!(trigger = %label, waiting, "the consumer handed out nothing for 30 s while messages wait; subscribing again");
+            return 1;
+        }
+        let reset = self.stream.reset_consumer(label, self.options.clone());
+        match tokio::time::timeout(CONSUMER_TIMEOUT, reset).await {
+            Ok(Ok(())) => {
+                tracing::warn!(trigger = %label, waiting, "still nothing handed out: the consumer was made again from its acknowledgement floor")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(trigger = %label, error = %e, "the stalled consumer could not be made again; trying later")
+            }
+            Err(_) => tracing::warn!(trigger = %label, "making the stalled consumer again timed out; trying later"),
+        }
+        stalls + 1
+    }
+
+    /// How many messages the engine could hand this trigger now, if any (and if it answers in time).
+    async fn deliverable(&self, label: &str) -> Option<u64> {
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.deliverable(label)).await {
             Ok(Ok(n)) if n > 0 => Some(n),
             _ => None,
         }

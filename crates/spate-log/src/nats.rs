@@ -215,17 +215,7 @@ impl MessageStream for NatsStream {
     ) -> BoxFuture<'_, Result<Box<dyn StreamConsumer>, LogError>> {
         let durable = self.nats.name(name);
         Box::pin(async move {
-            let cfg = consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: options.ack_wait,
-                max_ack_pending: options.max_in_flight.max(1) as i64,
-                deliver_policy: consumer::DeliverPolicy::New,
-                // Spate retries deliveries itself; the engine redelivers only
-                // what an instance failed to settle (a crash, a lost claim).
-                max_deliver: -1,
-                ..Default::default()
-            };
+            let cfg = consumer_config(&durable, &options, consumer::DeliverPolicy::New);
             let stream = self.ensure().await?;
             let c: consumer::Consumer<consumer::pull::Config> = match stream.get_consumer(&durable).await {
                 Ok(c) if c.cached_info().config.max_ack_pending == cfg.max_ack_pending => c,
@@ -257,6 +247,47 @@ impl MessageStream for NatsStream {
         })
     }
 
+    fn deliverable(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>> {
+        let durable = self.nats.name(name);
+        Box::pin(async move {
+            let stream = self.ensure().await?;
+            let info = stream.consumer_info(&durable).await.map_err(|e| unavailable("consumer info", e))?;
+            let room = (info.num_ack_pending as i64) < info.config.max_ack_pending;
+            Ok(if room { info.num_pending } else { 0 })
+        })
+    }
+
+    fn reset_consumer(&self, name: &str, options: ConsumerOptions) -> BoxFuture<'_, Result<(), LogError>> {
+        let durable = self.nats.name(name);
+        Box::pin(async move {
+            let stream = self.ensure().await?;
+            let info = stream.consumer_info(&durable).await.map_err(|e| unavailable("consumer info", e))?;
+            // The first message not known acknowledged: everything from it is handed out again.
+            let start_sequence = info.ack_floor.stream_sequence + 1;
+            tracing::warn!(consumer = %durable, start_sequence, pending = info.num_pending,
+                "the consumer hands out nothing while messages wait: making it again from its acknowledgement floor");
+            // The stream keeps messages only while a consumer needs them (interest
+            // retention): a stand-in holds the interest while the consumer is made again.
+            let from = consumer::DeliverPolicy::ByStartSequence { start_sequence };
+            let stand_in = format!("{durable}-reset");
+            let keep = consumer_config(&stand_in, &options, from);
+            stream.create_consumer(keep).await.map_err(|e| unavailable("consumer", e))?;
+            let remade = async {
+                stream.delete_consumer(&durable).await.map_err(|e| unavailable("delete consumer", e))?;
+                stream
+                    .create_consumer(consumer_config(&durable, &options, from))
+                    .await
+                    .map_err(|e| unavailable("consumer", e))
+            }
+            .await;
+            // The stand-in goes only once the consumer holds the interest again.
+            if remade.is_ok() {
+                stream.delete_consumer(&stand_in).await.map_err(|e| unavailable("delete consumer", e))?;
+            }
+            remade.map(|_| ())
+        })
+    }
+
     fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>> {
         let durable = self.nats.name(name);
         Box::pin(async move {
@@ -266,6 +297,25 @@ impl MessageStream for NatsStream {
                 Err(e) => Err(unavailable("delete consumer", e)),
             }
         })
+    }
+}
+
+/// A trigger's durable pull consumer: explicit acks, the in-flight bound, and no
+/// redelivery limit (Spate retries deliveries itself; the engine redelivers only
+/// what an instance failed to settle: a crash, a lost claim).
+fn consumer_config(
+    durable: &str,
+    options: &ConsumerOptions,
+    deliver_policy: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.to_string()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        max_ack_pending: options.max_in_flight.max(1) as i64,
+        deliver_policy,
+        max_deliver: -1,
+        ..Default::default()
     }
 }
 
@@ -301,5 +351,61 @@ impl Acker for NatsAcker {
     }
     fn in_progress(&self) -> BoxFuture<'_, Result<(), LogError>> {
         Box::pin(async move { self.0.ack_with(AckKind::Progress).await.map_err(|e| unavailable("in progress", e)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consumer made again from its acknowledgement floor hands out every
+    /// message not acknowledged, and skips none (the stand-in consumer keeps
+    /// the interest-retained stream from dropping them meanwhile).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_made_again_from_its_floor_skips_nothing() {
+        if tokio::net::TcpStream::connect("127.0.0.1:4222").await.is_err() {
+            assert!(std::env::var_os("CI").is_none(), "NATS is not answering on 127.0.0.1:4222");
+            eprintln!("skipped: NATS is not answering on 127.0.0.1:4222");
+            return;
+        }
+        let cluster = format!("reset-{}", std::process::id());
+        let backend = NatsBackend::new(NatsConfig { cluster, ..Default::default() });
+        let stream = backend.open("s").await.unwrap();
+        let options = ConsumerOptions { max_in_flight: 10, ack_wait: Duration::from_secs(30) };
+        let mut c = stream.consumer("t", options.clone(), true).await.unwrap();
+        let batch = (1..=10).map(|i| (Bytes::from(i.to_string()), format!("id-{i}"))).collect();
+        stream.publish(batch).await.unwrap();
+        let mut held = vec![];
+        for _ in 0..10 {
+            held.push(c.next().await.unwrap());
+        }
+        let text = |m: &Message| String::from_utf8(m.payload.to_vec()).unwrap();
+        for m in held.iter().filter(|m| ["1", "2", "3", "5"].contains(&text(m).as_str())) {
+            m.acker.ack().await.unwrap();
+        }
+        // Acknowledgements are asynchronous: wait until the floor reached 3.
+        let durable = backend.nats().await.unwrap().name("t");
+        let js = &backend.nats().await.unwrap().js;
+        let raw = js.get_stream(backend.nats().await.unwrap().name("s")).await.unwrap();
+        for _ in 0..100 {
+            if raw.consumer_info(&durable).await.unwrap().ack_floor.stream_sequence >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held);
+        drop(c);
+        stream.reset_consumer("t", options.clone()).await.unwrap();
+        let mut again = stream.consumer("t", options, false).await.unwrap();
+        let mut seen = vec![];
+        for _ in 0..6 {
+            let m = tokio::time::timeout(Duration::from_secs(10), again.next()).await.expect("handed out").unwrap();
+            seen.push(text(&m).parse::<u32>().unwrap());
+            m.acker.ack().await.unwrap();
+        }
+        // 5 was acknowledged, and the stream (interest retention) no longer holds it.
+        assert_eq!(seen, vec![4, 6, 7, 8, 9, 10], "every unacknowledged message from the floor on, in order");
+        stream.remove_consumer("t").await.unwrap();
+        backend.remove("s").await.unwrap();
     }
 }

@@ -68,6 +68,20 @@ pub trait MessageStream: Send + Sync + 'static {
     fn backlog(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>>;
     /// Deletes the consumer (its trigger was deleted, on any instance).
     fn remove_consumer(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+    /// Messages the engine could hand the consumer now (waiting, with room under
+    /// its in-flight bound); engines that cannot tell say their backlog.
+    fn deliverable(&self, name: &str) -> BoxFuture<'_, Result<u64, LogError>> {
+        self.backlog(name)
+    }
+    /// Makes the durable consumer again from its acknowledgement floor, when the
+    /// engine's own consumer state is suspect (it says messages wait, hands none
+    /// out, and a new subscription did not help). What was acknowledged above
+    /// the floor is handed out again (at most the in-flight bound); nothing is
+    /// skipped. Engines whose consumers cannot wedge so do nothing.
+    fn reset_consumer(&self, name: &str, options: ConsumerOptions) -> BoxFuture<'_, Result<(), LogError>> {
+        let _ = (name, options);
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Why the engine cannot be used right now, if it cannot (shown in statuses).
     fn problem(&self) -> Option<String> {
         None
