@@ -165,8 +165,7 @@ pub fn build_snapshot<'a>(
         |s: ChannelStorage| if s == ChannelStorage::Nats { "natsjetstreamchannel" } else { "inmemorychannel" };
     for e in entries {
         let (ns, name) = (e.resource.namespace.clone(), e.resource.name.clone());
-        let labels: std::collections::BTreeMap<String, String> =
-            spate_api::labels(&e.resource.manifest["metadata"]).into_iter().collect();
+        let labels: std::collections::BTreeMap<String, String> = e.resource.labels.iter().cloned().collect();
         let id = |group: &str, kind: &str, name: &str| Identity {
             group: group.into(),
             kind: kind.into(),

@@ -324,7 +324,7 @@ impl ControlPlane {
             let same_applied = |old: &Entry| by_manager.as_ref().is_none_or(|(m, doc)| old.applied.get(m) == Some(doc));
             let action = match store.entries.get(&key) {
                 None => "created",
-                Some(old) if old.resource.manifest == resource.manifest && same_applied(old) => "unchanged",
+                Some(old) if old.resource.same_manifest(&resource.manifest) && same_applied(old) => "unchanged",
                 Some(_) => "configured",
             };
             applied.push(Applied {
@@ -340,7 +340,7 @@ impl ControlPlane {
             let (generation, uid, created, revision, mut managers) = match store.entries.get(&key) {
                 // Generation counts spec changes only (not a manager's record).
                 Some(old) => (
-                    old.generation + u64::from(old.resource.manifest != resource.manifest),
+                    old.generation + u64::from(!old.resource.same_manifest(&resource.manifest)),
                     old.uid.clone(),
                     old.created.clone(),
                     old.revision,
@@ -352,7 +352,7 @@ impl ControlPlane {
                 managers.insert(m.clone(), doc.clone());
             }
             changed.push(Entry {
-                resource,
+                resource: crate::store::Stored::new(&resource),
                 compiled,
                 status: Default::default(),
                 generation,
@@ -641,7 +641,7 @@ fn check_expectations(
             _ => {}
         }
         if let Some(old) = old {
-            conflicts.extend(spate_api::check_update(&old.resource, r));
+            conflicts.extend(spate_api::check_update(&old.resource.resource(), r));
         }
     }
     if conflicts.is_empty() { Ok(()) } else { Err(ApiError::Conflict(conflicts)) }
@@ -681,7 +681,7 @@ fn apply_change(store: &mut Store, change: Change) -> Option<Key> {
                 // Our own write coming back, or an older one: nothing to do.
                 Some(old) if old.revision >= v.revision => None,
                 Some(old)
-                    if old.resource.manifest == entry.resource.manifest
+                    if old.resource.same_as(&entry.resource)
                         && old.generation == entry.generation
                         && old.applied == entry.applied =>
                 {

@@ -215,7 +215,7 @@ impl ControlPlane {
                     match &e.compiled {
                         Compiled::Service(s) => {
                             let key = (s.namespace.clone(), s.name.clone());
-                            labels.insert(key, spate_api::labels(&e.resource.manifest["metadata"]));
+                            labels.insert(key, e.resource.labels.clone());
                             services.push(s.clone());
                         }
                         Compiled::SinkBinding(b) => bindings.push(b.clone()),
@@ -407,7 +407,7 @@ impl ControlPlane {
     /// The CAs each https destination trusts (its `CACerts`, and this server's own chain).
     fn set_trust(&self, store: &Store) {
         let mut cas: Vec<(String, String)> =
-            store.entries.values().flat_map(|e| spate_api::trusted_cas(&e.resource.manifest)).collect();
+            store.entries.values().flat_map(|e| e.resource.trusted_cas.iter().cloned()).collect();
         if let Some((authority, chain)) = &self.own_tls {
             cas.push((authority.clone(), chain()));
         }
