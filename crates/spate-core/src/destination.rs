@@ -10,6 +10,20 @@ pub struct KRef {
     pub namespace: String,
 }
 
+/// Why a Destination does not resolve to a URL (shown in a condition's message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// An addressable kind, but no such object is defined.
+    #[error("{kind} {namespace}/{name} does not exist")]
+    Missing { kind: String, namespace: String, name: String },
+    #[error(
+        "cannot resolve {kind} {namespace}/{name} ({api_version}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, NatsJetStreamChannel, KafkaChannel, Sequence, Parallel, Service, KafkaSink); use a uri"
+    )]
+    NotAddressable { kind: String, namespace: String, name: String, api_version: String },
+    #[error("destination has neither ref nor uri")]
+    Empty,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
     pub kref: Option<KRef>,

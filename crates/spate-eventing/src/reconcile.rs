@@ -4,6 +4,7 @@ use std::sync::Arc;
 use spate_api::{BrokerClass, Engine};
 use spate_api::{BrokerConfig, DeliverySpec, Kind, TriggerConfig};
 use spate_core::Destination;
+use spate_core::destination::ResolveError;
 use spate_log::{StreamBackend, StreamSettings};
 
 use crate::broker::{Broker, Storage};
@@ -100,11 +101,11 @@ impl Eventing {
     }
 
     /// Resolves a Destination to a URL against the desired addressables.
-    pub(crate) fn resolve(&self, dest: &Destination, names: &Addressables) -> Result<String, String> {
+    pub(crate) fn resolve(&self, dest: &Destination, names: &Addressables) -> Result<String, ResolveError> {
         match (&dest.kref, &dest.uri) {
             (Some(r), uri) => {
                 let key = (r.namespace.clone(), r.name.clone());
-                let missing = || Err(format!("{} {}/{} does not exist", r.kind, r.namespace, r.name));
+                let (kind, namespace, name) = (r.kind.clone(), r.namespace.clone(), r.name.clone());
                 let base = match Kind::from_ref(&r.kind, &r.api_version) {
                     Some(Kind::Broker) if names.brokers.contains(&key) => self.broker_address(&r.namespace, &r.name),
                     Some(k) if k.is_channel() && names.channels.contains(&key) => {
@@ -119,12 +120,10 @@ impl Eventing {
                     Some(Kind::Service) if names.services.contains_key(&key) => names.services[&key].clone(),
                     Some(Kind::KafkaSink) if names.kafka_sinks.contains_key(&key) => names.kafka_sinks[&key].clone(),
                     // Addressable, but no such object is defined.
-                    Some(k) if k.addressable() => return missing(),
+                    Some(k) if k.addressable() => return Err(ResolveError::Missing { kind, namespace, name }),
                     Some(_) | None => {
-                        return Err(format!(
-                            "cannot resolve {} {}/{} ({}): not an addressable kind Spate serves (Broker, Channel, InMemoryChannel, NatsJetStreamChannel, KafkaChannel, Sequence, Parallel, Service, KafkaSink); use a uri",
-                            r.kind, r.namespace, r.name, r.api_version
-                        ));
+                        let api_version = r.api_version.clone();
+                        return Err(ResolveError::NotAddressable { kind, namespace, name, api_version });
                     }
                 };
                 Ok(match uri {
@@ -133,13 +132,13 @@ impl Eventing {
                 })
             }
             (None, Some(u)) => Ok(u.clone()),
-            (None, None) => Err("destination has neither ref nor uri".into()),
+            (None, None) => Err(ResolveError::Empty),
         }
     }
 
     /// A resolver of Destinations (sources' sinks, say) against what `desired` defines,
     /// working as every trigger's subscriber is resolved.
-    pub fn resolver(&self, desired: &Desired) -> impl Fn(&Destination) -> Result<String, String> + '_ {
+    pub fn resolver(&self, desired: &Desired) -> impl Fn(&Destination) -> Result<String, ResolveError> + '_ {
         let expanded = crate::messaging::expand(desired);
         let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
         let names = Addressables {
@@ -216,7 +215,7 @@ impl Eventing {
                         dls_uri = Some(u);
                         conds.push(Condition::ok("DeadLetterSinkResolved"));
                     }
-                    Err(e) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e)),
+                    Err(e) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e.to_string())),
                 }
             }
             let mut st = ResourceStatus::new(Kind::Broker, &b.namespace, &b.name, conds);
@@ -461,7 +460,7 @@ impl Eventing {
         let subscriber = self.resolve(&t.subscriber, names);
         match &subscriber {
             Ok(_) => conds.push(Condition::ok("SubscriberResolved")),
-            Err(e) => conds.push(Condition::fail("SubscriberResolved", "Unresolved", e.clone())),
+            Err(e) => conds.push(Condition::fail("SubscriberResolved", "Unresolved", e.to_string())),
         }
         // A Trigger's delivery spec replaces its Broker's; the dead-letter sink falls back to the Broker's.
         let broker_delivery = broker_cfg.as_ref().and_then(|b| b.delivery.clone());
@@ -475,7 +474,7 @@ impl Eventing {
         let dls = dls_dest.as_ref().map(|d| self.resolve(d, names));
         match &dls {
             Some(Ok(_)) => conds.push(Condition::ok("DeadLetterSinkResolved")),
-            Some(Err(e)) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e.clone())),
+            Some(Err(e)) => conds.push(Condition::fail("DeadLetterSinkResolved", "Unresolved", e.to_string())),
             None => {}
         }
         let mut st = ResourceStatus::new(Kind::Trigger, &t.namespace, &t.name, conds);

@@ -43,7 +43,7 @@ pub fn apply(
     bindings: &[SinkBindingConfig],
     services: &mut [ServiceConfig],
     labels: &HashMap<(String, String), Vec<(String, String)>>,
-    resolve: &dyn Fn(&Destination) -> Result<String, String>,
+    resolve: &dyn Fn(&Destination) -> Result<String, spate_core::destination::ResolveError>,
 ) -> Vec<BindingStatus> {
     let mut out = vec![];
     for b in bindings {
@@ -65,7 +65,7 @@ pub fn apply(
         let mut conditions = vec![];
         match &sink {
             Ok(_) => conditions.push(Condition::ok("SinkProvided")),
-            Err(e) => conditions.push(Condition::fail("SinkProvided", "NotFound", e.clone())),
+            Err(e) => conditions.push(Condition::fail("SinkProvided", "NotFound", e.to_string())),
         }
         if subjects.is_empty() {
             let what = match &b.subject.name {

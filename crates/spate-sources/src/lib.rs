@@ -34,6 +34,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
 use spate_api::{Condition, DeliverySpec, Kind, SecretKeyRef, SourceConfig};
+use spate_core::destination::ResolveError;
 use spate_delivery::Dispatcher;
 use spate_process::LogRing;
 use tokio::sync::watch;
@@ -82,8 +83,8 @@ pub struct SourcesConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedSource {
     pub config: SourceConfig,
-    pub sink: Result<String, String>,
-    pub dead_letter_sink: Option<Result<String, String>>,
+    pub sink: Result<String, ResolveError>,
+    pub dead_letter_sink: Option<Result<String, ResolveError>>,
     /// Values of the Secrets the source references; `Err` names what is missing.
     pub secrets: BTreeMap<SecretKeyRef, Result<Vec<u8>, String>>,
 }
@@ -345,7 +346,7 @@ impl Sources {
         let mut parts = vec![];
         match &r.resolved.sink {
             Ok(_) => parts.push(Condition::ok("SinkProvided")),
-            Err(e) => parts.push(Condition::fail("SinkProvided", "NotFound", e.clone())),
+            Err(e) => parts.push(Condition::fail("SinkProvided", "NotFound", e.to_string())),
         }
         let missing: Vec<&String> = r.resolved.secrets.values().filter_map(|v| v.as_ref().err()).collect();
         if !r.resolved.secrets.is_empty() {
@@ -390,7 +391,7 @@ impl Sources {
         let Ok(sink) = d.sink.clone() else { return run };
         let dls = match &d.dead_letter_sink {
             Some(Err(e)) => {
-                run.problem = Some(("DeadLetterSinkNotFound".into(), e.clone()));
+                run.problem = Some(("DeadLetterSinkNotFound".into(), e.to_string()));
                 return run;
             }
             Some(Ok(u)) => Some(u.clone()),

@@ -45,7 +45,7 @@ pub(super) fn wanted_sinks(
 pub(super) fn resolve_sources(
     sources: Vec<spate_api::SourceConfig>,
     secrets: &HashMap<(String, String), SecretConfig>,
-    resolve: &dyn Fn(&spate_core::Destination) -> Result<String, String>,
+    resolve: &dyn Fn(&spate_core::Destination) -> Result<String, spate_core::destination::ResolveError>,
 ) -> Vec<ResolvedSource> {
     sources
         .into_iter()
