@@ -171,7 +171,8 @@ pub fn default_broker(resource: &mut Resource, compiled: &mut Compiled, default:
 #[derive(Debug, Clone, PartialEq)]
 pub enum Compiled {
     Broker(BrokerConfig),
-    Trigger(TriggerConfig),
+    /// Shared: the control plane hands the same config to every reconcile without copying it.
+    Trigger(std::sync::Arc<TriggerConfig>),
     /// A Channel or an InMemoryChannel.
     Channel(ChannelConfig),
     Subscription(SubscriptionConfig),
@@ -230,7 +231,9 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let mut secret_fields = None;
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
-        Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Trigger),
+        Some(Kind::Trigger) => {
+            trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(|t| Compiled::Trigger(t.into()))
+        }
         Some(k @ (Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel)) => {
             messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k).map(Compiled::Channel)
         }

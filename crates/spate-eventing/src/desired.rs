@@ -12,7 +12,8 @@ type Key = (String, String);
 #[derive(Debug, Default, Clone)]
 pub struct Desired {
     pub brokers: Vec<BrokerConfig>,
-    pub triggers: Vec<TriggerConfig>,
+    /// Shared with the control plane's store (not copied at each reconcile).
+    pub triggers: Vec<std::sync::Arc<TriggerConfig>>,
     pub channels: Vec<ChannelConfig>,
     pub subscriptions: Vec<SubscriptionConfig>,
     pub sequences: Vec<SequenceConfig>,
