@@ -191,6 +191,12 @@ pub enum Compiled {
     Namespace,
 }
 
+impl Compiled {
+    fn trigger(t: TriggerConfig) -> Compiled {
+        Compiled::Trigger(t.into())
+    }
+}
+
 /// Splits a multi-document YAML (or JSON) text into documents, skipping empty ones.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, AdmissionError> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| AdmissionError::Syntax(e.to_string()))?;
@@ -231,9 +237,7 @@ pub fn admit_document(doc: &Value, index: usize) -> Result<(Resource, Compiled),
     let mut secret_fields = None;
     let compiled = match kind {
         Some(Kind::Broker) => broker::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::Broker),
-        Some(Kind::Trigger) => {
-            trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(|t| Compiled::Trigger(t.into()))
-        }
+        Some(Kind::Trigger) => trigger::compile(&mut w, spec, &namespace, &name, &metadata).map(Compiled::trigger),
         Some(k @ (Kind::Channel | Kind::InMemoryChannel | Kind::NatsJetStreamChannel | Kind::KafkaChannel)) => {
             messaging::compile_channel(&mut w, spec, &namespace, &name, &metadata, k).map(Compiled::Channel)
         }
