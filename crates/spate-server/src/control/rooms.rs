@@ -24,8 +24,8 @@ use spate_eventing::Desired;
 use super::ControlPlane;
 use super::queue::WorkQueue;
 use super::statuses::{
-    audience_in, flow_children_json, publish_event_type_status, resolve_sources, set_status, source_status_json,
-    wanted_sinks,
+    Changed, audience_in, flow_children_json, publish_event_type_status, resolve_sources, set_status,
+    source_status_json, wanted_sinks,
 };
 use crate::status;
 use crate::store::{Entry, Key, Store};
@@ -139,9 +139,6 @@ impl Seen {
     }
 }
 
-/// What a write-back changed, to show in the objects view.
-type Changed = Vec<Key>;
-
 impl ControlPlane {
     /// One room's controller: waits for work, reconciles, retries with backoff
     /// while the room leaves objects waiting on an engine.
@@ -182,10 +179,8 @@ impl ControlPlane {
             Room::Sources => self.reconcile_sources().await,
             Room::Policies => self.reconcile_policies().await,
         };
-        for key in changed {
-            if let Some(e) = store.entries.get(&key) {
-                self.objects.set_status(&key, &e.status.get());
-            }
+        for (key, status) in changed {
+            self.objects.set_status(&key, &status);
         }
         seen.0.keys().filter_map(|k| store.entries.get(k)).any(|e| e.status.waiting())
     }
@@ -357,10 +352,11 @@ impl ControlPlane {
         let mut changed = vec![];
         for st in statuses {
             if let Some(e) = seen.entry(&mut store, &(st.kind, st.namespace.clone(), st.name.clone())) {
-                let new = source_status_json(&st, e.generation, &e.status.get());
-                if new != e.status.get() {
+                let old = e.status.get();
+                let new = source_status_json(&st, e.generation, &old);
+                if new != old {
                     e.status.set(&new);
-                    changed.push(e.resource.key());
+                    changed.push((e.resource.key(), new));
                 }
             }
         }

@@ -13,11 +13,14 @@ use spate_sources::{ResolvedSource, SourceStatus};
 use crate::status;
 use crate::store::{Entry, Key, Store};
 
+/// Statuses a write-back changed, parsed, for the objects view (not parsed again from the entry).
+pub(super) type Changed = Vec<(Key, Value)>;
+
 /// A reconciled status, kept as it was when only transition times changed; a change is noted in `changed`.
-pub(super) fn set_status(e: &mut Entry, new: Value, changed: &mut Vec<Key>) {
+pub(super) fn set_status(e: &mut Entry, new: Value, changed: &mut Changed) {
     if strip_times(&e.status.get()) != strip_times(&new) {
         e.status.set(&new);
-        changed.push(e.resource.key());
+        changed.push((e.resource.key(), new));
     }
 }
 
@@ -67,7 +70,7 @@ pub(super) fn resolve_sources(
 
 /// An EventType is Ready when the addressable it references exists
 /// (Knative's `ReferenceExists`); it has no other runtime.
-pub(super) fn publish_event_type_status(store: &mut Store, changed: &mut Vec<Key>) {
+pub(super) fn publish_event_type_status(store: &mut Store, changed: &mut Changed) {
     let exists: std::collections::HashSet<(String, String, String)> = store
         .entries
         .values()
@@ -93,7 +96,7 @@ pub(super) fn publish_event_type_status(store: &mut Store, changed: &mut Vec<Key
 
 /// With sender identity on: EventPolicies' `status.from` (their resolved subjects)
 /// and Ready condition, and each addressable's `status.address.audience`.
-pub(super) fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot, changed: &mut Vec<Key>) {
+pub(super) fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Snapshot, changed: &mut Changed) {
     for e in store.entries.values_mut() {
         if e.resource.kind == Kind::EventPolicy {
             let (ns, name) = (&e.resource.namespace, &e.resource.name);
@@ -120,7 +123,7 @@ pub(super) fn publish_auth_status(store: &mut Store, snap: &crate::data_auth::Sn
         audience_in(&mut status, e, snap);
         if status != before {
             e.status.set(&status);
-            changed.push(e.resource.key());
+            changed.push((e.resource.key(), status));
         }
     }
 }
